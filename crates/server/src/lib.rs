@@ -1,14 +1,201 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The dbward gateway: wires the store, the certificate authorities, access control,
+//! provisioning and the protocol listeners into one running process.
+//!
+//! Follow one database connection from `session::postgres::serve` (listener) through
+//! `session` (the pipeline shared by every engine) to teardown. Protocol details live in
+//! `dbward-proxy`, database SQL in `dbward-provision`, decisions in `dbward-rbac`.
+
+pub mod api;
+pub mod audit;
+pub mod bootstrap;
+pub mod catalog;
+pub mod error;
+pub mod passwords;
+pub mod session;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbward_model::Config;
+use dbward_pki::{CaSet, ClientAuth};
+use dbward_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+pub use bootstrap::{AdminFiles, Endpoints};
+pub use error::GatewayError;
+
+/// Everything a running gateway shares between its listeners and connections.
+pub struct Gateway {
+    pub config: Config,
+    pub cluster: String,
+    pub instance_id: String,
+    pub store: Store,
+    pub cas: CaSet,
+    pub catalog: catalog::Catalog,
+    pub audit: audit::AuditLog,
+    pub limiter: passwords::LoginLimiter,
+    pub endpoints: RwLock<Endpoints>,
+    pub sessions: session::LiveSessions,
+    pub upstream: session::UpstreamCredentials,
+    pub pg_provisioner: dbward_provision::postgres::PgProvisioner,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// The cluster name: configured, else the host name.
+pub fn cluster_name(config: &Config) -> String {
+    if let Some(name) = config.cluster_name.as_ref().filter(|n| !n.is_empty()) {
+        return name.clone();
     }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "dbward".to_string())
+}
+
+/// Opens the configured store (creating `data_dir` when needed).
+pub async fn open_store(config: &Config) -> Result<Store, GatewayError> {
+    match config.storage.backend {
+        dbward_model::StorageBackend::Sqlite => Ok(Store::open_sqlite(&config.data_dir)?),
+        dbward_model::StorageBackend::Postgres => Err(GatewayError::Config(
+            "storage.backend: postgres is not available in this build yet; use sqlite".into(),
+        )),
+    }
+}
+
+/// A gateway whose listeners are bound; `run` serves until `shutdown` is cancelled.
+pub struct Started {
+    pub gateway: Arc<Gateway>,
+    web: TcpListener,
+    postgres: Option<TcpListener>,
+    web_tls: Arc<rustls::ServerConfig>,
+    db_tls: Arc<rustls::ServerConfig>,
+}
+
+impl Started {
+    pub async fn bind(config: Config) -> Result<Started, GatewayError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = open_store(&config).await?;
+        let cluster = cluster_name(&config);
+        let cas = bootstrap::load_or_create_cas(&store, &cluster).await?;
+        bootstrap::write_admin_identity(&config.data_dir, &cas, &cluster)?;
+
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if !hosts.contains(&config.public_addr) {
+            hosts.insert(0, config.public_addr.clone());
+        }
+        let (host_cert, host_key) = dbward_pki::issue_host_cert(
+            &cas.host,
+            &hosts,
+            Duration::from_secs(365 * 24 * 3600),
+        )?;
+        let web_tls = dbward_pki::server_config(
+            &host_cert,
+            &host_key,
+            Some(&cas.user),
+            ClientAuth::Optional,
+            vec![b"http/1.1".to_vec()],
+        )?;
+        let db_tls = dbward_pki::server_config(
+            &host_cert,
+            &host_key,
+            Some(&cas.user),
+            ClientAuth::Required,
+            vec![b"postgresql".to_vec()],
+        )?;
+
+        let web = TcpListener::bind(&config.web_listen_addr)
+            .await
+            .map_err(|e| bind_error("web_listen_addr", &config.web_listen_addr, e))?;
+        let postgres = match config.postgres_listen_addr.as_deref() {
+            Some(addr) if !addr.is_empty() => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error("postgres_listen_addr", addr, e))?,
+            ),
+            _ => None,
+        };
+        let endpoints = Endpoints {
+            web: web.local_addr()?.to_string(),
+            postgres: postgres
+                .as_ref()
+                .map(|l| l.local_addr().map(|a| a.to_string()))
+                .transpose()?,
+            mysql: None,
+            pid: std::process::id(),
+        };
+        bootstrap::write_endpoints(&config.data_dir, &endpoints)?;
+
+        let static_dbs = config.static_dbs()?;
+        let audit_file: Option<PathBuf> = Some(config.data_dir.join("audit.jsonl"));
+        let gateway = Arc::new(Gateway {
+            catalog: catalog::Catalog::new(store.clone(), static_dbs),
+            audit: audit::AuditLog::new(store.clone(), audit_file),
+            limiter: passwords::LoginLimiter::new(5, Duration::from_secs(300)),
+            endpoints: RwLock::new(endpoints),
+            sessions: session::LiveSessions::default(),
+            upstream: session::UpstreamCredentials::default(),
+            pg_provisioner: dbward_provision::postgres::PgProvisioner::new(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            cluster,
+            cas,
+            store,
+            config,
+        });
+        Ok(Started {
+            gateway,
+            web,
+            postgres,
+            web_tls,
+            db_tls,
+        })
+    }
+
+    pub fn web_addr(&self) -> std::io::Result<SocketAddr> {
+        self.web.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then waits (bounded) for live sessions to tear down.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let gw = self.gateway.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(web::serve(
+            gw.clone(),
+            self.web,
+            self.web_tls,
+            shutdown.clone(),
+        ));
+        if let Some(pg) = self.postgres {
+            tasks.spawn(session::postgres::serve(
+                gw.clone(),
+                pg,
+                self.db_tls.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(session::watch_revocations(gw.clone(), shutdown.clone()));
+        tasks.spawn(session::reconcile_loop(gw.clone(), shutdown.clone()));
+        tracing::info!(
+            cluster = %gw.cluster,
+            web = %gw.endpoints.read().await.web,
+            postgres = ?gw.endpoints.read().await.postgres,
+            "dbward gateway started"
+        );
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new connections, ending live sessions");
+        gw.sessions.end_all();
+        gw.sessions
+            .wait_until_empty(Duration::from_secs(20))
+            .await;
+        tasks.abort_all();
+        Ok(())
+    }
+}
+
+fn bind_error(key: &str, addr: &str, err: std::io::Error) -> GatewayError {
+    GatewayError::Config(format!("{key}: cannot listen on {addr}: {err}"))
 }

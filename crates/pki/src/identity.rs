@@ -1,0 +1,219 @@
+//! The dbward identity carried by user certificates, and its encoding in one X.509 extension.
+//!
+//! The extension value is a DER UTF8String holding a versioned JSON payload (`{"v":1,...}`).
+//! Reading an identity does not check who signed the certificate: call [`read_identity`] only
+//! on a certificate whose chain was verified (by a TLS handshake with a client verifier, or by
+//! `verify_user_cert`).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use x509_parser::prelude::*;
+
+use crate::error::{PkiError, Result};
+
+/// The private OID of the identity extension.
+pub const IDENTITY_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59934, 1, 1];
+const IDENTITY_EXTENSION_OID_STR: &str = "1.3.6.1.4.1.59934.1.1";
+
+/// The payload version this code writes and reads.
+const IDENTITY_VERSION: u64 = 1;
+
+/// What a user certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUsage {
+    /// General login certificate (web API, listing resources).
+    Login,
+    /// Certificate for connecting to one database; carries a route.
+    Db,
+    /// Administrative access to the dbward API.
+    Admin,
+}
+
+/// Where a database certificate leads: the database resource and what was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRoute {
+    /// Name of the database resource.
+    pub service: String,
+    /// Database user to connect as, when chosen at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_user: Option<String>,
+    /// Database name, when chosen at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_name: Option<String>,
+    /// Requested subset of database roles (`--db-roles`); empty means all allowed roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_roles: Vec<String>,
+}
+
+/// Who a user certificate speaks for. Roles and traits are deliberately absent: they are read
+/// from the store at connect time so changes take effect at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub username: String,
+    pub cluster: String,
+    pub usage: CertUsage,
+    /// End of validity; equal to the certificate's notAfter (whole seconds).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<DbRoute>,
+}
+
+/// The JSON written into the extension. Separate from [`Identity`] so the wire format is
+/// explicit and versioned independently of the Rust type.
+#[derive(Serialize, Deserialize)]
+struct IdentityPayloadV1 {
+    v: u64,
+    user: String,
+    cluster: String,
+    usage: CertUsage,
+    /// Expiry as Unix seconds.
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    route: Option<DbRoute>,
+}
+
+/// Only the version, read first so a newer payload gives a clear error.
+#[derive(Deserialize)]
+struct PayloadVersion {
+    v: u64,
+}
+
+/// Encodes the identity as the extension's value (a DER UTF8String of the JSON payload).
+pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::CustomExtension> {
+    let payload = IdentityPayloadV1 {
+        v: IDENTITY_VERSION,
+        user: identity.username.clone(),
+        cluster: identity.cluster.clone(),
+        usage: identity.usage,
+        exp: identity.expires.unix_timestamp(),
+        route: identity.route.clone(),
+    };
+    let json = serde_json::to_vec(&payload)
+        .map_err(|e| PkiError::InvalidIdentity(format!("cannot encode: {e}")))?;
+    let mut value = vec![UTF8_STRING_TAG];
+    push_der_length(&mut value, json.len());
+    value.extend_from_slice(&json);
+    // Non-critical: generic X.509 verifiers (OpenSSL, webpki) must not refuse the certificate
+    // for an extension they do not know.
+    let mut extension = rcgen::CustomExtension::from_oid_content(IDENTITY_EXTENSION_OID, value);
+    extension.set_criticality(false);
+    Ok(extension)
+}
+
+/// Reads the identity from a certificate.
+///
+/// This does **not** verify the certificate: only call it after the chain was verified against
+/// the user CA, otherwise anyone can write any identity into a self-made certificate.
+pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
+    let (_, cert) =
+        parse_x509_certificate(cert_der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let extension = cert
+        .extensions()
+        .iter()
+        .find(|ext| ext.oid.to_id_string() == IDENTITY_EXTENSION_OID_STR)
+        .ok_or(PkiError::MissingIdentity)?;
+    let json = decode_utf8_string(extension.value)?;
+    let version: PayloadVersion = serde_json::from_slice(json)
+        .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
+    if version.v != IDENTITY_VERSION {
+        return Err(PkiError::UnsupportedIdentityVersion(version.v));
+    }
+    let payload: IdentityPayloadV1 = serde_json::from_slice(json)
+        .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
+
+    // The subject and validity are what generic tools show and what the verifier enforces;
+    // refuse a certificate whose payload says something else.
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    if common_name != Some(payload.user.as_str()) {
+        return Err(PkiError::InvalidIdentity(
+            "subject common name does not match the identity".into(),
+        ));
+    }
+    if cert.validity().not_after.timestamp() != payload.exp {
+        return Err(PkiError::InvalidIdentity(
+            "certificate expiry does not match the identity".into(),
+        ));
+    }
+    let expires = OffsetDateTime::from_unix_timestamp(payload.exp)
+        .map_err(|e| PkiError::InvalidIdentity(format!("expiry: {e}")))?;
+    Ok(Identity {
+        username: payload.user,
+        cluster: payload.cluster,
+        usage: payload.usage,
+        expires,
+        route: payload.route,
+    })
+}
+
+const UTF8_STRING_TAG: u8 = 0x0c;
+
+/// Appends a DER definite length.
+fn push_der_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    let significant = &bytes[skip..];
+    out.push(0x80 | significant.len() as u8);
+    out.extend_from_slice(significant);
+}
+
+/// Decodes a DER UTF8String that must span the whole input.
+fn decode_utf8_string(der: &[u8]) -> Result<&[u8]> {
+    let malformed = || PkiError::InvalidIdentity("malformed extension value".into());
+    let (&tag, rest) = der.split_first().ok_or_else(malformed)?;
+    if tag != UTF8_STRING_TAG {
+        return Err(malformed());
+    }
+    let (&first, rest) = rest.split_first().ok_or_else(malformed)?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > std::mem::size_of::<usize>() || rest.len() < count {
+            return Err(malformed());
+        }
+        let (len_bytes, rest) = rest.split_at(count);
+        let len = len_bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, rest)
+    };
+    if rest.len() != len {
+        return Err(malformed());
+    }
+    Ok(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_utf8_string_round_trips_short_and_long_lengths() -> Result<()> {
+        for len in [0usize, 1, 127, 128, 255, 256, 70_000] {
+            let body = vec![b'x'; len];
+            let mut der = vec![UTF8_STRING_TAG];
+            push_der_length(&mut der, len);
+            der.extend_from_slice(&body);
+            assert_eq!(decode_utf8_string(&der)?, body.as_slice());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_or_mistagged_extension_value_is_rejected() {
+        assert!(decode_utf8_string(&[]).is_err());
+        assert!(decode_utf8_string(&[UTF8_STRING_TAG, 5, b'a']).is_err());
+        assert!(decode_utf8_string(&[0x04, 1, b'a']).is_err());
+        assert!(decode_utf8_string(&[UTF8_STRING_TAG, 0x82, 0x01]).is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! Issuing leaf certificates: user certificates from CSRs, host and database server
+//! certificates, and the client certificates dbward presents to databases.
+//!
+//! Every leaf is ECDSA P-256 with a random serial, starts a few minutes in the past (clock skew
+//! between machines) and ends at the requested time, truncated to whole seconds.
+
+use std::net::IpAddr;
+use std::time::Duration as StdDuration;
+
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use ring::rand::SecureRandom;
+use time::{Duration, OffsetDateTime};
+
+use crate::ca::{CaKind, CertAuthority};
+use crate::error::{PkiError, Result};
+use crate::identity::{encode_identity_extension, Identity};
+
+/// How far back a new certificate's validity starts, to tolerate clocks that run behind.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// Creates a client key pair and a CSR for it, both PEM. The CSR's subject is only a hint:
+/// the issuer replaces everything except the public key.
+pub fn new_key_and_csr(common_name: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name_only(common_name);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Issues a user certificate for `identity`, signed by the user CA, for the key in `csr_pem`.
+///
+/// Only the CSR's public key is used (its self-signature proves the client holds the key);
+/// subject, validity and extensions all come from `identity`.
+pub fn issue_user_cert(ca: &CertAuthority, identity: &Identity, csr_pem: &str) -> Result<String> {
+    expect_kind(ca, CaKind::User)?;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::InvalidCsr)?;
+    let expires = identity.expires.replace_nanosecond(0).map_err(|e| {
+        PkiError::InvalidIdentity(format!("expiry: {e}"))
+    })?;
+    let mut params = leaf_params(expires)?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, identity.username.as_str());
+    name.push(DnType::OrganizationName, identity.cluster.as_str());
+    params.distinguished_name = name;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let identity = Identity { expires, ..identity.clone() };
+    params.custom_extensions = vec![encode_identity_extension(&identity)?];
+    let (issuer, issuer_key) = ca.issuer()?;
+    let cert = CertificateSigningRequestParams { params, public_key: csr.public_key }
+        .signed_by(&issuer, &issuer_key)?;
+    Ok(cert.pem())
+}
+
+/// Issues a server certificate for `hosts` with a fresh key; returns (certificate PEM, key PEM).
+///
+/// Hosts that parse as IP addresses become IP SANs, the rest DNS SANs. Used for dbward's own
+/// listeners (host CA) and for database servers (`dbward auth sign --format db`, db CA).
+pub fn issue_host_cert(
+    ca: &CertAuthority,
+    hosts: &[String],
+    ttl: StdDuration,
+) -> Result<(String, String)> {
+    let first = hosts
+        .first()
+        .ok_or_else(|| PkiError::InvalidName("a host certificate needs at least one host".into()))?;
+    let mut params = leaf_params(expiry_after(ttl)?)?;
+    params.distinguished_name = common_name_only(first);
+    params.subject_alt_names = hosts
+        .iter()
+        .map(|host| match host.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => host
+                .as_str()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|_| PkiError::InvalidName(format!("{host:?} is not a valid DNS name"))),
+        })
+        .collect::<Result<_>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    sign_with_new_key(ca, params)
+}
+
+/// Issues the certificate dbward presents to a database as `db_user`; returns (certificate PEM,
+/// key PEM).
+///
+/// The subject is exactly `CN=<db_user>` and nothing else: PostgreSQL `cert` authentication
+/// compares the CN with the user name and MariaDB `REQUIRE SUBJECT '/CN=<db_user>'` compares
+/// the whole subject.
+pub fn issue_db_client_cert(
+    ca: &CertAuthority,
+    db_user: &str,
+    ttl: StdDuration,
+) -> Result<(String, String)> {
+    expect_kind(ca, CaKind::DbClient)?;
+    if db_user.is_empty() {
+        return Err(PkiError::InvalidName("empty database user".into()));
+    }
+    let mut params = leaf_params(expiry_after(ttl)?)?;
+    params.distinguished_name = common_name_only(db_user);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    sign_with_new_key(ca, params)
+}
+
+/// The subject of a `CN=<common_name>` certificate as OpenSSL's `X509_NAME_oneline` prints
+/// it, which is the text MariaDB compares with `REQUIRE SUBJECT`.
+///
+/// Bytes outside printable ASCII become `\xHH` (so a unicode name appears as its escaped
+/// UTF-8 bytes), and `/` and `+` are escaped with a backslash.
+pub fn x509_oneline_subject(common_name: &str) -> String {
+    let mut out = String::from("/CN=");
+    for byte in common_name.bytes() {
+        match byte {
+            b'/' | b'+' => {
+                out.push('\\');
+                out.push(char::from(byte));
+            }
+            b' '..=b'~' => out.push(char::from(byte)),
+            _ => out.push_str(&format!("\\x{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// A random positive 16-byte serial number.
+pub(crate) fn random_serial() -> Result<SerialNumber> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Generate(rcgen::Error::RingUnspecified))?;
+    // Clear the top bit so the DER INTEGER stays positive, set the next so it keeps 16 bytes.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// The current time without sub-second precision (X.509 times have whole seconds).
+pub(crate) fn now_whole_seconds() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+fn expiry_after(ttl: StdDuration) -> Result<OffsetDateTime> {
+    let ttl = Duration::try_from(ttl)
+        .map_err(|_| PkiError::InvalidName(format!("certificate lifetime {ttl:?} is too long")))?;
+    now_whole_seconds()
+        .checked_add(ttl)
+        .ok_or_else(|| PkiError::InvalidName("certificate lifetime is too long".into()))
+}
+
+fn leaf_params(not_after: OffsetDateTime) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.not_before = now_whole_seconds() - BACKDATE;
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial()?);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+fn common_name_only(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+fn sign_with_new_key(ca: &CertAuthority, params: CertificateParams) -> Result<(String, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let (issuer, issuer_key) = ca.issuer()?;
+    let cert = params.signed_by(&key, &issuer, &issuer_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn expect_kind(ca: &CertAuthority, kind: CaKind) -> Result<()> {
+    if ca.kind == kind {
+        Ok(())
+    } else {
+        Err(PkiError::CertificateRejected(format!(
+            "this certificate must be signed by the {kind} CA, not the {} CA",
+            ca.kind
+        )))
+    }
+}

@@ -1,0 +1,118 @@
+//! Errors of the wire-protocol layer.
+//!
+//! `ProxyError` covers a client connection (handshake, framing, TLS); `UpstreamError` covers
+//! the gateway's own connection to a database server. Neither carries policy: the session
+//! pipeline decides what a client is told.
+
+use bytes::Bytes;
+
+/// A failure on a client connection. It ends that connection only.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection in the middle of a packet.
+    #[error("connection closed in the middle of a packet")]
+    Truncated,
+    /// The peer closed the connection before sending anything (health checks, port scans).
+    #[error("connection closed before the startup packet")]
+    ClosedBeforeStartup,
+    /// The handshake took longer than allowed.
+    #[error("handshake did not complete within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    /// A packet that does not follow the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A startup packet longer than PostgreSQL itself accepts.
+    #[error("startup packet of {0} bytes is too large")]
+    StartupTooLarge(usize),
+    /// A protocol version other than 3.x.
+    #[error("unsupported frontend protocol {major}.{minor}")]
+    UnsupportedProtocol {
+        /// Requested major version.
+        major: i32,
+        /// Requested minor version.
+        minor: i32,
+    },
+    /// The client tried to start a session without TLS; it has been told so.
+    #[error("client sent a plaintext startup message; TLS is required")]
+    TlsRequired,
+    /// The TLS handshake failed (including a rejected client certificate).
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(std::io::Error),
+    /// A direct-TLS client did not negotiate the `postgresql` ALPN protocol.
+    #[error("direct TLS connection without ALPN protocol \"postgresql\"")]
+    DirectTlsWithoutAlpn,
+}
+
+/// Which authentication the database server asked for instead of accepting the gateway's
+/// certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthenticationKind {
+    /// Cleartext password (code 3).
+    CleartextPassword,
+    /// MD5 password (code 5).
+    Md5Password,
+    /// SASL with the listed mechanisms (code 10), e.g. SCRAM-SHA-256.
+    Sasl(Vec<String>),
+    /// GSSAPI or SSPI (codes 7 and 9).
+    Gss,
+    /// Any other code.
+    Other(i32),
+}
+
+impl std::fmt::Display for AuthenticationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthenticationKind::CleartextPassword => f.write_str("cleartext password"),
+            AuthenticationKind::Md5Password => f.write_str("MD5 password"),
+            AuthenticationKind::Sasl(mechanisms) => write!(f, "SASL ({})", mechanisms.join(", ")),
+            AuthenticationKind::Gss => f.write_str("GSSAPI"),
+            AuthenticationKind::Other(code) => write!(f, "authentication code {code}"),
+        }
+    }
+}
+
+/// A failure connecting to a database server.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The socket failed.
+    #[error("i/o error talking to the database server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered the SSLRequest with something other than `S`.
+    #[error("server does not support TLS")]
+    TlsNotSupported,
+    /// The TLS handshake with the server failed.
+    #[error("TLS handshake with the database server failed: {0}")]
+    TlsHandshake(std::io::Error),
+    /// The server wants a password or another method instead of certificate auth.
+    #[error("database server requires {0} authentication instead of a client certificate")]
+    AuthenticationRequired(AuthenticationKind),
+    /// The server refused the session with an ErrorResponse. `raw` is the whole message, to
+    /// forward verbatim to the client.
+    #[error("database server error {severity} {sqlstate}: {message}")]
+    Server {
+        /// SQLSTATE code.
+        sqlstate: String,
+        /// Non-localized severity.
+        severity: String,
+        /// Primary message.
+        message: String,
+        /// The ErrorResponse as received.
+        raw: Bytes,
+    },
+    /// The server sent something that does not follow the protocol.
+    #[error("protocol violation from the database server: {0}")]
+    Protocol(String),
+}
+
+impl From<ProxyError> for UpstreamError {
+    /// Framing errors from the shared readers, seen from the upstream side.
+    fn from(err: ProxyError) -> Self {
+        match err {
+            ProxyError::Io(io) => UpstreamError::Io(io),
+            other => UpstreamError::Protocol(other.to_string()),
+        }
+    }
+}

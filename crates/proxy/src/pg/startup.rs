@@ -1,0 +1,320 @@
+//! The gateway's listener side of the PostgreSQL startup: everything from the first byte a
+//! client sends to its StartupMessage, read inside TLS.
+//!
+//! Clients reach TLS either through an SSLRequest (any libpq) or with PostgreSQL 17 direct
+//! TLS. A plaintext StartupMessage is answered with an ErrorResponse and refused. A
+//! CancelRequest, plaintext or inside TLS, is handed back to the caller. Who the client is and
+//! what it may reach is not decided here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::messages::{self, Severity, StartupPacket};
+use crate::error::ProxyError;
+
+/// The message a client gets when it tries to start a session without TLS.
+pub const TLS_REQUIRED_MESSAGE: &str =
+    "dbward requires TLS with a client certificate; connect with sslmode=require or stronger";
+
+/// Bounds on a client handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// Time allowed from the first byte to a complete StartupMessage.
+    pub timeout: Duration,
+    /// Largest startup packet accepted.
+    pub max_startup_len: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            timeout: Duration::from_secs(30),
+            max_startup_len: messages::MAX_STARTUP_PACKET_LEN,
+        }
+    }
+}
+
+/// What a client connection turned out to be.
+#[derive(Debug)]
+pub enum Accepted<S> {
+    /// A session to set up.
+    Startup(ClientStartup<S>),
+    /// A request to cancel the query of another session, identified by the BackendKeyData
+    /// the gateway issued to it. The connection carries nothing more.
+    Cancel {
+        /// Process id from the client's BackendKeyData.
+        pid: i32,
+        /// Secret key from the client's BackendKeyData.
+        secret: i32,
+    },
+}
+
+/// The TLS stream of an accepted client.
+pub type ClientTlsStream<S> = TlsStream<PrefixedStream<S>>;
+
+/// A client that completed TLS and sent its StartupMessage.
+#[derive(Debug)]
+pub struct ClientStartup<S> {
+    /// The client connection, inside TLS, positioned after the StartupMessage.
+    pub stream: ClientTlsStream<S>,
+    /// Startup parameters (user, database, application_name, options, ...) in the order the
+    /// client sent them. Protocol extensions (`_pq_.*`) are not included: the gateway has
+    /// already declined them.
+    pub params: Vec<(String, String)>,
+    /// The client's certificate chain, leaf first, as verified by rustls. Empty when the
+    /// TLS configuration does not ask for client certificates.
+    pub peer_certificates: Vec<CertificateDer<'static>>,
+    /// Whether the client used PostgreSQL 17 direct TLS rather than an SSLRequest.
+    pub direct_tls: bool,
+}
+
+impl<S> ClientStartup<S> {
+    /// The value of startup parameter `name`, if the client sent it.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Accepts a client connection up to its StartupMessage, within `limits.timeout`.
+///
+/// Errors end this connection only. When the client sent a plaintext StartupMessage or an
+/// unsupported protocol version, it has already been sent an ErrorResponse.
+pub async fn accept_client<S>(
+    stream: S,
+    tls: Arc<ServerConfig>,
+    limits: HandshakeLimits,
+) -> Result<Accepted<S>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    match tokio::time::timeout(limits.timeout, handshake(stream, tls, limits)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::HandshakeTimeout(limits.timeout)),
+    }
+}
+
+async fn handshake<S>(
+    mut stream: S,
+    tls: Arc<ServerConfig>,
+    limits: HandshakeLimits,
+) -> Result<Accepted<S>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut declined_gssenc = false;
+    loop {
+        // One byte first: a TLS record starts with 0x16, where a startup packet starts with
+        // the high byte of a length that is never that large.
+        let mut first = [0u8; 1];
+        if stream.read(&mut first).await? == 0 {
+            return Err(if declined_gssenc {
+                ProxyError::Truncated
+            } else {
+                ProxyError::ClosedBeforeStartup
+            });
+        }
+        if first[0] == messages::TLS_HANDSHAKE_RECORD {
+            let prefixed = PrefixedStream::new(stream, Some(first[0]));
+            return startup_inside_tls(prefixed, tls, limits, true).await;
+        }
+        let mut len = [first[0], 0, 0, 0];
+        stream
+            .read_exact(&mut len[1..])
+            .await
+            .map_err(messages::eof_as_truncated)?;
+        let body = messages::read_startup_body(&mut stream, len, limits.max_startup_len).await?;
+        match messages::decode_startup_packet(&body) {
+            Ok(StartupPacket::SslRequest) => {
+                // The answer is written before any TLS byte is read, and nothing past the
+                // SSLRequest has been read: no plaintext can be smuggled into the TLS session.
+                stream.write_all(b"S").await?;
+                stream.flush().await?;
+                let prefixed = PrefixedStream::new(stream, None);
+                return startup_inside_tls(prefixed, tls, limits, false).await;
+            }
+            Ok(StartupPacket::GssEncRequest) if !declined_gssenc => {
+                declined_gssenc = true;
+                stream.write_all(b"N").await?;
+                stream.flush().await?;
+            }
+            Ok(StartupPacket::GssEncRequest) => {
+                return Err(ProxyError::Protocol("repeated GSSENCRequest".into()));
+            }
+            Ok(StartupPacket::CancelRequest { pid, secret }) => {
+                return Ok(Accepted::Cancel { pid, secret });
+            }
+            Ok(StartupPacket::Startup(_)) => {
+                send_error(&mut stream, Severity::Fatal, "28000", TLS_REQUIRED_MESSAGE).await?;
+                return Err(ProxyError::TlsRequired);
+            }
+            Err(err @ ProxyError::UnsupportedProtocol { .. }) => {
+                send_error(&mut stream, Severity::Fatal, "0A000", &err.to_string()).await?;
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn startup_inside_tls<S>(
+    stream: PrefixedStream<S>,
+    tls: Arc<ServerConfig>,
+    limits: HandshakeLimits,
+    direct_tls: bool,
+) -> Result<Accepted<S>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut stream = TlsAcceptor::from(tls)
+        .accept(stream)
+        .await
+        .map_err(ProxyError::TlsHandshake)?;
+    let (_, session) = stream.get_ref();
+    // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql", so that a TLS connection
+    // meant for another protocol is never taken for a PostgreSQL session.
+    if direct_tls && session.alpn_protocol() != Some(messages::ALPN_POSTGRESQL) {
+        return Err(ProxyError::DirectTlsWithoutAlpn);
+    }
+    let peer_certificates = session
+        .peer_certificates()
+        .map(<[CertificateDer<'static>]>::to_vec)
+        .unwrap_or_default();
+
+    let body = messages::read_startup_packet(&mut stream, limits.max_startup_len).await?;
+    let startup = match messages::decode_startup_packet(&body) {
+        Ok(StartupPacket::Startup(startup)) => startup,
+        Ok(StartupPacket::CancelRequest { pid, secret }) => {
+            return Ok(Accepted::Cancel { pid, secret });
+        }
+        Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+            return Err(ProxyError::Protocol(
+                "encryption request inside TLS".into(),
+            ));
+        }
+        Err(err @ ProxyError::UnsupportedProtocol { .. }) => {
+            send_error(&mut stream, Severity::Fatal, "0A000", &err.to_string()).await?;
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    };
+
+    let (extensions, params): (Vec<_>, Vec<_>) = startup
+        .params
+        .into_iter()
+        .partition(|(name, _)| name.starts_with(messages::PROTOCOL_EXTENSION_PREFIX));
+    // A newer minor version or protocol extensions are declined here, the way PostgreSQL
+    // does it before authentication; the client then carries on with 3.0.
+    if startup.minor_version > 0 || !extensions.is_empty() {
+        let names: Vec<String> = extensions.into_iter().map(|(name, _)| name).collect();
+        stream
+            .write_all(&messages::negotiate_protocol_version(0, &names))
+            .await?;
+        stream.flush().await?;
+    }
+    Ok(Accepted::Startup(ClientStartup {
+        stream,
+        params,
+        peer_certificates,
+        direct_tls,
+    }))
+}
+
+/// Writes an ErrorResponse and flushes it. With `Severity::Fatal`, psql prints
+/// `FATAL:  <message>`; the caller closes the connection afterwards.
+pub async fn send_error<S>(
+    stream: &mut S,
+    severity: Severity,
+    sqlstate: &str,
+    message: &str,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    stream
+        .write_all(&error_response_bytes(severity, sqlstate, message))
+        .await?;
+    stream.flush().await
+}
+
+/// The bytes of an ErrorResponse, for callers that batch their writes.
+pub fn error_response_bytes(severity: Severity, sqlstate: &str, message: &str) -> bytes::Bytes {
+    messages::error_response(severity, sqlstate, message)
+}
+
+/// A stream that yields bytes already read from it before reading further.
+///
+/// Recognising direct TLS costs the first byte of the ClientHello; this hands it back to the
+/// TLS acceptor. Writes go straight through.
+#[derive(Debug)]
+pub struct PrefixedStream<S> {
+    inner: S,
+    prefix: Option<u8>,
+}
+
+impl<S> PrefixedStream<S> {
+    fn new(inner: S, prefix: Option<u8>) -> Self {
+        PrefixedStream { inner, prefix }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PrefixedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if buf.remaining() > 0 {
+            if let Some(byte) = self.prefix.take() {
+                buf.put_slice(&[byte]);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,152 @@
+//! JSON shapes of the web API, shared by the server and the `dbward` client.
+//!
+//! Everything here is plain data: the handlers live in `web`, the client in the CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// Password login: the client sends a CSR for a key it generated and keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    pub csr_pem: String,
+    /// Requested lifetime in seconds; capped by the configured `cert_ttl` and the roles'
+    /// `max_session_ttl`.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub cert_pem: String,
+    pub host_ca_pem: String,
+    pub cluster: String,
+    /// RFC 3339.
+    pub expires: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingResponse {
+    pub cluster: String,
+    pub version: String,
+    pub postgres_addr: Option<String>,
+    pub mysql_addr: Option<String>,
+    pub public_addr: String,
+}
+
+/// `dbward create -f`: the raw text is parsed on the server so that errors name lines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateResourcesRequest {
+    pub file_name: String,
+    pub text: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateResourcesResponse {
+    /// `kind/name` of every resource written.
+    pub created: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Resources as JSON values (`kind`, `version`, `metadata`, `spec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceList {
+    pub resources: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddUserRequest {
+    pub name: String,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub traits: std::collections::BTreeMap<String, Vec<String>>,
+    /// When absent the server generates one and returns it once.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddUserResponse {
+    pub name: String,
+    pub generated_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbListEntry {
+    pub name: String,
+    pub description: String,
+    pub protocol: String,
+    pub uri: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub allowed_users: String,
+    /// Roles provisioning would grant (empty when provisioning is off).
+    pub db_roles: Vec<String>,
+    pub auto_provisioning: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbListResponse {
+    pub databases: Vec<DbListEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbCertRequest {
+    pub db: String,
+    #[serde(default)]
+    pub db_user: Option<String>,
+    #[serde(default)]
+    pub db_name: Option<String>,
+    #[serde(default)]
+    pub db_roles: Vec<String>,
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbCertResponse {
+    pub cert_pem: String,
+    pub host_ca_pem: String,
+    pub protocol: String,
+    /// The db user the route resolves to (the dbward user in provisioning mode).
+    pub db_user: String,
+    pub db_name: Option<String>,
+    pub gateway_host: String,
+    pub gateway_port: u16,
+    pub expires: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AuditSearchQuery {
+    #[serde(default)]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Seconds back from now.
+    #[serde(default)]
+    pub since_secs: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditSearchResponse {
+    pub events: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbCheckResponse {
+    pub findings: Vec<DbCheckFinding>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbCheckFinding {
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Every API error has this body, with a status code chosen by the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

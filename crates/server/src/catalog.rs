@@ -1,0 +1,114 @@
+//! The typed view of the resources kept in the store (roles, users, databases, import rules),
+//! plus the static databases of the configuration file.
+//!
+//! Connections read roles and users from here at connect time, so a change made with
+//! `dbward create` or `dbward rm` applies to the next connection at once. The parsed view is
+//! cached and rebuilt only when the store's revision moves.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dbward_model::{Db, DbObjectImportRule, Resource, Role, User};
+use dbward_store::Store;
+use tokio::sync::Mutex;
+
+use crate::error::GatewayError;
+
+/// Resource kinds as stored (the `kind` field of the YAML).
+pub const KIND_ROLE: &str = "role";
+pub const KIND_USER: &str = "user";
+pub const KIND_DB: &str = "db";
+pub const KIND_IMPORT_RULE: &str = "db_object_import_rule";
+pub const KINDS: [&str; 4] = [KIND_ROLE, KIND_USER, KIND_DB, KIND_IMPORT_RULE];
+
+/// Normalises the kind words accepted on the command line (`roles`, `db`, `dbs`, …).
+pub fn canonical_kind(word: &str) -> Option<&'static str> {
+    match word {
+        "role" | "roles" => Some(KIND_ROLE),
+        "user" | "users" => Some(KIND_USER),
+        "db" | "dbs" | "database" | "databases" => Some(KIND_DB),
+        "db_object_import_rule" | "db_object_import_rules" => Some(KIND_IMPORT_RULE),
+        _ => None,
+    }
+}
+
+/// One consistent view of all resources.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub roles: BTreeMap<String, Role>,
+    pub users: BTreeMap<String, User>,
+    /// Static databases from the config first; a stored `db` of the same name wins.
+    pub dbs: BTreeMap<String, Db>,
+    pub import_rules: Vec<DbObjectImportRule>,
+}
+
+impl Snapshot {
+    /// The roles a user holds; a role name that does not exist is skipped (as if removed).
+    pub fn roles_of(&self, user: &User) -> Vec<Role> {
+        user.spec
+            .roles
+            .iter()
+            .filter_map(|name| self.roles.get(name).cloned())
+            .collect()
+    }
+}
+
+pub struct Catalog {
+    store: Store,
+    static_dbs: Vec<Db>,
+    cached: Mutex<Option<(i64, Arc<Snapshot>)>>,
+}
+
+impl Catalog {
+    pub fn new(store: Store, static_dbs: Vec<Db>) -> Self {
+        Self {
+            store,
+            static_dbs,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, GatewayError> {
+        let revision = self.store.resources_revision().await?;
+        let mut cached = self.cached.lock().await;
+        if let Some((rev, snap)) = cached.as_ref() {
+            if *rev == revision {
+                return Ok(snap.clone());
+            }
+        }
+        let snap = Arc::new(self.load().await?);
+        *cached = Some((revision, snap.clone()));
+        Ok(snap)
+    }
+
+    async fn load(&self) -> Result<Snapshot, GatewayError> {
+        let mut snap = Snapshot::default();
+        for db in &self.static_dbs {
+            snap.dbs.insert(db.metadata.name.clone(), db.clone());
+        }
+        for kind in KINDS {
+            for (name, json) in self.store.list_resources(kind).await? {
+                let resource: Resource = match serde_json::from_str(&json) {
+                    Ok(r) => r,
+                    Err(err) => {
+                        tracing::error!(kind, name, %err, "stored resource does not parse; skipped");
+                        continue;
+                    }
+                };
+                match resource {
+                    Resource::Role(r) => {
+                        snap.roles.insert(name, r);
+                    }
+                    Resource::User(u) => {
+                        snap.users.insert(name, u);
+                    }
+                    Resource::Db(d) => {
+                        snap.dbs.insert(name, d);
+                    }
+                    Resource::ImportRule(r) => snap.import_rules.push(r),
+                }
+            }
+        }
+        Ok(snap)
+    }
+}

@@ -1,0 +1,45 @@
+//! Errors of the gateway layer. Each variant knows what a client may be told; the full
+//! detail goes to the server log only.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error("store: {0}")]
+    Store(#[from] dbward_store::StoreError),
+    #[error("certificates: {0}")]
+    Pki(#[from] dbward_pki::PkiError),
+    #[error("{0}")]
+    Model(#[from] dbward_model::ModelError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Text safe to show to a client.
+    pub fn user_message(&self) -> String {
+        match self {
+            GatewayError::Store(_) | GatewayError::Pki(_) | GatewayError::Io(_) => {
+                "internal error; see the gateway log".to_string()
+            }
+            GatewayError::Internal(_) => "internal error; see the gateway log".to_string(),
+            other => other.to_string(),
+        }
+    }
+}

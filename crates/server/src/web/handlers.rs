@@ -1,0 +1,518 @@
+//! Route handlers of the web API. Each handler states who may call it by the identity
+//! extractor it asks for: none (ping, login), [`UserIdentity`] or [`AdminIdentity`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use dbward_model::Resource;
+use dbward_pki::{CertUsage, DbRoute, Identity};
+use dbward_store::PutMode;
+use time::OffsetDateTime;
+
+use super::Peer;
+use crate::api::*;
+use crate::catalog::{canonical_kind, KIND_USER};
+use crate::error::GatewayError;
+use crate::passwords;
+use crate::Gateway;
+
+type Shared = State<Arc<Gateway>>;
+
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/login", post(login))
+        .route("/v1/resources", post(create_resources))
+        .route("/v1/resources/{kind}", get(list_resources))
+        .route(
+            "/v1/resources/{kind}/{name}",
+            get(get_resource).delete(delete_resource),
+        )
+        .route("/v1/users", post(add_user))
+        .route("/v1/users/{name}", delete(remove_user))
+        .route("/v1/dbs", get(list_dbs))
+        .route("/v1/dbs/{name}/check", get(check_db))
+        .route("/v1/db-certs", post(issue_db_cert))
+        .route("/v1/audit", get(search_audit))
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            GatewayError::BadRequest(_) | GatewayError::Model(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(err = %self, "web request failed");
+        }
+        (
+            status,
+            Json(ApiError {
+                error: self.user_message(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// A caller holding a valid user (login) certificate of this cluster.
+pub struct UserIdentity(pub Identity);
+/// A caller holding the admin identity written by `dbward start`.
+pub struct AdminIdentity(#[allow(dead_code)] pub Identity);
+
+fn peer_identity(parts: &Parts, gateway: &Gateway) -> Result<Identity, GatewayError> {
+    let peer = parts
+        .extensions
+        .get::<Peer>()
+        .ok_or_else(|| GatewayError::Internal("peer not attached".into()))?;
+    let identity = peer.identity.clone().ok_or_else(|| {
+        GatewayError::Unauthorized("a client certificate is required; run `dbward login`".into())
+    })?;
+    if identity.cluster != gateway.cluster {
+        return Err(GatewayError::Unauthorized(
+            "certificate belongs to another cluster".into(),
+        ));
+    }
+    if identity.expires <= OffsetDateTime::now_utc() {
+        return Err(GatewayError::Unauthorized(
+            "certificate has expired; run `dbward login`".into(),
+        ));
+    }
+    Ok(identity)
+}
+
+impl FromRequestParts<Arc<Gateway>> for UserIdentity {
+    type Rejection = GatewayError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Gateway>,
+    ) -> Result<Self, Self::Rejection> {
+        let identity = peer_identity(parts, state)?;
+        if identity.usage != CertUsage::Login {
+            return Err(GatewayError::Unauthorized(
+                "this endpoint needs a login certificate".into(),
+            ));
+        }
+        Ok(UserIdentity(identity))
+    }
+}
+
+impl FromRequestParts<Arc<Gateway>> for AdminIdentity {
+    type Rejection = GatewayError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Gateway>,
+    ) -> Result<Self, Self::Rejection> {
+        let identity = peer_identity(parts, state)?;
+        if identity.usage != CertUsage::Admin {
+            return Err(GatewayError::Forbidden(
+                "this endpoint needs the admin identity".into(),
+            ));
+        }
+        Ok(AdminIdentity(identity))
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+async fn ping(State(gw): Shared) -> Json<PingResponse> {
+    let endpoints = gw.endpoints.read().await.clone();
+    Json(PingResponse {
+        cluster: gw.cluster.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        postgres_addr: endpoints.postgres,
+        mysql_addr: endpoints.mysql,
+        public_addr: gw.config.public_addr.clone(),
+    })
+}
+
+async fn login(
+    State(gw): Shared,
+    Extension(peer): Extension<Peer>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, GatewayError> {
+    let user_key = format!("user:{}", req.user);
+    let keys = vec![user_key.clone(), format!("addr:{}", peer.addr.ip())];
+    if !gw.limiter.allowed(&keys).await {
+        return Err(GatewayError::TooManyRequests(
+            "too many failed login attempts; try again later".into(),
+        ));
+    }
+    let denied = || GatewayError::Unauthorized("invalid user name or password".into());
+    let hash = gw.store.get_password_hash(&req.user).await?;
+    let snapshot = gw.catalog.snapshot().await?;
+    let user = snapshot.users.get(&req.user).cloned();
+    // Verify even when the user is unknown so timing does not reveal which names exist.
+    let password = req.password.clone();
+    let ok = tokio::task::spawn_blocking(move || match hash {
+        Some(h) => passwords::verify_password(&password, &h),
+        None => {
+            let _ = passwords::verify_password(&password, &DUMMY_HASH);
+            false
+        }
+    })
+    .await
+    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let Some(user) = user.filter(|_| ok) else {
+        gw.limiter.record_failure(&keys).await;
+        tracing::info!(user = %req.user, addr = %peer.addr, "login failed");
+        return Err(denied());
+    };
+    gw.limiter.record_success(&user_key).await;
+    let roles = snapshot.roles_of(&user);
+    let checker = dbward_rbac::AccessChecker::new(&user, &roles)
+        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let mut ttl = gw.config.cert_ttl;
+    if let Some(requested) = req.ttl_secs {
+        ttl = ttl.min(Duration::from_secs(requested));
+    }
+    let ttl = checker.cap_ttl(ttl);
+    let expires = OffsetDateTime::now_utc() + ttl;
+    let identity = Identity {
+        username: user.metadata.name.clone(),
+        cluster: gw.cluster.clone(),
+        usage: CertUsage::Login,
+        expires,
+        route: None,
+    };
+    let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &identity, &req.csr_pem)
+        .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
+    tracing::info!(user = %identity.username, "login succeeded");
+    Ok(Json(LoginResponse {
+        cert_pem,
+        host_ca_pem: gw.cas.host.cert_pem.clone(),
+        cluster: gw.cluster.clone(),
+        expires: rfc3339(expires),
+    }))
+}
+
+/// A hash of a random password, verified against when the user does not exist.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    passwords::hash_password(&passwords::generate_password()).unwrap_or_default()
+});
+
+async fn create_resources(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Json(req): Json<CreateResourcesRequest>,
+) -> Result<Json<CreateResourcesResponse>, GatewayError> {
+    let parsed = dbward_model::parse_resources(&req.text, &req.file_name)?;
+    for r in &parsed.resources {
+        r.validate()?;
+    }
+    let mode = if req.force {
+        PutMode::Upsert
+    } else {
+        PutMode::CreateOnly
+    };
+    // Refuse the whole file before writing anything when a name exists and --force is absent.
+    if !req.force {
+        for r in &parsed.resources {
+            if gw.store.get_resource(r.kind(), r.name()).await?.is_some() {
+                return Err(GatewayError::Conflict(format!(
+                    "{}/{} already exists; use --force to overwrite",
+                    r.kind(),
+                    r.name()
+                )));
+            }
+        }
+    }
+    let mut created = Vec::new();
+    for r in &parsed.resources {
+        let json = serde_json::to_string(r).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        gw.store
+            .put_resource(r.kind(), r.name(), &json, mode)
+            .await
+            .map_err(|e| match e {
+                dbward_store::StoreError::AlreadyExists { kind, name } => GatewayError::Conflict(
+                    format!("{kind}/{name} already exists; use --force to overwrite"),
+                ),
+                other => other.into(),
+            })?;
+        created.push(format!("{}/{}", r.kind(), r.name()));
+    }
+    Ok(Json(CreateResourcesResponse {
+        created,
+        warnings: parsed.warnings,
+    }))
+}
+
+fn kind_of(word: &str) -> Result<&'static str, GatewayError> {
+    canonical_kind(word).ok_or_else(|| {
+        GatewayError::BadRequest(format!(
+            "unknown resource kind \"{word}\"; expected role, user, db or db_object_import_rule"
+        ))
+    })
+}
+
+async fn list_resources(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Path(kind): Path<String>,
+) -> Result<Json<ResourceList>, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let mut resources = Vec::new();
+    for (_, json) in gw.store.list_resources(kind).await? {
+        let value: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        resources.push(value);
+    }
+    Ok(Json(ResourceList { resources }))
+}
+
+async fn get_resource(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<ResourceList>, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let json = gw
+        .store
+        .get_resource(kind, &name)
+        .await?
+        .ok_or_else(|| GatewayError::NotFound(format!("{kind}/{name} not found")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    Ok(Json(ResourceList {
+        resources: vec![value],
+    }))
+}
+
+async fn delete_resource(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<StatusCode, GatewayError> {
+    let kind = kind_of(&kind)?;
+    if !gw.store.delete_resource(kind, &name).await? {
+        return Err(GatewayError::NotFound(format!("{kind}/{name} not found")));
+    }
+    if kind == KIND_USER {
+        gw.store.delete_password(&name).await?;
+    }
+    gw.sessions.revalidate_soon();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_user(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Json(req): Json<AddUserRequest>,
+) -> Result<Json<AddUserResponse>, GatewayError> {
+    let user = dbward_model::User::new(&req.name, req.roles.clone(), req.traits.clone());
+    let resource = Resource::User(user);
+    resource.validate()?;
+    let snapshot = gw.catalog.snapshot().await?;
+    for role in &req.roles {
+        if !snapshot.roles.contains_key(role) {
+            return Err(GatewayError::BadRequest(format!(
+                "role \"{role}\" does not exist; create it first"
+            )));
+        }
+    }
+    let (password, generated) = match req.password {
+        Some(p) if !p.is_empty() => (p, None),
+        Some(_) => return Err(GatewayError::BadRequest("empty password".into())),
+        None => {
+            let p = passwords::generate_password();
+            (p.clone(), Some(p))
+        }
+    };
+    let hash = tokio::task::spawn_blocking(move || passwords::hash_password(&password))
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+        .map_err(GatewayError::Internal)?;
+    let json =
+        serde_json::to_string(&resource).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    gw.store
+        .put_resource(KIND_USER, &req.name, &json, PutMode::CreateOnly)
+        .await
+        .map_err(|e| match e {
+            dbward_store::StoreError::AlreadyExists { name, .. } => {
+                GatewayError::Conflict(format!("user \"{name}\" already exists"))
+            }
+            other => other.into(),
+        })?;
+    gw.store.set_password_hash(&req.name, &hash).await?;
+    Ok(Json(AddUserResponse {
+        name: req.name,
+        generated_password: generated,
+    }))
+}
+
+async fn remove_user(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Path(name): Path<String>,
+) -> Result<StatusCode, GatewayError> {
+    if !gw.store.delete_resource(KIND_USER, &name).await? {
+        return Err(GatewayError::NotFound(format!("user \"{name}\" not found")));
+    }
+    gw.store.delete_password(&name).await?;
+    gw.sessions.revalidate_soon();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_dbs(
+    State(gw): Shared,
+    UserIdentity(identity): UserIdentity,
+) -> Result<Json<DbListResponse>, GatewayError> {
+    let snapshot = gw.catalog.snapshot().await?;
+    let user = snapshot
+        .users
+        .get(&identity.username)
+        .ok_or_else(|| GatewayError::Unauthorized("user no longer exists".into()))?;
+    let roles = snapshot.roles_of(user);
+    let checker = dbward_rbac::AccessChecker::new(user, &roles)
+        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let mut databases = Vec::new();
+    for db in snapshot.dbs.values() {
+        if !checker.can_see_db(db) {
+            continue;
+        }
+        let provisioning = checker.provisioning(db).ok().flatten();
+        databases.push(DbListEntry {
+            name: db.metadata.name.clone(),
+            description: db.metadata.description.clone().unwrap_or_default(),
+            protocol: db.spec.protocol.to_string(),
+            uri: db.spec.uri.clone(),
+            labels: db.metadata.labels.clone(),
+            allowed_users: checker.allowed_users_display(db),
+            db_roles: provisioning
+                .as_ref()
+                .map(|p| p.roles.iter().cloned().collect())
+                .unwrap_or_default(),
+            auto_provisioning: provisioning.is_some(),
+        });
+    }
+    Ok(Json(DbListResponse { databases }))
+}
+
+async fn issue_db_cert(
+    State(gw): Shared,
+    UserIdentity(identity): UserIdentity,
+    Json(req): Json<DbCertRequest>,
+) -> Result<Json<DbCertResponse>, GatewayError> {
+    let snapshot = gw.catalog.snapshot().await?;
+    let user = snapshot
+        .users
+        .get(&identity.username)
+        .ok_or_else(|| GatewayError::Unauthorized("user no longer exists".into()))?;
+    let roles = snapshot.roles_of(user);
+    let checker = dbward_rbac::AccessChecker::new(user, &roles)
+        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    let not_found = || GatewayError::NotFound(format!("database \"{}\" not found", req.db));
+    let db = snapshot.dbs.get(&req.db).ok_or_else(not_found)?;
+    if !checker.can_see_db(db) {
+        return Err(not_found());
+    }
+    let provisioning = checker.provisioning(db).ok().flatten();
+    let db_user = match (&req.db_user, &provisioning) {
+        (Some(u), _) => u.clone(),
+        (None, Some(_)) => identity.username.clone(),
+        (None, None) => {
+            return Err(GatewayError::BadRequest(
+                "--db-user is required for this database (automatic user provisioning is off)"
+                    .into(),
+            ))
+        }
+    };
+    // Early check with the route's defaults, so mistakes show at `db login`; the listener
+    // checks again with what the client actually sends.
+    let db_name = req.db_name.clone().unwrap_or_default();
+    checker
+        .authorize(db, &db_user, &db_name, &req.db_roles)
+        .map_err(|denied| {
+            tracing::info!(user = %identity.username, db = %req.db, reason = %denied.reason(), "db login denied");
+            GatewayError::Forbidden(denied.user_message())
+        })?;
+    let expires = identity.expires;
+    let db_identity = Identity {
+        username: identity.username.clone(),
+        cluster: gw.cluster.clone(),
+        usage: CertUsage::Db,
+        expires,
+        route: Some(DbRoute {
+            service: req.db.clone(),
+            db_user: Some(db_user.clone()),
+            db_name: req.db_name.clone(),
+            db_roles: req.db_roles.clone(),
+        }),
+    };
+    let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &db_identity, &req.csr_pem)
+        .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
+    let endpoints = gw.endpoints.read().await.clone();
+    let listen = match db.spec.protocol {
+        dbward_model::Protocol::Postgres => endpoints.postgres,
+        dbward_model::Protocol::Mysql => endpoints.mysql,
+    }
+    .ok_or_else(|| {
+        GatewayError::BadRequest(format!(
+            "the {} listener is disabled on this gateway",
+            db.spec.protocol
+        ))
+    })?;
+    let port = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Ok(Json(DbCertResponse {
+        cert_pem,
+        host_ca_pem: gw.cas.host.cert_pem.clone(),
+        protocol: db.spec.protocol.to_string(),
+        db_user,
+        db_name: req.db_name,
+        gateway_host: gw.config.public_addr.clone(),
+        gateway_port: port,
+        expires: rfc3339(expires),
+    }))
+}
+
+async fn check_db(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Path(name): Path<String>,
+) -> Result<Json<DbCheckResponse>, GatewayError> {
+    let findings = crate::session::preflight(&gw, &name).await?;
+    Ok(Json(DbCheckResponse { findings }))
+}
+
+async fn search_audit(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Query(q): Query<AuditSearchQuery>,
+) -> Result<Json<AuditSearchResponse>, GatewayError> {
+    let since = q.since_secs.map(|s| {
+        let now = OffsetDateTime::now_utc();
+        ((now - Duration::from_secs(s)).unix_timestamp_nanos() / 1_000_000) as i64
+    });
+    let rows = gw
+        .store
+        .search_audit(dbward_store::AuditQuery {
+            event_type: q.event_type,
+            user: q.user,
+            since_unix_ms: since,
+            limit: q.limit.unwrap_or(1000),
+        })
+        .await?;
+    let events = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str(r).ok())
+        .collect();
+    Ok(Json(AuditSearchResponse { events }))
+}
