@@ -1,14 +1,31 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! dbward's data model: the configuration file and the resources (role, user, db,
+//! db_object_import_rule), how they are read from and written to YAML and JSON, and the rules
+//! they must follow.
+//!
+//! This crate does no I/O beyond reading a configuration file by path; access decisions live
+//! in the rbac crate.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod config;
+pub mod db;
+pub mod duration;
+pub mod error;
+pub mod import_rule;
+pub mod labels;
+pub mod metadata;
+pub mod permission;
+pub mod resource;
+pub mod role;
+mod source;
+pub mod user;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use config::{Config, StaticDb, Storage, StorageBackend};
+pub use db::{AdminUser, Db, DbSpec, DbTls, Protocol, TlsMode};
+pub use duration::{format_duration, parse_duration};
+pub use error::ModelError;
+pub use import_rule::{DbObjectImportRule, ImportMapping, ImportMatch, ImportRuleSpec, ImportScope};
+pub use labels::{LabelValues, Labels};
+pub use metadata::Metadata;
+pub use permission::Permission;
+pub use resource::{parse_resources, ParsedResources, Resource};
+pub use role::{CreateDbUserMode, DbPermission, Role, RoleConditions, RoleOptions, RoleSpec};
+pub use user::{User, UserSpec};

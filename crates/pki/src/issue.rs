@@ -55,24 +55,48 @@ pub fn issue_user_cert(ca: &CertAuthority, identity: &Identity, csr_pem: &str) -
     Ok(cert.pem())
 }
 
-/// Issues a server certificate for `hosts` with a fresh key; returns (certificate PEM, key PEM).
+/// Issues a certificate for one of dbward's own listeners (web, postgres, mysql), signed by
+/// the host CA, for `hosts` with a fresh key; returns (certificate PEM, key PEM).
 ///
-/// Hosts that parse as IP addresses become IP SANs, the rest DNS SANs. Used for dbward's own
-/// listeners (host CA) and for database servers (`dbward auth sign --format db`, db CA).
+/// Hosts that parse as IP addresses become IP SANs, the rest DNS SANs; the CN is the first.
 pub fn issue_host_cert(
     ca: &CertAuthority,
     hosts: &[String],
     ttl: StdDuration,
 ) -> Result<(String, String)> {
-    let first = hosts
-        .first()
-        .ok_or_else(|| PkiError::InvalidName("a host certificate needs at least one host".into()))?;
+    expect_kind(ca, CaKind::Host)?;
+    issue_server_cert(ca, hosts, ttl)
+}
+
+/// Issues a database *server* certificate signed by the db CA (`dbward auth sign --format db`);
+/// returns (certificate PEM, key PEM).
+///
+/// Hosts that parse as IP addresses become IP SANs, the rest DNS SANs; the CN is the first.
+/// The database also needs the db-client CA certificate (`PREFIX.cas`) to trust dbward.
+pub fn issue_db_server_cert(
+    db_ca: &CertAuthority,
+    hosts: &[String],
+    ttl: StdDuration,
+) -> Result<(String, String)> {
+    expect_kind(db_ca, CaKind::Db)?;
+    issue_server_cert(db_ca, hosts, ttl)
+}
+
+fn issue_server_cert(
+    ca: &CertAuthority,
+    hosts: &[String],
+    ttl: StdDuration,
+) -> Result<(String, String)> {
+    let first = hosts.first().ok_or_else(|| {
+        PkiError::InvalidName("a server certificate needs at least one host".into())
+    })?;
     let mut params = leaf_params(expiry_after(ttl)?)?;
     params.distinguished_name = common_name_only(first);
     params.subject_alt_names = hosts
         .iter()
         .map(|host| match host.parse::<IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) if host.is_empty() => Err(PkiError::InvalidName("empty host name".into())),
             Err(_) => host
                 .as_str()
                 .try_into()
@@ -98,6 +122,12 @@ pub fn issue_db_client_cert(
     expect_kind(ca, CaKind::DbClient)?;
     if db_user.is_empty() {
         return Err(PkiError::InvalidName("empty database user".into()));
+    }
+    // PostgreSQL refuses a CN with an embedded NUL (it could truncate the compared name).
+    if db_user.contains('\0') {
+        return Err(PkiError::InvalidName(
+            "database user contains a NUL character".into(),
+        ));
     }
     let mut params = leaf_params(expiry_after(ttl)?)?;
     params.distinguished_name = common_name_only(db_user);

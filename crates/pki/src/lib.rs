@@ -1,14 +1,26 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Certificates for dbward: the four cluster CAs, user certificates carrying a dbward identity,
+//! listener and database certificates, and the rustls configurations built from them.
+//!
+//! Everything here uses rustls with the `ring` provider and ECDSA P-256 keys.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod ca;
+mod error;
+mod files;
+mod identity;
+mod issue;
+mod tls;
+mod verify;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use ca::{CaKind, CaSet, CertAuthority};
+pub use error::{PkiError, Result};
+pub use files::{parse_cert_pem, parse_key_pem, write_private_file};
+pub use identity::{read_identity, CertUsage, DbRoute, Identity, IDENTITY_EXTENSION_OID};
+pub use issue::{
+    issue_db_client_cert, issue_db_server_cert, issue_host_cert, issue_user_cert,
+    new_key_and_csr, x509_oneline_subject,
+};
+pub use tls::{client_config, server_config, ClientAuth, ServerVerification};
+pub use verify::verify_user_cert;
+
+/// Re-exported so callers name the same DER types this crate takes and returns.
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -1,14 +1,11 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! dbward's database wire protocols: the client-facing handshake (TLS, startup, cancel), the
+//! gateway's own connection to the database server, and the relay with its audit tap.
+//!
+//! This crate speaks protocols only. Who a client is, what it may reach and which database
+//! user it becomes are decided by the caller; errors are returned, and the caller chooses
+//! what a client is told.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod error;
+pub mod pg;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::{AuthenticationKind, ProxyError, UpstreamError};

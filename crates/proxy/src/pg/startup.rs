@@ -18,11 +18,12 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::messages::{self, Severity, StartupPacket};
+use super::BackendKey;
 use crate::error::ProxyError;
 
 /// The message a client gets when it tries to start a session without TLS.
 pub const TLS_REQUIRED_MESSAGE: &str =
-    "dbward requires TLS with a client certificate; connect with sslmode=require or stronger";
+    "dbward requires TLS: connect with sslmode=verify-full (or require)";
 
 /// Bounds on a client handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,14 +48,9 @@ impl Default for HandshakeLimits {
 pub enum Accepted<S> {
     /// A session to set up.
     Startup(ClientStartup<S>),
-    /// A request to cancel the query of another session, identified by the BackendKeyData
-    /// the gateway issued to it. The connection carries nothing more.
-    Cancel {
-        /// Process id from the client's BackendKeyData.
-        pid: i32,
-        /// Secret key from the client's BackendKeyData.
-        secret: i32,
-    },
+    /// A request to cancel the query of another session, identified by the key the gateway
+    /// issued to it. The connection carries nothing more and gets no answer.
+    Cancel(BackendKey),
 }
 
 /// The TLS stream of an accepted client.
@@ -71,7 +67,7 @@ pub struct ClientStartup<S> {
     pub params: Vec<(String, String)>,
     /// The client's certificate chain, leaf first, as verified by rustls. Empty when the
     /// TLS configuration does not ask for client certificates.
-    pub peer_certificates: Vec<CertificateDer<'static>>,
+    pub client_certs: Vec<CertificateDer<'static>>,
     /// Whether the client used PostgreSQL 17 direct TLS rather than an SSLRequest.
     pub direct_tls: bool,
 }
@@ -90,7 +86,7 @@ impl<S> ClientStartup<S> {
 ///
 /// Errors end this connection only. When the client sent a plaintext StartupMessage or an
 /// unsupported protocol version, it has already been sent an ErrorResponse.
-pub async fn accept_client<S>(
+pub async fn accept<S>(
     stream: S,
     tls: Arc<ServerConfig>,
     limits: HandshakeLimits,
@@ -152,14 +148,17 @@ where
                 return Err(ProxyError::Protocol("repeated GSSENCRequest".into()));
             }
             Ok(StartupPacket::CancelRequest { pid, secret }) => {
-                return Ok(Accepted::Cancel { pid, secret });
+                return Ok(Accepted::Cancel(BackendKey {
+                    process_id: pid,
+                    secret_key: secret,
+                }));
             }
             Ok(StartupPacket::Startup(_)) => {
-                send_error(&mut stream, Severity::Fatal, "28000", TLS_REQUIRED_MESSAGE).await?;
+                send_error(&mut stream, "28000", TLS_REQUIRED_MESSAGE).await?;
                 return Err(ProxyError::TlsRequired);
             }
             Err(err @ ProxyError::UnsupportedProtocol { .. }) => {
-                send_error(&mut stream, Severity::Fatal, "0A000", &err.to_string()).await?;
+                send_error(&mut stream, "0A000", &err.to_string()).await?;
                 return Err(err);
             }
             Err(err) => return Err(err),
@@ -186,7 +185,7 @@ where
     if direct_tls && session.alpn_protocol() != Some(messages::ALPN_POSTGRESQL) {
         return Err(ProxyError::DirectTlsWithoutAlpn);
     }
-    let peer_certificates = session
+    let client_certs = session
         .peer_certificates()
         .map(<[CertificateDer<'static>]>::to_vec)
         .unwrap_or_default();
@@ -195,7 +194,10 @@ where
     let startup = match messages::decode_startup_packet(&body) {
         Ok(StartupPacket::Startup(startup)) => startup,
         Ok(StartupPacket::CancelRequest { pid, secret }) => {
-            return Ok(Accepted::Cancel { pid, secret });
+            return Ok(Accepted::Cancel(BackendKey {
+                process_id: pid,
+                secret_key: secret,
+            }));
         }
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
             return Err(ProxyError::Protocol(
@@ -203,7 +205,7 @@ where
             ));
         }
         Err(err @ ProxyError::UnsupportedProtocol { .. }) => {
-            send_error(&mut stream, Severity::Fatal, "0A000", &err.to_string()).await?;
+            send_error(&mut stream, "0A000", &err.to_string()).await?;
             return Err(err);
         }
         Err(err) => return Err(err),
@@ -225,31 +227,49 @@ where
     Ok(Accepted::Startup(ClientStartup {
         stream,
         params,
-        peer_certificates,
+        client_certs,
         direct_tls,
     }))
 }
 
-/// Writes an ErrorResponse and flushes it. With `Severity::Fatal`, psql prints
-/// `FATAL:  <message>`; the caller closes the connection afterwards.
-pub async fn send_error<S>(
-    stream: &mut S,
-    severity: Severity,
-    sqlstate: &str,
-    message: &str,
-) -> std::io::Result<()>
+/// Writes a FATAL ErrorResponse (fields `S`, `V`, `C`, `M`) and flushes it, so that psql
+/// prints `FATAL:  <message>`. The caller closes the connection afterwards.
+///
+/// `message` reaches the client as is: it must not carry secrets or internal detail.
+pub async fn send_error<S>(stream: &mut S, sqlstate: &str, message: &str) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     stream
-        .write_all(&error_response_bytes(severity, sqlstate, message))
+        .write_all(&messages::error_response(Severity::Fatal, sqlstate, message))
         .await?;
     stream.flush().await
 }
 
-/// The bytes of an ErrorResponse, for callers that batch their writes.
-pub fn error_response_bytes(severity: Severity, sqlstate: &str, message: &str) -> bytes::Bytes {
-    messages::error_response(severity, sqlstate, message)
+/// Tells an accepted client its session is ready: AuthenticationOk, one ParameterStatus per
+/// entry of `parameters` (normally the server's, from [`super::Upstream`]), BackendKeyData
+/// with the gateway-issued `key`, and ReadyForQuery (idle). Written as one buffer and flushed.
+pub async fn write_startup_reply<S>(
+    stream: &mut S,
+    parameters: &[(String, String)],
+    key: BackendKey,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    stream.write_all(&startup_reply(parameters, key)).await?;
+    stream.flush().await
+}
+
+fn startup_reply(parameters: &[(String, String)], key: BackendKey) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::with_capacity(64 + parameters.len() * 32);
+    buf.extend_from_slice(&messages::authentication_ok());
+    for (name, value) in parameters {
+        buf.extend_from_slice(&messages::parameter_status(name, value));
+    }
+    buf.extend_from_slice(&messages::backend_key_data(key.process_id, key.secret_key));
+    buf.extend_from_slice(&messages::ready_for_query(b'I'));
+    buf.freeze()
 }
 
 /// A stream that yields bytes already read from it before reading further.

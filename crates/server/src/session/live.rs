@@ -1,0 +1,192 @@
+//! The sessions this gateway relays right now: for cancel requests, for ending sessions when
+//! access is revoked, for the reconciler (a user with a live session here is not left over),
+//! and for a graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Authorized;
+use crate::Gateway;
+
+/// Where a PostgreSQL cancel request for one session must go.
+#[derive(Clone)]
+pub struct CancelTarget {
+    pub addr: String,
+    pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+struct Entry {
+    authorized: Arc<Authorized>,
+    /// The (database resource, in-database user) pair the session runs as.
+    db_user_key: (String, String),
+    end: CancellationToken,
+    cancel_key: Option<(i32, i32)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, Entry>,
+    cancel: HashMap<(i32, i32), CancelTarget>,
+}
+
+/// Live sessions by session id. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct LiveSessions {
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// Removes the session from [`LiveSessions`] when dropped, however the session ends.
+pub struct Registration {
+    sessions: LiveSessions,
+    sid: String,
+    pub end: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut inner = self.sessions.lock();
+        if let Some(entry) = inner.sessions.remove(&self.sid) {
+            if let Some(key) = entry.cancel_key {
+                inner.cancel.remove(&key);
+            }
+        }
+        drop(inner);
+        self.sessions.changed.notify_waiters();
+    }
+}
+
+impl LiveSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, authorized: Arc<Authorized>) -> Registration {
+        let end = CancellationToken::new();
+        let sid = authorized.fields.sid.clone();
+        let db_user_key = (
+            authorized.db.metadata.name.clone(),
+            authorized.fields.db_user.clone(),
+        );
+        self.lock().sessions.insert(
+            sid.clone(),
+            Entry {
+                authorized,
+                db_user_key,
+                end: end.clone(),
+                cancel_key: None,
+            },
+        );
+        Registration {
+            sessions: self.clone(),
+            sid,
+            end,
+        }
+    }
+
+    /// Updates the in-database user name once provisioning has computed it.
+    pub fn set_db_user(&self, sid: &str, db_user: &str) {
+        if let Some(entry) = self.lock().sessions.get_mut(sid) {
+            entry.db_user_key.1 = db_user.to_string();
+        }
+    }
+
+    /// Issues a gateway-side cancel key for a session and remembers the real one.
+    pub fn add_cancel_key(&self, sid: &str, target: CancelTarget) -> (i32, i32) {
+        let mut inner = self.lock();
+        let key = loop {
+            let key = dbward_proxy::pg::random_backend_key();
+            if !inner.cancel.contains_key(&key) {
+                break key;
+            }
+        };
+        inner.cancel.insert(key, target);
+        if let Some(entry) = inner.sessions.get_mut(sid) {
+            entry.cancel_key = Some(key);
+        }
+        key
+    }
+
+    pub fn cancel_target(&self, process_id: i32, secret_key: i32) -> Option<CancelTarget> {
+        self.lock().cancel.get(&(process_id, secret_key)).cloned()
+    }
+
+    /// How many sessions of this gateway run as (database resource, db user).
+    pub fn count_for(&self, db: &str, db_user: &str) -> usize {
+        self.lock()
+            .sessions
+            .values()
+            .filter(|e| e.db_user_key.0 == db && e.db_user_key.1 == db_user)
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every session to end (shutdown).
+    pub fn end_all(&self) {
+        for entry in self.lock().sessions.values() {
+            entry.end.cancel();
+        }
+    }
+
+    /// Waits until every session has finished its teardown, at most `limit`.
+    pub async fn wait_until_empty(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(left = self.len(), "sessions still tearing down at shutdown");
+                return;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(Arc<Authorized>, CancellationToken)> {
+        self.lock()
+            .sessions
+            .values()
+            .map(|e| (e.authorized.clone(), e.end.clone()))
+            .collect()
+    }
+}
+
+/// Ends sessions whose access was revoked: user deleted, role removed or changed, certificate
+/// expired. Checks every two seconds against the store's current state.
+pub async fn watch_revocations(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (authorized, end) in gw.sessions.snapshot() {
+            if end.is_cancelled() {
+                continue;
+            }
+            if let Err(reason) = super::still_allowed(&gw, &authorized).await {
+                tracing::info!(
+                    user = %authorized.fields.user,
+                    sid = %authorized.fields.sid,
+                    %reason,
+                    "access revoked: ending session"
+                );
+                end.cancel();
+            }
+        }
+    }
+}

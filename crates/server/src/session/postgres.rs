@@ -1,0 +1,267 @@
+//! The PostgreSQL listener: one task per client connection, walking the session pipeline.
+//!
+//! Protocol details (SSLRequest, direct TLS, startup, relay, cancel) live in
+//! `dbward_proxy::pg`; this file decides what happens, in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbward_model::Protocol;
+use dbward_proxy::pg::{self, Accepted, TapEvent};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::live::CancelTarget;
+use super::{authenticate, authorize, provision, Authorized, Requested, SessionError};
+use crate::{audit, Gateway};
+
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(%err, "postgres accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let gw = gw.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            handle(gw, tcp, peer, tls).await;
+        });
+    }
+}
+
+async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rustls::ServerConfig>) {
+    let accepted = match pg::accept(tcp, tls).await {
+        Ok(accepted) => accepted,
+        Err(err) => {
+            tracing::info!(%peer, %err, "postgres handshake failed");
+            return;
+        }
+    };
+    match accepted {
+        Accepted::Cancel {
+            process_id,
+            secret_key,
+        } => forward_cancel(&gw, process_id, secret_key).await,
+        Accepted::Startup {
+            mut stream,
+            params,
+            client_certs,
+        } => {
+            let auth = match authenticate(&gw, peer, &client_certs) {
+                Ok(auth) => auth,
+                Err(err) => {
+                    let _ = pg::send_error(&mut stream, err.sqlstate(), &err.user_message()).await;
+                    return;
+                }
+            };
+            let param = |key: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("")
+            };
+            let requested = Requested {
+                db_user: param("user"),
+                db_name: param("database"),
+            };
+            let username = auth.identity.username.clone();
+            let route = auth.route.clone();
+            let authorized = match authorize(&gw, auth, Protocol::Postgres, requested).await {
+                Ok(a) => a,
+                Err(err) => {
+                    let fields = crate::audit::SessionFields {
+                        user: username,
+                        sid: uuid::Uuid::new_v4().to_string(),
+                        db_service: route.service.clone(),
+                        db_protocol: "postgres".into(),
+                        db_user: if param("user").is_empty() { route.db_user.clone() } else { param("user").to_string() },
+                        db_name: param("database").to_string(),
+                        db_roles: route.db_roles.clone(),
+                        ..Default::default()
+                    };
+                    gw.audit
+                        .emit(audit::SESSION_START, &fields, json!({"success": false, "error": err.user_message()}))
+                        .await;
+                    let _ = pg::send_error(&mut stream, err.sqlstate(), &err.user_message()).await;
+                    return;
+                }
+            };
+            run_session(gw, stream, params, authorized).await;
+        }
+    }
+}
+
+async fn forward_cancel(gw: &Gateway, process_id: i32, secret_key: i32) {
+    let Some(target) = gw.sessions.cancel_target(process_id, secret_key) else {
+        tracing::debug!("cancel request for an unknown key ignored");
+        return;
+    };
+    if let Err(err) = pg::cancel::send_cancel(
+        &target.addr,
+        target.tls.clone(),
+        target.process_id,
+        target.secret_key,
+    )
+    .await
+    {
+        tracing::info!(%err, "cancel request could not be forwarded");
+    }
+}
+
+async fn run_session(
+    gw: Arc<Gateway>,
+    mut client: pg::ClientStream,
+    params: Vec<(String, String)>,
+    mut authorized: Authorized,
+) {
+    let sid = authorized.fields.sid.clone();
+    // Registered before provisioning so the reconciler never mistakes this user for a
+    // leftover while it is being activated.
+    let registration = gw.sessions.register(Arc::new(authorized.clone()));
+    let provisioned = provision(&gw, &mut authorized).await;
+    let mut provisioned = match provisioned {
+        Ok(p) => p,
+        Err(err) => {
+            fail_start(&gw, &mut client, &authorized, err).await;
+            return;
+        }
+    };
+
+    let upstream = async {
+        let target = gw
+            .upstream
+            .target(&gw.cas, &authorized.db, &provisioned.db_user)?;
+        let mut upstream_params: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "user" && k != "database")
+            .cloned()
+            .collect();
+        upstream_params.push(("user".into(), provisioned.db_user.clone()));
+        upstream_params.push(("database".into(), authorized.decision.db_name.clone()));
+        let connected = pg::upstream::connect(
+            &target.addr,
+            target.tls.clone(),
+            target.server_name.clone(),
+            &upstream_params,
+        )
+        .await
+        .map_err(|err| match err.server_error() {
+            Some(fields) => SessionError::Database {
+                sqlstate: fields.code.clone(),
+                message: fields.message.clone(),
+            },
+            None => SessionError::Internal(format!("connecting to {}: {err}", target.addr)),
+        })?;
+        Ok::<_, SessionError>((target, connected))
+    }
+    .await;
+    let (target, server) = match upstream {
+        Ok(pair) => pair,
+        Err(err) => {
+            provisioned.connected().await;
+            fail_start(&gw, &mut client, &authorized, err).await;
+            provisioned.teardown(&gw, &authorized).await;
+            return;
+        }
+    };
+    provisioned.connected().await;
+
+    let (pid, secret) = server.backend_key;
+    let gateway_key = gw.sessions.add_cancel_key(
+        &sid,
+        CancelTarget {
+            addr: target.addr.clone(),
+            tls: Some((target.tls.clone(), target.server_name.clone())),
+            process_id: pid,
+            secret_key: secret,
+        },
+    );
+    if let Err(err) = pg::write_startup_reply(&mut client, &server.parameters, gateway_key).await {
+        tracing::info!(%sid, %err, "client left during startup");
+        drop(server);
+        provisioned.teardown(&gw, &authorized).await;
+        return;
+    }
+    gw.audit
+        .emit(audit::SESSION_START, &authorized.fields, json!({"success": true}))
+        .await;
+    tracing::info!(
+        %sid,
+        user = %authorized.fields.user,
+        db = %authorized.fields.db_service,
+        db_user = %authorized.fields.db_user,
+        "session started"
+    );
+
+    // Queries are audited off the relay path: the tap only pushes into a channel.
+    let (query_tx, mut query_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let audit_task = {
+        let gw = gw.clone();
+        let fields = authorized.fields.clone();
+        tokio::spawn(async move {
+            while let Some(query) = query_rx.recv().await {
+                gw.audit
+                    .emit(audit::SESSION_QUERY, &fields, json!({"db_query": query}))
+                    .await;
+            }
+        })
+    };
+    let tap = move |event: TapEvent<'_>| match event {
+        TapEvent::Query(sql) | TapEvent::Parse { sql, .. } => {
+            let _ = query_tx.send(sql.to_string());
+        }
+        _ => {}
+    };
+    let end = registration.end.clone();
+    tokio::select! {
+        result = pg::relay(client, server.stream, tap) => {
+            if let Err(err) = result {
+                tracing::debug!(%sid, %err, "relay ended with an error");
+            }
+        }
+        _ = end.cancelled() => {
+            tracing::info!(%sid, "session ended by the gateway");
+        }
+    }
+    // The relay future is dropped here: both sockets are closed before teardown starts.
+    let _ = audit_task.await;
+    provisioned.teardown(&gw, &authorized).await;
+    drop(registration);
+    gw.audit
+        .emit(audit::SESSION_END, &authorized.fields, json!({}))
+        .await;
+    tracing::info!(%sid, "session ended");
+}
+
+async fn fail_start(
+    gw: &Gateway,
+    client: &mut pg::ClientStream,
+    authorized: &Authorized,
+    err: SessionError,
+) {
+    tracing::info!(sid = %authorized.fields.sid, user = %authorized.fields.user, %err, "session refused");
+    gw.audit
+        .emit(
+            audit::SESSION_START,
+            &authorized.fields,
+            json!({"success": false, "error": err.user_message()}),
+        )
+        .await;
+    let _ = pg::send_error(client, err.sqlstate(), &err.user_message()).await;
+}

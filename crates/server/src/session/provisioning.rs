@@ -1,0 +1,188 @@
+//! Step 3 of the pipeline: make the database user ready (PROVISIONING.md §3).
+//!
+//! `authorize → lock(D, db user) → activate → connect as the user → unlock → relay … → close →
+//! lock → deactivate or drop → unlock`. The lock is the store's cross-instance lease, so two
+//! gateways sharing a store never activate and tear down the same user at once.
+
+use std::time::Duration;
+
+use dbward_model::Protocol;
+use dbward_provision::postgres::{ActivateOutcome, AdminTarget, DeactivateOutcome, TeardownMode};
+use dbward_rbac::ProvisioningMode;
+use dbward_store::LockGuard;
+use serde_json::json;
+
+use super::{Authorized, SessionError};
+use crate::{audit, Gateway};
+
+/// How long a connection waits for another session's activation or teardown of the same user.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Step 3 done: the user the upstream connection logs in as, and what teardown needs.
+pub struct Provisioned {
+    /// The in-database user name (hashed when the dbward name is too long).
+    pub db_user: String,
+    mode: ProvisioningMode,
+    admin: Option<AdminTarget>,
+    lock: Option<LockGuard>,
+}
+
+fn lock_key(db: &str, db_user: &str) -> String {
+    format!("provision/{db}/{db_user}")
+}
+
+/// The admin connection target of a database, or the PROVISIONING §1.5 error.
+pub(crate) fn admin_target(
+    gw: &Gateway,
+    db: &dbward_model::Db,
+    session_db_name: &str,
+) -> Result<AdminTarget, SessionError> {
+    let admin = db.admin_user().ok_or_else(|| {
+        SessionError::Provisioning(format!(
+            "database \"{}\" has no admin user configured: automatic user provisioning needs spec.admin_user in the db resource",
+            db.metadata.name
+        ))
+    })?;
+    let target = gw.upstream.target(&gw.cas, db, &admin.name)?;
+    let database = admin
+        .default_database
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| session_db_name.to_string());
+    Ok(AdminTarget {
+        db_service: db.metadata.name.clone(),
+        host: target.host,
+        port: target.port,
+        server_name: target.server_name_text,
+        client_config: target.tls,
+        admin_user: admin.name,
+        database,
+    })
+}
+
+/// Activates the database user when the decision asks for provisioning. With provisioning
+/// off, the requested db user is used as is and nothing is locked.
+pub async fn provision(gw: &Gateway, authorized: &mut Authorized) -> Result<Provisioned, SessionError> {
+    let mode = authorized.decision.mode;
+    if mode == ProvisioningMode::Off {
+        return Ok(Provisioned {
+            db_user: authorized.decision.db_user.clone(),
+            mode,
+            admin: None,
+            lock: None,
+        });
+    }
+    if authorized.db.spec.protocol != Protocol::Postgres {
+        return Err(SessionError::Provisioning(
+            "automatic user provisioning is not available for this database protocol yet".into(),
+        ));
+    }
+    let db_user = dbward_provision::names::pg_name(&authorized.decision.db_user);
+    authorized.fields.db_user = db_user.clone();
+    gw.sessions.set_db_user(&authorized.fields.sid, &db_user);
+    let admin = admin_target(gw, &authorized.db, &authorized.decision.db_name)?;
+
+    let lock = take_lock(gw, &authorized.db.metadata.name, &db_user).await?;
+    let outcome = gw
+        .pg_provisioner
+        .activate(&admin, &db_user, &authorized.decision.db_roles)
+        .await
+        .map_err(|err| {
+            tracing::info!(user = %authorized.fields.user, db = %authorized.db.metadata.name, %err, "activation failed");
+            provision_error(err)
+        })?;
+    if matches!(outcome, ActivateOutcome::Created) {
+        gw.audit
+            .emit(audit::USER_CREATE, &authorized.fields, json!({"success": true}))
+            .await;
+    }
+    Ok(Provisioned {
+        db_user,
+        mode,
+        admin: Some(admin),
+        lock: Some(lock),
+    })
+}
+
+impl Provisioned {
+    /// The user's own connection is up: other sessions of the same user may proceed.
+    pub async fn connected(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            if let Err(err) = lock.release().await {
+                tracing::warn!(%err, "provisioning lock release failed");
+            }
+        }
+    }
+
+    /// Teardown after the server connection closed: lock → deactivate or drop → unlock.
+    /// Never fails the caller; problems are logged and left to the reconciler.
+    pub async fn teardown(mut self, gw: &Gateway, authorized: &Authorized) {
+        self.connected().await;
+        let Some(admin) = self.admin.take() else {
+            return;
+        };
+        let teardown_mode = match self.mode {
+            ProvisioningMode::BestEffortDrop => TeardownMode::Drop,
+            _ => TeardownMode::Keep,
+        };
+        let lock = match take_lock(gw, &authorized.db.metadata.name, &self.db_user).await {
+            Ok(lock) => lock,
+            Err(err) => {
+                tracing::warn!(user = %self.db_user, %err, "teardown skipped: lock not available; the reconciler will retry");
+                return;
+            }
+        };
+        match gw
+            .pg_provisioner
+            .deactivate(&admin, &self.db_user, teardown_mode)
+            .await
+        {
+            Ok(DeactivateOutcome::StillActive) => {
+                tracing::debug!(user = %self.db_user, "user still has live sessions; left active");
+            }
+            Ok(outcome) => {
+                let deleted = matches!(outcome, DeactivateOutcome::Dropped);
+                gw.audit
+                    .emit(
+                        audit::USER_DEACTIVATE,
+                        &authorized.fields,
+                        json!({"success": true, "delete": deleted}),
+                    )
+                    .await;
+            }
+            Err(err) => {
+                tracing::warn!(user = %self.db_user, %err, "teardown failed; the reconciler will retry");
+                gw.audit
+                    .emit(
+                        audit::USER_DEACTIVATE,
+                        &authorized.fields,
+                        json!({"success": false, "error": err.to_string(), "delete": false}),
+                    )
+                    .await;
+            }
+        }
+        if let Err(err) = lock.release().await {
+            tracing::warn!(%err, "provisioning lock release failed");
+        }
+    }
+}
+
+async fn take_lock(gw: &Gateway, db: &str, db_user: &str) -> Result<LockGuard, SessionError> {
+    gw.store
+        .lock(&lock_key(db, db_user), &gw.instance_id, LOCK_WAIT)
+        .await
+        .map_err(|err| match err {
+            dbward_store::StoreError::LockTimeout { .. } => SessionError::Busy(format!(
+                "timed out waiting for another connection of database user \"{db_user}\" to finish provisioning; try again"
+            )),
+            other => SessionError::Internal(other.to_string()),
+        })
+}
+
+fn provision_error(err: dbward_provision::ProvisionError) -> SessionError {
+    if err.is_user_facing() {
+        SessionError::Provisioning(err.to_string())
+    } else {
+        SessionError::Internal(err.to_string())
+    }
+}

@@ -1,0 +1,89 @@
+//! The reconciler (PROVISIONING.md §7): users left active by a crash or a kill (managed,
+//! able to log in, no live session) are deactivated or dropped per their current mode, at
+//! start-up and then every minute. Each user is handled under the same lock as a session's
+//! activation, and the provisioner re-checks live sessions, so a user being connected right
+//! now is never touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbward_model::Protocol;
+use dbward_provision::postgres::TeardownMode;
+use dbward_rbac::{AccessChecker, ProvisioningMode};
+use tokio_util::sync::CancellationToken;
+
+use crate::Gateway;
+
+const EVERY: Duration = Duration::from_secs(60);
+
+pub async fn reconcile_loop(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    loop {
+        if let Err(err) = reconcile_once(&gw).await {
+            tracing::warn!(%err, "reconcile pass failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+/// One pass over every PostgreSQL database with an admin user.
+pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
+    let snapshot = gw.catalog.snapshot().await?;
+    for db in snapshot.dbs.values() {
+        if db.spec.protocol != Protocol::Postgres || db.admin_user().is_none() {
+            continue;
+        }
+        let admin = match super::provisioning::admin_target(gw, db, "") {
+            Ok(admin) if !admin.database.is_empty() => admin,
+            Ok(mut admin) => {
+                admin.database = "postgres".into();
+                admin
+            }
+            Err(_) => continue,
+        };
+        let leftovers = match gw.pg_provisioner.list_active_managed(&admin).await {
+            Ok(users) => users,
+            Err(err) => {
+                tracing::debug!(db = %db.metadata.name, %err, "reconcile: database not reachable");
+                continue;
+            }
+        };
+        for db_user in leftovers {
+            if gw.sessions.count_for(&db.metadata.name, &db_user) > 0 {
+                continue;
+            }
+            // The mode the owner's roles ask for now; unknown owners are only locked.
+            let mode = snapshot
+                .users
+                .values()
+                .find(|u| dbward_provision::names::pg_name(&u.metadata.name) == db_user)
+                .and_then(|u| {
+                    let roles = snapshot.roles_of(u);
+                    AccessChecker::new(u, &roles).ok()?.provisioning(db).ok().flatten()
+                })
+                .map(|p| p.mode)
+                .unwrap_or(ProvisioningMode::Keep);
+            let teardown = if mode == ProvisioningMode::BestEffortDrop {
+                TeardownMode::Drop
+            } else {
+                TeardownMode::Keep
+            };
+            let key = format!("provision/{}/{}", db.metadata.name, db_user);
+            let Ok(lock) = gw.store.lock(&key, &gw.instance_id, Duration::from_secs(5)).await else {
+                continue;
+            };
+            match gw.pg_provisioner.deactivate(&admin, &db_user, teardown).await {
+                Ok(outcome) => {
+                    tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
+                }
+                Err(err) => {
+                    tracing::warn!(db = %db.metadata.name, %db_user, %err, "reconciler teardown failed")
+                }
+            }
+            let _ = lock.release().await;
+        }
+    }
+    Ok(())
+}
