@@ -6,7 +6,7 @@
 //! `verify_user_cert`).
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use ::time::OffsetDateTime;
 use x509_parser::prelude::*;
 
 use crate::error::{PkiError, Result};
@@ -54,7 +54,7 @@ pub struct Identity {
     pub cluster: String,
     pub usage: CertUsage,
     /// End of validity; equal to the certificate's notAfter (whole seconds).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "::time::serde::rfc3339")]
     pub expires: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<DbRoute>,

@@ -71,3 +71,155 @@ fn verification_error(error: rustls::Error) -> PkiError {
         other => PkiError::CertificateRejected(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{CertUsage, DbRoute};
+    use crate::issue::{issue_user_cert, new_key_and_csr};
+    use crate::{parse_cert_pem, CaSet};
+    use time::Duration;
+
+    fn identity(expires: OffsetDateTime) -> Identity {
+        Identity {
+            username: "alice".into(),
+            cluster: "prod".into(),
+            usage: CertUsage::Db,
+            expires,
+            route: Some(DbRoute {
+                service: "orders".into(),
+                db_user: Some("alice".into()),
+                db_name: Some("shop".into()),
+                db_roles: vec!["reader".into(), "writer".into()],
+            }),
+        }
+    }
+
+    fn issue(ca: &CertAuthority, identity: &Identity) -> Result<Vec<CertificateDer<'static>>> {
+        let (_key, csr) = new_key_and_csr("ignored")?;
+        parse_cert_pem(&issue_user_cert(ca, identity, &csr)?)
+    }
+
+    fn replace_once(der: &mut [u8], from: &[u8], to: &[u8]) {
+        let at = der
+            .windows(from.len())
+            .position(|w| w == from)
+            .unwrap_or_else(|| panic!("{:?} not in certificate", String::from_utf8_lossy(from)));
+        der[at..at + to.len()].copy_from_slice(to);
+    }
+
+    #[test]
+    fn user_cert_round_trips_identity_and_route() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let wanted = identity(now + Duration::hours(8));
+        let chain = issue(&cas.user, &wanted)?;
+        let got = verify_user_cert(&chain, &cas.user, "prod", now)?;
+        assert_eq!(got.username, "alice");
+        assert_eq!(got.usage, CertUsage::Db);
+        assert_eq!(got.route, wanted.route);
+        assert_eq!(got.expires.unix_timestamp(), wanted.expires.unix_timestamp());
+        Ok(())
+    }
+
+    #[test]
+    fn altered_identity_extension_is_refused() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
+        let mut der = chain[0].to_vec();
+        replace_once(&mut der, b"\"service\":\"orders\"", b"\"service\":\"secret\"");
+        let tampered = [CertificateDer::from(der)];
+        let err = verify_user_cert(&tampered, &cas.user, "prod", now).err();
+        assert!(matches!(err, Some(PkiError::BadSignature)), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn flipped_signature_byte_is_refused() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
+        let mut der = chain[0].to_vec();
+        // The certificate ends with the signature's last INTEGER; its last byte is a
+        // signature byte whatever the DER lengths.
+        if let Some(last) = der.last_mut() {
+            *last ^= 0x01;
+        }
+        let tampered = [CertificateDer::from(der)];
+        let err = verify_user_cert(&tampered, &cas.user, "prod", now).err();
+        assert!(matches!(err, Some(PkiError::BadSignature)), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_certs_are_refused() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
+        let later = verify_user_cert(&chain, &cas.user, "prod", now + Duration::hours(2)).err();
+        assert!(matches!(later, Some(PkiError::CertificateExpired)), "{later:?}");
+        let earlier = verify_user_cert(&chain, &cas.user, "prod", now - Duration::hours(1)).err();
+        assert!(matches!(earlier, Some(PkiError::CertificateNotYetValid)), "{earlier:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn cert_from_another_ca_is_refused() -> Result<()> {
+        let ours = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        // Another cluster's CA has another name: no issuer is found.
+        let elsewhere = CaSet::generate("elsewhere")?;
+        let chain = issue(&elsewhere.user, &identity(now + Duration::hours(1)))?;
+        let err = verify_user_cert(&chain, &ours.user, "prod", now).err();
+        assert!(matches!(err, Some(PkiError::UnknownIssuer)), "{err:?}");
+        // A CA of the same name (a reinstalled cluster) is found by name but its key differs.
+        let same_name = CaSet::generate("prod")?;
+        let chain = issue(&same_name.user, &identity(now + Duration::hours(1)))?;
+        let err = verify_user_cert(&chain, &ours.user, "prod", now).err();
+        assert!(matches!(err, Some(PkiError::BadSignature)), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn cert_of_another_cluster_is_refused() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
+        let err = verify_user_cert(&chain, &cas.user, "staging", now).err();
+        assert!(matches!(err, Some(PkiError::CertificateRejected(_))), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn empty_chain_and_non_user_ca_are_refused() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let none = verify_user_cert(&[], &cas.user, "prod", now).err();
+        assert!(matches!(none, Some(PkiError::NoPeerCertificate)), "{none:?}");
+        let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
+        assert!(verify_user_cert(&chain, &cas.host, "prod", now).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn self_made_cert_with_identity_extension_is_refused() -> Result<()> {
+        // A certificate whose issuer name equals the user CA's but is signed by another key.
+        let cas = CaSet::generate("prod")?;
+        let mut forged_ca = CertAuthority::generate(CaKind::User, "prod")?;
+        forged_ca.cert_pem = {
+            // Same subject as the real CA, different key.
+            let key = rcgen::KeyPair::from_pem(&forged_ca.key_pem)?;
+            let params = rcgen::CertificateParams::from_ca_cert_pem(&cas.user.cert_pem)?;
+            params.self_signed(&key)?.pem()
+        };
+        let now = OffsetDateTime::now_utc();
+        let chain = issue(&forged_ca, &identity(now + Duration::hours(1)))?;
+        let err = verify_user_cert(&chain, &cas.user, "prod", now).err();
+        assert!(
+            matches!(err, Some(PkiError::BadSignature | PkiError::UnknownIssuer)),
+            "{err:?}"
+        );
+        Ok(())
+    }
+}

@@ -11,6 +11,8 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod error;
 pub mod passwords;
+pub mod quickstart;
+pub mod sandbox;
 pub mod session;
 pub mod web;
 
@@ -198,4 +200,33 @@ impl Started {
 
 fn bind_error(key: &str, addr: &str, err: std::io::Error) -> GatewayError {
     GatewayError::Config(format!("{key}: cannot listen on {addr}: {err}"))
+}
+
+/// Cancels `token` on SIGINT (Ctrl-C) or SIGTERM.
+pub fn stop_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+}
+
+/// `dbward start`: binds the listeners and serves until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), GatewayError> {
+    let started = Started::bind(config).await?;
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone());
+    started.run(shutdown).await
 }

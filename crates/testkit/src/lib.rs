@@ -1,14 +1,39 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Ephemeral PostgreSQL and MariaDB servers for dbward's tests, configured the way a user
+//! configures them for dbward: TLS on, client-certificate authentication, certificates from
+//! dbward's own CAs.
+//!
+//! Every server lives in its own temporary directory under `/tmp` (short paths, because Unix
+//! socket paths are limited to 107 bytes), listens on `127.0.0.1` on a port picked at run time,
+//! and is stopped when its handle is dropped, also when a test panics. A watchdog process stops
+//! it too if the test process dies without unwinding (killed, aborted), so no server outlives
+//! the test run.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use dbward_testkit::{DbServerCerts, PgServer};
+//! let cas = dbward_pki::CaSet::generate("test")?;
+//! let dir = tempfile::tempdir()?;
+//! let certs = DbServerCerts::from_cas(&cas, dir.path())?;
+//! let pg = PgServer::start(&certs)?;
+//! pg.psql_super(r#"CREATE ROLE "teleport-admin" LOGIN"#)?;
+//! // connect to 127.0.0.1:pg.port with a db-client certificate CN=teleport-admin
+//! # Ok(()) }
+//! ```
+//!
+//! For a whole test binary, [`shared_pg`] and [`shared_maria`] start one server each on first
+//! use; give every test its own names with [`unique_name`].
+//!
+//! This crate is test support only: it shells out to the database binaries and must never be
+//! a dependency of production code.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod certs;
+mod maria;
+mod pg;
+mod process;
+mod shared;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use certs::{ClientCertFiles, DbServerCerts};
+pub use maria::MariaServer;
+pub use pg::PgServer;
+pub use process::require_binaries;
+pub use shared::{shared_cas, shared_maria, shared_pg, unique_name};

@@ -1,0 +1,204 @@
+//! The gateway's own connection to a PostgreSQL server: SSLRequest, TLS with the gateway's
+//! client certificate, StartupMessage, and the server's answer up to ReadyForQuery.
+//!
+//! The server is expected to accept the certificate (`cert` in pg_hba.conf) and answer
+//! AuthenticationOk at once; a request for a password is an error, never answered. Which
+//! database user the certificate names is the caller's business.
+
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::messages::{self, tag, ErrorFields};
+use super::BackendKey;
+use crate::error::{AuthenticationKind, UpstreamError};
+
+/// Largest message accepted from the server before the session is ready. Startup messages
+/// are small; this only keeps a misbehaving server from making the gateway allocate much.
+const MAX_STARTUP_REPLY_MESSAGE: usize = 1 << 20;
+
+/// An authenticated session with the database server, ready for queries.
+#[derive(Debug)]
+pub struct Upstream<S> {
+    /// The TLS stream, positioned after ReadyForQuery.
+    pub stream: TlsStream<S>,
+    /// The server's ParameterStatus values (server_version, client_encoding, ...) in the
+    /// order received, for the client's startup reply.
+    pub parameters: Vec<(String, String)>,
+    /// The server's own cancel key. `None` only if the server sent no BackendKeyData, which
+    /// PostgreSQL always does.
+    pub backend_key: Option<BackendKey>,
+}
+
+/// Connects to the database server at `addr` and authenticates with the client certificate
+/// in `tls`, verifying the server as `server_name`. `params` is the StartupMessage content
+/// (`user`, `database`, and whatever other client parameters the caller passes through),
+/// sent as given.
+///
+/// There is no timeout here: callers wrap this in `tokio::time::timeout`.
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    params: &[(String, String)],
+) -> Result<Upstream<TcpStream>, UpstreamError> {
+    let stream = TcpStream::connect(addr).await?;
+    // Queries and results are small interactive writes; do not hold them back.
+    stream.set_nodelay(true)?;
+    handshake(stream, tls, server_name, params).await
+}
+
+/// [`connect`] on an already open stream.
+pub async fn handshake<S>(
+    stream: S,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    params: &[(String, String)],
+) -> Result<Upstream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut stream = start_tls(stream, tls, server_name).await?;
+    stream
+        .write_all(&messages::startup_message(params))
+        .await?;
+    stream.flush().await?;
+    let (parameters, backend_key) = read_startup_reply(&mut stream).await?;
+    Ok(Upstream {
+        stream,
+        parameters,
+        backend_key,
+    })
+}
+
+/// Sends an SSLRequest and, once the server agrees, completes the TLS handshake.
+pub(crate) async fn start_tls<S>(
+    mut stream: S,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+) -> Result<TlsStream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    stream.write_all(&messages::ssl_request()).await?;
+    stream.flush().await?;
+    // Exactly one byte: anything the server (or someone in the path) sent after the `S`
+    // must be read by TLS, where it fails the handshake, not taken as protocol data.
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => return Err(UpstreamError::TlsNotSupported),
+        other => {
+            return Err(UpstreamError::Protocol(format!(
+                "unexpected answer {other:#04x} to SSLRequest"
+            )))
+        }
+    }
+    TlsConnector::from(tls)
+        .connect(server_name, stream)
+        .await
+        .map_err(UpstreamError::TlsHandshake)
+}
+
+/// Reads the server's messages from authentication to ReadyForQuery.
+async fn read_startup_reply<S>(
+    stream: &mut S,
+) -> Result<(Vec<(String, String)>, Option<BackendKey>), UpstreamError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut authenticated = false;
+    let mut parameters = Vec::new();
+    let mut backend_key = None;
+    loop {
+        let message = messages::read_message(stream, MAX_STARTUP_REPLY_MESSAGE).await?;
+        let body = message.body();
+        match message.tag {
+            tag::AUTHENTICATION => {
+                let kind = authentication_kind(body)?;
+                match kind {
+                    None => authenticated = true,
+                    Some(kind) => return Err(UpstreamError::AuthenticationRequired(kind)),
+                }
+            }
+            tag::ERROR_RESPONSE => {
+                let fields = ErrorFields::decode(body)?;
+                return Err(UpstreamError::Server {
+                    sqlstate: fields.sqlstate,
+                    severity: fields.severity,
+                    message: fields.message,
+                    raw: message.raw,
+                });
+            }
+            tag::PARAMETER_STATUS if authenticated => {
+                let (name, value) = parameter_status(body)?;
+                parameters.push((name, value));
+            }
+            tag::BACKEND_KEY_DATA if authenticated => {
+                backend_key = Some(backend_key_data(body)?);
+            }
+            tag::READY_FOR_QUERY if authenticated => {
+                return Ok((parameters, backend_key));
+            }
+            // Notices are informational; a NegotiateProtocolVersion only confirms the
+            // server speaks 3.0, which is what the gateway asked for.
+            tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
+            other => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected message {:?} during startup",
+                    char::from(other)
+                )))
+            }
+        }
+    }
+}
+
+/// `None` for AuthenticationOk, otherwise what the server asks for instead.
+fn authentication_kind(body: &[u8]) -> Result<Option<AuthenticationKind>, UpstreamError> {
+    let code = body
+        .get(..4)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| UpstreamError::Protocol("short authentication message".into()))?;
+    Ok(match code {
+        0 => None,
+        3 => Some(AuthenticationKind::CleartextPassword),
+        5 => Some(AuthenticationKind::Md5Password),
+        7 | 9 => Some(AuthenticationKind::Gss),
+        10 => Some(AuthenticationKind::Sasl(
+            body[4..]
+                .split(|&b| b == 0)
+                .filter(|name| !name.is_empty())
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .collect(),
+        )),
+        other => Some(AuthenticationKind::Other(other)),
+    })
+}
+
+fn parameter_status(body: &[u8]) -> Result<(String, String), UpstreamError> {
+    let malformed = || UpstreamError::Protocol("malformed ParameterStatus".into());
+    let (name, rest) = messages::split_cstr(body).ok_or_else(malformed)?;
+    let (value, _) = messages::split_cstr(rest).ok_or_else(malformed)?;
+    Ok((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
+fn backend_key_data(body: &[u8]) -> Result<BackendKey, UpstreamError> {
+    match body {
+        [p0, p1, p2, p3, s0, s1, s2, s3] => Ok(BackendKey {
+            process_id: i32::from_be_bytes([*p0, *p1, *p2, *p3]),
+            secret_key: i32::from_be_bytes([*s0, *s1, *s2, *s3]),
+        }),
+        _ => Err(UpstreamError::Protocol(
+            "BackendKeyData with a secret other than 4 bytes".into(),
+        )),
+    }
+}
