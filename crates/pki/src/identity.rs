@@ -154,7 +154,7 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
 const UTF8_STRING_TAG: u8 = 0x0c;
 
 /// Appends a DER definite length.
-fn push_der_length(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn push_der_length(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);
         return;

@@ -214,3 +214,114 @@ fn expect_kind(ca: &CertAuthority, kind: CaKind) -> Result<()> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CaSet;
+    use x509_parser::prelude::{parse_x509_certificate, GeneralName, X509Certificate};
+
+    fn parsed<T>(pem: &str, check: impl FnOnce(&X509Certificate<'_>) -> T) -> Result<T> {
+        let der = crate::parse_cert_pem(pem)?.remove(0);
+        let (_, cert) = parse_x509_certificate(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
+        Ok(check(&cert))
+    }
+
+    /// DER of a name that is exactly one RDN holding one CN attribute as a UTF8String.
+    fn cn_only_name_der(cn: &str) -> Vec<u8> {
+        fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            crate::identity::push_der_length(&mut out, body.len());
+            out.extend_from_slice(body);
+            out
+        }
+        let oid_cn = [0x06, 0x03, 0x55, 0x04, 0x03];
+        let attribute = tlv(0x30, &[&oid_cn[..], &tlv(0x0c, cn.as_bytes())].concat());
+        tlv(0x30, &tlv(0x31, &attribute))
+    }
+
+    #[test]
+    fn db_client_cert_subject_is_exactly_the_common_name() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        for user in ["alice", "o'brien", "john smith", "jürgen 名前", "a/b+c=d,e"] {
+            let (cert, key) = issue_db_client_cert(&cas.db_client, user, StdDuration::from_secs(60))?;
+            assert!(key.contains("PRIVATE KEY"));
+            let (subject_der, cn) = parsed(&cert, |c| {
+                let cn = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
+                (c.subject().as_raw().to_vec(), cn.map(str::to_owned))
+            })?;
+            assert_eq!(subject_der, cn_only_name_der(user), "subject of {user:?}");
+            assert_eq!(cn.as_deref(), Some(user));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn db_client_cert_needs_the_db_client_ca_and_a_usable_name() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let ttl = StdDuration::from_secs(60);
+        assert!(issue_db_client_cert(&cas.user, "alice", ttl).is_err());
+        assert!(issue_db_client_cert(&cas.db_client, "", ttl).is_err());
+        assert!(issue_db_client_cert(&cas.db_client, "a\0b", ttl).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn db_server_cert_puts_ips_and_names_in_their_own_sans() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let hosts = ["db1.internal", "10.0.0.7", "::1", "localhost"].map(String::from);
+        let (cert, _key) = issue_db_server_cert(&cas.db, &hosts, StdDuration::from_secs(3600))?;
+        let (cn, sans, issuer) = parsed(&cert, |c| {
+            let cn = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
+            let sans: Vec<String> = c
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|ext| {
+                    ext.value
+                        .general_names
+                        .iter()
+                        .map(|name| match name {
+                            GeneralName::DNSName(dns) => format!("dns:{dns}"),
+                            GeneralName::IPAddress(ip) => format!("ip:{ip:02x?}"),
+                            other => format!("other:{other:?}"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (cn.map(str::to_owned), sans, c.issuer().to_string())
+        })?;
+        assert_eq!(cn.as_deref(), Some("db1.internal"));
+        let ipv6_loopback = format!("ip:{:02x?}", [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            sans,
+            vec![
+                "dns:db1.internal".to_owned(),
+                format!("ip:{:02x?}", [10u8, 0, 0, 7]),
+                ipv6_loopback,
+                "dns:localhost".to_owned(),
+            ]
+        );
+        assert_eq!(issuer, "CN=dbward db CA, O=prod");
+        Ok(())
+    }
+
+    #[test]
+    fn server_certs_need_their_ca_and_hosts() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let ttl = StdDuration::from_secs(60);
+        let hosts = ["localhost".to_owned()];
+        assert!(issue_db_server_cert(&cas.host, &hosts, ttl).is_err());
+        assert!(issue_host_cert(&cas.db, &hosts, ttl).is_err());
+        assert!(issue_db_server_cert(&cas.db, &[], ttl).is_err());
+        assert!(issue_db_server_cert(&cas.db, &["bad host!".to_owned()], ttl).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn oneline_subject_escapes_like_openssl() {
+        assert_eq!(x509_oneline_subject("alice"), "/CN=alice");
+        assert_eq!(x509_oneline_subject("a/b+c d'e"), "/CN=a\\/b\\+c d'e");
+        assert_eq!(x509_oneline_subject("ü"), "/CN=\\xC3\\xBC");
+    }
+}

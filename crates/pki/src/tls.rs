@@ -225,3 +225,182 @@ impl ServerCertVerifier for AnyCertVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{CertUsage, Identity};
+    use crate::issue::{
+        issue_db_client_cert, issue_db_server_cert, issue_host_cert, issue_user_cert,
+        new_key_and_csr,
+    };
+    use crate::{verify_user_cert, CaSet, CertAuthority};
+    use std::time::Duration;
+    use time::OffsetDateTime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn user_cert(ca: &CertAuthority, cluster: &str) -> Result<(String, String)> {
+        let (key, csr) = new_key_and_csr("alice")?;
+        let identity = Identity {
+            username: "alice".into(),
+            cluster: cluster.into(),
+            usage: CertUsage::Login,
+            expires: OffsetDateTime::now_utc() + time::Duration::hours(1),
+            route: None,
+        };
+        Ok((issue_user_cert(ca, &identity, &csr)?, key))
+    }
+
+    /// Runs one handshake over an in-memory pipe, the client sending "ping" and the server
+    /// answering "pong"; returns the server's outcome (with the peer chain) and the client's.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        name: &str,
+    ) -> (
+        std::io::Result<Vec<CertificateDer<'static>>>,
+        std::io::Result<Vec<u8>>,
+    ) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server_side = async move {
+            let mut tls = TlsAcceptor::from(server).accept(server_io).await?;
+            let peer = tls.get_ref().1.peer_certificates().unwrap_or(&[]).to_vec();
+            let mut ping = [0u8; 4];
+            tls.read_exact(&mut ping).await?;
+            tls.write_all(b"pong").await?;
+            tls.shutdown().await?;
+            Ok(peer)
+        };
+        let name = ServerName::try_from(name.to_owned()).map_err(std::io::Error::other);
+        let client_side = async move {
+            let mut tls = TlsConnector::from(client).connect(name?, client_io).await?;
+            tls.write_all(b"ping").await?;
+            let mut pong = Vec::new();
+            tls.read_to_end(&mut pong).await?;
+            Ok(pong)
+        };
+        let both = async { tokio::join!(server_side, client_side) };
+        match tokio::time::timeout(Duration::from_secs(10), both).await {
+            Ok(results) => results,
+            Err(_) => (
+                Err(std::io::ErrorKind::TimedOut.into()),
+                Err(std::io::ErrorKind::TimedOut.into()),
+            ),
+        }
+    }
+
+    fn listener(cas: &CaSet, client_auth: ClientAuth) -> Result<Arc<ServerConfig>> {
+        let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let (cert, key) = issue_host_cert(&cas.host, &hosts, Duration::from_secs(3600))?;
+        server_config(&cert, &key, client_auth, &[b"postgresql"])
+    }
+
+    #[tokio::test]
+    async fn required_client_auth_accepts_a_user_cert_of_the_user_ca() -> TestResult {
+        let cas = CaSet::generate("prod")?;
+        let server = listener(&cas, ClientAuth::Required(cas.user.cert_der()?))?;
+        let (cert, key) = user_cert(&cas.user, "prod")?;
+        let client = client_config(
+            Some(&cas.host.cert_pem),
+            ServerVerification::Full,
+            Some((&cert, &key)),
+        )?;
+        let (server_result, client_result) = handshake(server, client, "localhost").await;
+        let peer = server_result?;
+        assert_eq!(client_result?, b"pong");
+        let identity = verify_user_cert(&peer, &cas.user, "prod", OffsetDateTime::now_utc())?;
+        assert_eq!(identity.username, "alice");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn required_client_auth_refuses_a_cert_of_another_ca_or_none() -> TestResult {
+        let cas = CaSet::generate("prod")?;
+        let other = CaSet::generate("other")?;
+        let server = listener(&cas, ClientAuth::Required(cas.user.cert_der()?))?;
+        let (cert, key) = user_cert(&other.user, "prod")?;
+        let client = client_config(
+            Some(&cas.host.cert_pem),
+            ServerVerification::Full,
+            Some((&cert, &key)),
+        )?;
+        let (server_result, client_result) = handshake(server.clone(), client, "localhost").await;
+        assert!(server_result.is_err(), "server accepted a foreign cert");
+        assert!(client_result.is_err(), "client got data through");
+
+        let anonymous = client_config(Some(&cas.host.cert_pem), ServerVerification::Full, None)?;
+        let (server_result, _) = handshake(server, anonymous, "localhost").await;
+        assert!(server_result.is_err(), "server accepted no cert");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn optional_client_auth_lets_anonymous_clients_in() -> TestResult {
+        let cas = CaSet::generate("prod")?;
+        let server = listener(&cas, ClientAuth::Optional(cas.user.cert_der()?))?;
+        let client = client_config(Some(&cas.host.cert_pem), ServerVerification::Full, None)?;
+        let (server_result, client_result) = handshake(server, client, "127.0.0.1").await;
+        assert!(server_result?.is_empty());
+        assert_eq!(client_result?, b"pong");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn verification_modes_differ_on_name_and_chain() -> TestResult {
+        let cas = CaSet::generate("prod")?;
+        let other = CaSet::generate("other")?;
+        // A database server certificate and dbward's db-client certificate, as in
+        // `dbward auth sign --format db`.
+        let (db_cert, db_key) = issue_db_server_cert(
+            &cas.db,
+            &["db.internal".to_owned()],
+            Duration::from_secs(3600),
+        )?;
+        let server = server_config(
+            &db_cert,
+            &db_key,
+            ClientAuth::Required(cas.db_client.cert_der()?),
+            &[],
+        )?;
+        let (client_cert, client_key) =
+            issue_db_client_cert(&cas.db_client, "alice", Duration::from_secs(60))?;
+        let connect = |roots: String, mode, name: &'static str| {
+            let server = server.clone();
+            let (client_cert, client_key) = (client_cert.clone(), client_key.clone());
+            async move {
+                let client = client_config(Some(&roots), mode, Some((&client_cert, &client_key)))?;
+                let (server_result, client_result) = handshake(server, client, name).await;
+                server_result?;
+                client_result?;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            }
+        };
+        let ours = cas.db.cert_pem.clone();
+        let theirs = other.db.cert_pem.clone();
+        use ServerVerification::*;
+        assert!(connect(ours.clone(), Full, "db.internal").await.is_ok());
+        assert!(connect(ours.clone(), Full, "other.internal").await.is_err());
+        assert!(connect(ours.clone(), CaOnly, "other.internal").await.is_ok());
+        assert!(connect(theirs.clone(), CaOnly, "db.internal").await.is_err());
+        assert!(connect(theirs, Insecure, "other.internal").await.is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn verified_modes_need_a_ca() {
+        assert!(client_config(None, ServerVerification::Full, None).is_err());
+        assert!(client_config(None, ServerVerification::CaOnly, None).is_err());
+        assert!(client_config(None, ServerVerification::Insecure, None).is_ok());
+    }
+
+    #[test]
+    fn server_config_offers_the_given_alpn_protocols() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let config = listener(&cas, ClientAuth::None)?;
+        assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
+        Ok(())
+    }
+}

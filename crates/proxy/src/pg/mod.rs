@@ -46,3 +46,6 @@ pub fn random_backend_key() -> BackendKey {
         secret_key: rng.gen(),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;

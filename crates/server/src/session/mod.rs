@@ -170,9 +170,11 @@ pub async fn authorize(
         tracing::warn!(user = %user.metadata.name, %err, "roles cannot be evaluated");
         denied()
     })?;
-    let db_user = non_empty(requested.db_user).unwrap_or(&auth.route.db_user);
+    let db_user = non_empty(requested.db_user)
+        .or(auth.route.db_user.as_deref())
+        .unwrap_or("");
     let db_name = non_empty(requested.db_name)
-        .or(non_empty(&auth.route.db_name))
+        .or(auth.route.db_name.as_deref())
         .unwrap_or("");
     let decision = checker
         .authorize(&db, db_user, db_name, &auth.route.db_roles)

@@ -90,7 +90,11 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rus
                         sid: uuid::Uuid::new_v4().to_string(),
                         db_service: route.service.clone(),
                         db_protocol: "postgres".into(),
-                        db_user: if param("user").is_empty() { route.db_user.clone() } else { param("user").to_string() },
+                        db_user: if param("user").is_empty() {
+                            route.db_user.clone().unwrap_or_default()
+                        } else {
+                            param("user").to_string()
+                        },
                         db_name: param("database").to_string(),
                         db_roles: route.db_roles.clone(),
                         ..Default::default()

@@ -1,0 +1,103 @@
+//! Certificates and TLS configurations for the protocol tests: a throwaway CA, a server
+//! certificate for `localhost` and a client certificate for `alice`.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair,
+};
+use rustls::crypto::ring::default_provider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+use super::messages::ALPN_POSTGRESQL;
+
+pub(crate) struct Pki {
+    pub ca: CertificateDer<'static>,
+    pub server: (CertificateDer<'static>, Vec<u8>),
+    pub client: (CertificateDer<'static>, Vec<u8>),
+}
+
+pub(crate) fn pki() -> Pki {
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = name("test ca");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+
+    let issue = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
+        (cert.der().clone(), key.serialize_der())
+    };
+    Pki {
+        server: issue(
+            vec!["localhost".into()],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        client: issue(Vec::new(), "alice", ExtendedKeyUsagePurpose::ClientAuth),
+        ca: ca.der().clone(),
+    }
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn key(der: &[u8]) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()))
+}
+
+fn roots(pki: &Pki) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone()).expect("root");
+    Arc::new(roots)
+}
+
+/// A listener configuration that requires a client certificate and offers ALPN
+/// `postgresql`, as the gateway's does.
+pub(crate) fn server_config(pki: &Pki) -> Arc<ServerConfig> {
+    let provider = Arc::new(default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(pki), provider.clone())
+        .build()
+        .expect("verifier");
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![pki.server.0.clone()], key(&pki.server.1))
+        .expect("server config");
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Arc::new(config)
+}
+
+/// A client configuration presenting the `alice` certificate, with the given ALPN offer.
+pub(crate) fn client_config(pki: &Pki, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots(pki))
+        .with_client_auth_cert(vec![pki.client.0.clone()], key(&pki.client.1))
+        .expect("client config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub(crate) fn localhost() -> ServerName<'static> {
+    ServerName::try_from("localhost").expect("name")
+}
+
+pub(crate) fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,291 @@
+//! One real PostgreSQL (from the test kit) and one in-process gateway per test binary, shared
+//! by the tests; each test uses its own dbward users, roles and db resources so they can run in
+//! parallel.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use dbward_model::Config;
+use dbward_pki::{CertUsage, DbRoute, Identity};
+use dbward_server::{Gateway, Started};
+use dbward_store::PutMode;
+use dbward_testkit::{DbServerCerts, PgServer};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+pub struct Harness {
+    pub rt: tokio::runtime::Runtime,
+    pub gw: Arc<Gateway>,
+    pub pg_addr: SocketAddr,
+    pub pg: PgServer,
+    pub dir: PathBuf,
+    pub host_ca: PathBuf,
+}
+
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+
+pub fn harness() -> &'static Harness {
+    HARNESS.get_or_init(|| start().expect("starting PostgreSQL and the gateway"))
+}
+
+fn start() -> anyhow::Result<Harness> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "dbward_server=info".to_string()),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::Builder::new().prefix("dwgw").tempdir_in("/tmp")?.into_path();
+    let config_path = dir.join("dbward.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "version: v1\ncluster_name: test\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:0\npostgres_listen_addr: 127.0.0.1:0\nmysql_listen_addr: \"\"\n",
+            dir.join("data").display()
+        ),
+    )?;
+    let config = Config::load(&config_path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // The CAs exist before the database, whose certificates they sign.
+    let cas = rt.block_on(async {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = dbward_server::open_store(&config).await?;
+        anyhow::Ok(dbward_server::bootstrap::load_or_create_cas(&store, "test").await?)
+    })?;
+    let certs_dir = dir.join("db-certs");
+    std::fs::create_dir_all(&certs_dir)?;
+    let certs = DbServerCerts::from_cas(&cas, &certs_dir)?;
+    let pg = PgServer::start(&certs)?;
+    let started = rt.block_on(Started::bind(config))?;
+    let gw = started.gateway.clone();
+    let pg_addr: SocketAddr = rt
+        .block_on(async { gw.endpoints.read().await.postgres.clone() })
+        .expect("postgres listener")
+        .parse()?;
+    rt.spawn(started.run(CancellationToken::new()));
+    let host_ca = dir.join("host-ca.crt");
+    std::fs::write(&host_ca, &gw.cas.host.cert_pem)?;
+    Ok(Harness {
+        rt,
+        gw,
+        pg_addr,
+        pg,
+        dir,
+        host_ca,
+    })
+}
+
+impl Harness {
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Stores resources given as YAML (replacing existing ones).
+    pub fn apply(&self, yaml: &str) {
+        let parsed = dbward_model::parse_resources(yaml, "test.yaml").expect("test YAML parses");
+        self.block_on(async {
+            for r in &parsed.resources {
+                let body = serde_json::to_string(r).unwrap();
+                self.gw
+                    .store
+                    .put_resource(r.kind(), r.name(), &body, PutMode::Upsert)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
+    pub fn delete(&self, kind: &str, name: &str) {
+        self.block_on(self.gw.store.delete_resource(kind, name)).unwrap();
+    }
+
+    /// SQL as the superuser, through the server's socket.
+    pub fn sql(&self, sql: &str) -> String {
+        self.pg.psql_super(sql).unwrap_or_else(|e| panic!("{sql}: {e:#}"))
+    }
+
+    /// A `db` resource pointing at the test PostgreSQL.
+    pub fn db_yaml(&self, name: &str, labels: &str, admin: Option<&str>) -> String {
+        let admin = admin
+            .map(|a| format!("  admin_user: {{name: {a:?}, default_database: postgres}}\n"))
+            .unwrap_or_default();
+        format!(
+            "kind: db\nversion: v3\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n{admin}",
+            self.pg.port
+        )
+    }
+
+    /// Creates an admin user with the privileges provisioning needs and the given db roles.
+    pub fn create_admin(&self, admin: &str, roles: &[&str]) {
+        let mut sql = format!("CREATE ROLE {} LOGIN CREATEROLE;", q(admin));
+        for role in roles {
+            sql.push_str(&format!(
+                "DO $$BEGIN CREATE ROLE {r} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$; GRANT {r} TO {a} WITH ADMIN OPTION;",
+                r = q(role),
+                a = q(admin)
+            ));
+        }
+        self.sql(&sql);
+    }
+
+    /// A database certificate for `user` with a route, as `dbward db login` issues it.
+    pub fn db_cert(&self, user: &str, route: DbRoute) -> ClientFiles {
+        let dir = self.dir.join("clients").join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, csr) = dbward_pki::new_key_and_csr(user).unwrap();
+        let identity = Identity {
+            username: user.to_string(),
+            cluster: self.gw.cluster.clone(),
+            usage: CertUsage::Db,
+            expires: OffsetDateTime::now_utc() + Duration::from_secs(3600),
+            route: Some(route),
+        };
+        let cert = dbward_pki::issue_user_cert(&self.gw.cas.user, &identity, &csr).unwrap();
+        let files = ClientFiles {
+            crt: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: self.host_ca.clone(),
+        };
+        std::fs::write(&files.crt, cert).unwrap();
+        dbward_pki::write_private_file(&files.key, key.as_bytes()).unwrap();
+        files
+    }
+
+    /// Runs psql through the gateway; returns (success, stdout, stderr).
+    pub fn psql(&self, files: &ClientFiles, user: &str, dbname: &str, sql: &str) -> PsqlResult {
+        let out = self.psql_command(files, user, dbname, sql).output().unwrap();
+        PsqlResult::from(out)
+    }
+
+    pub fn psql_command(&self, files: &ClientFiles, user: &str, dbname: &str, sql: &str) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.arg(conninfo(self.pg_addr, files, user, dbname))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env_remove("PGPASSWORD")
+            .env("PGCONNECT_TIMEOUT", "60");
+        cmd
+    }
+
+    /// Waits until `check` returns true (teardown runs after the client left).
+    pub fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    pub fn can_login(&self, role: &str) -> Option<bool> {
+        let out = self.sql(&format!(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = {}",
+            lit(role)
+        ));
+        match out.as_str() {
+            "t" => Some(true),
+            "f" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The roles `role` is a direct member of, sorted, comma separated.
+    pub fn memberships(&self, role: &str) -> String {
+        self.sql(&format!(
+            "SELECT coalesce(string_agg(r.rolname, ',' ORDER BY r.rolname), '') FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = {}",
+            lit(role)
+        ))
+    }
+
+    pub fn audit_events(&self, user: &str) -> Vec<serde_json::Value> {
+        self.block_on(self.gw.store.search_audit(&dbward_store::AuditQuery {
+            user: Some(user.to_string()),
+            limit: 1000,
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_iter()
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .collect()
+    }
+}
+
+pub fn conninfo(addr: SocketAddr, files: &ClientFiles, user: &str, dbname: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} sslmode=verify-full sslrootcert={} sslcert={} sslkey={} user={} dbname={}",
+        addr.port(),
+        files.ca.display(),
+        files.crt.display(),
+        files.key.display(),
+        conn_value(user),
+        conn_value(dbname)
+    )
+}
+
+/// Quotes a libpq connection-string value.
+fn conn_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    pub crt: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct PsqlResult {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for PsqlResult {
+    fn from(out: Output) -> Self {
+        PsqlResult {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+    }
+}
+
+/// A quoted SQL identifier, for test setup.
+pub fn q(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A quoted SQL literal, for test setup.
+pub fn lit(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 10000)
+}
+
+pub fn route(service: &str, db_user: &str, db_name: &str, roles: &[&str]) -> DbRoute {
+    DbRoute {
+        service: service.to_string(),
+        db_user: (!db_user.is_empty()).then(|| db_user.to_string()),
+        db_name: (!db_name.is_empty()).then(|| db_name.to_string()),
+        db_roles: roles.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
