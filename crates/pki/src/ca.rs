@@ -191,9 +191,18 @@ mod tests {
         assert_eq!(cert.issuer(), cert.subject());
         let basic = cert.basic_constraints().ok().flatten().map(|b| b.value.ca);
         assert_eq!(basic, Some(true));
-        let oid = cert.public_key().algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
-        assert_eq!(oid.map(|o| o.to_id_string()).as_deref(), Some("1.2.840.10045.3.1.7"));
-        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        let oid = cert
+            .public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        assert_eq!(
+            oid.map(|o| o.to_id_string()).as_deref(),
+            Some("1.2.840.10045.3.1.7")
+        );
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert!(lifetime > 3649 * 86400, "lifetime {lifetime}s");
         assert!(!format!("{ca:?}").contains("PRIVATE KEY"));
         Ok(())
@@ -203,7 +212,8 @@ mod tests {
     fn ca_set_serializes_and_reads_back() -> Result<()> {
         let set = CaSet::generate("c1")?;
         let json = serde_json::to_string(&set).map_err(|e| PkiError::Parse(e.to_string()))?;
-        let back: CaSet = serde_json::from_str(&json).map_err(|e| PkiError::Parse(e.to_string()))?;
+        let back: CaSet =
+            serde_json::from_str(&json).map_err(|e| PkiError::Parse(e.to_string()))?;
         assert_eq!(back, set);
         assert_eq!(set.get(CaKind::Db).kind, CaKind::Db);
         assert_ne!(set.user.cert_pem, set.host.cert_pem);

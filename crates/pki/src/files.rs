@@ -121,7 +121,10 @@ mod tests {
         assert_eq!(parse_cert_pem(&both)?.len(), 2);
         assert!(parse_cert_pem("not pem").is_err());
         assert!(parse_cert_pem(&ca.key_pem).is_err());
-        assert!(matches!(parse_key_pem(&ca.key_pem)?, PrivateKeyDer::Pkcs8(_)));
+        assert!(matches!(
+            parse_key_pem(&ca.key_pem)?,
+            PrivateKeyDer::Pkcs8(_)
+        ));
         assert!(parse_key_pem(&ca.cert_pem).is_err());
         Ok(())
     }

@@ -5,8 +5,8 @@
 //! on a certificate whose chain was verified (by a TLS handshake with a client verifier, or by
 //! `verify_user_cert`).
 
-use serde::{Deserialize, Serialize};
 use ::time::OffsetDateTime;
+use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
 use crate::error::{PkiError, Result};
@@ -107,8 +107,7 @@ pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::Cu
 /// This does **not** verify the certificate: only call it after the chain was verified against
 /// the user CA, otherwise anyone can write any identity into a self-made certificate.
 pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
-    let (_, cert) =
-        parse_x509_certificate(cert_der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let (_, cert) = parse_x509_certificate(cert_der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let extension = cert
         .extensions()
         .iter()

@@ -37,21 +37,29 @@ pub fn new_key_and_csr(common_name: &str) -> Result<(String, String)> {
 /// subject, validity and extensions all come from `identity`.
 pub fn issue_user_cert(ca: &CertAuthority, identity: &Identity, csr_pem: &str) -> Result<String> {
     expect_kind(ca, CaKind::User)?;
-    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::InvalidCsr)?;
-    let expires = identity.expires.replace_nanosecond(0).map_err(|e| {
-        PkiError::InvalidIdentity(format!("expiry: {e}"))
-    })?;
+    let csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::InvalidCsr)?;
+    let expires = identity
+        .expires
+        .replace_nanosecond(0)
+        .map_err(|e| PkiError::InvalidIdentity(format!("expiry: {e}")))?;
     let mut params = leaf_params(expires)?;
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, identity.username.as_str());
     name.push(DnType::OrganizationName, identity.cluster.as_str());
     params.distinguished_name = name;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let identity = Identity { expires, ..identity.clone() };
+    let identity = Identity {
+        expires,
+        ..identity.clone()
+    };
     params.custom_extensions = vec![encode_identity_extension(&identity)?];
     let (issuer, issuer_key) = ca.issuer()?;
-    let cert = CertificateSigningRequestParams { params, public_key: csr.public_key }
-        .signed_by(&issuer, &issuer_key)?;
+    let cert = CertificateSigningRequestParams {
+        params,
+        public_key: csr.public_key,
+    }
+    .signed_by(&issuer, &issuer_key)?;
     Ok(cert.pem())
 }
 
@@ -92,18 +100,19 @@ fn issue_server_cert(
     })?;
     let mut params = leaf_params(expiry_after(ttl)?)?;
     params.distinguished_name = common_name_only(first);
-    params.subject_alt_names = hosts
-        .iter()
-        .map(|host| match host.parse::<IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) if host.is_empty() => Err(PkiError::InvalidName("empty host name".into())),
-            Err(_) => host
-                .as_str()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|_| PkiError::InvalidName(format!("{host:?} is not a valid DNS name"))),
-        })
-        .collect::<Result<_>>()?;
+    params.subject_alt_names =
+        hosts
+            .iter()
+            .map(|host| match host.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) if !is_dns_name(host) => Err(PkiError::InvalidName(format!(
+                    "{host:?} is neither an IP address nor a DNS name"
+                ))),
+                Err(_) => host.as_str().try_into().map(SanType::DnsName).map_err(|_| {
+                    PkiError::InvalidName(format!("{host:?} is not a valid DNS name"))
+                }),
+            })
+            .collect::<Result<_>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sign_with_new_key(ca, params)
 }
@@ -170,6 +179,20 @@ pub(crate) fn random_serial() -> Result<SerialNumber> {
 pub(crate) fn now_whole_seconds() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
+}
+
+/// Letters, digits, `-` and `_` in dot-separated labels, optionally a leading `*.` wildcard.
+fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn expiry_after(ttl: StdDuration) -> Result<OffsetDateTime> {
@@ -244,10 +267,15 @@ mod tests {
     fn db_client_cert_subject_is_exactly_the_common_name() -> Result<()> {
         let cas = CaSet::generate("prod")?;
         for user in ["alice", "o'brien", "john smith", "jürgen 名前", "a/b+c=d,e"] {
-            let (cert, key) = issue_db_client_cert(&cas.db_client, user, StdDuration::from_secs(60))?;
+            let (cert, key) =
+                issue_db_client_cert(&cas.db_client, user, StdDuration::from_secs(60))?;
             assert!(key.contains("PRIVATE KEY"));
             let (subject_der, cn) = parsed(&cert, |c| {
-                let cn = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
+                let cn = c
+                    .subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|a| a.as_str().ok());
                 (c.subject().as_raw().to_vec(), cn.map(str::to_owned))
             })?;
             assert_eq!(subject_der, cn_only_name_der(user), "subject of {user:?}");
@@ -272,7 +300,11 @@ mod tests {
         let hosts = ["db1.internal", "10.0.0.7", "::1", "localhost"].map(String::from);
         let (cert, _key) = issue_db_server_cert(&cas.db, &hosts, StdDuration::from_secs(3600))?;
         let (cn, sans, issuer) = parsed(&cert, |c| {
-            let cn = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok());
+            let cn = c
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok());
             let sans: Vec<String> = c
                 .subject_alternative_name()
                 .ok()
@@ -292,7 +324,10 @@ mod tests {
             (cn.map(str::to_owned), sans, c.issuer().to_string())
         })?;
         assert_eq!(cn.as_deref(), Some("db1.internal"));
-        let ipv6_loopback = format!("ip:{:02x?}", [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let ipv6_loopback = format!(
+            "ip:{:02x?}",
+            [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
         assert_eq!(
             sans,
             vec![

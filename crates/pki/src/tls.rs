@@ -98,11 +98,13 @@ pub fn client_config(
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { inner }))
         }
-        ServerVerification::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertVerifier {
-                algorithms: provider.signature_verification_algorithms,
-            })),
+        ServerVerification::Insecure => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertVerifier {
+                    algorithms: provider.signature_verification_algorithms,
+                }))
+        }
     };
     let config = match client_cert {
         Some((cert_pem, key_pem)) => {
@@ -149,10 +151,13 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             // The name is checked only after the chain verified, so a name mismatch means
             // the chain is good.
             Err(rustls::Error::InvalidCertificate(
@@ -383,8 +388,12 @@ mod tests {
         use ServerVerification::*;
         assert!(connect(ours.clone(), Full, "db.internal").await.is_ok());
         assert!(connect(ours.clone(), Full, "other.internal").await.is_err());
-        assert!(connect(ours.clone(), CaOnly, "other.internal").await.is_ok());
-        assert!(connect(theirs.clone(), CaOnly, "db.internal").await.is_err());
+        assert!(connect(ours.clone(), CaOnly, "other.internal")
+            .await
+            .is_ok());
+        assert!(connect(theirs.clone(), CaOnly, "db.internal")
+            .await
+            .is_err());
         assert!(connect(theirs, Insecure, "other.internal").await.is_ok());
         Ok(())
     }

@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(got.username, "alice");
         assert_eq!(got.usage, CertUsage::Db);
         assert_eq!(got.route, wanted.route);
-        assert_eq!(got.expires.unix_timestamp(), wanted.expires.unix_timestamp());
+        assert_eq!(
+            got.expires.unix_timestamp(),
+            wanted.expires.unix_timestamp()
+        );
         Ok(())
     }
 
@@ -128,7 +131,11 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
         let mut der = chain[0].to_vec();
-        replace_once(&mut der, b"\"service\":\"orders\"", b"\"service\":\"secret\"");
+        replace_once(
+            &mut der,
+            b"\"service\":\"orders\"",
+            b"\"service\":\"secret\"",
+        );
         let tampered = [CertificateDer::from(der)];
         let err = verify_user_cert(&tampered, &cas.user, "prod", now).err();
         assert!(matches!(err, Some(PkiError::BadSignature)), "{err:?}");
@@ -158,9 +165,15 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
         let later = verify_user_cert(&chain, &cas.user, "prod", now + Duration::hours(2)).err();
-        assert!(matches!(later, Some(PkiError::CertificateExpired)), "{later:?}");
+        assert!(
+            matches!(later, Some(PkiError::CertificateExpired)),
+            "{later:?}"
+        );
         let earlier = verify_user_cert(&chain, &cas.user, "prod", now - Duration::hours(1)).err();
-        assert!(matches!(earlier, Some(PkiError::CertificateNotYetValid)), "{earlier:?}");
+        assert!(
+            matches!(earlier, Some(PkiError::CertificateNotYetValid)),
+            "{earlier:?}"
+        );
         Ok(())
     }
 
@@ -187,7 +200,10 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
         let err = verify_user_cert(&chain, &cas.user, "staging", now).err();
-        assert!(matches!(err, Some(PkiError::CertificateRejected(_))), "{err:?}");
+        assert!(
+            matches!(err, Some(PkiError::CertificateRejected(_))),
+            "{err:?}"
+        );
         Ok(())
     }
 
@@ -196,7 +212,10 @@ mod tests {
         let cas = CaSet::generate("prod")?;
         let now = OffsetDateTime::now_utc();
         let none = verify_user_cert(&[], &cas.user, "prod", now).err();
-        assert!(matches!(none, Some(PkiError::NoPeerCertificate)), "{none:?}");
+        assert!(
+            matches!(none, Some(PkiError::NoPeerCertificate)),
+            "{none:?}"
+        );
         let chain = issue(&cas.user, &identity(now + Duration::hours(1)))?;
         assert!(verify_user_cert(&chain, &cas.host, "prod", now).is_err());
         Ok(())

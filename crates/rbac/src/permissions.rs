@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dbward_model::{DbObjectImportRule, DbPermission, Labels, Permission};
+use dbward_model::{DbObjectImportRule, DbPermission, Permission};
 
 use crate::error::RbacError;
 use crate::pattern::{any_matches, Pattern};
@@ -296,9 +296,4 @@ fn check_object_fields(text: &str, template: &Template) -> Result<(), String> {
         )),
         None => Ok(()),
     }
-}
-
-/// An empty selector, for callers that build rules by hand.
-pub fn empty_labels() -> Labels {
-    Labels::new()
 }

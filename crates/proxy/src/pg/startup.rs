@@ -338,3 +338,244 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedStream<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::testing::{self, Pki};
+    use tokio::io::{duplex, DuplexStream};
+    use tokio_rustls::TlsConnector;
+
+    fn limits() -> HandshakeLimits {
+        HandshakeLimits {
+            timeout: Duration::from_secs(10),
+            max_startup_len: messages::MAX_STARTUP_PACKET_LEN,
+        }
+    }
+
+    fn startup_params() -> Vec<(String, String)> {
+        testing::params(&[
+            ("user", "alice"),
+            ("database", "postgres"),
+            ("application_name", "psql"),
+        ])
+    }
+
+    /// Runs `accept` on one end of a pipe while `client` drives the other.
+    async fn accept_with<F, Fut, T>(pki: &Pki, client: F) -> (Result<Accepted<DuplexStream>, ProxyError>, T)
+    where
+        F: FnOnce(DuplexStream) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let (client_end, gateway_end) = duplex(64 * 1024);
+        let config = testing::server_config(pki);
+        tokio::join!(accept(gateway_end, config, limits()), client(client_end))
+    }
+
+    async fn read_byte(stream: &mut DuplexStream) -> u8 {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("answer byte");
+        byte[0]
+    }
+
+    #[tokio::test]
+    async fn ssl_request_leads_to_tls_and_startup_params_with_client_certificate() {
+        let pki = testing::pki();
+        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
+        let (accepted, answer) = accept_with(&pki, |mut client| async move {
+            client.write_all(&messages::ssl_request()).await.unwrap();
+            let answer = read_byte(&mut client).await;
+            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            tls.write_all(&messages::startup_message(&startup_params()))
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            (answer, tls)
+        })
+        .await;
+        assert_eq!(answer.0, b'S');
+        let Ok(Accepted::Startup(startup)) = accepted else {
+            panic!("expected a startup, got {accepted:?}");
+        };
+        assert_eq!(startup.params, startup_params());
+        assert_eq!(startup.param("user"), Some("alice"));
+        assert_eq!(startup.client_certs, vec![pki.client.0.clone()]);
+        assert!(!startup.direct_tls);
+    }
+
+    #[tokio::test]
+    async fn direct_tls_with_postgresql_alpn_is_accepted() {
+        let pki = testing::pki();
+        let connector = TlsConnector::from(testing::client_config(&pki, &[b"postgresql"]));
+        let (accepted, _client) = accept_with(&pki, |client| async move {
+            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            tls.write_all(&messages::startup_message(&startup_params()))
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            tls
+        })
+        .await;
+        let Ok(Accepted::Startup(startup)) = accepted else {
+            panic!("expected a startup, got {accepted:?}");
+        };
+        assert!(startup.direct_tls);
+        assert_eq!(startup.params, startup_params());
+    }
+
+    #[tokio::test]
+    async fn direct_tls_without_alpn_is_refused() {
+        let pki = testing::pki();
+        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
+        let (accepted, _client) = accept_with(&pki, |client| async move {
+            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            tls.write_all(&messages::startup_message(&startup_params()))
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            tls
+        })
+        .await;
+        assert!(matches!(accepted, Err(ProxyError::DirectTlsWithoutAlpn)));
+    }
+
+    #[tokio::test]
+    async fn gssenc_request_is_declined_then_ssl_request_proceeds() {
+        let pki = testing::pki();
+        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
+        let (accepted, answers) = accept_with(&pki, |mut client| async move {
+            client.write_all(&messages::gssenc_request()).await.unwrap();
+            let gss = read_byte(&mut client).await;
+            client.write_all(&messages::ssl_request()).await.unwrap();
+            let ssl = read_byte(&mut client).await;
+            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            tls.write_all(&messages::startup_message(&startup_params()))
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            (gss, ssl, tls)
+        })
+        .await;
+        assert_eq!((answers.0, answers.1), (b'N', b'S'));
+        assert!(matches!(accepted, Ok(Accepted::Startup(_))));
+    }
+
+    #[tokio::test]
+    async fn plaintext_startup_is_refused_with_fatal_28000() {
+        let pki = testing::pki();
+        let (accepted, reply) = accept_with(&pki, |mut client| async move {
+            client
+                .write_all(&messages::startup_message(&startup_params()))
+                .await
+                .unwrap();
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).await.unwrap();
+            reply
+        })
+        .await;
+        assert!(matches!(accepted, Err(ProxyError::TlsRequired)));
+        assert_eq!(reply[0], b'E');
+        let fields = messages::ErrorFields::decode(&reply[5..]).unwrap();
+        assert_eq!(fields.severity, "FATAL");
+        assert_eq!(fields.sqlstate, "28000");
+        assert_eq!(fields.message, TLS_REQUIRED_MESSAGE);
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_the_connection_without_an_answer() {
+        let pki = testing::pki();
+        for garbage in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &[0, 0, 0, 2, 1, 2, 3, 4][..],
+            &[0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78][..],
+            &[0, 0, 0, 12][..],
+        ] {
+            let (accepted, reply) = accept_with(&pki, |mut client| async move {
+                client.write_all(garbage).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).await.unwrap();
+                reply
+            })
+            .await;
+            assert!(accepted.is_err(), "{garbage:?} was accepted");
+            assert!(
+                reply.is_empty() || reply[0] == b'E',
+                "{garbage:?} got {reply:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_request_in_plaintext_is_returned() {
+        let pki = testing::pki();
+        let (accepted, _) = accept_with(&pki, |mut client| async move {
+            client
+                .write_all(&messages::cancel_request(4242, -7))
+                .await
+                .unwrap();
+        })
+        .await;
+        let key = BackendKey {
+            process_id: 4242,
+            secret_key: -7,
+        };
+        assert!(matches!(accepted, Ok(Accepted::Cancel(k)) if k == key));
+    }
+
+    #[tokio::test]
+    async fn cancel_request_inside_tls_is_returned() {
+        let pki = testing::pki();
+        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
+        let (accepted, _client) = accept_with(&pki, |mut client| async move {
+            client.write_all(&messages::ssl_request()).await.unwrap();
+            read_byte(&mut client).await;
+            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            tls.write_all(&messages::cancel_request(1, 2)).await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        })
+        .await;
+        let key = BackendKey {
+            process_id: 1,
+            secret_key: 2,
+        };
+        assert!(matches!(accepted, Ok(Accepted::Cancel(k)) if k == key));
+    }
+
+    #[tokio::test]
+    async fn silent_client_hits_the_handshake_timeout() {
+        let pki = testing::pki();
+        let (_client, gateway_end) = duplex(1024);
+        let limits = HandshakeLimits {
+            timeout: Duration::from_millis(50),
+            ..limits()
+        };
+        let accepted = accept(gateway_end, testing::server_config(&pki), limits).await;
+        assert!(matches!(accepted, Err(ProxyError::HandshakeTimeout(_))));
+    }
+
+    #[tokio::test]
+    async fn startup_reply_carries_parameters_and_the_given_key() {
+        let (mut gateway, mut client) = duplex(4096);
+        let parameters = testing::params(&[("server_version", "17.2"), ("TimeZone", "UTC")]);
+        let key = BackendKey {
+            process_id: 77,
+            secret_key: 88,
+        };
+        write_startup_reply(&mut gateway, &parameters, key)
+            .await
+            .unwrap();
+        let max = 1024;
+        let auth = messages::read_message(&mut client, max).await.unwrap();
+        assert_eq!((auth.tag, auth.body()), (b'R', &[0u8, 0, 0, 0][..]));
+        for (name, value) in &parameters {
+            let status = messages::read_message(&mut client, max).await.unwrap();
+            assert_eq!(status.raw, messages::parameter_status(name, value));
+        }
+        let key_data = messages::read_message(&mut client, max).await.unwrap();
+        assert_eq!(key_data.raw, messages::backend_key_data(77, 88));
+        let ready = messages::read_message(&mut client, max).await.unwrap();
+        assert_eq!((ready.tag, ready.body()), (b'Z', &b"I"[..]));
+    }
+}

@@ -1,0 +1,307 @@
+//! The configuration file `dbward.yaml` (`dbward start -c dbward.yaml`).
+//!
+//! Every key is optional; unknown keys are errors that name the key and its line, so that a
+//! typo never silently leaves a listener at its default address.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::labels::string_map;
+use crate::source::{self, Document};
+use crate::{AdminUser, Db, DbSpec, DbTls, Metadata, ModelError, Protocol};
+
+/// The parsed configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// `v1`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Cluster name put in certificates; default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// CA keys, SQLite store, audit log, admin identity. [`Config::load`] makes a relative
+    /// path relative to the configuration file's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Host name put in listener certificates and printed commands.
+    #[serde(default = "default_public_addr")]
+    pub public_addr: String,
+    /// HTTPS API address.
+    #[serde(default = "default_web_listen_addr")]
+    pub web_listen_addr: String,
+    /// PostgreSQL protocol listener; `None` (key set to `""`) disables it.
+    #[serde(
+        default = "default_postgres_listen_addr",
+        deserialize_with = "empty_is_none"
+    )]
+    pub postgres_listen_addr: Option<String>,
+    /// MySQL/MariaDB protocol listener; `None` (key set to `""`) disables it.
+    #[serde(
+        default = "default_mysql_listen_addr",
+        deserialize_with = "empty_is_none"
+    )]
+    pub mysql_listen_addr: Option<String>,
+    /// Default lifetime of user certificates (capped by the roles' `max_session_ttl`).
+    #[serde(default = "default_cert_ttl", with = "crate::duration::serde_duration")]
+    pub cert_ttl: Duration,
+    /// Where resources, CAs and audit events are kept.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Static databases; more can be created at run time as `db` resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<StaticDb>,
+}
+
+fn default_version() -> String {
+    "v1".to_string()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./dbward-data")
+}
+fn default_public_addr() -> String {
+    "localhost".to_string()
+}
+fn default_web_listen_addr() -> String {
+    "127.0.0.1:3080".to_string()
+}
+fn default_postgres_listen_addr() -> Option<String> {
+    Some("127.0.0.1:3432".to_string())
+}
+fn default_mysql_listen_addr() -> Option<String> {
+    Some("127.0.0.1:3036".to_string())
+}
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+/// `""` and null both disable a listener.
+fn empty_is_none<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.trim().is_empty()))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: default_version(),
+            cluster_name: None,
+            data_dir: default_data_dir(),
+            public_addr: default_public_addr(),
+            web_listen_addr: default_web_listen_addr(),
+            postgres_listen_addr: default_postgres_listen_addr(),
+            mysql_listen_addr: default_mysql_listen_addr(),
+            cert_ttl: default_cert_ttl(),
+            storage: Storage::default(),
+            databases: Vec::new(),
+        }
+    }
+}
+
+/// `storage:`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Storage {
+    /// `sqlite` (default) or `postgres`.
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// Connection string, for `postgres` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<String>,
+}
+
+/// Where dbward keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// A SQLite file in `data_dir` (one gateway).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by several gateways.
+    Postgres,
+}
+
+/// One entry of `databases:`, the flat form of a `db` resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticDb {
+    /// Resource name.
+    pub name: String,
+    /// `postgres` or `mysql`.
+    pub protocol: Protocol,
+    /// `host:port`.
+    pub uri: String,
+    /// Labels roles select on.
+    #[serde(
+        default,
+        deserialize_with = "string_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub labels: BTreeMap<String, String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// TLS towards the database.
+    #[serde(default)]
+    pub tls: DbTls,
+    /// Provisioning account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_user: Option<AdminUser>,
+}
+
+impl StaticDb {
+    /// The equivalent `db` resource.
+    pub fn to_db(&self) -> Db {
+        Db {
+            version: "v3".to_string(),
+            metadata: Metadata {
+                name: self.name.clone(),
+                description: self.description.clone(),
+                labels: self.labels.clone(),
+            },
+            spec: DbSpec {
+                protocol: self.protocol,
+                uri: self.uri.clone(),
+                tls: self.tls.clone(),
+                admin_user: self.admin_user.clone(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`; a relative `data_dir` is taken relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ModelError> {
+        let file_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ModelError::File {
+            file: file_name.clone(),
+            message: err.to_string(),
+        })?;
+        let mut config = Config::from_yaml(&text, &file_name)?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or_else(|| Path::new(""));
+            let joined = base.join(&config.data_dir);
+            // `./dbward-data` next to `dbward.yaml` reads better without the `./`.
+            config.data_dir = joined
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect::<PathBuf>();
+            if config.data_dir.as_os_str().is_empty() {
+                config.data_dir = PathBuf::from(".");
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks configuration text; `file_name` is used in error messages.
+    pub fn from_yaml(text: &str, file_name: &str) -> Result<Config, ModelError> {
+        let docs: Vec<Document<'_>> = source::split_documents(text)
+            .into_iter()
+            .filter(|d| !d.is_empty())
+            .collect();
+        let config = match docs.as_slice() {
+            [] => Config::default(),
+            [doc] => {
+                let (config, ignored) = source::decode::<Config>(doc.text, None)
+                    .map_err(|err| source::yaml_error(file_name, doc, &err))?;
+                if let Some(path) = ignored.first() {
+                    let line = source::locate(doc.text, path)
+                        .map(|l| doc.file_line(l))
+                        .unwrap_or(doc.first_line);
+                    return Err(ModelError::UnknownField {
+                        file: file_name.to_string(),
+                        line,
+                        field: path.last_key().to_string(),
+                    });
+                }
+                config
+            }
+            [_, second, ..] => {
+                return Err(ModelError::Parse {
+                    file: file_name.to_string(),
+                    line: second.first_line,
+                    message: "the configuration file must hold a single YAML document".into(),
+                })
+            }
+        };
+        config.validate().map_err(|err| ModelError::File {
+            file: file_name.to_string(),
+            message: err.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let subject = "configuration";
+        if self.version != "v1" {
+            return Err(ModelError::invalid(
+                subject,
+                format!("unsupported version \"{}\", expected v1", self.version),
+            ));
+        }
+        if self.cert_ttl.is_zero() {
+            return Err(ModelError::invalid(subject, "cert_ttl must be positive"));
+        }
+        if self.public_addr.trim().is_empty() {
+            return Err(ModelError::invalid(subject, "public_addr must not be empty"));
+        }
+        if self.web_listen_addr.trim().is_empty() {
+            return Err(ModelError::invalid(
+                subject,
+                "web_listen_addr must not be empty",
+            ));
+        }
+        match (self.storage.backend, &self.storage.dsn) {
+            (StorageBackend::Postgres, None) => {
+                return Err(ModelError::invalid(
+                    subject,
+                    "storage.dsn is required with storage.backend: postgres",
+                ))
+            }
+            (StorageBackend::Sqlite, Some(_)) => {
+                return Err(ModelError::invalid(
+                    subject,
+                    "storage.dsn is only used with storage.backend: postgres",
+                ))
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for db in &self.databases {
+            if !seen.insert(db.name.as_str()) {
+                return Err(ModelError::invalid(
+                    subject,
+                    format!("databases: \"{}\" is listed twice", db.name),
+                ));
+            }
+            db.to_db().validate()?;
+        }
+        Ok(())
+    }
+
+    /// The static databases as `db` resources, each validated.
+    pub fn static_dbs(&self) -> Result<Vec<Db>, ModelError> {
+        self.databases
+            .iter()
+            .map(|s| {
+                let db = s.to_db();
+                db.validate()?;
+                Ok(db)
+            })
+            .collect()
+    }
+
+    /// `cluster_name`, else the host name, else `dbward`.
+    pub fn cluster_name_or_host(&self) -> String {
+        if let Some(name) = self.cluster_name.as_ref().filter(|n| !n.trim().is_empty()) {
+            return name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "dbward".to_string())
+    }
+}

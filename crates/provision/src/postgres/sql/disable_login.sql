@@ -1,0 +1,1 @@
+SELECT pg_temp.dbward_disable_login($1::text, $2::text)

@@ -1,0 +1,477 @@
+//! The PostgreSQL gateway end to end: real PostgreSQL, real psql, observed in the catalogs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+
+use common::*;
+
+/// One test's world: a db resource, an admin, db roles and a dbward role that provisions.
+struct World {
+    db: String,
+    admin: String,
+    reader: String,
+    writer: String,
+    role: String,
+}
+
+fn world(mode: &str) -> World {
+    let h = harness();
+    let n = unique("t");
+    let w = World {
+        db: format!("db-{n}"),
+        admin: format!("adm_{n}"),
+        reader: format!("reader_{n}"),
+        writer: format!("writer_{n}"),
+        role: format!("role-{n}"),
+    };
+    h.create_admin(&w.admin, &[&w.reader, &w.writer]);
+    h.sql(&format!(
+        "CREATE TABLE IF NOT EXISTS public.{t} (id int); GRANT SELECT ON public.{t} TO {r}; GRANT INSERT ON public.{t} TO {wr};",
+        t = q(&format!("tbl_{n}")),
+        r = q(&w.reader),
+        wr = q(&w.writer)
+    ));
+    h.apply(&format!(
+        r#"kind: role
+version: v7
+metadata: {{name: {role}}}
+spec:
+  options: {{create_db_user_mode: {mode}}}
+  allow:
+    db_labels: {{test: "{n}"}}
+    db_names: ["*"]
+    db_roles: ["{reader}", "{writer}"]
+---
+{db}
+"#,
+        role = w.role,
+        reader = w.reader,
+        writer = w.writer,
+        db = h.db_yaml(&w.db, &format!("{{test: \"{n}\"}}"), Some(&w.admin)),
+    ));
+    w
+}
+
+fn add_user(name: &str, roles: &[&str]) {
+    let roles = roles.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+    harness().apply(&format!(
+        "kind: user\nversion: v2\nmetadata: {{name: {name:?}}}\nspec: {{roles: [{roles}]}}\n"
+    ));
+}
+
+/// An interactive psql kept open until dropped.
+struct OpenSession {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl OpenSession {
+    fn start(files: &ClientFiles, user: &str, dbname: &str) -> Result<OpenSession, String> {
+        let h = harness();
+        let mut cmd = h.psql_command(files, user, dbname, "select 'ready'");
+        // Replace -c with reading commands from stdin.
+        let mut cmd2 = std::process::Command::new("psql");
+        cmd2.args(cmd.get_args().take(1))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let _ = &mut cmd;
+        let mut child = cmd2.spawn().map_err(|e| e.to_string())?;
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut s = OpenSession { child, out };
+        match s.query("select 'ready'") {
+            Some(line) if line == "ready" => Ok(s),
+            _ => {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err);
+                let _ = s.child.wait();
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs one single-row, single-column query and returns its output line.
+    fn query(&mut self, sql: &str) -> Option<String> {
+        let stdin = self.child.stdin.as_mut()?;
+        writeln!(stdin, "{sql};").ok()?;
+        stdin.flush().ok()?;
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim().to_string()),
+        }
+    }
+
+    fn close(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn keep_mode_activates_during_session_and_locks_after() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("alice");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+
+    let mut s = OpenSession::start(&files, &user, "postgres").expect("session starts");
+    assert_eq!(s.query("select current_user").as_deref(), Some(user.as_str()));
+    assert_eq!(h.can_login(&user), Some(true));
+    assert_eq!(
+        h.memberships(&user),
+        {
+            let mut v = vec!["dbward-auto-user".to_string(), w.reader.clone(), w.writer.clone()];
+            v.sort();
+            v.join(",")
+        }
+    );
+    // The granted roles work.
+    let t = format!("tbl_{}", &w.db[3..]);
+    assert_eq!(s.query(&format!("select count(*) from public.{}", q(&t))).as_deref(), Some("0"));
+    s.close();
+
+    h.eventually("user locked after the session", || h.can_login(&user) == Some(false));
+    assert_eq!(h.memberships(&user), "dbward-auto-user");
+
+    // The next session reactivates the same user.
+    let r = h.psql(&files, &user, "postgres", "select current_user");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, user);
+    h.eventually("user locked again", || h.can_login(&user) == Some(false));
+
+    let events: Vec<String> = h
+        .audit_events(&user)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    for wanted in [
+        "db.session.start",
+        "db.session.user.create",
+        "db.session.query",
+        "db.session.end",
+        "db.session.user.deactivate",
+    ] {
+        assert!(events.iter().any(|e| e == wanted), "{wanted} missing in {events:?}");
+    }
+    let queries: Vec<_> = h
+        .audit_events(&user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.query")
+        .map(|e| e["db_query"].as_str().unwrap().to_string())
+        .collect();
+    assert!(queries.iter().any(|q| q.contains("current_user")), "{queries:?}");
+}
+
+#[test]
+fn best_effort_drop_removes_user_or_locks_owner_of_objects() {
+    let h = harness();
+    let w = world("best_effort_drop");
+    let user = unique("dropme");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let r = h.psql(&files, &user, "postgres", "select current_user");
+    assert!(r.ok, "{r:?}");
+    h.eventually("user dropped", || h.can_login(&user).is_none());
+    let drops: Vec<_> = h
+        .audit_events(&user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.user.deactivate")
+        .collect();
+    assert_eq!(drops.last().unwrap()["delete"], true);
+
+    // A user that owns a table cannot be dropped: it is locked and the table survives.
+    let owner = unique("owner");
+    add_user(&owner, &[&w.role]);
+    h.sql(&format!("CREATE SCHEMA IF NOT EXISTS s_{0}; GRANT CREATE, USAGE ON SCHEMA s_{0} TO {1}", &w.db[3..], q(&w.writer)));
+    let files = h.db_cert(&owner, route(&w.db, &owner, "postgres", &[]));
+    let r = h.psql(
+        &files,
+        &owner,
+        "postgres",
+        &format!("create table s_{}.mine (x int)", &w.db[3..]),
+    );
+    assert!(r.ok, "{r:?}");
+    h.eventually("owner locked instead of dropped", || h.can_login(&owner) == Some(false));
+    assert_eq!(
+        h.sql(&format!("select count(*) from pg_tables where schemaname = 's_{}' and tablename = 'mine'", &w.db[3..])),
+        "1"
+    );
+}
+
+#[test]
+fn concurrent_sessions_share_the_user_until_the_last_ends() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("conc");
+    add_user(&user, &[&w.role]);
+    let all = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let mut first = OpenSession::start(&all, &user, "postgres").expect("first");
+    let mut second = OpenSession::start(&all, &user, "postgres").expect("second");
+    first.close();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(h.can_login(&user), Some(true), "still active while a session is live");
+    assert_eq!(second.query("select 1").as_deref(), Some("1"));
+
+    // Different roles while a session is live: refused, the first continues.
+    let reader_only = h.db_cert(&user, route(&w.db, &user, "postgres", &[&w.reader]));
+    let r = h.psql(&reader_only, &user, "postgres", "select 1");
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(&format!("roles for user \"{user}\" have changed. Please quit all active connections and try again.")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(second.query("select 2").as_deref(), Some("2"));
+    second.close();
+    h.eventually("locked after the last session", || h.can_login(&user) == Some(false));
+}
+
+#[test]
+fn unmanaged_existing_users_are_refused_and_unchanged() {
+    let h = harness();
+    let w = world("keep");
+    h.sql("DO $$BEGIN CREATE ROLE bob LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$");
+    for name in ["postgres", w.admin.as_str(), "bob"] {
+        add_user(name, &[&w.role]);
+        let before = h.sql(&format!(
+            "select rolcanlogin::text || rolcreaterole::text || rolsuper::text from pg_roles where rolname = {}",
+            lit(name)
+        ));
+        let members_before = h.memberships(name);
+        let files = h.db_cert(name, route(&w.db, name, "postgres", &[]));
+        let r = h.psql(&files, name, "postgres", "select current_user");
+        assert!(!r.ok, "{name} must be refused");
+        assert!(
+            r.stderr.contains(&format!(
+                "user \"{name}\" already exists in this database and is not managed by dbward"
+            )),
+            "{name}: {}",
+            r.stderr
+        );
+        let after = h.sql(&format!(
+            "select rolcanlogin::text || rolcreaterole::text || rolsuper::text from pg_roles where rolname = {}",
+            lit(name)
+        ));
+        assert_eq!(before, after);
+        assert_eq!(members_before, h.memberships(name));
+    }
+}
+
+#[test]
+fn refusals_are_clear_errors_and_change_nothing() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("refused");
+    add_user(&user, &[&w.role]);
+
+    // Wrong db user name.
+    let files = h.db_cert(&user, route(&w.db, "someone", "postgres", &[]));
+    let r = h.psql(&files, "someone", "postgres", "select 1");
+    assert!(!r.ok);
+    assert!(r.stderr.contains(&format!("please use your dbward username (\"{user}\") to connect instead of \"someone\"")), "{}", r.stderr);
+    assert!(r.stderr.contains("FATAL"), "{}", r.stderr);
+
+    // A role that is not allowed.
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &["superpower"]));
+    let r = h.psql(&files, &user, "postgres", "select 1");
+    assert!(r.stderr.contains("access to database role \"superpower\" denied"), "{}", r.stderr);
+    assert_eq!(h.can_login(&user), None, "nothing was created");
+
+    // A role allowed by dbward that does not exist in the database.
+    let ghost = unique("ghost_role");
+    let n = unique("g");
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: rg-{n}}}\nspec:\n  options: {{create_db_user_mode: keep}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_names: [\"*\"]\n    db_roles: [{ghost}]\n"
+    ));
+    let guser = unique("guser");
+    add_user(&guser, &[&format!("rg-{n}")]);
+    let files = h.db_cert(&guser, route(&w.db, &guser, "postgres", &[]));
+    let r = h.psql(&files, &guser, "postgres", "select 1");
+    assert!(!r.ok);
+    assert!(r.stderr.contains(&ghost), "names the missing role: {}", r.stderr);
+    assert_eq!(h.can_login(&guser), None, "user not left behind");
+
+    // No admin user on the database.
+    let noadmin = format!("{}-noadmin", w.db);
+    h.apply(&h.db_yaml(&noadmin, &format!("{{test: \"{}\"}}", &w.db[3..]), None));
+    let files = h.db_cert(&user, route(&noadmin, &user, "postgres", &[]));
+    let r = h.psql(&files, &user, "postgres", "select 1");
+    assert!(!r.ok);
+    assert!(r.stderr.contains("admin"), "{}", r.stderr);
+
+    // Admin without CREATEROLE.
+    h.sql(&format!("ALTER ROLE {} NOCREATEROLE", q(&w.admin)));
+    let weak_user = unique("weak");
+    add_user(&weak_user, &[&w.role]);
+    let files = h.db_cert(&weak_user, route(&w.db, &weak_user, "postgres", &[]));
+    let r = h.psql(&files, &weak_user, "postgres", "select 1");
+    assert!(!r.ok);
+    assert!(r.stderr.to_lowercase().contains("createrole"), "{}", r.stderr);
+    assert_eq!(h.can_login(&weak_user), None);
+    h.sql(&format!("ALTER ROLE {} CREATEROLE", q(&w.admin)));
+}
+
+#[test]
+fn unusual_names_work_and_long_names_are_hashed() {
+    let h = harness();
+    let w = world("keep");
+    let long = format!("{}{}", unique("l"), "x".repeat(80));
+    for name in [
+        format!("o'{}", unique("q")),
+        format!("with space {}", unique("s")),
+        format!("jürgen-ß-{}", unique("u")),
+        long.clone(),
+    ] {
+        add_user(&name, &[&w.role]);
+        let files = h.db_cert(&name, route(&w.db, &name, "postgres", &[]));
+        let r = h.psql(&files, &name, "postgres", "select current_user");
+        assert!(r.ok, "{name}: {r:?}");
+        let expected = dbward_provision::names::pg_name(&name);
+        assert_eq!(r.stdout, expected);
+        if name.len() > 63 {
+            assert!(expected.starts_with("dw-"), "{expected}");
+            assert!(expected.len() <= 63);
+        } else {
+            assert_eq!(expected, name);
+        }
+        h.eventually("locked", || h.can_login(&expected) == Some(false));
+    }
+}
+
+#[test]
+fn ctrl_c_cancel_reaches_the_backend() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("cancel");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let mut child = h
+        .psql_command(&files, &user, "postgres", "select pg_sleep(30)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    h.eventually("query running", || {
+        h.sql(&format!(
+            "select count(*) from pg_stat_activity where usename = {} and query like '%pg_sleep(30)%' and state = 'active'",
+            lit(&user)
+        )) == "1"
+    });
+    let started = std::time::Instant::now();
+    // psql sends a plain CancelRequest on SIGINT.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
+}
+
+#[test]
+fn killed_client_still_gets_teardown() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("killed");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let mut child = h
+        .psql_command(&files, &user, "postgres", "select pg_sleep(60)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    h.eventually("session active", || h.can_login(&user) == Some(true));
+    child.kill().unwrap();
+    let _ = child.wait();
+    h.eventually("locked after the client was killed", || h.can_login(&user) == Some(false));
+}
+
+#[test]
+fn plaintext_and_garbage_are_refused_without_harm() {
+    use std::io::Read;
+    let h = harness();
+    // Plaintext startup: an ErrorResponse with 28000.
+    let mut s = std::net::TcpStream::connect(h.pg_addr).unwrap();
+    let mut msg = Vec::new();
+    let body = b"\x00\x03\x00\x00user\x00x\x00\x00";
+    msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    msg.extend_from_slice(body);
+    s.write_all(&msg).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&b'E'));
+    assert!(String::from_utf8_lossy(&reply).contains("28000"));
+    // Garbage: the connection closes; the listener keeps serving.
+    let mut g = std::net::TcpStream::connect(h.pg_addr).unwrap();
+    let _ = g.write_all(&[0xff; 64]);
+    let mut sink = Vec::new();
+    let _ = g.read_to_end(&mut sink);
+    let w = world("keep");
+    let user = unique("after");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    assert!(h.psql(&files, &user, "postgres", "select 1").ok);
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused_at_handshake() {
+    let h = harness();
+    let other = dbward_pki::CaSet::generate("other").unwrap();
+    let dir = h.dir.join(unique("foreign"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, csr) = dbward_pki::new_key_and_csr("mallory").unwrap();
+    let identity = dbward_pki::Identity {
+        username: "mallory".into(),
+        cluster: h.gw.cluster.clone(),
+        usage: dbward_pki::CertUsage::Db,
+        expires: time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(600),
+        route: Some(route("x", "mallory", "postgres", &[])),
+    };
+    let cert = dbward_pki::issue_user_cert(&other.user, &identity, &csr).unwrap();
+    let files = ClientFiles { crt: dir.join("c.pem"), key: dir.join("k.pem"), ca: h.host_ca.clone() };
+    std::fs::write(&files.crt, cert).unwrap();
+    dbward_pki::write_private_file(&files.key, key.as_bytes()).unwrap();
+    let r = h.psql(&files, "mallory", "postgres", "select 1");
+    assert!(!r.ok);
+    assert!(!r.stderr.is_empty());
+}
+
+#[test]
+fn provisioning_off_connects_as_an_allowed_db_user() {
+    let h = harness();
+    let n = unique("off");
+    let dbuser = format!("app_{n}");
+    h.sql(&format!("CREATE ROLE {} LOGIN", q(&dbuser)));
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: ro-{n}}}\nspec:\n  allow:\n    db_labels: {{off: \"{n}\"}}\n    db_names: [\"*\"]\n    db_users: [\"{dbuser}\"]\n---\n{}",
+        h.db_yaml(&format!("dboff-{n}"), &format!("{{off: \"{n}\"}}"), None)
+    ));
+    let user = unique("carol");
+    add_user(&user, &[&format!("ro-{n}")]);
+    let files = h.db_cert(&user, route(&format!("dboff-{n}"), &dbuser, "postgres", &[]));
+    let r = h.psql(&files, &dbuser, "postgres", "select current_user");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, dbuser);
+    let r = h.psql(&files, "postgres", "postgres", "select current_user");
+    assert!(!r.ok);
+    assert!(r.stderr.contains("access to db denied. User does not have permissions. Confirm database user and name."), "{}", r.stderr);
+}
+
+#[test]
+fn deleting_the_user_ends_the_live_session() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("revoked");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let mut s = OpenSession::start(&files, &user, "postgres").expect("session");
+    assert_eq!(s.query("select 1").as_deref(), Some("1"));
+    h.delete("user", &user);
+    h.eventually("locked after revocation", || h.can_login(&user) == Some(false));
+    assert_eq!(s.query("select 1"), None, "the session was closed");
+    s.close();
+}
