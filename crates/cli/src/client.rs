@@ -73,39 +73,7 @@ pub struct ApiClient {
 impl ApiClient {
     pub fn new(addr: &str, trust: Trust, client_cert: Option<ClientCert>) -> Result<Self> {
         let (connect_addr, server_name) = split_addr(addr)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let builder = match trust {
-            Trust::Ca(pem) => {
-                let mut roots = RootCertStore::empty();
-                let certs =
-                    dbward_pki::parse_cert_pem(&pem).map_err(|e| ClientError::Config(e.to_string()))?;
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| ClientError::Config(format!("host CA: {e}")))?;
-                }
-                builder.with_root_certificates(roots)
-            }
-            Trust::Insecure => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider))),
-        };
-        let mut config = match client_cert {
-            Some(c) => {
-                let chain = dbward_pki::parse_cert_pem(&c.cert_pem)
-                    .map_err(|e| ClientError::Config(e.to_string()))?;
-                let key: PrivateKeyDer<'static> = dbward_pki::parse_key_pem(&c.key_pem)
-                    .map_err(|e| ClientError::Config(e.to_string()))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| ClientError::Config(e.to_string()))?
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = tls_config(trust, client_cert, b"http/1.1")?;
         Ok(Self {
             addr: connect_addr,
             server_name,
@@ -180,6 +148,48 @@ impl ApiClient {
     }
 }
 
+/// A TLS client configuration (ring provider) trusting `trust` and presenting `client_cert`.
+pub fn tls_config(
+    trust: Trust,
+    client_cert: Option<ClientCert>,
+    alpn: &[u8],
+) -> Result<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let builder = match trust {
+        Trust::Ca(pem) => {
+            let mut roots = RootCertStore::empty();
+            let certs =
+                dbward_pki::parse_cert_pem(&pem).map_err(|e| ClientError::Config(e.to_string()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::Config(format!("host CA: {e}")))?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider))),
+    };
+    let mut config = match client_cert {
+        Some(c) => {
+            let chain = dbward_pki::parse_cert_pem(&c.cert_pem)
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            let key: PrivateKeyDer<'static> = dbward_pki::parse_key_pem(&c.key_pem)
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Config(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| ClientError::Unexpected {
         status: 200,
@@ -200,7 +210,7 @@ fn error_from_body(status: StatusCode, body: &[u8]) -> ClientError {
 
 /// `HOST:PORT` → the address to dial and the name to verify. An unspecified listen address
 /// (`0.0.0.0`, `::`) is dialled on loopback.
-fn split_addr(addr: &str) -> Result<(String, ServerName<'static>)> {
+pub fn split_addr(addr: &str) -> Result<(String, ServerName<'static>)> {
     if let Ok(sock) = addr.parse::<SocketAddr>() {
         let ip = match sock.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

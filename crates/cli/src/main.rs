@@ -1,1 +1,49 @@
-fn main() {}
+//! `dbward`: the one binary of dbward. Parses the command line, calls the gateway (in process
+//! for `start`, over its HTTPS API for everything else) and prints the answers.
+//!
+//! Business logic lives in `dbward-server` and the libraries; this crate only translates
+//! between the user and them.
+
+mod args;
+mod client;
+mod commands;
+mod dbconfig;
+mod home;
+mod prompt;
+mod table;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = args::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", error_text(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}

@@ -244,7 +244,10 @@ impl Config {
             return Err(ModelError::invalid(subject, "cert_ttl must be positive"));
         }
         if self.public_addr.trim().is_empty() {
-            return Err(ModelError::invalid(subject, "public_addr must not be empty"));
+            return Err(ModelError::invalid(
+                subject,
+                "public_addr must not be empty",
+            ));
         }
         if self.web_listen_addr.trim().is_empty() {
             return Err(ModelError::invalid(
@@ -252,20 +255,18 @@ impl Config {
                 "web_listen_addr must not be empty",
             ));
         }
-        match (self.storage.backend, &self.storage.dsn) {
-            (StorageBackend::Postgres, None) => {
-                return Err(ModelError::invalid(
-                    subject,
-                    "storage.dsn is required with storage.backend: postgres",
-                ))
-            }
-            (StorageBackend::Sqlite, Some(_)) => {
-                return Err(ModelError::invalid(
-                    subject,
-                    "storage.dsn is only used with storage.backend: postgres",
-                ))
-            }
-            _ => {}
+        // A `dsn` next to `backend: sqlite` is left unused (the documented example has one).
+        if self.storage.backend == StorageBackend::Postgres
+            && self
+                .storage
+                .dsn
+                .as_deref()
+                .map_or(true, |d| d.trim().is_empty())
+        {
+            return Err(ModelError::invalid(
+                subject,
+                "storage.dsn is required with storage.backend: postgres",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for db in &self.databases {
@@ -303,5 +304,156 @@ impl Config {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "dbward".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TlsMode;
+
+    /// The example of DESIGN §2, verbatim.
+    const DESIGN_EXAMPLE: &str = r#"version: v1
+cluster_name: local                    # default: the host name
+data_dir: ./dbward-data                # CA keys, SQLite store, audit log, admin identity
+public_addr: localhost                 # host name put in listener certificates and printed commands
+web_listen_addr: 127.0.0.1:3080        # HTTPS API (login, admin, listing); default shown
+postgres_listen_addr: 127.0.0.1:3432   # PostgreSQL protocol; default shown; omit key or "" to disable
+mysql_listen_addr: 127.0.0.1:3036      # MySQL/MariaDB protocol; default shown
+cert_ttl: 12h                          # default lifetime of user certificates (capped by role max_session_ttl)
+storage:
+  backend: sqlite                      # default; or: postgres
+  dsn: "postgres://dbward@db1:5432/dbward"   # only for backend: postgres
+databases:                             # static databases; more can be created at run time (section 4)
+  - name: example
+    protocol: postgres                 # postgres | mysql   (mysql covers MariaDB and MySQL)
+    uri: localhost:5432
+    labels: {env: dev}
+    tls:
+      mode: verify-full                # verify-full (default) | verify-ca | insecure
+      ca_cert_file: /path/ca.pem       # default: dbward's own db CA (section 3)
+      server_name: db.internal         # default: host part of uri
+    admin_user:
+      name: teleport-admin
+      default_database: teleport       # optional
+"#;
+
+    fn config(text: &str) -> Config {
+        match Config::from_yaml(text, "dbward.yaml") {
+            Ok(c) => c,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = config(DESIGN_EXAMPLE);
+        assert_eq!(c.cluster_name.as_deref(), Some("local"));
+        assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+        let c = config(&DESIGN_EXAMPLE.replace("backend: sqlite", "backend: postgres"));
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(
+            c.storage.dsn.as_deref(),
+            Some("postgres://dbward@db1:5432/dbward")
+        );
+        let err = Config::from_yaml("storage: {backend: postgres}\n", "dbward.yaml").unwrap_err();
+        assert!(err.to_string().contains("storage.dsn"), "{err}");
+        let dbs = c.static_dbs().unwrap();
+        assert_eq!(dbs.len(), 1);
+        let db = &dbs[0];
+        assert_eq!(db.metadata.name, "example");
+        assert_eq!(db.metadata.labels["env"], "dev");
+        assert_eq!(db.spec.tls.mode, TlsMode::VerifyFull);
+        assert_eq!(db.spec.tls.server_name.as_deref(), Some("db.internal"));
+        assert_eq!(db.spec.tls.ca_cert_file.as_deref(), Some("/path/ca.pem"));
+        assert_eq!(db.admin_user().unwrap().name, "teleport-admin");
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = config("# nothing here\n");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.version, "v1");
+        assert_eq!(c.cluster_name, None);
+        assert_eq!(c.data_dir, PathBuf::from("./dbward-data"));
+        assert_eq!(c.public_addr, "localhost");
+        assert_eq!(c.web_listen_addr, "127.0.0.1:3080");
+        assert_eq!(c.postgres_listen_addr.as_deref(), Some("127.0.0.1:3432"));
+        assert_eq!(c.mysql_listen_addr.as_deref(), Some("127.0.0.1:3036"));
+        assert_eq!(c.cert_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+        assert!(c.databases.is_empty());
+    }
+
+    #[test]
+    fn empty_listen_address_disables_the_listener() {
+        let c =
+            config("postgres_listen_addr: \"\"\nmysql_listen_addr: 0.0.0.0:3306\ncert_ttl: 30m\n");
+        assert_eq!(c.postgres_listen_addr, None);
+        assert_eq!(c.mysql_listen_addr.as_deref(), Some("0.0.0.0:3306"));
+        assert_eq!(c.cert_ttl, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_key_and_line() {
+        let text = "version: v1\ncluster_name: local\ndata_dir: ./d\npublic_addr: localhost\nweb_listen_addr: 127.0.0.1:3080\n# a comment\npostgress_listen_addr: 127.0.0.1:3432\n";
+        let err = Config::from_yaml(text, "dbward.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dbward.yaml:7: unknown field \"postgress_listen_addr\""
+        );
+    }
+
+    #[test]
+    fn unknown_key_inside_a_database_is_located() {
+        let text = "databases:\n  - name: a\n    protocol: mysql\n    uri: h:3306\n    admin_user:\n      name: root\n      default_db: x\n";
+        let err = Config::from_yaml(text, "dbward.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dbward.yaml:7: unknown field \"default_db\""
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let err = Config::from_yaml("storage:\n  backend: mongo\n", "dbward.yaml").unwrap_err();
+        assert!(err.to_string().starts_with("dbward.yaml:2: "), "{err}");
+        let err = Config::from_yaml("cert_ttl: 12\n", "dbward.yaml").unwrap_err();
+        assert!(err.to_string().starts_with("dbward.yaml:1: "), "{err}");
+        let err = Config::from_yaml("a: [\n", "dbward.yaml").unwrap_err();
+        assert!(err.to_string().starts_with("dbward.yaml:"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_static_database_names_are_refused() {
+        let text = "databases:\n  - {name: a, protocol: postgres, uri: h}\n  - {name: a, protocol: mysql, uri: h}\n";
+        let err = Config::from_yaml(text, "dbward.yaml").unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn load_resolves_a_relative_data_dir_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("dbward-model-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dbward.yaml");
+        std::fs::write(&path, "data_dir: ./state\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.data_dir, dir.join("state"));
+        std::fs::write(&path, "data_dir: /var/lib/dbward\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().data_dir,
+            PathBuf::from("/var/lib/dbward")
+        );
+        let missing = Config::load(&dir.join("nope.yaml")).unwrap_err();
+        assert!(missing.to_string().contains("nope.yaml"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cluster_name_falls_back_to_a_host_name() {
+        let mut c = Config::default();
+        assert!(!c.cluster_name_or_host().is_empty());
+        c.cluster_name = Some("prod".into());
+        assert_eq!(c.cluster_name_or_host(), "prod");
     }
 }

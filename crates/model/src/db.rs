@@ -23,6 +23,7 @@ pub struct Db {
     #[serde(default = "default_db_version")]
     pub version: String,
     /// Name (what users pass to `dbward db login`) and labels (what roles select on).
+    #[serde(default)]
     pub metadata: Metadata,
     /// How to reach the database.
     pub spec: DbSpec,
@@ -229,7 +230,10 @@ impl Db {
         }
         let labels = &self.metadata.labels;
         for (name_key, db_key) in [
-            (DBWARD_LABEL_DB_ADMIN, DBWARD_LABEL_DB_ADMIN_DEFAULT_DATABASE),
+            (
+                DBWARD_LABEL_DB_ADMIN,
+                DBWARD_LABEL_DB_ADMIN_DEFAULT_DATABASE,
+            ),
             (LABEL_DB_ADMIN, LABEL_DB_ADMIN_DEFAULT_DATABASE),
         ] {
             if let Some(name) = labels.get(name_key).filter(|n| !n.trim().is_empty()) {
@@ -331,7 +335,11 @@ mod tests {
     fn host_port_reads_urls_and_ipv6() {
         let cases = [
             ("localhost:5433", "localhost", 5433),
-            ("postgres://app@db1:6543/dbward?sslmode=verify-full", "db1", 6543),
+            (
+                "postgres://app@db1:6543/dbward?sslmode=verify-full",
+                "db1",
+                6543,
+            ),
             ("mysql://db2/x", "db2", 5432),
             ("[::1]:15432", "::1", 15432),
             ("[::1]", "::1", 5432),

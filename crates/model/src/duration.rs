@@ -186,10 +186,7 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(
-            parse_duration("500ms").unwrap(),
-            Duration::from_millis(500)
-        );
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
     }
 
     #[test]
@@ -202,7 +199,10 @@ mod tests {
     #[test]
     fn formats_in_the_compact_style() {
         assert_eq!(format_duration(Duration::from_secs(12 * 3600)), "12h");
-        assert_eq!(format_duration(Duration::from_secs(8 * 3600 + 1800)), "8h30m");
+        assert_eq!(
+            format_duration(Duration::from_secs(8 * 3600 + 1800)),
+            "8h30m"
+        );
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_secs(2160 * 3600)), "2160h");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");

@@ -17,6 +17,7 @@ pub struct DbObjectImportRule {
     #[serde(default = "default_rule_version")]
     pub version: String,
     /// Name.
+    #[serde(default)]
     pub metadata: Metadata,
     /// Priority, database selector and mappings.
     #[serde(default)]

@@ -22,7 +22,9 @@ pub use config::{Config, StaticDb, Storage, StorageBackend};
 pub use db::{AdminUser, Db, DbSpec, DbTls, Protocol, TlsMode};
 pub use duration::{format_duration, parse_duration};
 pub use error::ModelError;
-pub use import_rule::{DbObjectImportRule, ImportMapping, ImportMatch, ImportRuleSpec, ImportScope};
+pub use import_rule::{
+    DbObjectImportRule, ImportMapping, ImportMatch, ImportRuleSpec, ImportScope,
+};
 pub use labels::{LabelValues, Labels};
 pub use metadata::Metadata;
 pub use permission::Permission;

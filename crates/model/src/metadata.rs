@@ -36,7 +36,10 @@ impl Metadata {
 
     pub(crate) fn validate(&self, subject: &str) -> Result<(), ModelError> {
         if self.name.trim().is_empty() {
-            return Err(ModelError::invalid(subject, "metadata.name must not be empty"));
+            return Err(ModelError::invalid(
+                subject,
+                "metadata.name must not be empty",
+            ));
         }
         if self.name.chars().any(|c| c.is_control() || c == '/') {
             return Err(ModelError::invalid(

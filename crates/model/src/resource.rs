@@ -227,7 +227,12 @@ fn parse_one(
     };
     let kind = match map.get("kind") {
         Some(serde_yaml_ng::Value::String(kind)) => kind.as_str(),
-        Some(_) => return Err(parse_error(line_of(&["kind"]), "kind must be a string".into())),
+        Some(_) => {
+            return Err(parse_error(
+                line_of(&["kind"]),
+                "kind must be a string".into(),
+            ))
+        }
         None => return Err(parse_error(line_of(&[]), "missing field \"kind\"".into())),
     };
     let (mut resource, ignored) = match kind {
@@ -269,21 +274,37 @@ fn parse_one(
     if let Resource::Role(role) = &mut resource {
         role.normalize();
     }
-    resource.validate().map_err(|err| {
-        let line = line_of(&["metadata"]);
-        parse_error(line, err.to_string())
-    })?;
+    let line = line_of(&["metadata"]);
+    resource
+        .validate()
+        .map_err(|err| parse_error(line, err.to_string()))?;
+    if out
+        .resources
+        .iter()
+        .any(|r| r.kind() == resource.kind() && r.name() == resource.name())
+    {
+        return Err(parse_error(
+            line,
+            format!(
+                "{} \"{}\" appears more than once in this file",
+                resource.kind(),
+                resource.name()
+            ),
+        ));
+    }
     out.resources.push(resource);
     Ok(())
 }
 
 /// The line of the first key of a list element, for errors about the element as a whole.
 fn first_key_line(doc: &Document<'_>, prefix: &[source::Seg]) -> Option<usize> {
-    ["kind", "version", "metadata", "spec"].iter().find_map(|k| {
-        let mut path = FieldPath(prefix.to_vec());
-        path.0.push(source::Seg::Key(k.to_string()));
-        source::locate(doc.text, &path)
-    })
+    ["kind", "version", "metadata", "spec"]
+        .iter()
+        .find_map(|k| {
+            let mut path = FieldPath(prefix.to_vec());
+            path.0.push(source::Seg::Key(k.to_string()));
+            source::locate(doc.text, &path)
+        })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -419,9 +440,7 @@ fn classify(kind: &str, keys: &[&str]) -> Field {
             Field::Unsupported
         }
         ["spec", "allow" | "deny", "db_labels_expression", ..] if kind == Role::KIND => {
-            Field::Refused(
-                "label expressions are not evaluated; write the selector as db_labels",
-            )
+            Field::Refused("label expressions are not evaluated; write the selector as db_labels")
         }
         ["spec", "allow" | "deny", key, ..]
             if kind == Role::KIND && TELEPORT_ROLE_CONDITIONS.contains(key) =>
@@ -441,5 +460,400 @@ fn classify(kind: &str, keys: &[&str]) -> Field {
             Field::Unsupported
         }
         _ => Field::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CreateDbUserMode, Protocol};
+
+    /// The example of DESIGN §4, verbatim.
+    const DESIGN_EXAMPLE: &str = r#"kind: role
+version: v7
+metadata: {name: auto-db-users}
+spec:
+  options:
+    create_db_user_mode: keep          # off | keep | best_effort_drop   (legacy create_db_user: true == keep)
+    max_session_ttl: 8h
+  allow:
+    db_labels: {"*": "*"}              # values: literal, glob, or ^regex$; lists OR, keys AND
+    db_names: ["*"]                    # literal or "*"
+    db_users: ["{{internal.db_users}}"]  # used only when provisioning is off
+    db_roles: [reader, "{{internal.db_roles}}", "{{external.db_roles}}"]
+    db_permissions:                    # PostgreSQL only; exclusive with db_roles in one session
+      - match: {object_kind: table, schema: public}
+        permissions: [SELECT]
+  deny:
+    db_labels: {env: prod}
+    db_roles: [admin]
+---
+kind: user
+version: v2
+metadata: {name: alice}
+spec:
+  roles: [auto-db-users]
+  traits: {db_roles: [writer], db_users: [app]}
+---
+kind: db
+version: v3
+metadata: {name: example, labels: {env: dev}}
+spec:
+  protocol: postgres
+  uri: localhost:5432
+  admin_user: {name: teleport-admin, default_database: teleport}
+"#;
+
+    const IMPORT_RULE: &str = r#"kind: db_object_import_rule
+version: v1
+metadata:
+  name: import_all_staging_tables
+spec:
+  priority: 30
+  database_labels:
+    - name: env
+      values: [staging, dev]
+  mappings:
+    - scope:
+        database_names: [app]
+        schema_names: [public, "sales_*"]
+      match:
+        table_names: ["*"]
+      add_labels:
+        env: staging
+        owner: "{{obj.schema}}"
+"#;
+
+    fn parse(text: &str) -> ParsedResources {
+        match parse_resources(text, "test.yaml") {
+            Ok(parsed) => parsed,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    fn parse_err(text: &str, file: &str) -> String {
+        match parse_resources(text, file) {
+            Ok(parsed) => panic!("expected an error, got {parsed:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn design_example_parses_into_role_user_and_db() {
+        let parsed = parse(DESIGN_EXAMPLE);
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        let kinds: Vec<_> = parsed
+            .resources
+            .iter()
+            .map(|r| (r.kind(), r.name()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("role", "auto-db-users"),
+                ("user", "alice"),
+                ("db", "example")
+            ]
+        );
+        let Resource::Role(role) = &parsed.resources[0] else {
+            panic!("not a role")
+        };
+        assert_eq!(
+            role.spec.options.effective_db_user_mode(),
+            CreateDbUserMode::Keep
+        );
+        assert_eq!(
+            role.spec.options.max_session_ttl,
+            Some(std::time::Duration::from_secs(8 * 3600))
+        );
+        assert_eq!(
+            role.spec.allow.db_roles,
+            ["reader", "{{internal.db_roles}}", "{{external.db_roles}}"]
+        );
+        assert_eq!(role.spec.allow.db_labels, crate::Labels::wildcard());
+        assert_eq!(role.spec.allow.db_permissions[0].permissions, ["SELECT"]);
+        assert_eq!(role.spec.deny.db_roles, ["admin"]);
+        let Resource::User(user) = &parsed.resources[1] else {
+            panic!("not a user")
+        };
+        assert_eq!(user.spec.roles, ["auto-db-users"]);
+        assert_eq!(user.spec.traits["db_users"], ["app"]);
+        let Resource::Db(db) = &parsed.resources[2] else {
+            panic!("not a db")
+        };
+        assert_eq!(db.spec.protocol, Protocol::Postgres);
+        assert_eq!(db.host_port().unwrap(), ("localhost".to_string(), 5432));
+        assert_eq!(
+            db.admin_user().unwrap().default_database.as_deref(),
+            Some("teleport")
+        );
+        assert_eq!(db.metadata.labels["env"], "dev");
+    }
+
+    #[test]
+    fn resources_round_trip_through_yaml() {
+        let mut text = String::from(DESIGN_EXAMPLE);
+        text.push_str("---\n");
+        text.push_str(IMPORT_RULE);
+        let original = parse(&text).resources;
+        assert_eq!(original.len(), 4);
+        let written: Vec<String> = original.iter().map(Resource::to_yaml).collect();
+        let reparsed = parse(&written.join("---\n")).resources;
+        assert_eq!(reparsed, original);
+    }
+
+    #[test]
+    fn resources_round_trip_through_json() {
+        let mut text = String::from(DESIGN_EXAMPLE);
+        text.push_str("---\n");
+        text.push_str(IMPORT_RULE);
+        let original = parse(&text).resources;
+        for resource in &original {
+            let json = serde_json::to_string_pretty(&resource.to_json_value()).unwrap();
+            assert!(json.contains(&format!("\"kind\": \"{}\"", resource.kind())));
+            // As a file given to `dbward create -f`.
+            assert_eq!(parse(&json).resources, vec![resource.clone()]);
+            // As the store reads it back.
+            let back: Resource = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, resource);
+        }
+        let array = serde_json::to_string_pretty(&original).unwrap();
+        assert_eq!(parse(&array).resources, original);
+    }
+
+    #[test]
+    fn import_rule_parses_teleport_list_labels_and_mappings() {
+        let parsed = parse(IMPORT_RULE);
+        let Resource::DbObjectImportRule(rule) = &parsed.resources[0] else {
+            panic!("not an import rule")
+        };
+        assert_eq!(rule.spec.priority, 30);
+        let envs: Vec<_> = rule.spec.database_labels.iter().collect();
+        assert_eq!(
+            envs,
+            [("env", &["staging".to_string(), "dev".to_string()][..])]
+        );
+        let mapping = &rule.spec.mappings[0];
+        assert_eq!(mapping.scope.database_names, ["app"]);
+        assert_eq!(mapping.scope.schema_names, ["public", "sales_*"]);
+        assert_eq!(mapping.match_objects.table_names, ["*"]);
+        assert_eq!(mapping.add_labels["owner"], "{{obj.schema}}");
+    }
+
+    /// A role as `tctl get role/...` prints it, with fields for SSH, Kubernetes and apps.
+    const TELEPORT_ROLE: &str = r#"kind: role
+metadata:
+  description: Automatic database user provisioning
+  id: 1712345678901234567
+  name: auto-db-users
+  revision: 5d2b5a4c-8a8c-4d0b-9bd5-1f0c7b7a4c3e
+spec:
+  allow:
+    app_labels:
+      '*': '*'
+    db_labels:
+      env: [dev, staging]
+    db_names:
+    - '*'
+    db_roles:
+    - reader
+    - '{{internal.db_roles}}'
+    kubernetes_groups:
+    - viewers
+    logins:
+    - '{{internal.logins}}'
+    node_labels:
+      '*': '*'
+    rules:
+    - resources:
+      - event
+      verbs:
+      - list
+      - read
+  deny: {}
+  options:
+    cert_format: standard
+    create_db_user: true
+    create_host_user_mode: off
+    desktop_clipboard: true
+    enhanced_recording:
+    - command
+    - network
+    forward_agent: false
+    idp:
+      saml:
+        enabled: true
+    max_session_ttl: 30h0m0s
+    pin_source_ip: false
+    port_forwarding: true
+    record_session:
+      default: best_effort
+      desktop: true
+    ssh_file_copy: true
+version: v7
+"#;
+
+    #[test]
+    fn teleport_role_loads_with_a_warning_per_unsupported_field() {
+        let parsed = parse_resources(TELEPORT_ROLE, "roles.yaml").unwrap();
+        let Resource::Role(role) = &parsed.resources[0] else {
+            panic!("not a role")
+        };
+        assert_eq!(
+            role.spec.allow.db_roles,
+            ["reader", "{{internal.db_roles}}"]
+        );
+        assert_eq!(
+            role.spec.options.effective_db_user_mode(),
+            CreateDbUserMode::Keep
+        );
+        assert_eq!(
+            role.spec.options.max_session_ttl,
+            Some(std::time::Duration::from_secs(30 * 3600))
+        );
+        let expected = [
+            "roles.yaml:4: field \"metadata.id\" is not supported by dbward and is ignored",
+            "roles.yaml:6: field \"metadata.revision\" is not supported by dbward and is ignored",
+            "roles.yaml:9: field \"spec.allow.app_labels\" is not supported by dbward and is ignored",
+            "roles.yaml:18: field \"spec.allow.kubernetes_groups\" is not supported by dbward and is ignored",
+            "roles.yaml:20: field \"spec.allow.logins\" is not supported by dbward and is ignored",
+            "roles.yaml:22: field \"spec.allow.node_labels\" is not supported by dbward and is ignored",
+            "roles.yaml:24: field \"spec.allow.rules\" is not supported by dbward and is ignored",
+            "roles.yaml:32: field \"spec.options.cert_format\" is not supported by dbward and is ignored",
+            "roles.yaml:34: field \"spec.options.create_host_user_mode\" is not supported by dbward and is ignored",
+            "roles.yaml:35: field \"spec.options.desktop_clipboard\" is not supported by dbward and is ignored",
+            "roles.yaml:36: field \"spec.options.enhanced_recording\" is not supported by dbward and is ignored",
+            "roles.yaml:39: field \"spec.options.forward_agent\" is not supported by dbward and is ignored",
+            "roles.yaml:40: field \"spec.options.idp\" is not supported by dbward and is ignored",
+            "roles.yaml:44: field \"spec.options.pin_source_ip\" is not supported by dbward and is ignored",
+            "roles.yaml:45: field \"spec.options.port_forwarding\" is not supported by dbward and is ignored",
+            "roles.yaml:46: field \"spec.options.record_session\" is not supported by dbward and is ignored",
+            "roles.yaml:49: field \"spec.options.ssh_file_copy\" is not supported by dbward and is ignored",
+        ];
+        assert_eq!(parsed.warnings, expected);
+    }
+
+    #[test]
+    fn teleport_db_loads_with_warnings_for_cloud_fields() {
+        let text = "kind: db\nversion: v3\nmetadata:\n  name: rds\n  expires: 2030-01-01T00:00:00Z\n  labels:\n    teleport.dev/db-admin: teleport-admin\nspec:\n  protocol: mysql\n  uri: rds.example.com:3306\n  aws:\n    region: us-east-1\n  dynamic_labels:\n    hostname: {command: [hostname], period: 1m}\n  tls:\n    mode: verify-ca\n    ca_cert: /etc/ca.pem\n    trust_system_cert_pool: true\n";
+        let parsed = parse_resources(text, "dbs.yaml").unwrap();
+        assert_eq!(
+            parsed.warnings,
+            [
+                "dbs.yaml:5: field \"metadata.expires\" is not supported by dbward and is ignored",
+                "dbs.yaml:11: field \"spec.aws\" is not supported by dbward and is ignored",
+                "dbs.yaml:13: field \"spec.dynamic_labels\" is not supported by dbward and is ignored",
+                "dbs.yaml:18: field \"spec.tls.trust_system_cert_pool\" is not supported by dbward and is ignored",
+            ]
+        );
+        let Resource::Db(db) = &parsed.resources[0] else {
+            panic!("not a db")
+        };
+        assert_eq!(db.spec.tls.mode, crate::TlsMode::VerifyCa);
+        assert_eq!(db.spec.tls.ca_cert_file.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(db.admin_user().unwrap().name, "teleport-admin");
+    }
+
+    #[test]
+    fn misspelled_field_is_an_error_with_its_line() {
+        let text = "kind: user\nversion: v2\nmetadata: {name: bob}\nspec:\n  roles: [a]\n---\n# second\nkind: role\nversion: v7\nmetadata:\n  name: dev\nspec:\n  allow:\n    db_lables: {env: dev}\n";
+        assert_eq!(
+            parse_err(text, "roles.yaml"),
+            "roles.yaml:14: unknown field \"db_lables\""
+        );
+    }
+
+    #[test]
+    fn misspelled_top_level_key_in_a_list_element_is_located() {
+        let text = "- kind: user\n  version: v2\n  metadata: {name: bob}\n- kind: user\n  version: v2\n  metdata: {name: eve}\n";
+        assert_eq!(
+            parse_err(text, "users.yaml"),
+            "users.yaml:6: unknown field \"metdata\""
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_line() {
+        let text = "kind: role\nversion: v7\nmetadata: {name: a}\n---\nkind: role\nmetadata:\n  name: b\n   bad: indentation\n";
+        let err = parse_err(text, "roles.yaml");
+        assert!(err.starts_with("roles.yaml:8: "), "{err}");
+        assert!(!err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn wrong_value_type_names_the_line_of_the_value() {
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: a\nspec:\n  options:\n    create_db_user_mode: sometimes\n";
+        let err = parse_err(text, "roles.yaml");
+        assert!(err.starts_with("roles.yaml:7: "), "{err}");
+        assert!(err.contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn unknown_kind_and_missing_kind_are_errors() {
+        let err = parse_err("kind: node\nversion: v2\nmetadata: {name: a}\n", "x.yaml");
+        assert_eq!(
+            err,
+            "x.yaml:1: unknown kind \"node\", expected role, user, db or db_object_import_rule"
+        );
+        let err = parse_err("---\nversion: v2\nmetadata: {name: a}\n", "x.yaml");
+        assert!(err.contains("missing field \"kind\""), "{err}");
+    }
+
+    #[test]
+    fn star_in_allowed_db_roles_is_refused_with_location() {
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: bad\nspec:\n  allow:\n    db_roles: ['*']\n";
+        let err = parse_err(text, "roles.yaml");
+        assert!(err.starts_with("roles.yaml:3: role \"bad\""), "{err}");
+        assert!(err.contains("db_roles"), "{err}");
+    }
+
+    #[test]
+    fn permissions_are_upper_cased_and_unknown_ones_refused() {
+        let text = "kind: role\nversion: v7\nmetadata: {name: p}\nspec:\n  allow:\n    db_permissions:\n      - match: {object_kind: table}\n        permissions: [select, Insert]\n";
+        let parsed = parse(text);
+        let Resource::Role(role) = &parsed.resources[0] else {
+            panic!("not a role")
+        };
+        assert_eq!(
+            role.spec.allow.db_permissions[0].permissions,
+            ["SELECT", "INSERT"]
+        );
+        let bad = text.replace("Insert", "EXECUTE");
+        let err = parse_err(&bad, "roles.yaml");
+        assert!(err.contains("unknown permission \"EXECUTE\""), "{err}");
+    }
+
+    #[test]
+    fn label_expressions_are_refused_rather_than_ignored() {
+        let text = "kind: role\nversion: v7\nmetadata: {name: e}\nspec:\n  deny:\n    db_labels_expression: 'labels.env == \"prod\"'\n";
+        let err = parse_err(text, "roles.yaml");
+        assert!(err.starts_with("roles.yaml:6: "), "{err}");
+    }
+
+    #[test]
+    fn the_same_resource_twice_in_a_file_is_refused() {
+        let text = "kind: user\nversion: v2\nmetadata: {name: a}\n---\nkind: role\nmetadata: {name: a}\n---\nkind: user\nversion: v2\nmetadata: {name: a}\n";
+        assert_eq!(
+            parse_err(text, "u.yaml"),
+            "u.yaml:10: user \"a\" appears more than once in this file"
+        );
+    }
+
+    #[test]
+    fn json_with_tabs_and_unknown_fields_is_located() {
+        let text = "{\n\t\"kind\": \"user\",\n\t\"version\": \"v2\",\n\t\"metadata\": {\"name\": \"a\"},\n\t\"spec\": {\"roles\": [\"r\"], \"rolez\": []}\n}\n";
+        assert_eq!(
+            parse_err(text, "u.json"),
+            "u.json:5: unknown field \"rolez\""
+        );
+        let ok = text.replace(", \"rolez\": []", "");
+        assert_eq!(parse(&ok).resources[0].name(), "a");
+    }
+
+    #[test]
+    fn empty_documents_and_comments_are_skipped() {
+        let text = "# roles\n---\n---\nkind: user\nversion: v2\nmetadata: {name: a}\n---\n# end\n";
+        assert_eq!(parse(text).resources.len(), 1);
+        assert!(parse("").resources.is_empty());
     }
 }

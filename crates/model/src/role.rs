@@ -20,6 +20,7 @@ pub struct Role {
     #[serde(default = "default_role_version")]
     pub version: String,
     /// Name and labels.
+    #[serde(default)]
     pub metadata: Metadata,
     /// Options and conditions.
     #[serde(default)]
@@ -258,5 +259,76 @@ impl Role {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(yaml: &str) -> Role {
+        let mut role: Role = serde_yaml_ng::from_str(yaml).unwrap();
+        role.normalize();
+        role
+    }
+
+    #[test]
+    fn legacy_create_db_user_true_means_keep() {
+        let r = role("metadata: {name: a}\nspec:\n  options: {create_db_user: true}\n");
+        assert_eq!(
+            r.spec.options.effective_db_user_mode(),
+            CreateDbUserMode::Keep
+        );
+        let r = role(
+            "metadata: {name: a}\nspec:\n  options: {create_db_user: true, create_db_user_mode: off}\n",
+        );
+        assert_eq!(
+            r.spec.options.effective_db_user_mode(),
+            CreateDbUserMode::Off
+        );
+        let r = role("metadata: {name: a}\n");
+        assert_eq!(
+            r.spec.options.effective_db_user_mode(),
+            CreateDbUserMode::Off
+        );
+        let r = role(
+            "metadata: {name: a}\nspec:\n  options: {create_db_user_mode: best_effort_drop}\n",
+        );
+        assert_eq!(
+            r.spec.options.effective_db_user_mode(),
+            CreateDbUserMode::BestEffortDrop
+        );
+    }
+
+    #[test]
+    fn star_is_refused_in_allowed_db_roles_but_not_in_denied() {
+        let r = role("metadata: {name: a}\nspec:\n  allow: {db_roles: ['*']}\n");
+        assert!(r.validate().is_err());
+        let r = role("metadata: {name: a}\nspec:\n  deny: {db_roles: ['*']}\n");
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn star_permission_is_only_allowed_in_deny() {
+        let allow = "metadata: {name: a}\nspec:\n  allow:\n    db_permissions: [{match: {name: t}, permissions: ['*']}]\n";
+        assert!(role(allow).validate().is_err());
+        role(&allow.replace("allow", "deny")).validate().unwrap();
+    }
+
+    #[test]
+    fn db_labels_values_may_be_strings_or_lists() {
+        let r = role("metadata: {name: a}\nspec:\n  allow:\n    db_labels: {env: [dev, test], team: db}\n    db_users: app\n");
+        let labels: Vec<_> = r.spec.allow.db_labels.iter().collect();
+        assert_eq!(labels[0].1, ["dev", "test"]);
+        assert_eq!(labels[1].1, ["db"]);
+        assert_eq!(r.spec.allow.db_users, ["app"]);
+    }
+
+    #[test]
+    fn unsupported_versions_are_refused() {
+        let mut r = Role::new("a");
+        r.validate().unwrap();
+        r.version = "v8".into();
+        assert!(r.validate().is_err());
     }
 }

@@ -81,7 +81,7 @@ pub(crate) fn split_documents(text: &str) -> Vec<Document<'_>> {
 }
 
 /// JSON read as YAML needs its tabs turned into spaces (see [`split_documents`]).
-pub(crate) fn yaml_text(doc: &Document<'_>) -> std::borrow::Cow<'_, str> {
+pub(crate) fn yaml_text<'a>(doc: &Document<'a>) -> std::borrow::Cow<'a, str> {
     let t = doc.text.trim_start();
     if (t.starts_with('{') || t.starts_with('[')) && doc.text.contains('\t') {
         std::borrow::Cow::Owned(doc.text.replace('\t', " "))
@@ -111,7 +111,9 @@ fn strip_location(message: &str) -> String {
     while let Some(pos) = rest.find(" at line ") {
         out.push_str(&rest[..pos]);
         let after = &rest[pos + " at line ".len()..];
-        let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+        let digits = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
         let after = &after[digits..];
         if let Some(col) = after.strip_prefix(" column ") {
             let digits = col.find(|c: char| !c.is_ascii_digit()).unwrap_or(col.len());
@@ -214,9 +216,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
     let mut ignored = Vec::new();
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let value = match index {
-        None => serde_ignored::deserialize(de, |path| {
-            ignored.push(FieldPath::from_ignored(&path))
-        })?,
+        None => {
+            serde_ignored::deserialize(de, |path| ignored.push(FieldPath::from_ignored(&path)))?
+        }
         Some(index) => {
             let value = de.deserialize_seq(NthElement::<T, _> {
                 index,
@@ -227,7 +229,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
                 },
                 marker: PhantomData,
             })?;
-            value.ok_or_else(|| de::Error::custom("sequence element not found"))?
+            value.ok_or_else(|| {
+                <serde_yaml_ng::Error as de::Error>::custom("sequence element not found")
+            })?
         }
     };
     Ok((value, ignored))
@@ -296,7 +300,7 @@ pub(crate) fn locate(text: &str, path: &FieldPath) -> Option<usize> {
         return None;
     }
     let de = serde_yaml_ng::Deserializer::from_str(text);
-    match Locate { path: &path.0 }.deserialize(de) {
+    match (Locate { path: &path.0 }).deserialize(de) {
         Err(err) if err.to_string().contains(FOUND) => err.location().map(|l| l.line()),
         _ => None,
     }
@@ -475,7 +479,9 @@ mod tests {
     #[test]
     fn location_suffixes_are_removed_from_messages() {
         assert_eq!(
-            strip_location("spec: invalid type at line 3 column 5, while parsing at line 1 column 1"),
+            strip_location(
+                "spec: invalid type at line 3 column 5, while parsing at line 1 column 1"
+            ),
             "spec: invalid type, while parsing"
         );
     }

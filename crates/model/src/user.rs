@@ -14,6 +14,7 @@ pub struct User {
     #[serde(default = "default_user_version")]
     pub version: String,
     /// The user name is `metadata.name`.
+    #[serde(default)]
     pub metadata: Metadata,
     /// Roles and traits.
     #[serde(default)]
@@ -47,16 +48,27 @@ impl User {
     /// The resource kind as written in files.
     pub const KIND: &'static str = "user";
 
-    /// A user with a name, roles and no traits.
-    pub fn new(name: &str, roles: &[&str]) -> Self {
+    /// A user with a name, roles and no traits: `User::new("alice", &["dev"])` or
+    /// `User::new("alice", roles_vec)`.
+    pub fn new<R>(name: &str, roles: R) -> Self
+    where
+        R: IntoIterator,
+        R::Item: AsRef<str>,
+    {
         User {
             version: default_user_version(),
             metadata: Metadata::named(name),
             spec: UserSpec {
-                roles: roles.iter().map(|r| r.to_string()).collect(),
+                roles: roles.into_iter().map(|r| r.as_ref().to_string()).collect(),
                 traits: BTreeMap::new(),
             },
         }
+    }
+
+    /// The same user with these traits.
+    pub fn with_traits(mut self, traits: BTreeMap<String, Vec<String>>) -> Self {
+        self.spec.traits = traits;
+        self
     }
 
     /// The user name.
@@ -75,8 +87,44 @@ impl User {
             ));
         }
         if self.spec.roles.iter().any(|r| r.trim().is_empty()) {
-            return Err(ModelError::invalid(subject, "spec.roles contains an empty name"));
+            return Err(ModelError::invalid(
+                subject,
+                "spec.roles contains an empty name",
+            ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_accepts_slices_and_vectors_of_role_names() {
+        let a = User::new("alice", &["dev", "ops"]);
+        let b = User::new("alice", vec!["dev".to_string(), "ops".to_string()]);
+        assert_eq!(a, b);
+        assert_eq!(a.spec.roles, ["dev", "ops"]);
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn traits_accept_a_single_value_or_a_list() {
+        let user: User = serde_yaml_ng::from_str(
+            "metadata: {name: a}\nspec:\n  traits: {db_users: app, db_roles: [r1, r2]}\n",
+        )
+        .unwrap();
+        assert_eq!(user.spec.traits["db_users"], ["app"]);
+        assert_eq!(user.spec.traits["db_roles"], ["r1", "r2"]);
+    }
+
+    #[test]
+    fn empty_role_names_and_other_versions_are_refused() {
+        assert!(User::new("a", &[""]).validate().is_err());
+        let mut user = User::new("a", &["dev"]);
+        user.version = "v3".into();
+        assert!(user.validate().is_err());
+        assert!(User::new("", &["dev"]).validate().is_err());
     }
 }

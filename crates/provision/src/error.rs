@@ -71,6 +71,10 @@ pub enum ProvisionError {
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
 
+    /// The provisioning functions answered something this version does not know.
+    #[error("unexpected answer from the database's provisioning functions: {0:?}")]
+    UnexpectedAnswer(String),
+
     /// Any other error reported by PostgreSQL or the connection to it.
     #[error("PostgreSQL error: {0}")]
     Postgres(#[from] tokio_postgres::Error),

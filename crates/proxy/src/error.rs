@@ -87,9 +87,7 @@ pub enum UpstreamError {
     #[error("TLS handshake with the database server failed: {0}")]
     TlsHandshake(std::io::Error),
     /// The server wants a password or another method instead of certificate auth.
-    #[error(
-        "database asked for a password ({0}); dbward authenticates with client certificates"
-    )]
+    #[error("database asked for a password ({0}); dbward authenticates with client certificates")]
     AuthenticationRequired(AuthenticationKind),
     /// The server refused the session with an ErrorResponse. `raw` is the whole message, to
     /// forward verbatim to the client.

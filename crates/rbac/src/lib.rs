@@ -1,14 +1,31 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Access decisions for dbward: may a dbward user reach a database, as which db user, into
+//! which db name, with which db roles or table permissions, and in which provisioning mode.
+//!
+//! Pure logic over the model's resources: no I/O, no clock, no database. The gateway builds
+//! an [`AccessChecker`] from a user and their roles (read from the store at connect time)
+//! and asks it about one database at a time. Label selectors and trait templates are
+//! compiled once in [`AccessChecker::new`].
+//!
+//! - [`pattern`]: literal / glob / `^regex$` value matching, shared by every selector.
+//! - [`template`]: `{{internal.x}}`-style trait templates.
+//! - [`selector`]: label selectors (keys AND, values OR, `"*": "*"`, empty matches nothing).
+//! - [`checker`]: the decision itself (PROVISIONING.md §1).
+//! - [`permissions`]: `db_permissions` and import rules (PROVISIONING.md §6).
+
+pub mod checker;
+pub mod error;
+pub mod pattern;
+pub mod permissions;
+pub mod selector;
+pub mod template;
+
+pub use checker::{validate_role, AccessChecker, Decision, Provisioning, ProvisioningMode};
+pub use error::{AccessDenied, DenialKind, RbacError, GENERIC_DENIAL};
+pub use permissions::{
+    object_permissions, permissions_for_objects, DbObject, ImportRules, PermissionEffect,
+    PermissionRule,
+};
+pub use selector::LabelSelector;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+mod tests;

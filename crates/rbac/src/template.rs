@@ -109,8 +109,16 @@ impl Expr {
                 .filter(|v| re.is_match(v))
                 .map(|v| re.replace_all(v, replacement.as_str()).into_owned())
                 .collect(),
-            Expr::Upper(inner) => inner.eval(lookup).iter().map(|v| v.to_uppercase()).collect(),
-            Expr::Lower(inner) => inner.eval(lookup).iter().map(|v| v.to_lowercase()).collect(),
+            Expr::Upper(inner) => inner
+                .eval(lookup)
+                .iter()
+                .map(|v| v.to_uppercase())
+                .collect(),
+            Expr::Lower(inner) => inner
+                .eval(lookup)
+                .iter()
+                .map(|v| v.to_lowercase())
+                .collect(),
         }
     }
 }
@@ -336,7 +344,10 @@ mod tests {
             ("{{ internal.db_roles }}", &["reader", "writer"]),
             ("{{internal[\"team-name\"]}}", &["core"]),
             ("{{internal.team-name}}", &["core"]),
-            ("app-{{internal.db_roles}}-rw", &["app-reader-rw", "app-writer-rw"]),
+            (
+                "app-{{internal.db_roles}}-rw",
+                &["app-reader-rw", "app-writer-rw"],
+            ),
             ("{{email.local(external.email)}}", &["alice"]),
             (
                 r#"{{regexp.replace(external.groups, "^db-(.*)$", "$1")}}"#,
@@ -346,7 +357,10 @@ mod tests {
                 r#"x-{{regexp.replace(external.groups, "^db-(.*)$", "$1")}}"#,
                 &["x-readers", "x-writers"],
             ),
-            ("{{strings.upper(internal.db_roles)}}", &["READER", "WRITER"]),
+            (
+                "{{strings.upper(internal.db_roles)}}",
+                &["READER", "WRITER"],
+            ),
             ("{{internal.missing}}", &[]),
             ("pre-{{internal.missing}}", &[]),
             ("{{internal.empty}}", &[]),

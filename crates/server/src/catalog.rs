@@ -105,7 +105,7 @@ impl Catalog {
                     Resource::Db(d) => {
                         snap.dbs.insert(name, d);
                     }
-                    Resource::ImportRule(r) => snap.import_rules.push(r),
+                    Resource::DbObjectImportRule(r) => snap.import_rules.push(r),
                 }
             }
         }

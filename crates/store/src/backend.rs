@@ -94,8 +94,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes the lease on `key` for `ttl` (from the backend's clock) when no one holds it or
     /// the holder let it expire. `token` identifies this acquisition for renew and release;
     /// `holder` is kept for diagnostics. True when taken.
-    fn try_acquire_lease(&self, key: &str, holder: &str, token: &str, ttl: Duration)
-        -> Result<bool>;
+    fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool>;
     /// Extends the lease to `ttl` from now if `token` still holds it; false when it was lost.
     fn renew_lease(&self, key: &str, token: &str, ttl: Duration) -> Result<bool>;
     /// Gives the lease up if `token` still holds it; true when it did.
@@ -104,8 +109,13 @@ pub trait Backend: Send + Sync + 'static {
     // Audit.
 
     /// Appends one event.
-    fn append_audit(&self, body: &str, event_type: &str, user: &str, time_unix_ms: i64)
-        -> Result<()>;
+    fn append_audit(
+        &self,
+        body: &str,
+        event_type: &str,
+        user: &str,
+        time_unix_ms: i64,
+    ) -> Result<()>;
     /// The bodies of matching events, oldest first (see [`AuditQuery::limit`]).
     fn search_audit(&self, query: &AuditQuery) -> Result<Vec<String>>;
 

@@ -6,6 +6,33 @@
 //! time runs out; while held, a background task renews it so a slow activation keeps it.
 //! Within one process a tokio mutex per key queues the waiters first, so they do not poll the
 //! store against each other; the row is still taken so other instances see it.
+//!
+//! # Other backends
+//!
+//! Everything here (waiting with backoff, renewal, loss detection, the local queue) is written
+//! against the three lease calls of [`Backend`]: `try_acquire_lease`, `renew_lease` and
+//! `release_lease`. A PostgreSQL backend shared by several gateways provides them with one
+//! statement each on a `lock_leases` table like SQLite's, with expiry taken from the
+//! database clock (`now()`) so instances agree on it even if their clocks drift:
+//!
+//! ```sql
+//! -- try_acquire_lease: taken when one row was written
+//! INSERT INTO lock_leases (lock_key, holder, token, expires_at)
+//! VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')
+//! ON CONFLICT (lock_key) DO UPDATE
+//!     SET holder = excluded.holder, token = excluded.token, expires_at = excluded.expires_at
+//!     WHERE lock_leases.expires_at <= now();
+//! -- renew_lease / release_lease: still ours when one row was touched
+//! UPDATE lock_leases SET expires_at = now() + $3 * interval '1 millisecond'
+//!     WHERE lock_key = $1 AND token = $2;
+//! DELETE FROM lock_leases WHERE lock_key = $1 AND token = $2;
+//! ```
+//!
+//! `ON CONFLICT DO UPDATE ... WHERE` locks the conflicting row and re-checks the condition, so
+//! under READ COMMITTED two instances can never both take the same key. Session-level advisory
+//! locks are deliberately not used: they belong to one pooled connection, vanish silently when
+//! it drops, and cannot be inspected or taken over by expiry. So a PostgreSQL backend plugs in
+//! through [`crate::Store::from_backend`] and no caller of [`crate::Store::lock`] changes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -249,5 +276,260 @@ async fn renew_until_released(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{AuditQuery, PutMode, SessionRecord};
+    use crate::{SqliteBackend, Store};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    /// A backend whose lease renewals can be made to fail, as when a gateway stalls.
+    struct Stalling {
+        inner: Arc<SqliteBackend>,
+        stalled: AtomicBool,
+    }
+
+    impl Backend for Stalling {
+        fn put_resource(&self, kind: &str, name: &str, body: &str, mode: PutMode) -> Result<()> {
+            self.inner.put_resource(kind, name, body, mode)
+        }
+        fn get_resource(&self, kind: &str, name: &str) -> Result<Option<String>> {
+            self.inner.get_resource(kind, name)
+        }
+        fn list_resources(&self, kind: &str) -> Result<Vec<(String, String)>> {
+            self.inner.list_resources(kind)
+        }
+        fn delete_resource(&self, kind: &str, name: &str) -> Result<bool> {
+            self.inner.delete_resource(kind, name)
+        }
+        fn resources_revision(&self) -> Result<i64> {
+            self.inner.resources_revision()
+        }
+        fn get_cas(&self) -> Result<Vec<(String, String, String)>> {
+            self.inner.get_cas()
+        }
+        fn put_ca_if_absent(&self, kind: &str, cert_pem: &str, key_pem: &str) -> Result<bool> {
+            self.inner.put_ca_if_absent(kind, cert_pem, key_pem)
+        }
+        fn set_password_hash(&self, user: &str, phc: &str) -> Result<()> {
+            self.inner.set_password_hash(user, phc)
+        }
+        fn get_password_hash(&self, user: &str) -> Result<Option<String>> {
+            self.inner.get_password_hash(user)
+        }
+        fn delete_password(&self, user: &str) -> Result<bool> {
+            self.inner.delete_password(user)
+        }
+        fn try_acquire_lease(
+            &self,
+            key: &str,
+            holder: &str,
+            token: &str,
+            ttl: Duration,
+        ) -> Result<bool> {
+            self.inner.try_acquire_lease(key, holder, token, ttl)
+        }
+        fn renew_lease(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+            if self.stalled.load(Ordering::SeqCst) {
+                return Err(StoreError::Corrupt("stalled".into()));
+            }
+            self.inner.renew_lease(key, token, ttl)
+        }
+        fn release_lease(&self, key: &str, token: &str) -> Result<bool> {
+            self.inner.release_lease(key, token)
+        }
+        fn append_audit(&self, body: &str, event: &str, user: &str, time: i64) -> Result<()> {
+            self.inner.append_audit(body, event, user, time)
+        }
+        fn search_audit(&self, query: &AuditQuery) -> Result<Vec<String>> {
+            self.inner.search_audit(query)
+        }
+        fn register_session(&self, session: &SessionRecord) -> Result<()> {
+            self.inner.register_session(session)
+        }
+        fn end_session(&self, sid: &str) -> Result<bool> {
+            self.inner.end_session(sid)
+        }
+        fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
+            self.inner.list_sessions()
+        }
+        fn end_sessions_of_instance(&self, instance_id: &str) -> Result<usize> {
+            self.inner.end_sessions_of_instance(instance_id)
+        }
+        fn heartbeat_instance(&self, instance_id: &str) -> Result<()> {
+            self.inner.heartbeat_instance(instance_id)
+        }
+        fn live_instances(&self, since_unix_ms: i64) -> Result<Vec<String>> {
+            self.inner.live_instances(since_unix_ms)
+        }
+        fn now_unix_ms(&self) -> Result<i64> {
+            self.inner.now_unix_ms()
+        }
+        fn kv_get(&self, key: &str) -> Result<Option<String>> {
+            self.inner.kv_get(key)
+        }
+        fn kv_put(&self, key: &str, value: &str) -> Result<()> {
+            self.inner.kv_put(key, value)
+        }
+        fn kv_delete(&self, key: &str) -> Result<bool> {
+            self.inner.kv_delete(key)
+        }
+    }
+
+    /// Two gateway instances sharing one store: separate handles (so separate local queues)
+    /// over the same database file.
+    fn two_instances(
+    ) -> std::result::Result<(tempfile::TempDir, Store, Store), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let first = Store::open_sqlite(dir.path())?;
+        let second = Store::open_sqlite(dir.path())?;
+        Ok((dir, first, second))
+    }
+
+    const KEY: &str = "provision/orders/alice";
+
+    #[tokio::test]
+    async fn second_acquirer_waits_until_release() -> TestResult {
+        let (_dir, first, second) = two_instances()?;
+        for other in [first.clone(), second] {
+            let held = first.lock(KEY, "gw1", Duration::from_secs(1)).await?;
+            let waiter =
+                tokio::spawn(async move { other.lock(KEY, "gw2", Duration::from_secs(10)).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !waiter.is_finished(),
+                "second holder got the lock while it was held"
+            );
+            held.release().await?;
+            let next = tokio::time::timeout(Duration::from_secs(5), waiter).await???;
+            assert_eq!(next.key(), KEY);
+            next.release().await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn waiting_too_long_times_out_with_the_key() -> TestResult {
+        let (_dir, first, second) = two_instances()?;
+        let held = first.lock(KEY, "gw1", Duration::from_secs(1)).await?;
+        for other in [&first, &second] {
+            let started = Instant::now();
+            let err = other
+                .lock(KEY, "gw2", Duration::from_millis(200))
+                .await
+                .err();
+            assert!(
+                matches!(&err, Some(StoreError::LockTimeout { key }) if key == KEY),
+                "{err:?}"
+            );
+            assert!(started.elapsed() >= Duration::from_millis(200));
+        }
+        // Other keys are independent.
+        second
+            .lock("provision/orders/bob", "gw2", Duration::ZERO)
+            .await?
+            .release()
+            .await?;
+        held.release().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dropped_guard_releases_the_lock() -> TestResult {
+        let (_dir, first, second) = two_instances()?;
+        drop(first.lock(KEY, "gw1", Duration::from_secs(1)).await?);
+        second
+            .lock(KEY, "gw2", Duration::from_secs(5))
+            .await?
+            .release()
+            .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn lease_of_a_dead_holder_is_taken_over_after_it_expires() -> TestResult {
+        let (_dir, store, _) = two_instances()?;
+        // A holder that took the lease and died: nobody renews or releases it.
+        let ttl = Duration::from_millis(400);
+        assert!(store
+            .backend()
+            .try_acquire_lease(KEY, "dead", "token", ttl)?);
+        let started = Instant::now();
+        let early = store
+            .lock(KEY, "gw2", Duration::from_millis(100))
+            .await
+            .err();
+        assert!(
+            matches!(early, Some(StoreError::LockTimeout { .. })),
+            "{early:?}"
+        );
+        let taken = store.lock(KEY, "gw2", Duration::from_secs(5)).await?;
+        assert!(started.elapsed() >= ttl);
+        // The dead holder's token no longer counts.
+        assert!(!store.backend().renew_lease(KEY, "token", ttl)?);
+        taken.release().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn held_lease_is_renewed_past_its_ttl() -> TestResult {
+        let (_dir, first, second) = two_instances()?;
+        let ttl = Duration::from_millis(150);
+        let held = first
+            .lock_with_ttl(KEY, "gw1", ttl, Duration::from_secs(1))
+            .await?;
+        let err = second.lock(KEY, "gw2", ttl * 4).await.err();
+        assert!(
+            matches!(err, Some(StoreError::LockTimeout { .. })),
+            "{err:?}"
+        );
+        assert!(!held.is_lost());
+        held.release().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn lease_taken_over_from_a_stalled_holder_is_reported_lost() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let shared = Arc::new(SqliteBackend::open(dir.path())?);
+        let stalling = Arc::new(Stalling {
+            inner: shared.clone(),
+            stalled: AtomicBool::new(false),
+        });
+        let slow = Store::from_backend(stalling.clone());
+        let other = Store::from_backend(shared);
+
+        let ttl = Duration::from_millis(150);
+        let held = slow
+            .lock_with_ttl(KEY, "gw1", ttl, Duration::from_secs(1))
+            .await?;
+        stalling.stalled.store(true, Ordering::SeqCst);
+        let taken = other
+            .lock_with_ttl(KEY, "gw2", ttl, Duration::from_secs(5))
+            .await?;
+        stalling.stalled.store(false, Ordering::SeqCst);
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !held.is_lost() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(held.is_lost());
+        // Releasing the lost lock leaves the new holder's lease alone.
+        held.release().await?;
+        let err = slow
+            .lock(KEY, "gw3", Duration::from_millis(100))
+            .await
+            .err();
+        assert!(
+            matches!(err, Some(StoreError::LockTimeout { .. })),
+            "{err:?}"
+        );
+        assert!(!taken.is_lost());
+        taken.release().await?;
+        Ok(())
     }
 }

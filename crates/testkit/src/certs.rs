@@ -97,7 +97,13 @@ impl ClientCertFiles {
 fn file_stem(name: &str) -> String {
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("client-{safe}-{:x}", fnv1a(name.as_bytes()))
 }

@@ -6,13 +6,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
 use crate::certs::DbServerCerts;
 use crate::process::{
-    free_port, log_tail, run, run_with_input, short_temp_dir, ServerAccount, Watchdog, PACKAGES,
+    free_port, log_tail, run, run_with_input, short_temp_dir, wait_until_gone, ServerAccount,
+    Watchdog, PACKAGES,
 };
 
 /// Environment variable naming a PostgreSQL `bin` directory to use instead of the newest one
@@ -43,6 +45,7 @@ pub struct PgServer {
     pub data_dir: PathBuf,
     bin_dir: PathBuf,
     major_version: u32,
+    postmaster_pid: u32,
     account: ServerAccount,
     watchdog: Watchdog,
     stopped: AtomicBool,
@@ -77,7 +80,16 @@ impl PgServer {
                 .current_dir(&root)
                 .args(["-D"])
                 .arg(&data_dir)
-                .args(["-U", PG_SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]),
+                .args([
+                    "-U",
+                    PG_SUPERUSER,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ]),
             "initdb",
         )?;
         let major_version = read_major_version(&data_dir)?;
@@ -134,7 +146,7 @@ impl PgServer {
                     let watchdog = match Watchdog::spawn(pid, "QUIT", &root) {
                         Ok(w) => w,
                         Err(e) => {
-                            stop_cluster(&account, &bin_dir, &data_dir);
+                            stop_cluster(&account, &bin_dir, &data_dir, pid);
                             return Err(e);
                         }
                     };
@@ -145,6 +157,7 @@ impl PgServer {
                         data_dir,
                         bin_dir,
                         major_version,
+                        postmaster_pid: pid,
                         account,
                         watchdog,
                         stopped: AtomicBool::new(false),
@@ -179,7 +192,16 @@ impl PgServer {
             Command::new(self.bin_dir.join("psql"))
                 .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
                 .arg(&self.socket_dir)
-                .args(["-p", &self.port.to_string(), "-U", PG_SUPERUSER, "-d", dbname, "-f", "-"]),
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    PG_SUPERUSER,
+                    "-d",
+                    dbname,
+                    "-f",
+                    "-",
+                ]),
             "psql",
             Some(sql),
         )?;
@@ -241,7 +263,12 @@ impl PgServer {
             return;
         }
         self.watchdog.disarm();
-        stop_cluster(&self.account, &self.bin_dir, &self.data_dir);
+        stop_cluster(
+            &self.account,
+            &self.bin_dir,
+            &self.data_dir,
+            self.postmaster_pid,
+        );
         let _ = fs::remove_dir_all(self.dir.path());
     }
 }
@@ -252,7 +279,9 @@ impl Drop for PgServer {
     }
 }
 
-fn stop_cluster(account: &ServerAccount, bin_dir: &Path, data_dir: &Path) {
+/// Immediate shutdown, then waits for the postmaster to be gone: `pg_ctl -w` returns once the
+/// pid file is removed, a moment before the process exits.
+fn stop_cluster(account: &ServerAccount, bin_dir: &Path, data_dir: &Path, pid: u32) {
     let _ = run(
         account
             .command(&bin_dir.join("pg_ctl"))
@@ -262,11 +291,13 @@ fn stop_cluster(account: &ServerAccount, bin_dir: &Path, data_dir: &Path) {
             .args(["-m", "immediate", "-w", "-t", "30", "stop"]),
         "pg_ctl stop",
     );
+    wait_until_gone(pid, Duration::from_secs(10));
 }
 
 fn copy_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", to.display()))?;
     Ok(to.to_path_buf())
@@ -280,12 +311,17 @@ fn conf_path(path: &Path) -> anyhow::Result<String> {
 
 fn read_major_version(data_dir: &Path) -> anyhow::Result<u32> {
     let text = fs::read_to_string(data_dir.join("PG_VERSION")).context("reading PG_VERSION")?;
-    text.trim().parse().with_context(|| format!("PG_VERSION {text:?}"))
+    text.trim()
+        .parse()
+        .with_context(|| format!("PG_VERSION {text:?}"))
 }
 
 fn read_postmaster_pid(data_dir: &Path) -> anyhow::Result<u32> {
     let text =
         fs::read_to_string(data_dir.join("postmaster.pid")).context("reading postmaster.pid")?;
     let first = text.lines().next().unwrap_or_default();
-    first.trim().parse().with_context(|| format!("postmaster.pid starts with {first:?}"))
+    first
+        .trim()
+        .parse()
+        .with_context(|| format!("postmaster.pid starts with {first:?}"))
 }

@@ -139,10 +139,16 @@ pub(crate) fn run_with_input(
     input: Option<&str>,
 ) -> anyhow::Result<String> {
     use std::io::Write;
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("{what}: cannot start {cmd:?}"))?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         // Written from a thread: a large output could otherwise fill the stdout pipe while
         // we are still writing.
@@ -151,7 +157,9 @@ pub(crate) fn run_with_input(
             let _ = stdin.write_all(text.as_bytes());
         });
     }
-    let output = child.wait_with_output().with_context(|| format!("{what}: waiting"))?;
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("{what}: waiting"))?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if output.status.success() {
         Ok(stdout)
@@ -160,7 +168,11 @@ pub(crate) fn run_with_input(
             "{what} failed ({}): {}{}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim(),
-            if stdout.trim().is_empty() { String::new() } else { format!("\nstdout: {}", stdout.trim()) }
+            if stdout.trim().is_empty() {
+                String::new()
+            } else {
+                format!("\nstdout: {}", stdout.trim())
+            }
         )
     }
 }
@@ -249,4 +261,33 @@ pub(crate) fn short_temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> 
         .prefix(prefix)
         .tempdir_in("/tmp")
         .context("creating a temporary directory in /tmp")
+}
+
+/// Whether `pid` is a live process (an exited process waiting to be reaped does not count).
+pub(crate) fn process_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => match stat.rsplit_once(')') {
+            Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` has exited; sends SIGKILL if it has not within `grace`.
+pub(crate) fn wait_until_gone(pid: u32, grace: std::time::Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    while process_running(pid) {
+        if std::time::Instant::now() >= deadline {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(raw),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -60,3 +60,64 @@ where
     let _ = stream.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::startup::{accept, Accepted, HandshakeLimits};
+    use crate::pg::testing;
+    use tokio::net::TcpListener;
+
+    /// Listens once with the gateway's own listener logic and returns what arrived.
+    async fn receive_one(
+        pki: &testing::Pki,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<Option<BackendKey>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = testing::server_config(pki);
+        let task = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            match accept(socket, config, HandshakeLimits::default()).await {
+                Ok(Accepted::Cancel(key)) => Some(key),
+                _ => None,
+            }
+        });
+        (addr, task)
+    }
+
+    const KEY: BackendKey = BackendKey {
+        process_id: 5150,
+        secret_key: 0x1234_5678,
+    };
+
+    #[tokio::test]
+    async fn cancel_is_delivered_in_plaintext() {
+        let pki = testing::pki();
+        let (addr, received) = receive_one(&pki).await;
+        send_cancel(addr, None, KEY).await.expect("sent");
+        assert_eq!(received.await.unwrap(), Some(KEY));
+    }
+
+    #[tokio::test]
+    async fn cancel_is_delivered_inside_tls() {
+        let pki = testing::pki();
+        let (addr, received) = receive_one(&pki).await;
+        let tls = (testing::client_config(&pki, &[]), testing::localhost());
+        send_cancel(addr, Some(tls), KEY).await.expect("sent");
+        assert_eq!(received.await.unwrap(), Some(KEY));
+    }
+
+    #[tokio::test]
+    async fn cancel_to_a_closed_port_fails() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        assert!(matches!(
+            send_cancel(addr, None, KEY).await,
+            Err(UpstreamError::Io(_))
+        ));
+    }
+}

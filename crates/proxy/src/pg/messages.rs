@@ -173,7 +173,10 @@ where
     S: AsyncRead + Unpin,
 {
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.map_err(eof_as_truncated)?;
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(eof_as_truncated)?;
     read_startup_body(stream, len, max_len).await
 }
 
@@ -505,7 +508,10 @@ mod tests {
             ("application_name".to_string(), "psql".to_string()),
         ];
         let packet = startup_message(&params);
-        assert_eq!(packet.len(), i32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]) as usize);
+        assert_eq!(
+            packet.len(),
+            i32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]) as usize
+        );
         let decoded = decode_startup_packet(&packet[4..]).unwrap();
         assert_eq!(
             decoded,

@@ -2,7 +2,7 @@
 //! the client sends for the audit log.
 //!
 //! Bytes are forwarded as soon as they are read, through one reused buffer per direction;
-//! nothing is re-encoded. Client-to-server bytes also go through a [`FrameTap`], which follows
+//! nothing is re-encoded. Client-to-server bytes also go through a frame tap, which follows
 //! message boundaries (type byte and length, frames split across reads included) only to
 //! report `Query`, `Parse` and `Terminate`. The tap sees a message before its last byte is
 //! forwarded, so the audit record never trails the statement it describes.
@@ -224,8 +224,7 @@ impl FrameTap {
                     }
                 }
                 let take = (5 - self.header_len).min(data.len());
-                self.header[self.header_len..self.header_len + take]
-                    .copy_from_slice(&data[..take]);
+                self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
                 self.header_len += take;
                 data = &data[take..];
                 if self.header_len == 5 {
@@ -317,4 +316,197 @@ fn cstr(bytes: &[u8]) -> (&[u8], &[u8]) {
 
 fn text(bytes: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::messages;
+    use tokio::io::duplex;
+
+    fn describe(event: TapEvent<'_>) -> String {
+        match event {
+            TapEvent::Query { sql, truncated } => format!("Q {sql} {truncated}"),
+            TapEvent::Parse {
+                statement,
+                sql,
+                truncated,
+            } => format!("P [{statement}] {sql} {truncated}"),
+            TapEvent::Terminate => "X".into(),
+        }
+    }
+
+    /// A client's conversation: a query, an extended-protocol round, a COPY payload that
+    /// looks like a Query inside, and Terminate.
+    fn conversation() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&messages::query("select 1"));
+        bytes.extend_from_slice(&messages::parse("s1", "select $1::int"));
+        // Bind, Describe, Execute, Sync: framed but not tapped.
+        bytes.extend_from_slice(&[b'B', 0, 0, 0, 12, 0, b's', b'1', 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        let copy_data = messages::query("drop table t");
+        bytes.push(b'd');
+        bytes.extend_from_slice(&((copy_data.len() + 4) as i32).to_be_bytes());
+        bytes.extend_from_slice(&copy_data);
+        bytes.extend_from_slice(&messages::parse("", "select 'é'"));
+        bytes.extend_from_slice(&messages::terminate());
+        bytes
+    }
+
+    fn expected() -> Vec<String> {
+        vec![
+            "Q select 1 false".to_string(),
+            "P [s1] select $1::int false".to_string(),
+            "P [] select 'é' false".to_string(),
+            "X".to_string(),
+        ]
+    }
+
+    #[test]
+    fn tap_reports_messages_fed_whole() {
+        let mut events = Vec::new();
+        let mut tap = FrameTap::new();
+        tap.feed(&conversation(), &mut |e| events.push(describe(e)))
+            .unwrap();
+        assert_eq!(events, expected());
+    }
+
+    #[test]
+    fn tap_reports_messages_fed_byte_by_byte() {
+        let mut events = Vec::new();
+        let mut tap = FrameTap::new();
+        for byte in conversation() {
+            tap.feed(&[byte], &mut |e| events.push(describe(e)))
+                .unwrap();
+        }
+        assert_eq!(events, expected());
+    }
+
+    #[test]
+    fn tap_reports_messages_fed_in_odd_chunks() {
+        let bytes = conversation();
+        for size in [2, 3, 6, 7, 13] {
+            let mut events = Vec::new();
+            let mut tap = FrameTap::new();
+            for chunk in bytes.chunks(size) {
+                tap.feed(chunk, &mut |e| events.push(describe(e))).unwrap();
+            }
+            assert_eq!(events, expected(), "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn tap_refuses_a_length_below_four() {
+        let mut tap = FrameTap::new();
+        assert!(matches!(
+            tap.feed(&[b'Q', 0, 0, 0, 3], &mut |_| {}),
+            Err(ProxyError::Protocol(_))
+        ));
+        let mut tap = FrameTap::new();
+        tap.feed(&[b'Q', 0, 0], &mut |_| {}).unwrap();
+        assert!(tap.feed(&[0, 1], &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn tap_cuts_very_long_sql_and_says_so() {
+        let sql = "x".repeat(TAP_SQL_LIMIT + 10);
+        let message = messages::query(&sql);
+        let mut seen = None;
+        let mut tap = FrameTap::new();
+        for chunk in message.chunks(COPY_BUFFER) {
+            tap.feed(chunk, &mut |e| {
+                if let TapEvent::Query { sql, truncated } = e {
+                    seen = Some((sql.len(), truncated));
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(seen, Some((TAP_SQL_LIMIT, true)));
+    }
+
+    #[tokio::test]
+    async fn relay_forwards_bytes_unchanged_and_taps_split_frames() {
+        let (mut app, mut client) = duplex(64);
+        let (mut server, mut db) = duplex(64);
+        let relay_task = tokio::spawn(async move {
+            let mut events = Vec::new();
+            let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
+            (stats, events)
+        });
+        let sent = conversation();
+        let db_side = tokio::spawn(async move {
+            let mut received = Vec::new();
+            db.read_to_end(&mut received).await.unwrap();
+            // The client has gone; the server answers its last words and leaves.
+            db.write_all(b"bye").await.unwrap();
+            received
+        });
+        for byte in &sent {
+            app.write_all(&[*byte]).await.unwrap();
+            app.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        app.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        app.read_to_end(&mut answer).await.unwrap();
+
+        assert_eq!(db_side.await.unwrap(), sent);
+        let (stats, events) = relay_task.await.unwrap();
+        assert_eq!(events, expected());
+        assert_eq!(answer, b"bye");
+        assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
+        assert_eq!(stats.client_to_server, sent.len() as u64);
+        assert_eq!(stats.server_to_client, 3);
+    }
+
+    #[tokio::test]
+    async fn relay_ends_and_closes_the_client_when_the_server_goes() {
+        let (mut app, mut client) = duplex(1024);
+        let (mut server, mut db) = duplex(1024);
+        let relay_task = tokio::spawn(async move { relay(&mut client, &mut server, |_| {}).await });
+        app.write_all(&messages::query("select pg_sleep(1)"))
+            .await
+            .unwrap();
+        let mut query = [0u8; 5];
+        db.read_exact(&mut query).await.unwrap();
+        db.write_all(&messages::error_response(
+            messages::Severity::Fatal,
+            "57P01",
+            "terminating connection due to administrator command",
+        ))
+        .await
+        .unwrap();
+        drop(db);
+        // The client never closes by itself; the relay must still end and close it.
+        let stats = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("relay ended")
+            .unwrap();
+        assert!(matches!(stats.end, RelayEnd::Closed(Side::Server)));
+        let mut rest = Vec::new();
+        app.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest[0], b'E');
+        assert_eq!(stats.server_to_client, rest.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn relay_stops_on_broken_client_framing_before_forwarding_it() {
+        let (mut app, mut client) = duplex(1024);
+        let (mut server, mut db) = duplex(1024);
+        let relay_task = tokio::spawn(async move { relay(&mut client, &mut server, |_| {}).await });
+        app.write_all(&[b'Q', 0, 0, 0, 1]).await.unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("relay ended")
+            .unwrap();
+        assert!(matches!(
+            stats.end,
+            RelayEnd::Failed(Side::Client, ProxyError::Protocol(_))
+        ));
+        let mut forwarded = Vec::new();
+        db.read_to_end(&mut forwarded).await.unwrap();
+        assert!(forwarded.is_empty());
+    }
 }

@@ -3,8 +3,10 @@
 //!
 //! Clients reach TLS either through an SSLRequest (any libpq) or with PostgreSQL 17 direct
 //! TLS. A plaintext StartupMessage is answered with an ErrorResponse and refused. A
-//! CancelRequest, plaintext or inside TLS, is handed back to the caller. Who the client is and
-//! what it may reach is not decided here.
+//! CancelRequest, plaintext or inside TLS, is handed back to the caller. Once the caller has
+//! let the session in, [`write_startup_reply`] tells the client it is ready, and
+//! [`send_error`] is how a refusal reaches it. Who the client is and what it may reach is not
+//! decided here.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,8 +48,8 @@ impl Default for HandshakeLimits {
 /// What a client connection turned out to be.
 #[derive(Debug)]
 pub enum Accepted<S> {
-    /// A session to set up.
-    Startup(ClientStartup<S>),
+    /// A session to set up (boxed: a TLS stream is large, a cancel is not).
+    Startup(Box<ClientStartup<S>>),
     /// A request to cancel the query of another session, identified by the key the gateway
     /// issued to it. The connection carries nothing more and gets no answer.
     Cancel(BackendKey),
@@ -200,9 +202,7 @@ where
             }));
         }
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
-            return Err(ProxyError::Protocol(
-                "encryption request inside TLS".into(),
-            ));
+            return Err(ProxyError::Protocol("encryption request inside TLS".into()));
         }
         Err(err @ ProxyError::UnsupportedProtocol { .. }) => {
             send_error(&mut stream, "0A000", &err.to_string()).await?;
@@ -224,12 +224,12 @@ where
             .await?;
         stream.flush().await?;
     }
-    Ok(Accepted::Startup(ClientStartup {
+    Ok(Accepted::Startup(Box::new(ClientStartup {
         stream,
         params,
         client_certs,
         direct_tls,
-    }))
+    })))
 }
 
 /// Writes a FATAL ErrorResponse (fields `S`, `V`, `C`, `M`) and flushes it, so that psql
@@ -241,7 +241,11 @@ where
     S: AsyncWrite + Unpin,
 {
     stream
-        .write_all(&messages::error_response(Severity::Fatal, sqlstate, message))
+        .write_all(&messages::error_response(
+            Severity::Fatal,
+            sqlstate,
+            message,
+        ))
         .await?;
     stream.flush().await
 }
@@ -362,7 +366,10 @@ mod tests {
     }
 
     /// Runs `accept` on one end of a pipe while `client` drives the other.
-    async fn accept_with<F, Fut, T>(pki: &Pki, client: F) -> (Result<Accepted<DuplexStream>, ProxyError>, T)
+    async fn accept_with<F, Fut, T>(
+        pki: &Pki,
+        client: F,
+    ) -> (Result<Accepted<DuplexStream>, ProxyError>, T)
     where
         F: FnOnce(DuplexStream) -> Fut,
         Fut: std::future::Future<Output = T>,
@@ -385,7 +392,10 @@ mod tests {
         let (accepted, answer) = accept_with(&pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             let answer = read_byte(&mut client).await;
-            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            let mut tls = connector
+                .connect(testing::localhost(), client)
+                .await
+                .unwrap();
             tls.write_all(&messages::startup_message(&startup_params()))
                 .await
                 .unwrap();
@@ -408,7 +418,10 @@ mod tests {
         let pki = testing::pki();
         let connector = TlsConnector::from(testing::client_config(&pki, &[b"postgresql"]));
         let (accepted, _client) = accept_with(&pki, |client| async move {
-            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            let mut tls = connector
+                .connect(testing::localhost(), client)
+                .await
+                .unwrap();
             tls.write_all(&messages::startup_message(&startup_params()))
                 .await
                 .unwrap();
@@ -428,7 +441,10 @@ mod tests {
         let pki = testing::pki();
         let connector = TlsConnector::from(testing::client_config(&pki, &[]));
         let (accepted, _client) = accept_with(&pki, |client| async move {
-            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            let mut tls = connector
+                .connect(testing::localhost(), client)
+                .await
+                .unwrap();
             tls.write_all(&messages::startup_message(&startup_params()))
                 .await
                 .unwrap();
@@ -448,7 +464,10 @@ mod tests {
             let gss = read_byte(&mut client).await;
             client.write_all(&messages::ssl_request()).await.unwrap();
             let ssl = read_byte(&mut client).await;
-            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
+            let mut tls = connector
+                .connect(testing::localhost(), client)
+                .await
+                .unwrap();
             tls.write_all(&messages::startup_message(&startup_params()))
                 .await
                 .unwrap();
@@ -530,8 +549,13 @@ mod tests {
         let (accepted, _client) = accept_with(&pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             read_byte(&mut client).await;
-            let mut tls = connector.connect(testing::localhost(), client).await.unwrap();
-            tls.write_all(&messages::cancel_request(1, 2)).await.unwrap();
+            let mut tls = connector
+                .connect(testing::localhost(), client)
+                .await
+                .unwrap();
+            tls.write_all(&messages::cancel_request(1, 2))
+                .await
+                .unwrap();
             tls.flush().await.unwrap();
             tls
         })

@@ -64,9 +64,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut stream = start_tls(stream, tls, server_name).await?;
-    stream
-        .write_all(&messages::startup_message(params))
-        .await?;
+    stream.write_all(&messages::startup_message(params)).await?;
     stream.flush().await?;
     let (parameters, backend_key) = read_startup_reply(&mut stream).await?;
     Ok(Upstream {
@@ -200,5 +198,194 @@ fn backend_key_data(body: &[u8]) -> Result<BackendKey, UpstreamError> {
         _ => Err(UpstreamError::Protocol(
             "BackendKeyData with a secret other than 4 bytes".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::startup::{accept, write_startup_reply, Accepted, HandshakeLimits};
+    use crate::pg::testing;
+    use bytes::Bytes;
+    use tokio::io::duplex;
+
+    fn startup_params() -> Vec<(String, String)> {
+        testing::params(&[
+            ("user", "alice"),
+            ("database", "app"),
+            ("application_name", "psql"),
+            ("options", "-c search_path=x"),
+        ])
+    }
+
+    /// Plays a database server on a pipe: the gateway's listener side stands in for it up to
+    /// the StartupMessage, then `reply` is what the server answers.
+    async fn against_server(
+        reply: Bytes,
+    ) -> (
+        Result<Upstream<tokio::io::DuplexStream>, UpstreamError>,
+        Vec<(String, String)>,
+    ) {
+        let pki = testing::pki();
+        let (gateway_end, server_end) = duplex(64 * 1024);
+        let server = async {
+            let accepted = accept(
+                server_end,
+                testing::server_config(&pki),
+                HandshakeLimits::default(),
+            )
+            .await
+            .expect("server accepts");
+            let Accepted::Startup(mut startup) = accepted else {
+                panic!("expected a startup");
+            };
+            assert_eq!(startup.client_certs.len(), 1, "gateway presented its cert");
+            startup.stream.write_all(&reply).await.unwrap();
+            startup.stream.flush().await.unwrap();
+            (startup.params, startup.stream)
+        };
+        let params = startup_params();
+        let client = handshake(
+            gateway_end,
+            testing::client_config(&pki, &[]),
+            testing::localhost(),
+            &params,
+        );
+        let (upstream, (params, _server_stream)) = tokio::join!(client, server);
+        (upstream, params)
+    }
+
+    #[tokio::test]
+    async fn certificate_session_returns_parameters_and_real_backend_key() {
+        let mut reply = Vec::new();
+        let parameters = testing::params(&[("server_version", "17.2"), ("is_superuser", "off")]);
+        let key = BackendKey {
+            process_id: 31337,
+            secret_key: -12345,
+        };
+        write_startup_reply(&mut reply, &parameters, key)
+            .await
+            .unwrap();
+        let (upstream, sent) = against_server(Bytes::from(reply)).await;
+        let upstream = upstream.expect("upstream session");
+        assert_eq!(sent, startup_params(), "all parameters passed through");
+        assert_eq!(upstream.parameters, parameters);
+        assert_eq!(upstream.backend_key, Some(key));
+    }
+
+    #[tokio::test]
+    async fn password_request_is_an_error_naming_client_certificates() {
+        let (upstream, _) = against_server(messages::authentication_request(5, b"salt")).await;
+        let err = upstream.expect_err("password request refused");
+        assert!(matches!(
+            err,
+            UpstreamError::AuthenticationRequired(AuthenticationKind::Md5Password)
+        ));
+        assert!(err.to_string().contains("database asked for a password"));
+    }
+
+    #[tokio::test]
+    async fn scram_request_lists_its_mechanisms() {
+        let (upstream, _) = against_server(messages::authentication_request(
+            10,
+            b"SCRAM-SHA-256\0SCRAM-SHA-256-PLUS\0\0",
+        ))
+        .await;
+        let Err(UpstreamError::AuthenticationRequired(AuthenticationKind::Sasl(mechanisms))) =
+            upstream
+        else {
+            panic!("expected a SASL request, got {upstream:?}");
+        };
+        assert_eq!(mechanisms, ["SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"]);
+    }
+
+    #[tokio::test]
+    async fn server_error_response_is_returned_with_its_fields_and_bytes() {
+        let error = messages::error_response(
+            messages::Severity::Fatal,
+            "28000",
+            "certificate authentication failed for user \"alice\"",
+        );
+        let (upstream, _) = against_server(error.clone()).await;
+        let Err(UpstreamError::Server {
+            sqlstate,
+            severity,
+            message,
+            raw,
+        }) = upstream
+        else {
+            panic!("expected a server error, got {upstream:?}");
+        };
+        assert_eq!(sqlstate, "28000");
+        assert_eq!(severity, "FATAL");
+        assert!(message.starts_with("certificate authentication failed"));
+        assert_eq!(raw, error);
+    }
+
+    #[tokio::test]
+    async fn server_refusing_tls_is_reported() {
+        let pki = testing::pki();
+        let (gateway_end, mut server_end) = duplex(1024);
+        let server = async {
+            let packet = messages::read_startup_packet(&mut server_end, 1024)
+                .await
+                .unwrap();
+            assert_eq!(
+                messages::decode_startup_packet(&packet).unwrap(),
+                messages::StartupPacket::SslRequest
+            );
+            server_end.write_all(b"N").await.unwrap();
+            server_end
+        };
+        let params = startup_params();
+        let client = handshake(
+            gateway_end,
+            testing::client_config(&pki, &[]),
+            testing::localhost(),
+            &params,
+        );
+        let (upstream, _server) = tokio::join!(client, server);
+        assert!(matches!(upstream, Err(UpstreamError::TlsNotSupported)));
+    }
+
+    #[tokio::test]
+    async fn connect_over_tcp_reaches_ready_for_query() {
+        let pki = testing::pki();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_config = testing::server_config(&pki);
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let Ok(Accepted::Startup(mut startup)) =
+                accept(socket, server_config, HandshakeLimits::default()).await
+            else {
+                panic!("expected a startup");
+            };
+            let key = BackendKey {
+                process_id: 9,
+                secret_key: 10,
+            };
+            write_startup_reply(&mut startup.stream, &[], key)
+                .await
+                .unwrap();
+            startup
+        });
+        let upstream = connect(
+            addr,
+            testing::client_config(&pki, &[]),
+            testing::localhost(),
+            &startup_params(),
+        )
+        .await
+        .expect("connected");
+        assert_eq!(
+            upstream.backend_key,
+            Some(BackendKey {
+                process_id: 9,
+                secret_key: 10
+            })
+        );
+        let startup = server.await.unwrap();
+        assert_eq!(startup.param("database"), Some("app"));
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use dbward_proxy::pg::BackendKey;
+
 use super::Authorized;
 use crate::Gateway;
 
@@ -16,8 +18,7 @@ use crate::Gateway;
 pub struct CancelTarget {
     pub addr: String,
     pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
-    pub process_id: i32,
-    pub secret_key: i32,
+    pub key: BackendKey,
 }
 
 struct Entry {
@@ -25,13 +26,13 @@ struct Entry {
     /// The (database resource, in-database user) pair the session runs as.
     db_user_key: (String, String),
     end: CancellationToken,
-    cancel_key: Option<(i32, i32)>,
+    cancel_key: Option<BackendKey>,
 }
 
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Entry>,
-    cancel: HashMap<(i32, i32), CancelTarget>,
+    cancel: HashMap<BackendKey, CancelTarget>,
 }
 
 /// Live sessions by session id. Cheap to clone.
@@ -39,6 +40,7 @@ struct Inner {
 pub struct LiveSessions {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<tokio::sync::Notify>,
+    revalidate: Arc<tokio::sync::Notify>,
 }
 
 /// Removes the session from [`LiveSessions`] when dropped, however the session ends.
@@ -97,7 +99,7 @@ impl LiveSessions {
     }
 
     /// Issues a gateway-side cancel key for a session and remembers the real one.
-    pub fn add_cancel_key(&self, sid: &str, target: CancelTarget) -> (i32, i32) {
+    pub fn add_cancel_key(&self, sid: &str, target: CancelTarget) -> BackendKey {
         let mut inner = self.lock();
         let key = loop {
             let key = dbward_proxy::pg::random_backend_key();
@@ -112,8 +114,8 @@ impl LiveSessions {
         key
     }
 
-    pub fn cancel_target(&self, process_id: i32, secret_key: i32) -> Option<CancelTarget> {
-        self.lock().cancel.get(&(process_id, secret_key)).cloned()
+    pub fn cancel_target(&self, key: BackendKey) -> Option<CancelTarget> {
+        self.lock().cancel.get(&key).cloned()
     }
 
     /// How many sessions of this gateway run as (database resource, db user).
@@ -131,6 +133,11 @@ impl LiveSessions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Asks the revocation watcher to check every session now (a user or role changed).
+    pub fn revalidate_soon(&self) {
+        self.revalidate.notify_one();
     }
 
     /// Asks every session to end (shutdown).
@@ -173,6 +180,7 @@ pub async fn watch_revocations(gw: Arc<Gateway>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = gw.sessions.revalidate.notified() => {}
         }
         for (authorized, end) in gw.sessions.snapshot() {
             if end.is_cancelled() {

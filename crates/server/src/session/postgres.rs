@@ -17,6 +17,11 @@ use super::live::CancelTarget;
 use super::{authenticate, authorize, provision, Authorized, Requested, SessionError};
 use crate::{audit, Gateway};
 
+type ClientStream = pg::ClientTlsStream<TcpStream>;
+
+/// How long connecting to the database (TCP, TLS, startup) may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -45,7 +50,7 @@ pub async fn serve(
 }
 
 async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rustls::ServerConfig>) {
-    let accepted = match pg::accept(tcp, tls).await {
+    let accepted = match pg::accept(tcp, tls, pg::HandshakeLimits::default()).await {
         Ok(accepted) => accepted,
         Err(err) => {
             tracing::info!(%peer, %err, "postgres handshake failed");
@@ -53,15 +58,14 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rus
         }
     };
     match accepted {
-        Accepted::Cancel {
-            process_id,
-            secret_key,
-        } => forward_cancel(&gw, process_id, secret_key).await,
-        Accepted::Startup {
-            mut stream,
-            params,
-            client_certs,
-        } => {
+        Accepted::Cancel(key) => forward_cancel(&gw, key).await,
+        Accepted::Startup(startup) => {
+            let pg::ClientStartup {
+                mut stream,
+                params,
+                client_certs,
+                ..
+            } = *startup;
             let auth = match authenticate(&gw, peer, &client_certs) {
                 Ok(auth) => auth,
                 Err(err) => {
@@ -111,26 +115,24 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rus
     }
 }
 
-async fn forward_cancel(gw: &Gateway, process_id: i32, secret_key: i32) {
-    let Some(target) = gw.sessions.cancel_target(process_id, secret_key) else {
+async fn forward_cancel(gw: &Gateway, key: pg::BackendKey) {
+    let Some(target) = gw.sessions.cancel_target(key) else {
         tracing::debug!("cancel request for an unknown key ignored");
         return;
     };
-    if let Err(err) = pg::cancel::send_cancel(
-        &target.addr,
-        target.tls.clone(),
-        target.process_id,
-        target.secret_key,
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        pg::cancel::send_cancel(target.addr.as_str(), target.tls.clone(), target.key),
     )
-    .await
-    {
+    .await;
+    if let Ok(Err(err)) = sent {
         tracing::info!(%err, "cancel request could not be forwarded");
     }
 }
 
 async fn run_session(
     gw: Arc<Gateway>,
-    mut client: pg::ClientStream,
+    mut client: ClientStream,
     params: Vec<(String, String)>,
     mut authorized: Authorized,
 ) {
@@ -158,20 +160,21 @@ async fn run_session(
             .collect();
         upstream_params.push(("user".into(), provisioned.db_user.clone()));
         upstream_params.push(("database".into(), authorized.decision.db_name.clone()));
-        let connected = pg::upstream::connect(
-            &target.addr,
+        let connecting = pg::upstream::connect(
+            target.addr.as_str(),
             target.tls.clone(),
             target.server_name.clone(),
             &upstream_params,
-        )
-        .await
-        .map_err(|err| match err.server_error() {
-            Some(fields) => SessionError::Database {
-                sqlstate: fields.code.clone(),
-                message: fields.message.clone(),
-            },
-            None => SessionError::Internal(format!("connecting to {}: {err}", target.addr)),
-        })?;
+        );
+        let connected = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
+            .await
+            .map_err(|_| SessionError::Internal(format!("connecting to {} timed out", target.addr)))?
+            .map_err(|err| match err {
+                dbward_proxy::UpstreamError::Server {
+                    sqlstate, message, ..
+                } => SessionError::Database { sqlstate, message },
+                other => SessionError::Internal(format!("connecting to {}: {other}", target.addr)),
+            })?;
         Ok::<_, SessionError>((target, connected))
     }
     .await;
@@ -186,16 +189,17 @@ async fn run_session(
     };
     provisioned.connected().await;
 
-    let (pid, secret) = server.backend_key;
-    let gateway_key = gw.sessions.add_cancel_key(
-        &sid,
-        CancelTarget {
-            addr: target.addr.clone(),
-            tls: Some((target.tls.clone(), target.server_name.clone())),
-            process_id: pid,
-            secret_key: secret,
-        },
-    );
+    let gateway_key = match server.backend_key {
+        Some(key) => gw.sessions.add_cancel_key(
+            &sid,
+            CancelTarget {
+                addr: target.addr.clone(),
+                tls: Some((target.tls.clone(), target.server_name.clone())),
+                key,
+            },
+        ),
+        None => pg::random_backend_key(),
+    };
     if let Err(err) = pg::write_startup_reply(&mut client, &server.parameters, gateway_key).await {
         tracing::info!(%sid, %err, "client left during startup");
         drop(server);
@@ -227,23 +231,24 @@ async fn run_session(
         })
     };
     let tap = move |event: TapEvent<'_>| match event {
-        TapEvent::Query(sql) | TapEvent::Parse { sql, .. } => {
+        TapEvent::Query { sql, .. } | TapEvent::Parse { sql, .. } => {
             let _ = query_tx.send(sql.to_string());
         }
-        _ => {}
+        TapEvent::Terminate => {}
     };
     let end = registration.end.clone();
+    let mut server_stream = server.stream;
     tokio::select! {
-        result = pg::relay(client, server.stream, tap) => {
-            if let Err(err) = result {
-                tracing::debug!(%sid, %err, "relay ended with an error");
-            }
+        stats = pg::relay(&mut client, &mut server_stream, tap) => {
+            tracing::debug!(%sid, up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
         }
         _ = end.cancelled() => {
             tracing::info!(%sid, "session ended by the gateway");
         }
     }
-    // The relay future is dropped here: both sockets are closed before teardown starts.
+    // Both sockets are closed before teardown starts.
+    drop(server_stream);
+    drop(client);
     let _ = audit_task.await;
     provisioned.teardown(&gw, &authorized).await;
     drop(registration);
@@ -255,7 +260,7 @@ async fn run_session(
 
 async fn fail_start(
     gw: &Gateway,
-    client: &mut pg::ClientStream,
+    client: &mut ClientStream,
     authorized: &Authorized,
     err: SessionError,
 ) {

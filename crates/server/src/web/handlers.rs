@@ -313,7 +313,7 @@ async fn add_user(
     _admin: AdminIdentity,
     Json(req): Json<AddUserRequest>,
 ) -> Result<Json<AddUserResponse>, GatewayError> {
-    let user = dbward_model::User::new(&req.name, req.roles.clone(), req.traits.clone());
+    let user = dbward_model::User::new(&req.name, &req.roles).with_traits(req.traits.clone());
     let resource = Resource::User(user);
     resource.validate()?;
     let snapshot = gw.catalog.snapshot().await?;

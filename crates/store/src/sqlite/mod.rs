@@ -66,7 +66,9 @@ impl SqliteBackend {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the connection cannot leave a transaction open (rusqlite
         // rolls back on drop), so a poisoned mutex still guards a usable connection.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -480,4 +482,3 @@ impl Backend for SqliteBackend {
         Ok(deleted > 0)
     }
 }
-

@@ -1,0 +1,462 @@
+//! PostgreSQL provisioning: activate, deactivate and drop the users dbward creates, over warm
+//! admin connections authenticated with a db-client certificate.
+//!
+//! Each operation is a call to a helper function that the admin connection installed in
+//! `pg_temp` (see `sql/functions.sql`), so one activation is one statement, one transaction
+//! and, on a warm connection, one round trip. Conditions are told apart by SQLSTATE only.
+//!
+//! This module does not lock: the caller holds the per-(database, user) lock around each
+//! activation and teardown.
+
+mod pool;
+mod preflight;
+mod quote;
+mod tls;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+
+pub use quote::quote_ident;
+pub use tls::{MakeRustlsConnect, RustlsConnect, RustlsStream};
+
+use self::pool::{AdminConn, Pool, PoolKey};
+use self::quote::{check_role_name, check_user_name};
+use crate::error::ProvisionError;
+use crate::names::DbUserName;
+use crate::{ActivateOutcome, DeactivateOutcome, Finding, TeardownMode, UserState, MARKER_ROLE};
+
+const ACTIVATE_SQL: &str = include_str!("sql/activate.sql");
+const DISABLE_LOGIN_SQL: &str = include_str!("sql/disable_login.sql");
+const FINISH_TEARDOWN_SQL: &str = include_str!("sql/finish_teardown.sql");
+const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
+const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
+
+/// Where and as whom the admin connection goes.
+#[derive(Clone)]
+pub struct AdminTarget {
+    /// Host name or IP address to dial.
+    pub host: String,
+    pub port: u16,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+    /// Carries the admin's db-client certificate (`CN=<admin_user>`) and the server
+    /// verification configured for the database.
+    pub client_config: Arc<ClientConfig>,
+    /// The admin user (`admin_user.name`).
+    pub admin_user: String,
+    /// `admin_user.default_database`, else the session's database.
+    pub database: String,
+}
+
+impl std::fmt::Debug for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("server_name", &self.server_name)
+            .field("admin_user", &self.admin_user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timing knobs of [`PgProvisioner`].
+#[derive(Debug, Clone)]
+pub struct PgProvisionerSettings {
+    /// How long teardown waits for a just-closed session to leave `pg_stat_activity` before
+    /// concluding that the user is still in use.
+    pub settle_time: Duration,
+    /// Pause between two looks at `pg_stat_activity` while settling.
+    pub settle_poll: Duration,
+    /// Limit for opening an admin connection.
+    pub connect_timeout: Duration,
+    /// Limit for one operation on an open connection.
+    pub operation_timeout: Duration,
+    /// Idle admin connections kept per (server, admin user, database).
+    pub max_idle_per_target: usize,
+}
+
+impl Default for PgProvisionerSettings {
+    fn default() -> Self {
+        PgProvisionerSettings {
+            settle_time: Duration::from_secs(2),
+            settle_poll: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            max_idle_per_target: 4,
+        }
+    }
+}
+
+/// Provisions users in PostgreSQL servers. Cheap to clone; clones share the warm connections.
+#[derive(Clone)]
+pub struct PgProvisioner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    settings: PgProvisionerSettings,
+}
+
+type OpFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, ProvisionError>> + Send + 'c>>;
+
+impl Default for PgProvisioner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgProvisioner {
+    /// A provisioner with default settings and no open connection.
+    pub fn new() -> Self {
+        Self::with_settings(PgProvisionerSettings::default())
+    }
+
+    pub fn with_settings(settings: PgProvisionerSettings) -> Self {
+        PgProvisioner {
+            inner: Arc::new(Inner {
+                pool: Pool::new(settings.max_idle_per_target.max(1)),
+                settings,
+            }),
+        }
+    }
+
+    /// Opens an admin connection to `target` ahead of time (helper functions installed,
+    /// statements prepared), so the next activation is a single round trip.
+    pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
+        let admin = target.admin_user.clone();
+        let database = target.database.clone();
+        self.with_conn(target, move |conn| {
+            let (admin, database) = (admin.clone(), database.clone());
+            Box::pin(async move {
+                install_functions(conn, &admin, &database).await?;
+                for sql in [ACTIVATE_SQL, DISABLE_LOGIN_SQL, FINISH_TEARDOWN_SQL] {
+                    conn.statement(sql)
+                        .await
+                        .map_err(|e| map_error(e, &admin, ""))?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Number of idle warm connections kept for `target`.
+    pub fn idle_connections(&self, target: &AdminTarget) -> usize {
+        self.inner.pool.idle_count(&PoolKey::of(target))
+    }
+
+    /// Makes `user` able to log in with exactly `roles`, creating it when it does not exist.
+    /// One transaction: on any error nothing has changed.
+    pub async fn activate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        roles: &[String],
+    ) -> Result<ActivateOutcome, ProvisionError> {
+        check_user_name(user.as_str())?;
+        for role in roles {
+            check_role_name(role)?;
+        }
+        let mut requested: Vec<String> = roles.to_vec();
+        requested.sort();
+        requested.dedup();
+        let admin = target.admin_user.clone();
+        let database = target.database.clone();
+        let user = user.as_str().to_owned();
+        let outcome = self
+            .with_conn(target, move |conn| {
+                let (admin, database, user, requested) = (
+                    admin.clone(),
+                    database.clone(),
+                    user.clone(),
+                    requested.clone(),
+                );
+                Box::pin(async move {
+                    install_functions(conn, &admin, &database).await?;
+                    let map = |e| map_error(e, &admin, &user);
+                    let statement = conn.statement(ACTIVATE_SQL).await.map_err(map)?;
+                    let row = conn
+                        .client()
+                        .query_one(&statement, &[&user, &requested, &MARKER_ROLE])
+                        .await
+                        .map_err(map)?;
+                    let outcome: String = row.try_get(0).map_err(map)?;
+                    Ok(outcome)
+                })
+            })
+            .await?;
+        match outcome.as_str() {
+            "created" => Ok(ActivateOutcome::Created),
+            "reactivated" => Ok(ActivateOutcome::Reactivated),
+            "already_active" => Ok(ActivateOutcome::AlreadyActive),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends a session's hold on `user` after its server connection closed: lock it (`Keep`)
+    /// or drop it (`Drop`, falling back to locking when objects depend on it), unless it
+    /// still has live sessions anywhere in the cluster.
+    pub async fn deactivate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        mode: TeardownMode,
+    ) -> Result<DeactivateOutcome, ProvisionError> {
+        check_user_name(user.as_str())?;
+        // The backend of the session that just ended may still be listed for a moment.
+        if !self.wait_until_idle(target, user).await? {
+            return Ok(DeactivateOutcome::Kept(true));
+        }
+        let admin = target.admin_user.clone();
+        let database = target.database.clone();
+        let user = user.as_str().to_owned();
+        let drop_user = mode == TeardownMode::Drop;
+        let outcome = self
+            .with_conn(target, move |conn| {
+                let (admin, database, user) = (admin.clone(), database.clone(), user.clone());
+                Box::pin(async move {
+                    install_functions(conn, &admin, &database).await?;
+                    let map = |e| map_error(e, &admin, &user);
+                    // Two statements, two transactions: login must be disabled (committed)
+                    // before the final look at pg_stat_activity, or a login racing with the
+                    // teardown could go unseen.
+                    let disable = conn.statement(DISABLE_LOGIN_SQL).await.map_err(map)?;
+                    let row = conn
+                        .client()
+                        .query_one(&disable, &[&user, &MARKER_ROLE])
+                        .await
+                        .map_err(map)?;
+                    let first: String = row.try_get(0).map_err(map)?;
+                    if first != "disabled" {
+                        return Ok(first);
+                    }
+                    let finish = conn.statement(FINISH_TEARDOWN_SQL).await.map_err(map)?;
+                    let row = conn
+                        .client()
+                        .query_one(&finish, &[&user, &MARKER_ROLE, &drop_user])
+                        .await
+                        .map_err(map)?;
+                    let outcome: String = row.try_get(0).map_err(map)?;
+                    Ok(outcome)
+                })
+            })
+            .await?;
+        match outcome.as_str() {
+            "missing" => Ok(DeactivateOutcome::Missing),
+            "active" => Ok(DeactivateOutcome::Kept(true)),
+            "locked" => Ok(DeactivateOutcome::Locked),
+            "dropped" => Ok(DeactivateOutcome::Dropped),
+            "dependent" => Ok(DeactivateOutcome::DropFellBackToLock),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sessions of `user` in every database of the cluster.
+    pub async fn live_session_count(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+    ) -> Result<i64, ProvisionError> {
+        let admin = target.admin_user.clone();
+        let user = user.as_str().to_owned();
+        self.with_conn(target, move |conn| {
+            let (admin, user) = (admin.clone(), user.clone());
+            Box::pin(async move {
+                let map = |e| map_error(e, &admin, &user);
+                let statement = conn.statement(LIVE_SESSIONS_SQL).await.map_err(map)?;
+                let row = conn
+                    .client()
+                    .query_one(&statement, &[&user])
+                    .await
+                    .map_err(map)?;
+                row.try_get::<_, i64>(0).map_err(map)
+            })
+        })
+        .await
+    }
+
+    /// How the database sees `user`; `None` when it does not exist.
+    pub async fn user_state(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+    ) -> Result<Option<UserState>, ProvisionError> {
+        let admin = target.admin_user.clone();
+        let user = user.as_str().to_owned();
+        self.with_conn(target, move |conn| {
+            let (admin, user) = (admin.clone(), user.clone());
+            Box::pin(async move {
+                let map = |e| map_error(e, &admin, &user);
+                let statement = conn.statement(USER_STATE_SQL).await.map_err(map)?;
+                let row = conn
+                    .client()
+                    .query_opt(&statement, &[&user, &MARKER_ROLE])
+                    .await
+                    .map_err(map)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let roles: Vec<String> = row.try_get("roles").map_err(map)?;
+                Ok(Some(UserState {
+                    managed: row.try_get("managed").map_err(map)?,
+                    can_login: row.try_get("can_login").map_err(map)?,
+                    roles: roles.into_iter().collect::<BTreeSet<_>>(),
+                }))
+            })
+        })
+        .await
+    }
+
+    /// Lists what the admin user lacks for provisioning `roles_to_check`, each with the
+    /// statement that fixes it. Empty when everything is in place.
+    pub async fn preflight(
+        &self,
+        target: &AdminTarget,
+        roles_to_check: &[String],
+    ) -> Result<Vec<Finding>, ProvisionError> {
+        let admin = target.admin_user.clone();
+        let roles = roles_to_check.to_vec();
+        self.with_conn(target, move |conn| {
+            let (admin, roles) = (admin.clone(), roles.clone());
+            Box::pin(async move { preflight::run(conn, &admin, &roles).await })
+        })
+        .await
+    }
+
+    /// Polls until `user` has no live session, for at most the settle time. `false`: still
+    /// in use.
+    async fn wait_until_idle(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+    ) -> Result<bool, ProvisionError> {
+        let settings = &self.inner.settings;
+        let deadline = Instant::now() + settings.settle_time;
+        loop {
+            if self.live_session_count(target, user).await? == 0 {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(settings.settle_poll).await;
+        }
+    }
+
+    /// Runs `op` on a warm connection to `target`, opening one when none is idle. An
+    /// operation that fails because a pooled connection turned out to be closed is retried
+    /// once on a fresh connection; every operation is safe to repeat.
+    async fn with_conn<T, F>(&self, target: &AdminTarget, mut op: F) -> Result<T, ProvisionError>
+    where
+        F: for<'c> FnMut(&'c mut AdminConn) -> OpFuture<'c, T>,
+    {
+        let settings = &self.inner.settings;
+        let key = PoolKey::of(target);
+        let mut retried = false;
+        loop {
+            let (mut conn, reused) = match self.inner.pool.take(&key) {
+                Some(conn) => (conn, true),
+                None => (
+                    AdminConn::open(target, settings.connect_timeout).await?,
+                    false,
+                ),
+            };
+            let result = tokio::time::timeout(settings.operation_timeout, op(&mut conn)).await;
+            match result {
+                // A timed-out connection may be stuck mid-statement: never reuse it.
+                Err(_) => return Err(ProvisionError::Timeout(settings.operation_timeout)),
+                Ok(Err(error)) if conn.is_closed() && reused && !retried => {
+                    tracing::debug!(%error, "pooled admin connection was closed; retrying");
+                    retried = true;
+                }
+                Ok(result) => {
+                    self.inner.pool.put(key, conn);
+                    return result;
+                }
+            }
+        }
+    }
+}
+
+/// Installs the helper functions, mapping a missing TEMPORARY privilege to its own error.
+async fn install_functions(
+    conn: &mut AdminConn,
+    admin: &str,
+    database: &str,
+) -> Result<(), ProvisionError> {
+    conn.ensure_functions().await.map_err(|e| {
+        if sqlstate(&e) == Some("42501") {
+            ProvisionError::AdminLacksTemporary {
+                admin: admin.to_owned(),
+                database: database.to_owned(),
+                fix: format!(
+                    "GRANT TEMPORARY ON DATABASE {} TO {};",
+                    quote_ident(database),
+                    quote_ident(admin)
+                ),
+            }
+        } else {
+            map_error(e, admin, "")
+        }
+    })
+}
+
+fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.code().map(|code| code.code())
+}
+
+/// Turns a database error into the provisioning error it stands for, by SQLSTATE.
+fn map_error(error: tokio_postgres::Error, admin: &str, user: &str) -> ProvisionError {
+    let detail = || {
+        error
+            .as_db_error()
+            .and_then(|db| db.detail())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match sqlstate(&error) {
+        Some("DWU01") => ProvisionError::UserNotManaged {
+            user: user.to_owned(),
+        },
+        Some("DWU02") => ProvisionError::RolesChanged {
+            user: user.to_owned(),
+        },
+        Some("DWR01") => ProvisionError::RoleMissing { role: detail() },
+        Some("DWP01") => ProvisionError::AdminLacksCreateRole {
+            admin: admin.to_owned(),
+            quoted_admin: quote_ident(admin),
+        },
+        Some("DWP02") => {
+            let role = detail();
+            ProvisionError::AdminCannotGrant {
+                fix: format!(
+                    "GRANT {} TO {} WITH ADMIN OPTION;",
+                    quote_ident(&role),
+                    quote_ident(admin)
+                ),
+                admin: admin.to_owned(),
+                role,
+            }
+        }
+        // read_only_sql_transaction: a hot standby or default_transaction_read_only.
+        Some("25006") => ProvisionError::ReadOnly,
+        // insufficient_privilege
+        Some("42501") => ProvisionError::AdminLacksPrivilege {
+            admin: admin.to_owned(),
+        },
+        _ => ProvisionError::Postgres(error),
+    }
+}
+
+/// The helper functions only return the words the callers match; anything else means a
+/// mismatched function definition.
+fn unexpected(answer: &str) -> ProvisionError {
+    ProvisionError::UnexpectedAnswer(answer.to_owned())
+}

@@ -1,0 +1,173 @@
+//! Warm admin connections, pooled per (database server, admin user, database).
+//!
+//! Opening a TLS connection and installing the helper functions costs several round trips;
+//! keeping a few connections open makes an activation one round trip. A connection that the
+//! server or the network closed is noticed on checkout and replaced.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Statement};
+
+use super::tls::MakeRustlsConnect;
+use super::AdminTarget;
+use crate::error::ProvisionError;
+
+/// The helper functions, created in `pg_temp` once per connection.
+const FUNCTIONS_SQL: &str = include_str!("sql/functions.sql");
+
+/// What identifies interchangeable admin connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    host: String,
+    port: u16,
+    server_name: String,
+    admin_user: String,
+    database: String,
+}
+
+impl PoolKey {
+    pub(crate) fn of(target: &AdminTarget) -> Self {
+        PoolKey {
+            host: target.host.clone(),
+            port: target.port,
+            server_name: target.server_name.clone(),
+            admin_user: target.admin_user.clone(),
+            database: target.database.clone(),
+        }
+    }
+}
+
+/// One open admin connection with its prepared statements.
+pub(crate) struct AdminConn {
+    client: Client,
+    functions_installed: bool,
+    statements: HashMap<&'static str, Statement>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for AdminConn {
+    fn drop(&mut self) {
+        // Dropping the client ends the connection task on its own; aborting only makes sure a
+        // connection stuck on a dead network does not linger.
+        self.task.abort();
+    }
+}
+
+impl AdminConn {
+    /// Opens a connection as the target's admin user over TLS.
+    pub(crate) async fn open(
+        target: &AdminTarget,
+        connect_timeout: Duration,
+    ) -> Result<AdminConn, ProvisionError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&target.host)
+            .port(target.port)
+            .user(&target.admin_user)
+            .dbname(&target.database)
+            .ssl_mode(SslMode::Require)
+            .application_name("dbward-provision")
+            .connect_timeout(connect_timeout);
+        let tls = MakeRustlsConnect::new(target.client_config.clone(), target.server_name.clone());
+        let (client, connection) =
+            config
+                .connect(tls)
+                .await
+                .map_err(|source| ProvisionError::AdminConnect {
+                    admin: target.admin_user.clone(),
+                    address: format!("{}:{}", target.host, target.port),
+                    source,
+                })?;
+        let address = format!("{}:{}", target.host, target.port);
+        let task = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%address, %error, "admin connection closed");
+            }
+        });
+        Ok(AdminConn {
+            client,
+            functions_installed: false,
+            statements: HashMap::new(),
+            task,
+        })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Installs the helper functions in `pg_temp` unless this connection already has them.
+    pub(crate) async fn ensure_functions(&mut self) -> Result<(), tokio_postgres::Error> {
+        if !self.functions_installed {
+            self.client.batch_execute(FUNCTIONS_SQL).await?;
+            self.functions_installed = true;
+        }
+        Ok(())
+    }
+
+    /// The prepared form of `sql`, prepared once per connection.
+    pub(crate) async fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// Idle connections by key.
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<AdminConn>>>,
+    max_idle_per_key: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(max_idle_per_key: usize) -> Self {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle_per_key,
+        }
+    }
+
+    /// An idle connection that still looks open, if any; closed ones are discarded.
+    pub(crate) fn take(&self, key: &PoolKey) -> Option<AdminConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conns = idle.get_mut(key)?;
+        while let Some(conn) = conns.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection after a successful use; closed or surplus ones are dropped.
+    pub(crate) fn put(&self, key: PoolKey, conn: AdminConn) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conns = idle.entry(key).or_default();
+        if conns.len() < self.max_idle_per_key {
+            conns.push(conn);
+        }
+    }
+
+    /// Number of idle connections kept for `key`.
+    pub(crate) fn idle_count(&self, key: &PoolKey) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        idle.get(key).map_or(0, Vec::len)
+    }
+}
