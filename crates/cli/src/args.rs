@@ -334,7 +334,10 @@ mod tests {
             resolve_config_path(None, Some(PathBuf::new())),
             PathBuf::from("dbward.yaml")
         );
-        assert_eq!(resolve_config_path(None, None), PathBuf::from("dbward.yaml"));
+        assert_eq!(
+            resolve_config_path(None, None),
+            PathBuf::from("dbward.yaml")
+        );
     }
 
     #[test]

@@ -322,7 +322,10 @@ mod tests {
 
     #[test]
     fn error_bodies_show_the_gateway_text() {
-        let err = error_from_body(StatusCode::UNAUTHORIZED, br#"{"error":"invalid user name or password"}"#);
+        let err = error_from_body(
+            StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid user name or password"}"#,
+        );
         assert_eq!(err.to_string(), "invalid user name or password");
         let err = error_from_body(StatusCode::BAD_GATEWAY, b"<html>");
         assert!(err.to_string().contains("502"));
@@ -330,6 +333,9 @@ mod tests {
 
     #[test]
     fn components_are_percent_encoded() {
-        assert_eq!(encode_component("db.session/start x"), "db.session%2Fstart%20x");
+        assert_eq!(
+            encode_component("db.session/start x"),
+            "db.session%2Fstart%20x"
+        );
     }
 }

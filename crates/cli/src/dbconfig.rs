@@ -156,7 +156,11 @@ impl DbConnectionConfig {
 
 /// A libpq connection-string value: quoted when empty or holding spaces, quotes or backslashes.
 fn conninfo_value(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
         return v.to_string();
     }
     let escaped = v.replace('\\', "\\\\").replace('\'', "\\'");
@@ -248,7 +252,11 @@ mod tests {
         let home = ClientHome::at(PathBuf::from("/my home"));
         let config = DbConnectionConfig::new(&home, &route("postgres", None))?;
         let (_, args) = config.client_argv()?;
-        assert!(args[0].contains("sslrootcert='/my home/host-ca.pem'"), "{}", args[0]);
+        assert!(
+            args[0].contains("sslrootcert='/my home/host-ca.pem'"),
+            "{}",
+            args[0]
+        );
         assert!(!args[0].contains("dbname"));
         Ok(())
     }

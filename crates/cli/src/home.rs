@@ -59,9 +59,6 @@ impl ClientHome {
         Self { root }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
     pub fn profile(&self) -> PathBuf {
         self.root.join("profile.json")
     }
@@ -160,9 +157,6 @@ pub struct DbFiles {
 }
 
 impl DbFiles {
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
     pub fn cert(&self) -> PathBuf {
         self.dir.join("cert.pem")
     }

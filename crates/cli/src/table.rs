@@ -37,10 +37,6 @@ impl Table {
         self.rows.push(row);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     pub fn render(&self) -> String {
         let widths: Vec<usize> = (0..self.headers.len())
             .map(|i| {
@@ -106,7 +102,6 @@ a-much-longer-name main db
     #[test]
     fn empty_table_prints_headers_only() {
         let t = Table::new(["Name"]);
-        assert!(t.is_empty());
         assert_eq!(t.render(), "Name\n----\n");
     }
 }

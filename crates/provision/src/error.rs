@@ -15,7 +15,9 @@ pub enum ProvisionError {
 
     /// The user has live sessions that hold a different set of roles than this session asks
     /// for.
-    #[error("roles for user \"{user}\" have changed. Please quit all active connections and try again.")]
+    #[error(
+        "roles for user \"{user}\" have changed. Please quit all active connections and try again."
+    )]
     RolesChanged { user: String },
 
     /// A requested database role does not exist in the database.

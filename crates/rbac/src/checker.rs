@@ -301,7 +301,7 @@ impl AccessChecker {
                 target()
             )));
         }
-        if false {
+        if db.admin_user().is_none() {
             return Err(AccessDenied::new(
                 DenialKind::NoAdminUser {
                     db: db.name().to_string(),
@@ -454,15 +454,12 @@ fn compile_role(role: &Role, traits: &Traits) -> Result<CompiledRole, RbacError>
             "\"*\" is not allowed; list the database roles to grant".into(),
         ));
     }
-    let allow = compile_conditions(&role.spec.allow, PermissionEffect::Allow, name, traits)
+    let mut allow = compile_conditions(&role.spec.allow, PermissionEffect::Allow, name, traits)
         .map_err(|(field, message)| err(format!("allow.{field}"), message))?;
-    let mut deny = compile_conditions(&role.spec.deny, PermissionEffect::Deny, name, traits)
+    let deny = compile_conditions(&role.spec.deny, PermissionEffect::Deny, name, traits)
         .map_err(|(field, message)| err(format!("deny.{field}"), message))?;
     // A `*` that came from a trait value cannot name a db role to grant.
-    let mut allow = allow;
     allow.db_roles.retain(|r| r != "*");
-    deny.db_roles.sort();
-    deny.db_roles.dedup();
     let d = &role.spec.deny;
     let deny_is_total = d.db_users.is_empty()
         && d.db_names.is_empty()

@@ -95,19 +95,18 @@ impl Started {
             &hosts,
             Duration::from_secs(365 * 24 * 3600),
         )?;
+        let user_ca = cas.user.cert_der()?;
         let web_tls = dbward_pki::server_config(
             &host_cert,
             &host_key,
-            Some(&cas.user),
-            ClientAuth::Optional,
-            vec![b"http/1.1".to_vec()],
+            ClientAuth::Optional(user_ca.clone()),
+            &[b"h2", b"http/1.1"],
         )?;
         let db_tls = dbward_pki::server_config(
             &host_cert,
             &host_key,
-            Some(&cas.user),
-            ClientAuth::Required,
-            vec![b"postgresql".to_vec()],
+            ClientAuth::Required(user_ca),
+            &[b"postgresql"],
         )?;
 
         let web = TcpListener::bind(&config.web_listen_addr)

@@ -7,7 +7,7 @@ use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dbward_model::{Config, Resource};
+use dbward_model::Config;
 use dbward_store::PutMode;
 use tokio_util::sync::CancellationToken;
 
@@ -117,7 +117,7 @@ spec:
     }
     let password = passwords::generate_password();
     store
-        .set_password_hash(QUICKSTART_USER, &passwords::hash_password(&password)?)
+        .set_password_hash(QUICKSTART_USER, &passwords::hash_password(&password).map_err(GatewayError::Internal)?)
         .await?;
     drop(store);
     Ok(Sandbox {

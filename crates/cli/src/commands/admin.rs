@@ -386,7 +386,10 @@ mod tests {
     #[test]
     fn targets_are_kind_or_kind_slash_name() -> Result<()> {
         assert_eq!(split_target("roles", false)?, ("roles", None));
-        assert_eq!(split_target("role/reader", false)?, ("role", Some("reader")));
+        assert_eq!(
+            split_target("role/reader", false)?,
+            ("role", Some("reader"))
+        );
         assert!(split_target("role", true).is_err());
         assert!(split_target("role/", false).is_err());
         assert!(split_target("a/b/c", false).is_err());
@@ -409,7 +412,9 @@ mod tests {
         let text = render_resources(&sample(), ResourceFormat::Text)?;
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "Kind Name    Summary");
-        assert!(lines[2].starts_with("role auto    create_db_user_mode=keep db_roles=reader,{{internal.db_roles}}"));
+        assert!(lines[2].starts_with(
+            "role auto    create_db_user_mode=keep db_roles=reader,{{internal.db_roles}}"
+        ));
         assert_eq!(
             lines[3],
             "db   example protocol=postgres uri=localhost:5432 labels=env=dev,team=x"
@@ -437,10 +442,15 @@ mod tests {
 
     #[test]
     fn audit_table_shows_outcome_and_query() {
-        let events = vec![json!({"event": "db.session.query", "time": "t", "user": "alice",
-            "db_service": "example", "db_name": "app", "db_user": "alice", "db_query": "select 1"})];
+        let events = vec![
+            json!({"event": "db.session.query", "time": "t", "user": "alice",
+            "db_service": "example", "db_name": "app", "db_user": "alice", "db_query": "select 1"}),
+        ];
         let text = render_audit(&events);
         let row = text.lines().nth(2).unwrap_or_default();
-        assert_eq!(row, "t    db.session.query alice example (app) alice   select 1");
+        assert_eq!(
+            row,
+            "t    db.session.query alice example (app) alice   select 1"
+        );
     }
 }

@@ -26,7 +26,8 @@ fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
 
 pub async fn sign(config: &Config, args: AuthSignArgs) -> Result<()> {
     let SignFormat::Db = args.format;
-    let ttl = dbward_model::parse_duration(&args.ttl).with_context(|| format!("--ttl {}", args.ttl))?;
+    let ttl =
+        dbward_model::parse_duration(&args.ttl).with_context(|| format!("--ttl {}", args.ttl))?;
     let hosts: Vec<String> = args
         .host
         .iter()

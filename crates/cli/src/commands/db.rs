@@ -106,7 +106,10 @@ pub async fn login(db: &str, route: &RouteArgs) -> Result<()> {
         state.db_user,
         display_time(&state.expires)
     );
-    println!("\nConnect with:\n  dbward db connect {db}\nor:\n  {}", config.command);
+    println!(
+        "\nConnect with:\n  dbward db connect {db}\nor:\n  {}",
+        config.command
+    );
     Ok(())
 }
 
@@ -135,13 +138,16 @@ pub fn config(db: &str, format: ConfigFormat) -> Result<()> {
 /// Whether a stored route can serve a `db connect` with these flags without a new
 /// certificate: not expired, and every flag given matches what the route was issued for.
 pub fn route_satisfies(route: &DbRouteState, wanted: &RouteArgs) -> bool {
-    !is_expired(&route.expires)
-        && wanted.db_user.as_ref().map_or(true, |u| *u == route.db_user)
-        && wanted
-            .db_name
-            .as_ref()
-            .map_or(true, |n| Some(n) == route.db_name.as_ref())
-        && (wanted.db_roles.is_empty() || wanted.db_roles == route.db_roles)
+    let user_matches = match &wanted.db_user {
+        Some(user) => *user == route.db_user,
+        None => true,
+    };
+    let name_matches = match &wanted.db_name {
+        Some(name) => Some(name) == route.db_name.as_ref(),
+        None => true,
+    };
+    let roles_match = wanted.db_roles.is_empty() || wanted.db_roles == route.db_roles;
+    !is_expired(&route.expires) && user_matches && name_matches && roles_match
 }
 
 pub async fn connect(db: &str, route: &RouteArgs, client_args: &[String]) -> Result<()> {
@@ -203,14 +209,25 @@ mod tests {
     fn db_list_has_the_contract_columns() {
         let text = render_db_list(&[entry()], false);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "Name    Description Allowed Users              Labels");
-        assert_eq!(lines[2], "example main        [alice] (Auto-provisioned) a=b,env=dev");
+        assert_eq!(
+            lines[0],
+            "Name    Description Allowed Users              Labels"
+        );
+        assert_eq!(
+            lines[2],
+            "example main        [alice] (Auto-provisioned) a=b,env=dev"
+        );
     }
 
     #[test]
     fn verbose_db_list_adds_protocol_uri_and_roles() {
         let text = render_db_list(&[entry()], true);
-        let header: Vec<&str> = text.lines().next().unwrap_or_default().split("  ").collect();
+        let header: Vec<&str> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split("  ")
+            .collect();
         let header = header.join(" ");
         for column in [
             "Name",

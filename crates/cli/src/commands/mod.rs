@@ -64,14 +64,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             since,
             format,
         }) => {
-            admin::audit_search(
-                &load_config(&config_path)?,
-                event_type,
-                user,
-                since,
-                format,
-            )
-            .await?
+            admin::audit_search(&load_config(&config_path)?, event_type, user, since, format)
+                .await?
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -126,7 +120,8 @@ pub(crate) fn is_expired(rfc3339: &str) -> bool {
 
 /// `3h12m left` or `expired`.
 pub(crate) fn remaining(rfc3339: &str) -> String {
-    let Ok(t) = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    let Ok(t) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
     else {
         return "unknown".to_string();
     };

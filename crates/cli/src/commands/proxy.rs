@@ -87,7 +87,8 @@ fn upstream(home: &ClientHome, route: &DbRouteState) -> Result<Upstream> {
         }),
         b"postgresql",
     )?;
-    let (addr, server_name) = split_addr(&format!("{}:{}", route.gateway_host, route.gateway_port))?;
+    let (addr, server_name) =
+        split_addr(&format!("{}:{}", route.gateway_host, route.gateway_port))?;
     Ok(Upstream {
         addr,
         server_name,
@@ -147,8 +148,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn encryption_requests_are_declined_and_the_startup_packet_is_kept_whole() -> Result<()>
-    {
+    async fn encryption_requests_are_declined_and_the_startup_packet_is_kept_whole() -> Result<()> {
         let (mut local, mut remote) = tokio::io::duplex(1024);
         let mut startup = Vec::new();
         let body = b"\x00\x03\x00\x00user\x00alice\x00\x00";

@@ -35,7 +35,10 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         Trust::Insecure
     } else {
         // A CA saved by an earlier login to the same gateway is trusted again.
-        match (home.load_profile()?, std::fs::read_to_string(home.host_ca())) {
+        match (
+            home.load_profile()?,
+            std::fs::read_to_string(home.host_ca()),
+        ) {
             (Some(p), Ok(ca)) if p.proxy == args.proxy => Trust::Ca(ca),
             _ => bail!(
                 "cannot verify the gateway at {}: pass --ca FILE (the output of \

@@ -35,6 +35,7 @@ const DISABLE_LOGIN_SQL: &str = include_str!("sql/disable_login.sql");
 const FINISH_TEARDOWN_SQL: &str = include_str!("sql/finish_teardown.sql");
 const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
 const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
+const TEARDOWN_PROBE_SQL: &str = include_str!("sql/teardown_probe.sql");
 
 /// Where and as whom the admin connection goes.
 #[derive(Clone)]
@@ -102,6 +103,13 @@ pub struct PgProvisioner {
 struct Inner {
     pool: Pool,
     settings: PgProvisionerSettings,
+}
+
+/// A user's situation when teardown starts.
+enum Settled {
+    Idle,
+    InUse,
+    Missing,
 }
 
 type OpFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, ProvisionError>> + Send + 'c>>;
@@ -210,9 +218,10 @@ impl PgProvisioner {
         mode: TeardownMode,
     ) -> Result<DeactivateOutcome, ProvisionError> {
         check_user_name(user.as_str())?;
-        // The backend of the session that just ended may still be listed for a moment.
-        if !self.wait_until_idle(target, user).await? {
-            return Ok(DeactivateOutcome::Kept(true));
+        match self.settle(target, user).await? {
+            Settled::Idle => {}
+            Settled::InUse => return Ok(DeactivateOutcome::Kept(true)),
+            Settled::Missing => return Ok(DeactivateOutcome::Missing),
         }
         let admin = target.admin_user.clone();
         let database = target.database.clone();
@@ -330,23 +339,51 @@ impl PgProvisioner {
         .await
     }
 
-    /// Polls until `user` has no live session, for at most the settle time. `false`: still
-    /// in use.
-    async fn wait_until_idle(
+    /// Looks at `user` before teardown, polling while it has live sessions, for at most the
+    /// settle time: the backend of a session that just closed may still be listed.
+    async fn settle(
         &self,
         target: &AdminTarget,
         user: &DbUserName,
-    ) -> Result<bool, ProvisionError> {
+    ) -> Result<Settled, ProvisionError> {
         let settings = &self.inner.settings;
         let deadline = Instant::now() + settings.settle_time;
+        let admin = target.admin_user.clone();
+        let name = user.as_str().to_owned();
         loop {
-            if self.live_session_count(target, user).await? == 0 {
-                return Ok(true);
+            let (admin, name) = (admin.clone(), name.clone());
+            let probe = self
+                .with_conn(target, move |conn| {
+                    let (admin, name) = (admin.clone(), name.clone());
+                    Box::pin(async move {
+                        let map = |e| map_error(e, &admin, &name);
+                        let statement = conn.statement(TEARDOWN_PROBE_SQL).await.map_err(map)?;
+                        let row = conn
+                            .client()
+                            .query_opt(&statement, &[&name, &MARKER_ROLE])
+                            .await
+                            .map_err(map)?;
+                        match row {
+                            None => Ok(None),
+                            Some(row) => Ok(Some((
+                                row.try_get::<_, bool>("managed").map_err(map)?,
+                                row.try_get::<_, i64>("live").map_err(map)?,
+                            ))),
+                        }
+                    })
+                })
+                .await?;
+            match probe {
+                None => return Ok(Settled::Missing),
+                Some((false, _)) => {
+                    return Err(ProvisionError::UserNotManaged {
+                        user: user.as_str().to_owned(),
+                    })
+                }
+                Some((true, 0)) => return Ok(Settled::Idle),
+                Some((true, _)) if Instant::now() >= deadline => return Ok(Settled::InUse),
+                Some((true, _)) => tokio::time::sleep(settings.settle_poll).await,
             }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(settings.settle_poll).await;
         }
     }
 

@@ -143,7 +143,10 @@ impl Pool {
 
     /// An idle connection that still looks open, if any; closed ones are discarded.
     pub(crate) fn take(&self, key: &PoolKey) -> Option<AdminConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let conns = idle.get_mut(key)?;
         while let Some(conn) = conns.pop() {
             if !conn.is_closed() {
@@ -158,7 +161,10 @@ impl Pool {
         if conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let conns = idle.entry(key).or_default();
         if conns.len() < self.max_idle_per_key {
             conns.push(conn);
@@ -167,7 +173,10 @@ impl Pool {
 
     /// Number of idle connections kept for `key`.
     pub(crate) fn idle_count(&self, key: &PoolKey) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         idle.get(key).map_or(0, Vec::len)
     }
 }

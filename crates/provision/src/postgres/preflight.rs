@@ -44,7 +44,9 @@ pub(super) async fn run(
 
     if in_recovery {
         findings.push(Finding {
-            problem: "the database is a read-only replica (in recovery); users cannot be created there".into(),
+            problem:
+                "the database is a read-only replica (in recovery); users cannot be created there"
+                    .into(),
             fix: "point the database resource at the primary server".into(),
         });
     }

@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 pub use live::{watch_revocations, LiveSessions};
-pub use provisioning::{provision, Provisioned};
+pub use provisioning::{preflight, provision, Provisioned};
 pub use reconcile::reconcile_loop;
 pub use upstream::UpstreamCredentials;
 

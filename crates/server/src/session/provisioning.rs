@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use dbward_model::Protocol;
-use dbward_provision::postgres::{ActivateOutcome, AdminTarget, DeactivateOutcome, TeardownMode};
+use dbward_provision::postgres::AdminTarget;
+use dbward_provision::{ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode};
 use dbward_rbac::ProvisioningMode;
 use dbward_store::LockGuard;
 use serde_json::json;
@@ -50,7 +51,6 @@ pub(crate) fn admin_target(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| session_db_name.to_string());
     Ok(AdminTarget {
-        db_service: db.metadata.name.clone(),
         host: target.host,
         port: target.port,
         server_name: target.server_name_text,
@@ -85,7 +85,7 @@ pub async fn provision(gw: &Gateway, authorized: &mut Authorized) -> Result<Prov
     let lock = take_lock(gw, &authorized.db.metadata.name, &db_user).await?;
     let outcome = gw
         .pg_provisioner
-        .activate(&admin, &db_user, &authorized.decision.db_roles)
+        .activate(&admin, &DbUserName::new(db_user.clone()), &authorized.decision.db_roles)
         .await
         .map_err(|err| {
             tracing::info!(user = %authorized.fields.user, db = %authorized.db.metadata.name, %err, "activation failed");
@@ -134,10 +134,10 @@ impl Provisioned {
         };
         match gw
             .pg_provisioner
-            .deactivate(&admin, &self.db_user, teardown_mode)
+            .deactivate(&admin, &DbUserName::new(self.db_user.clone()), teardown_mode)
             .await
         {
-            Ok(DeactivateOutcome::StillActive) => {
+            Ok(DeactivateOutcome::Kept(_)) | Ok(DeactivateOutcome::Missing) => {
                 tracing::debug!(user = %self.db_user, "user still has live sessions; left active");
             }
             Ok(outcome) => {
@@ -179,10 +179,53 @@ async fn take_lock(gw: &Gateway, db: &str, db_user: &str) -> Result<LockGuard, S
         })
 }
 
-fn provision_error(err: dbward_provision::ProvisionError) -> SessionError {
-    if err.is_user_facing() {
-        SessionError::Provisioning(err.to_string())
-    } else {
-        SessionError::Internal(err.to_string())
+fn provision_error(err: ProvisionError) -> SessionError {
+    match err {
+        ProvisionError::Postgres(_)
+        | ProvisionError::Timeout(_)
+        | ProvisionError::UnexpectedAnswer(_) => SessionError::Internal(err.to_string()),
+        other => SessionError::Provisioning(other.to_string()),
     }
+}
+
+/// `dbward db check DB`: what the admin user lacks for provisioning every db role some user
+/// could be granted on this database, each with the statement that fixes it.
+pub async fn preflight(
+    gw: &Gateway,
+    db_name: &str,
+) -> Result<Vec<crate::api::DbCheckFinding>, crate::GatewayError> {
+    let snapshot = gw.catalog.snapshot().await?;
+    let db = snapshot
+        .dbs
+        .get(db_name)
+        .ok_or_else(|| crate::GatewayError::NotFound(format!("database \"{db_name}\" not found")))?;
+    if db.spec.protocol != Protocol::Postgres {
+        return Err(crate::GatewayError::BadRequest(
+            "dbward db check supports PostgreSQL databases".into(),
+        ));
+    }
+    let admin = admin_target(gw, db, "postgres")
+        .map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
+    let mut roles = std::collections::BTreeSet::new();
+    for user in snapshot.users.values() {
+        let user_roles = snapshot.roles_of(user);
+        if let Ok(checker) = dbward_rbac::AccessChecker::new(user, &user_roles) {
+            if let Ok(Some(p)) = checker.provisioning(db) {
+                roles.extend(p.roles);
+            }
+        }
+    }
+    let roles: Vec<String> = roles.into_iter().collect();
+    let findings = gw
+        .pg_provisioner
+        .preflight(&admin, &roles)
+        .await
+        .map_err(|e| crate::GatewayError::BadRequest(e.to_string()))?;
+    Ok(findings
+        .into_iter()
+        .map(|f| crate::api::DbCheckFinding {
+            problem: f.problem,
+            fix: f.fix,
+        })
+        .collect())
 }

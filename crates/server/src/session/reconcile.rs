@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbward_model::Protocol;
-use dbward_provision::postgres::TeardownMode;
+use dbward_provision::{DbUserName, TeardownMode};
 use dbward_rbac::{AccessChecker, ProvisioningMode};
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,7 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             }
             Err(_) => continue,
         };
-        let leftovers = match gw.pg_provisioner.list_active_managed(&admin).await {
+        let leftovers: Vec<String> = match gw.pg_provisioner.list_active_managed(&admin).await {
             Ok(users) => users,
             Err(err) => {
                 tracing::debug!(db = %db.metadata.name, %err, "reconcile: database not reachable");
@@ -74,7 +74,11 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             let Ok(lock) = gw.store.lock(&key, &gw.instance_id, Duration::from_secs(5)).await else {
                 continue;
             };
-            match gw.pg_provisioner.deactivate(&admin, &db_user, teardown).await {
+            match gw
+                .pg_provisioner
+                .deactivate(&admin, &DbUserName::new(db_user.clone()), teardown)
+                .await
+            {
                 Ok(outcome) => {
                     tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
                 }

@@ -387,7 +387,7 @@ async fn list_dbs(
         let provisioning = checker.provisioning(db).ok().flatten();
         databases.push(DbListEntry {
             name: db.metadata.name.clone(),
-            description: db.metadata.description.clone().unwrap_or_default(),
+            description: db.metadata.description.clone(),
             protocol: db.spec.protocol.to_string(),
             uri: db.spec.uri.clone(),
             labels: db.metadata.labels.clone(),

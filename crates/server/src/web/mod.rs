@@ -35,7 +35,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(gateway);
+    let app = router(gateway.clone());
     loop {
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -49,6 +49,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let handshake =
@@ -65,12 +66,17 @@ pub async fn serve(
                     return;
                 }
             };
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|leaf| dbward_pki::read_identity(leaf.as_ref()).ok());
+            // The handshake already verified the chain; this also checks the cluster and
+            // reads the identity extension that the chain covers.
+            let identity = tls.get_ref().1.peer_certificates().and_then(|chain| {
+                dbward_pki::verify_user_cert(
+                    chain,
+                    &gateway.cas.user,
+                    &gateway.cluster,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .ok()
+            });
             let peer = Peer { addr, identity };
             let service = TowerToHyperService::new(app.layer(axum::Extension(peer)));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
