@@ -338,4 +338,106 @@ mod tests {
             "db.session%2Fstart%20x"
         );
     }
+
+    /// A TLS server like the gateway's web listener: host certificate, client certificates
+    /// required and checked against the user CA. Answers `/who` with the caller's user name
+    /// and everything else with an API error.
+    async fn serve_one_kind_of_request(cas: &dbward_pki::CaSet) -> anyhow::Result<String> {
+        let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let (cert, key) =
+            dbward_pki::issue_host_cert(&cas.host, &hosts, std::time::Duration::from_secs(3600))?;
+        let config = dbward_pki::server_config(
+            &cert,
+            &key,
+            dbward_pki::ClientAuth::Required(cas.user.cert_der()?),
+            &[b"http/1.1"],
+        )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| dbward_pki::read_identity(c.as_ref()).ok())
+                    .map(|id| id.username)
+                    .unwrap_or_default();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let user = user.clone();
+                        async move {
+                            let (status, body) = if req.uri().path() == "/who" {
+                                (StatusCode::OK, serde_json::json!({ "user": user }))
+                            } else {
+                                (
+                                    StatusCode::FORBIDDEN,
+                                    serde_json::json!({ "error": "not for you" }),
+                                )
+                            };
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(body.to_string())))
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service),
+                );
+            }
+        });
+        Ok(addr)
+    }
+
+    fn alice_cert(cas: &dbward_pki::CaSet) -> anyhow::Result<ClientCert> {
+        let (key_pem, csr_pem) = dbward_pki::new_key_and_csr("alice")?;
+        let identity = dbward_pki::Identity {
+            username: "alice".into(),
+            cluster: "test".into(),
+            usage: dbward_pki::CertUsage::Login,
+            expires: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            route: None,
+        };
+        let cert_pem = dbward_pki::issue_user_cert(&cas.user, &identity, &csr_pem)?;
+        Ok(ClientCert { cert_pem, key_pem })
+    }
+
+    #[tokio::test]
+    async fn client_presents_its_certificate_and_reads_api_errors() -> anyhow::Result<()> {
+        let cas = dbward_pki::CaSet::generate("test")?;
+        let addr = serve_one_kind_of_request(&cas).await?;
+        let client = ApiClient::new(
+            &addr,
+            Trust::Ca(cas.host.cert_pem.clone()),
+            Some(alice_cert(&cas)?),
+        )?;
+        let who: serde_json::Value = client.get("/who").await?;
+        assert_eq!(who["user"], "alice");
+        let err = client.get::<serde_json::Value>("/other").await.err();
+        assert_eq!(err.map(|e| e.to_string()).as_deref(), Some("not for you"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_gateway_signed_by_another_ca_is_refused_unless_insecure() -> anyhow::Result<()> {
+        let cas = dbward_pki::CaSet::generate("test")?;
+        let other = dbward_pki::CaSet::generate("other")?;
+        let addr = serve_one_kind_of_request(&cas).await?;
+        let pinned_wrong = ApiClient::new(
+            &addr,
+            Trust::Ca(other.host.cert_pem.clone()),
+            Some(alice_cert(&cas)?),
+        )?;
+        let err = pinned_wrong.get::<serde_json::Value>("/who").await.err();
+        assert!(matches!(err, Some(ClientError::Tls { .. })), "{err:?}");
+        let insecure = ApiClient::new(&addr, Trust::Insecure, Some(alice_cert(&cas)?))?;
+        let who: serde_json::Value = insecure.get("/who").await?;
+        assert_eq!(who["user"], "alice");
+        Ok(())
+    }
 }

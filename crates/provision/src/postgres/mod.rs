@@ -35,6 +35,7 @@ const DISABLE_LOGIN_SQL: &str = include_str!("sql/disable_login.sql");
 const FINISH_TEARDOWN_SQL: &str = include_str!("sql/finish_teardown.sql");
 const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
 const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
+const ACTIVE_MANAGED_SQL: &str = include_str!("sql/active_managed.sql");
 const TEARDOWN_PROBE_SQL: &str = include_str!("sql/teardown_probe.sql");
 
 /// Where and as whom the admin connection goes.
@@ -318,6 +319,28 @@ impl PgProvisioner {
                     can_login: row.try_get("can_login").map_err(map)?,
                     roles: roles.into_iter().collect::<BTreeSet<_>>(),
                 }))
+            })
+        })
+        .await
+    }
+
+    /// Managed users that can log in and have no live session: what a crash leaves behind.
+    pub async fn list_active_managed(
+        &self,
+        target: &AdminTarget,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let admin = target.admin_user.clone();
+        self.with_conn(target, move |conn| {
+            let admin = admin.clone();
+            Box::pin(async move {
+                let map = |e| map_error(e, &admin, "");
+                let statement = conn.statement(ACTIVE_MANAGED_SQL).await.map_err(map)?;
+                let rows = conn
+                    .client()
+                    .query(&statement, &[&MARKER_ROLE])
+                    .await
+                    .map_err(map)?;
+                rows.iter().map(|r| r.try_get::<_, String>(0).map_err(map)).collect()
             })
         })
         .await

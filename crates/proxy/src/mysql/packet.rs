@@ -287,28 +287,14 @@ impl HandshakeResponse {
     /// Encodes the payload; `CONNECT_WITH_DB`, `PLUGIN_AUTH` and `CONNECT_ATTRS` are set
     /// from the fields.
     pub fn encode(&self) -> Vec<u8> {
-        let mut capabilities = self.capabilities
-            & !(capability::CONNECT_WITH_DB
-                | capability::PLUGIN_AUTH
-                | capability::CONNECT_ATTRS
-                | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA)
-            | capability::PROTOCOL_41
-            | capability::SECURE_CONNECTION;
-        if self.database.is_some() {
-            capabilities |= capability::CONNECT_WITH_DB;
-        }
-        if self.auth_plugin.is_some() {
-            capabilities |= capability::PLUGIN_AUTH;
-        }
-        if !self.attrs.is_empty() {
-            capabilities |= capability::CONNECT_ATTRS;
-        }
+        let capabilities = self.encode_capabilities();
         let mut out = ssl_request(capabilities, self.charset);
         out[..4].copy_from_slice(&capabilities.to_le_bytes());
         out.extend_from_slice(self.user.as_bytes());
         out.push(0);
-        out.push(self.auth_response.len() as u8);
-        out.extend_from_slice(&self.auth_response[..self.auth_response.len().min(255)]);
+        let auth = &self.auth_response[..self.auth_response.len().min(255)];
+        out.push(auth.len() as u8);
+        out.extend_from_slice(auth);
         if let Some(database) = &self.database {
             out.extend_from_slice(database.as_bytes());
             out.push(0);
@@ -327,6 +313,28 @@ impl HandshakeResponse {
             out.extend_from_slice(&attrs);
         }
         out
+    }
+
+    /// The capabilities [`Self::encode`] sends: the given ones, with the flags that describe
+    /// the response's own layout set from its fields.
+    pub fn encode_capabilities(&self) -> u32 {
+        let mut capabilities = self.capabilities
+            & !(capability::CONNECT_WITH_DB
+                | capability::PLUGIN_AUTH
+                | capability::CONNECT_ATTRS
+                | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA)
+            | capability::PROTOCOL_41
+            | capability::SECURE_CONNECTION;
+        if self.database.is_some() {
+            capabilities |= capability::CONNECT_WITH_DB;
+        }
+        if self.auth_plugin.is_some() {
+            capabilities |= capability::PLUGIN_AUTH;
+        }
+        if !self.attrs.is_empty() {
+            capabilities |= capability::CONNECT_ATTRS;
+        }
+        capabilities
     }
 
     /// Decodes the payload. Fields the client's capabilities leave out stay empty.
