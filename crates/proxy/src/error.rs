@@ -105,6 +105,19 @@ pub enum UpstreamError {
     /// The server sent something that does not follow the protocol.
     #[error("protocol violation from the database server: {0}")]
     Protocol(String),
+    /// A MySQL or MariaDB server refused the session with an ERR packet. `raw` is the
+    /// packet's payload, to forward to the client under its own sequence id.
+    #[error("database server error {code} ({sqlstate}): {message}")]
+    MysqlServer {
+        /// Error number (`1045`, `1040`, ...).
+        code: u16,
+        /// SQLSTATE (`HY000` when the server sent none).
+        sqlstate: String,
+        /// Message text.
+        message: String,
+        /// The ERR packet's payload as received.
+        raw: Bytes,
+    },
 }
 
 impl From<ProxyError> for UpstreamError {

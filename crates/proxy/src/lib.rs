@@ -6,6 +6,7 @@
 //! what a client is told.
 
 pub mod error;
+pub mod mysql;
 pub mod pg;
 
 pub use error::{AuthenticationKind, ProxyError, UpstreamError};

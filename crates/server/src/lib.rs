@@ -180,10 +180,11 @@ impl Started {
         }
         tasks.spawn(session::watch_revocations(gw.clone(), shutdown.clone()));
         tasks.spawn(session::reconcile_loop(gw.clone(), shutdown.clone()));
+        let endpoints = gw.endpoints.read().await.clone();
         tracing::info!(
             cluster = %gw.cluster,
-            web = %gw.endpoints.read().await.web,
-            postgres = ?gw.endpoints.read().await.postgres,
+            web = %endpoints.web,
+            postgres = ?endpoints.postgres,
             "dbward gateway started"
         );
         shutdown.cancelled().await;

@@ -70,16 +70,14 @@ struct OpenSession {
 impl OpenSession {
     fn start(files: &ClientFiles, user: &str, dbname: &str) -> Result<OpenSession, String> {
         let h = harness();
-        let mut cmd = h.psql_command(files, user, dbname, "select 'ready'");
-        // Replace -c with reading commands from stdin.
-        let mut cmd2 = std::process::Command::new("psql");
-        cmd2.args(cmd.get_args().take(1))
+        let mut child = std::process::Command::new("psql")
+            .arg(conninfo(h.pg_addr, files, user, dbname))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let _ = &mut cmd;
-        let mut child = cmd2.spawn().map_err(|e| e.to_string())?;
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
         let out = BufReader::new(child.stdout.take().unwrap());
         let mut s = OpenSession { child, out };
         match s.query("select 'ready'") {
@@ -210,7 +208,7 @@ fn concurrent_sessions_share_the_user_until_the_last_ends() {
     let user = unique("conc");
     add_user(&user, &[&w.role]);
     let all = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
-    let mut first = OpenSession::start(&all, &user, "postgres").expect("first");
+    let first = OpenSession::start(&all, &user, "postgres").expect("first");
     let mut second = OpenSession::start(&all, &user, "postgres").expect("second");
     first.close();
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -350,7 +348,7 @@ fn ctrl_c_cancel_reaches_the_backend() {
     let user = unique("cancel");
     add_user(&user, &[&w.role]);
     let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
-    let mut child = h
+    let child = h
         .psql_command(&files, &user, "postgres", "select pg_sleep(30)")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -230,14 +230,21 @@ async fn run_session(
             }
         })
     };
-    let tap = move |event: TapEvent<'_>| match event {
-        TapEvent::Query { sql, .. } | TapEvent::Parse { sql, .. } => {
-            let _ = query_tx.send(sql.to_string());
+    let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tap = {
+        let terminated = terminated.clone();
+        move |event: TapEvent<'_>| match event {
+            TapEvent::Query { sql, .. } | TapEvent::Parse { sql, .. } => {
+                let _ = query_tx.send(sql.to_string());
+            }
+            TapEvent::Terminate => terminated.store(true, std::sync::atomic::Ordering::Relaxed),
         }
-        TapEvent::Terminate => {}
     };
     let end = registration.end.clone();
     let mut server_stream = server.stream;
+    let server = Upstreamed {
+        backend_key: server.backend_key,
+    };
     tokio::select! {
         stats = pg::relay(&mut client, &mut server_stream, tap) => {
             tracing::debug!(%sid, up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
@@ -249,13 +256,34 @@ async fn run_session(
     // Both sockets are closed before teardown starts.
     drop(server_stream);
     drop(client);
+    // A client that vanished without Terminate (killed, network gone, session ended by the
+    // gateway) may leave its backend busy in a long statement, which keeps the user "live"
+    // and would stall teardown: cancel whatever it runs so the backend notices and exits.
+    if !terminated.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(key) = server.backend_key {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                pg::cancel::send_cancel(
+                    target.addr.as_str(),
+                    Some((target.tls.clone(), target.server_name.clone())),
+                    key,
+                ),
+            )
+            .await;
+        }
+    }
     let _ = audit_task.await;
-    provisioned.teardown(&gw, &authorized).await;
     drop(registration);
+    provisioned.teardown(&gw, &authorized).await;
     gw.audit
         .emit(audit::SESSION_END, &authorized.fields, json!({}))
         .await;
     tracing::info!(%sid, "session ended");
+}
+
+/// What is left of the upstream once its stream is in the relay.
+struct Upstreamed {
+    backend_key: Option<pg::BackendKey>,
 }
 
 async fn fail_start(

@@ -125,44 +125,57 @@ impl Provisioned {
             ProvisioningMode::BestEffortDrop => TeardownMode::Drop,
             _ => TeardownMode::Keep,
         };
-        let lock = match take_lock(gw, &authorized.db.metadata.name, &self.db_user).await {
-            Ok(lock) => lock,
-            Err(err) => {
-                tracing::warn!(user = %self.db_user, %err, "teardown skipped: lock not available; the reconciler will retry");
-                return;
+        // A backend that is still finishing (a cancelled statement, a killed client's
+        // socket not yet noticed) counts as live. When no session of this gateway uses the
+        // user any more, look again a few times before leaving it to the reconciler.
+        for pause in [0u64, 1, 3, 8] {
+            tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+            let lock = match take_lock(gw, &authorized.db.metadata.name, &self.db_user).await {
+                Ok(lock) => lock,
+                Err(err) => {
+                    tracing::warn!(user = %self.db_user, %err, "teardown skipped: lock not available; the reconciler will retry");
+                    return;
+                }
+            };
+            let result = gw
+                .pg_provisioner
+                .deactivate(&admin, &DbUserName::new(self.db_user.clone()), teardown_mode)
+                .await;
+            if let Err(err) = lock.release().await {
+                tracing::warn!(%err, "provisioning lock release failed");
             }
-        };
-        match gw
-            .pg_provisioner
-            .deactivate(&admin, &DbUserName::new(self.db_user.clone()), teardown_mode)
-            .await
-        {
-            Ok(DeactivateOutcome::Kept(_)) | Ok(DeactivateOutcome::Missing) => {
-                tracing::debug!(user = %self.db_user, "user still has live sessions; left active");
+            match result {
+                Ok(DeactivateOutcome::Kept(_)) => {
+                    if gw.sessions.count_for(&authorized.db.metadata.name, &self.db_user) > 0 {
+                        tracing::debug!(user = %self.db_user, "user still has live sessions; left active");
+                        return;
+                    }
+                    tracing::debug!(user = %self.db_user, "backend still listed; checking again");
+                }
+                Ok(DeactivateOutcome::Missing) => return,
+                Ok(outcome) => {
+                    let deleted = matches!(outcome, DeactivateOutcome::Dropped);
+                    gw.audit
+                        .emit(
+                            audit::USER_DEACTIVATE,
+                            &authorized.fields,
+                            json!({"success": true, "delete": deleted}),
+                        )
+                        .await;
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(user = %self.db_user, %err, "teardown failed; the reconciler will retry");
+                    gw.audit
+                        .emit(
+                            audit::USER_DEACTIVATE,
+                            &authorized.fields,
+                            json!({"success": false, "error": err.to_string(), "delete": false}),
+                        )
+                        .await;
+                    return;
+                }
             }
-            Ok(outcome) => {
-                let deleted = matches!(outcome, DeactivateOutcome::Dropped);
-                gw.audit
-                    .emit(
-                        audit::USER_DEACTIVATE,
-                        &authorized.fields,
-                        json!({"success": true, "delete": deleted}),
-                    )
-                    .await;
-            }
-            Err(err) => {
-                tracing::warn!(user = %self.db_user, %err, "teardown failed; the reconciler will retry");
-                gw.audit
-                    .emit(
-                        audit::USER_DEACTIVATE,
-                        &authorized.fields,
-                        json!({"success": false, "error": err.to_string(), "delete": false}),
-                    )
-                    .await;
-            }
-        }
-        if let Err(err) = lock.release().await {
-            tracing::warn!(%err, "provisioning lock release failed");
         }
     }
 }

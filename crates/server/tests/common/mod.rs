@@ -40,7 +40,7 @@ fn start() -> anyhow::Result<Harness> {
         )
         .with_test_writer()
         .try_init();
-    let dir = tempfile::Builder::new().prefix("dwgw").tempdir_in("/tmp")?.into_path();
+    let dir = tempfile::Builder::new().prefix("dwgw").tempdir_in("/tmp")?.keep();
     let config_path = dir.join("dbward.yaml");
     std::fs::write(
         &config_path,
@@ -207,7 +207,7 @@ impl Harness {
     }
 
     pub fn audit_events(&self, user: &str) -> Vec<serde_json::Value> {
-        self.block_on(self.gw.store.search_audit(&dbward_store::AuditQuery {
+        self.block_on(self.gw.store.search_audit(dbward_store::AuditQuery {
             user: Some(user.to_string()),
             limit: 1000,
             ..Default::default()

@@ -1,0 +1,256 @@
+//! The `dbward` binary against a gateway it started itself (`dbward start` in the
+//! background, SQLite store in a temp dir): admin commands, password login, resources
+//! round-tripping through YAML, and data surviving a restart.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dbward");
+
+const DESIGN_EXAMPLES: &str = r#"kind: role
+version: v7
+metadata: {name: auto-db-users}
+spec:
+  options:
+    create_db_user_mode: keep
+    max_session_ttl: 8h
+  allow:
+    db_labels: {"*": "*"}
+    db_names: ["*"]
+    db_users: ["{{internal.db_users}}"]
+    db_roles: [reader, "{{internal.db_roles}}", "{{external.db_roles}}"]
+    db_permissions:
+      - match: {object_kind: table, schema: public}
+        permissions: [SELECT]
+  deny:
+    db_labels: {env: prod}
+    db_roles: [admin]
+---
+kind: user
+version: v2
+metadata: {name: alice}
+spec:
+  roles: [auto-db-users]
+  traits: {db_roles: [writer], db_users: [app]}
+---
+kind: db
+version: v3
+metadata: {name: example, labels: {env: dev}}
+spec:
+  protocol: postgres
+  uri: localhost:5432
+  admin_user: {name: teleport-admin, default_database: teleport}
+"#;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    web: String,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let web = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("dbward.yaml");
+        let text = format!(
+            "version: v1\ncluster_name: clitest\ndata_dir: {data}\npublic_addr: localhost\n\
+             web_listen_addr: {web}\npostgres_listen_addr: 127.0.0.1:{pg}\n\
+             mysql_listen_addr: 127.0.0.1:{my}\n",
+            data = dir.path().join("data").display(),
+            pg = free_port(),
+            my = free_port(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        Sandbox { dir, config, web }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `dbward ARGS -c CONFIG` with `$DBWARD_HOME` set to `home` and `stdin` fed in.
+    fn run(&self, home: &str, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .env("DBWARD_HOME", self.path(home))
+            .env_remove("DBWARD_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run dbward");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("dbward output")
+    }
+
+    fn ok(&self, home: &str, args: &[&str], stdin: &str) -> String {
+        let out = self.run(home, args, stdin);
+        assert!(
+            out.status.success(),
+            "dbward {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start(&self) -> Gateway {
+        let log = std::fs::File::create(self.path("gateway.log")).expect("log file");
+        let child = Command::new(BIN)
+            .arg("start")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("dbward start");
+        let gateway = Gateway(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .run("admin-home", &["get", "roles"], "")
+                .status
+                .success()
+            {
+                return gateway;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not come up: {}",
+                std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Stops the gateway when the test ends, also on panic.
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn has_file(dir: &Path, name: &str) -> bool {
+    dir.join(name).exists()
+}
+
+#[test]
+fn admin_login_resources_and_restart_work_through_the_binary() {
+    let sandbox = Sandbox::new();
+    let gateway = sandbox.start();
+
+    // Resources from DESIGN §4 load, and their YAML output loads back unchanged.
+    let examples = sandbox.path("examples.yaml");
+    std::fs::write(&examples, DESIGN_EXAMPLES).expect("write examples");
+    let created = sandbox.ok(
+        "admin-home",
+        &["create", "-f", &examples.display().to_string()],
+        "",
+    );
+    assert!(created.contains("role/auto-db-users"), "{created}");
+    let again = sandbox.run(
+        "admin-home",
+        &["create", "-f", &examples.display().to_string()],
+        "",
+    );
+    assert!(
+        !again.status.success(),
+        "creating twice without --force must fail"
+    );
+
+    let mut exported = String::new();
+    for kind in ["roles", "users", "dbs"] {
+        exported.push_str("---\n");
+        exported.push_str(&sandbox.ok("admin-home", &["get", kind, "--format", "yaml"], ""));
+    }
+    sandbox.ok("admin-home", &["create", "-f", "-", "--force"], &exported);
+    let mut reexported = String::new();
+    for kind in ["roles", "users", "dbs"] {
+        reexported.push_str("---\n");
+        reexported.push_str(&sandbox.ok("admin-home", &["get", kind, "--format", "yaml"], ""));
+    }
+    assert_eq!(exported, reexported);
+    let text = sandbox.ok("admin-home", &["get", "db/example"], "");
+    assert!(
+        text.contains("example") && text.contains("protocol=postgres"),
+        "{text}"
+    );
+
+    // Password login with a pinned host CA stores a certificate that `status` reads.
+    sandbox.ok(
+        "admin-home",
+        &[
+            "users",
+            "add",
+            "bob",
+            "--roles",
+            "auto-db-users",
+            "--password-stdin",
+        ],
+        "correct horse\n",
+    );
+    let host_ca = sandbox.path("host-ca.pem");
+    let ca_pem = sandbox.ok("admin-home", &["auth", "export", "--type", "host"], "");
+    std::fs::write(&host_ca, &ca_pem).expect("write host CA");
+    let ca_arg = host_ca.display().to_string();
+    let login = [
+        "login",
+        "--proxy",
+        sandbox.web.as_str(),
+        "--user",
+        "bob",
+        "--password-stdin",
+        "--ca",
+        ca_arg.as_str(),
+    ];
+    sandbox.ok("bob-home", &login, "correct horse\n");
+    assert!(has_file(&sandbox.path("bob-home"), "cert.pem"));
+    let status = sandbox.ok("bob-home", &["status"], "");
+    assert!(
+        status.contains("bob") && status.contains("clitest"),
+        "{status}"
+    );
+    assert!(status.contains("Valid until"), "{status}");
+
+    // A wrong password is refused clearly and leaves no certificate behind.
+    let wrong = sandbox.run("eve-home", &login, "wrong horse\n");
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("invalid user name or password"), "{stderr}");
+    assert!(!has_file(&sandbox.path("eve-home"), "cert.pem"));
+    assert!(!sandbox.run("eve-home", &["status"], "").status.success());
+
+    // After a restart the resources, the user's password and the host CA are still there.
+    drop(gateway);
+    let _gateway = sandbox.start();
+    let users = sandbox.ok("admin-home", &["get", "users", "--format", "json"], "");
+    assert!(
+        users.contains("\"bob\"") && users.contains("\"alice\""),
+        "{users}"
+    );
+    assert_eq!(
+        sandbox.ok("admin-home", &["auth", "export", "--type", "host"], ""),
+        ca_pem
+    );
+    sandbox.ok("bob-home", &login, "correct horse\n");
+    sandbox.ok("bob-home", &["logout"], "");
+    assert!(!has_file(&sandbox.path("bob-home"), "cert.pem"));
+}
