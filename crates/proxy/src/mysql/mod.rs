@@ -18,9 +18,8 @@ pub mod upstream;
 pub mod version;
 
 pub use accept::{
-    accept, send_err, send_ok, Greeting, MysqlClient, MysqlClientStream,
-    ER_ACCESS_DENIED_ERROR, ER_SECURE_TRANSPORT_REQUIRED, GATEWAY_CAPABILITIES,
-    TLS_REQUIRED_MESSAGE,
+    accept, send_err, send_ok, Greeting, MysqlClient, MysqlClientStream, ER_ACCESS_DENIED_ERROR,
+    ER_SECURE_TRANSPORT_REQUIRED, GATEWAY_CAPABILITIES, TLS_REQUIRED_MESSAGE,
 };
 pub use relay::{relay, MysqlTap, TAP_SQL_LIMIT};
 pub use upstream::{MysqlUpstream, UpstreamLogin};
@@ -156,7 +155,10 @@ mod tests {
                 & !capability::PLUGIN_AUTH_LENENC_CLIENT_DATA
         );
         assert_eq!(client.charset, 45);
-        assert_eq!(client.attrs, [("_client_name".to_string(), "test".to_string())]);
+        assert_eq!(
+            client.attrs,
+            [("_client_name".to_string(), "test".to_string())]
+        );
         assert_eq!(client.client_certs, vec![pki.client.0.clone()]);
         assert_eq!(client.sequence_id, 3);
 
@@ -200,9 +202,13 @@ mod tests {
         let ca = pki.ca.clone();
         let (accepted, _) = accept_with(&pki, |mut client| async move {
             packet::read_packet(&mut client, MAX).await.unwrap();
-            packet::write_packet(&mut client, 1, &packet::ssl_request(CLIENT_CAPABILITIES, 45))
-                .await
-                .unwrap();
+            packet::write_packet(
+                &mut client,
+                1,
+                &packet::ssl_request(CLIENT_CAPABILITIES, 45),
+            )
+            .await
+            .unwrap();
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca).unwrap();
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -281,14 +287,24 @@ mod tests {
         .unwrap();
         assert!(session.auth_plugin.as_deref() == Some("mysql_native_password"));
         if session.user == "mallory" {
-            send_err(&mut session.stream, session.sequence_id, 1045, "28000", "denied")
-                .await
-                .unwrap();
-            return None;
-        }
-        send_ok(&mut session.stream, session.sequence_id, session.capabilities)
+            send_err(
+                &mut session.stream,
+                session.sequence_id,
+                1045,
+                "28000",
+                "denied",
+            )
             .await
             .unwrap();
+            return None;
+        }
+        send_ok(
+            &mut session.stream,
+            session.sequence_id,
+            session.capabilities,
+        )
+        .await
+        .unwrap();
         let command = packet::read_packet(&mut session.stream, MAX).await.unwrap();
         packet::write_packet(&mut session.stream, 1, &command.payload)
             .await
@@ -324,14 +340,10 @@ mod tests {
                     client_capabilities: client.capabilities,
                     charset: client.charset,
                 };
-                let mut upstream = upstream::connect(
-                    db_addr,
-                    client_config,
-                    testing::localhost(),
-                    &login,
-                )
-                .await
-                .unwrap();
+                let mut upstream =
+                    upstream::connect(db_addr, client_config, testing::localhost(), &login)
+                        .await
+                        .unwrap();
                 send_ok(&mut client.stream, client.sequence_id, client.capabilities)
                     .await
                     .unwrap();
@@ -370,10 +382,7 @@ mod tests {
         assert_eq!(server_version, "5.5.5-10.11.6-MariaDB-0+deb12u1");
         assert_eq!(
             queries,
-            [
-                "Query { sql: \"select 1\", truncated: false }",
-                "Quit"
-            ]
+            ["Query { sql: \"select 1\", truncated: false }", "Quit"]
         );
         assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
     }
@@ -407,7 +416,10 @@ mod tests {
                 message,
                 raw,
             }) => {
-                assert_eq!((code, sqlstate.as_str(), message.as_str()), (1045, "28000", "denied"));
+                assert_eq!(
+                    (code, sqlstate.as_str(), message.as_str()),
+                    (1045, "28000", "denied")
+                );
                 assert_eq!(raw[0], 0xff);
             }
             other => panic!("expected a server error, got {other:?}"),
@@ -415,3 +427,6 @@ mod tests {
         assert_eq!(database.await.unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod cli_tests;

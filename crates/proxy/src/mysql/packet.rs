@@ -108,9 +108,8 @@ where
     loop {
         let mut header = [0u8; 4];
         stream.read_exact(&mut header).await.map_err(eof)?;
-        let len = usize::from(header[0])
-            | usize::from(header[1]) << 8
-            | usize::from(header[2]) << 16;
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
         if payload.len() + len > max_len {
             return Err(ProxyError::Protocol(format!(
                 "packet of more than {max_len} bytes during the handshake"
@@ -118,7 +117,10 @@ where
         }
         let start = payload.len();
         payload.resize(start + len, 0);
-        stream.read_exact(&mut payload[start..]).await.map_err(eof)?;
+        stream
+            .read_exact(&mut payload[start..])
+            .await
+            .map_err(eof)?;
         if len < MAX_PAYLOAD {
             return Ok(Packet {
                 seq: header[3],

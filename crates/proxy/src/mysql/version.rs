@@ -104,8 +104,14 @@ mod tests {
 
     #[test]
     fn mysql_versions_are_read() {
-        assert_eq!(parse_server_version("8.0.36"), ServerFlavor::MySql(8, 0, 36));
-        assert_eq!(parse_server_version("5.7.44"), ServerFlavor::MySql(5, 7, 44));
+        assert_eq!(
+            parse_server_version("8.0.36"),
+            ServerFlavor::MySql(8, 0, 36)
+        );
+        assert_eq!(
+            parse_server_version("5.7.44"),
+            ServerFlavor::MySql(5, 7, 44)
+        );
         assert_eq!(
             parse_server_version("8.0.36-0ubuntu0.22.04.1"),
             ServerFlavor::MySql(8, 0, 36)
@@ -119,11 +125,20 @@ mod tests {
             gate("5.5.5-10.2.10-MariaDB"),
             Err(PROVISIONING_UNSUPPORTED_MARIADB.to_string())
         );
-        assert_eq!(gate("10.2.10-MariaDB"), Err(PROVISIONING_UNSUPPORTED_MARIADB.into()));
+        assert_eq!(
+            gate("10.2.10-MariaDB"),
+            Err(PROVISIONING_UNSUPPORTED_MARIADB.into())
+        );
         assert_eq!(gate("10.2.11-MariaDB"), Ok(()));
-        assert_eq!(gate("10.3.2-MariaDB"), Err(PROVISIONING_UNSUPPORTED_MARIADB.into()));
+        assert_eq!(
+            gate("10.3.2-MariaDB"),
+            Err(PROVISIONING_UNSUPPORTED_MARIADB.into())
+        );
         assert_eq!(gate("10.3.3-MariaDB"), Ok(()));
-        assert_eq!(gate("10.1.48-MariaDB"), Err(PROVISIONING_UNSUPPORTED_MARIADB.into()));
+        assert_eq!(
+            gate("10.1.48-MariaDB"),
+            Err(PROVISIONING_UNSUPPORTED_MARIADB.into())
+        );
         assert_eq!(gate("5.5.5-10.7.8-MariaDB-1:10.7.8+maria~ubu2004"), Ok(()));
         assert_eq!(gate("10.11.6-MariaDB-0+deb12u1"), Ok(()));
         assert_eq!(gate("11.4.2-MariaDB"), Ok(()));

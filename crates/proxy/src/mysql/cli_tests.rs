@@ -1,0 +1,186 @@
+//! The stock `mariadb` command-line client against [`super::accept`]: it must get through
+//! TLS with its certificate and the handshake without a password, and print the gateway's
+//! refusal when it does not use TLS.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use rustls::crypto::ring::default_provider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+use super::packet::{self, command, ErrPacket};
+use super::*;
+use crate::pg::HandshakeLimits;
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as PEM
+/// files in `dir`, and the gateway's TLS configuration.
+fn pki(dir: &Path) -> Arc<ServerConfig> {
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = name("test ca");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issue = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![usage];
+        (params.signed_by(&key, &ca, &ca_key).expect("cert"), key)
+    };
+    let (server, server_key) = issue(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "localhost",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = issue(Vec::new(), "alice", ExtendedKeyUsagePurpose::ClientAuth);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("client.pem"), client.pem()).expect("write");
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write");
+
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("root");
+    let provider = Arc::new(default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .expect("verifier");
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .expect("server config");
+    Arc::new(config)
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+async fn run_mariadb(port: u16, args: Vec<String>) -> Output {
+    let mut command = tokio::process::Command::new("mariadb");
+    command
+        .arg("--no-defaults")
+        .arg("--host=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--user=alice")
+        .arg("--connect-timeout=10")
+        .args(args)
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("mariadb finished")
+        .expect("the mariadb client is installed (Debian package mariadb-client)")
+}
+
+#[tokio::test]
+async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = pki(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let gateway = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let greeting = Greeting {
+            server_version: "5.5.5-10.11.6-MariaDB".into(),
+            connection_id: 11,
+        };
+        let mut client = accept(socket, tls, greeting, HandshakeLimits::default())
+            .await
+            .expect("handshake");
+        send_ok(&mut client.stream, client.sequence_id, client.capabilities)
+            .await
+            .expect("ok");
+        // Answer the first query with an ERR the client prints; skip anything before it.
+        loop {
+            let packet = packet::read_packet(&mut client.stream, 1 << 20)
+                .await
+                .expect("command");
+            if packet.payload.first() == Some(&command::QUERY) {
+                let sql = String::from_utf8_lossy(&packet.payload[1..]).into_owned();
+                let err = ErrPacket {
+                    code: 1234,
+                    sqlstate: "42000".into(),
+                    message: format!("seen: {sql}"),
+                };
+                packet::write_packet(&mut client.stream, 1, &err.encode())
+                    .await
+                    .expect("err");
+                return (client.user, client.database, client.client_certs.len());
+            }
+            packet::write_packet(
+                &mut client.stream,
+                packet.seq.wrapping_add(1),
+                &packet::ok_packet(client.capabilities, 2),
+            )
+            .await
+            .expect("ok");
+        }
+    });
+    let files = |f: &str| dir.path().join(f).display().to_string();
+    let output = run_mariadb(
+        port,
+        vec![
+            format!("--ssl-ca={}", files("ca.pem")),
+            format!("--ssl-cert={}", files("client.pem")),
+            format!("--ssl-key={}", files("client.key")),
+            "--database=app".into(),
+            "-e".into(),
+            "select 42".into(),
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ERROR 1234 (42000)") && stderr.contains("seen: select 42"),
+        "{stderr}"
+    );
+    let (user, database, certs) = gateway.await.expect("gateway");
+    assert_eq!(user, "alice");
+    assert_eq!(database.as_deref(), Some("app"));
+    assert!(certs >= 1, "the client certificate reached the gateway");
+}
+
+#[tokio::test]
+async fn mariadb_client_without_tls_prints_the_gateway_refusal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = pki(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let gateway = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let greeting = Greeting {
+            server_version: "5.5.5-10.11.6-MariaDB".into(),
+            connection_id: 12,
+        };
+        accept(socket, tls, greeting, HandshakeLimits::default()).await
+    });
+    let output = run_mariadb(
+        port,
+        vec!["--skip-ssl".into(), "-e".into(), "select 1".into()],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("ERROR 3159") && stderr.contains(TLS_REQUIRED_MESSAGE),
+        "{stderr}"
+    );
+    assert!(matches!(
+        gateway.await.expect("gateway"),
+        Err(crate::ProxyError::TlsRequired)
+    ));
+}
