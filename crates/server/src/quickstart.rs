@@ -159,7 +159,7 @@ pub fn instructions(sandbox: &Sandbox) -> String {
     let home = sandbox.dir.join("client");
     let ca = sandbox.dir.join("data").join("admin").join("host-ca.crt");
     format!(
-        "\ndbward quickstart is running.\n\n  gateway config: {config}\n  dbward user:    {user}\n  password:       {password}\n\nIn another terminal:\n\n  export DBWARD_HOME={home}\n  echo '{password}' | dbward login --proxy {web} --user {user} --ca {ca} --password-stdin\n  dbward db ls -v\n  dbward db connect {db}\n\n`dbward db connect {db} -- -c 'select current_user'` runs one query. Press Ctrl-C here to stop.\n",
+        "\ndbward quickstart is running.\n\n  gateway config: {config}\n  user:           {user}\n  password:       {password}\n\nIn another terminal:\n\n  export DBWARD_HOME={home}\n  echo '{password}' | dbward login --proxy {web} --user {user} --ca {ca} --password-stdin\n  dbward db ls -v\n  dbward db connect {db} --db-name postgres\n\n`dbward db connect {db} --db-name postgres -- -c 'select current_user'` runs one query. Press Ctrl-C here to stop.\n",
         config = sandbox.config_path.display(),
         user = QUICKSTART_USER,
         password = sandbox.password,

@@ -187,7 +187,7 @@ impl HandshakeV10 {
         out.extend_from_slice(&self.connection_id.to_le_bytes());
         let (part1, part2) = self.scramble.split_at(self.scramble.len().min(8));
         out.extend_from_slice(part1);
-        out.extend(std::iter::repeat(0).take(8 - part1.len()));
+        out.resize(out.len() + 8 - part1.len(), 0);
         out.push(0);
         out.extend_from_slice(&(self.capabilities as u16).to_le_bytes());
         out.push(self.charset);
@@ -197,7 +197,7 @@ impl HandshakeV10 {
         out.extend_from_slice(&[0; 10]);
         // Part 2 is at least 13 bytes including its NUL.
         out.extend_from_slice(part2);
-        out.extend(std::iter::repeat(0).take(13usize.saturating_sub(part2.len())));
+        out.resize(out.len() + 13usize.saturating_sub(part2.len()), 0);
         out.extend_from_slice(self.auth_plugin.as_bytes());
         out.push(0);
         out

@@ -27,6 +27,8 @@ struct Entry {
     db_user_key: (String, String),
     end: CancellationToken,
     cancel_key: Option<BackendKey>,
+    /// False once the relay has ended and only teardown is left.
+    relaying: bool,
 }
 
 #[derive(Default)]
@@ -63,6 +65,20 @@ impl Drop for Registration {
     }
 }
 
+impl Registration {
+    /// The relay has ended: the session no longer counts as a live user of its db user
+    /// (teardown may proceed), but shutdown still waits for its teardown.
+    pub fn relay_finished(&self) {
+        let mut inner = self.sessions.lock();
+        if let Some(entry) = inner.sessions.get_mut(&self.sid) {
+            entry.relaying = false;
+            if let Some(key) = entry.cancel_key.take() {
+                inner.cancel.remove(&key);
+            }
+        }
+    }
+}
+
 impl LiveSessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -82,6 +98,7 @@ impl LiveSessions {
                 db_user_key,
                 end: end.clone(),
                 cancel_key: None,
+                relaying: true,
             },
         );
         Registration {
@@ -123,7 +140,7 @@ impl LiveSessions {
         self.lock()
             .sessions
             .values()
-            .filter(|e| e.db_user_key.0 == db && e.db_user_key.1 == db_user)
+            .filter(|e| e.relaying && e.db_user_key.0 == db && e.db_user_key.1 == db_user)
             .count()
     }
 

@@ -273,8 +273,9 @@ async fn run_session(
         }
     }
     let _ = audit_task.await;
-    drop(registration);
+    registration.relay_finished();
     provisioned.teardown(&gw, &authorized).await;
+    drop(registration);
     gw.audit
         .emit(audit::SESSION_END, &authorized.fields, json!({}))
         .await;

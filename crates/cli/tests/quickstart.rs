@@ -1,0 +1,98 @@
+//! README's first command: `dbward quickstart`, then the commands it prints, give a psql
+//! session as an automatically provisioned user.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dbward");
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SIGTERM: the gateway stops and quickstart stops its PostgreSQL.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+    }
+}
+
+fn sh(script: &str, path_dir: &Path) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        path_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("sh")
+        .args(["-ec", script])
+        .env("PATH", path)
+        .env_remove("DBWARD_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
+    let dir = tempfile::Builder::new().prefix("dwqs").tempdir_in("/tmp").unwrap();
+    let qs_dir = dir.path().join("sandbox");
+    let mut child = Command::new(BIN)
+        .args(["quickstart", "--dir"])
+        .arg(&qs_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("Press Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let printed = lines.join("\n");
+    assert!(printed.contains("dbward quickstart is running"), "{printed}");
+    let commands: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("export ") || l.starts_with("echo ") || l.starts_with("dbward db ") || l.starts_with("dbward login "))
+        .collect();
+    let connect = commands
+        .iter()
+        .find(|c| c.starts_with("dbward db connect"))
+        .expect("a connect command is printed");
+    let setup: Vec<&str> = commands
+        .iter()
+        .copied()
+        .filter(|c| !c.starts_with("dbward db connect"))
+        .collect();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let script = format!(
+        "{}\n{} -- -X -A -t -c 'select current_user'\n{} -- -X -A -t -c 'select count(*) from public.notes'\n",
+        setup.join("\n"),
+        connect,
+        connect
+    );
+    let out = sh(&script, bin_dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    // db ls -v shows the auto-provisioned database with the roles provisioning grants.
+    assert!(stdout.contains("[alice] (Auto-provisioned)"), "{stdout}");
+    assert!(stdout.contains("reader") && stdout.contains("writer"), "{stdout}");
+    let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
+    assert_eq!(tail, vec!["1", "alice"], "{stdout}");
+    drop(running);
+}
