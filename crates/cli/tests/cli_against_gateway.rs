@@ -254,3 +254,125 @@ fn admin_login_resources_and_restart_work_through_the_binary() {
     sandbox.ok("bob-home", &["logout"], "");
     assert!(!has_file(&sandbox.path("bob-home"), "cert.pem"));
 }
+
+/// `db ls -v` shows exactly the databases each user may reach, with the roles provisioning
+/// would grant: two users, three databases with different labels.
+#[test]
+fn db_ls_lists_reachable_databases_with_granted_roles() {
+    let sandbox = Sandbox::new();
+    let _gateway = sandbox.start();
+    let resources = r#"
+kind: role
+version: v7
+metadata: {name: dev-auto}
+spec:
+  options: {create_db_user_mode: best_effort_drop}
+  allow:
+    db_labels: {env: dev}
+    db_names: ["*"]
+    db_roles: [reader, "{{internal.db_roles}}"]
+  deny:
+    db_labels: {"*": "*"}
+    db_roles: [admin]
+---
+kind: role
+version: v7
+metadata: {name: everything-view}
+spec:
+  allow:
+    db_labels: {"*": "*"}
+    db_users: [app, "{{internal.db_users}}"]
+---
+kind: role
+version: v7
+metadata: {name: no-prod}
+spec:
+  deny:
+    db_labels: {env: prod}
+---
+kind: role
+version: v7
+metadata: {name: staging-only}
+spec:
+  allow:
+    db_labels: {env: "stag*"}
+    db_users: ["*"]
+  deny:
+    db_labels: {"*": "*"}
+    db_users: [root]
+---
+kind: db
+version: v3
+metadata: {name: dev-db, labels: {env: dev}}
+spec: {protocol: postgres, uri: "127.0.0.1:5999", admin_user: {name: adm}}
+---
+kind: db
+version: v3
+metadata: {name: staging-db, labels: {env: staging}}
+spec: {protocol: mysql, uri: "127.0.0.1:3999"}
+---
+kind: db
+version: v3
+metadata: {name: prod-db, labels: {env: prod}}
+spec: {protocol: postgres, uri: "127.0.0.1:5998"}
+"#;
+    sandbox.ok("admin-home", &["create", "-f", "-"], resources);
+    sandbox.ok(
+        "admin-home",
+        &[
+            "users", "add", "alice", "--roles", "dev-auto,everything-view,no-prod",
+            "--traits", "db_roles=writer,admin", "--traits", "db_users=bob", "--password-stdin",
+        ],
+        "alice-password-1\n",
+    );
+    sandbox.ok(
+        "admin-home",
+        &["users", "add", "bob", "--roles", "staging-only", "--password-stdin"],
+        "bob-password-1\n",
+    );
+    let ca = sandbox.path("host-ca.pem");
+    let host_ca = sandbox.ok("admin-home", &["auth", "export", "--type", "host"], "");
+    std::fs::write(&ca, host_ca).unwrap();
+    let ca = ca.to_str().unwrap();
+
+    let list = |user: &str, password: &str| -> serde_json::Value {
+        sandbox.ok(
+            user,
+            &["login", "--proxy", &sandbox.web, "--user", user, "--ca", ca, "--password-stdin"],
+            &format!("{password}\n"),
+        );
+        let out = sandbox.ok(user, &["db", "ls", "-v", "--format", "json"], "");
+        serde_json::from_str(&out).expect("db ls json")
+    };
+
+    let alice = list("alice", "alice-password-1");
+    let names: Vec<&str> = alice
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["dev-db", "staging-db"], "prod is denied outright");
+    let dev = &alice[0];
+    assert_eq!(dev["allowed_users"], "[alice] (Auto-provisioned)");
+    assert_eq!(dev["db_roles"], serde_json::json!(["reader", "writer"]), "admin is denied");
+    let staging = &alice[1];
+    assert_eq!(staging["allowed_users"], "[app, bob]");
+    assert_eq!(staging["db_roles"], serde_json::json!([]));
+
+    let bob = list("bob", "bob-password-1");
+    let names: Vec<&str> = bob
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["staging-db"]);
+    assert_eq!(bob[0]["allowed_users"], "[*], except: [root]");
+
+    // The text table carries the same facts, with -v columns.
+    let text = sandbox.ok("alice", &["db", "ls", "-v"], "");
+    assert!(text.contains("Database Roles") && text.contains("Protocol") && text.contains("URI"));
+    assert!(text.contains("[alice] (Auto-provisioned)"));
+    assert!(!text.contains("prod-db"));
+}
