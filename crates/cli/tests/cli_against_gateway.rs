@@ -376,3 +376,31 @@ spec: {protocol: postgres, uri: "127.0.0.1:5998"}
     assert!(text.contains("[alice] (Auto-provisioned)"));
     assert!(!text.contains("prod-db"));
 }
+
+/// Malformed YAML and unknown fields are refused with file:line messages, and nothing of the
+/// file is stored.
+#[test]
+fn create_reports_file_and_line_and_stores_nothing() {
+    let sandbox = Sandbox::new();
+    let _gateway = sandbox.start();
+    let unknown = sandbox.path("roles.yaml");
+    std::fs::write(
+        &unknown,
+        "kind: role\nversion: v7\nmetadata: {name: good-one}\nspec:\n  allow: {db_names: [\"*\"]}\n---\nkind: role\nversion: v7\nmetadata: {name: bad-one}\nspec:\n  allow:\n    db_lables: {env: dev}\n",
+    )
+    .unwrap();
+    let out = sandbox.run("admin-home", &["create", "-f", unknown.to_str().unwrap()], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("roles.yaml:12:"), "{stderr}");
+    assert!(stderr.contains("db_lables"), "{stderr}");
+    let listed = sandbox.ok("admin-home", &["get", "roles", "--format", "json"], "");
+    assert!(!listed.contains("good-one"), "a failed file stores nothing: {listed}");
+
+    let malformed = sandbox.path("broken.yaml");
+    std::fs::write(&malformed, "kind: role\nversion: v7\nmetadata: {name: x\nspec: {}\n").unwrap();
+    let out = sandbox.run("admin-home", &["create", "-f", malformed.to_str().unwrap()], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.yaml:"), "{stderr}");
+}

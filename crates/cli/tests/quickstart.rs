@@ -85,6 +85,7 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
         connect,
         connect
     );
+    let config = qs_dir.join("dbward.yaml");
     let out = sh(&script, bin_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -94,5 +95,34 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
     assert!(stdout.contains("reader") && stdout.contains("writer"), "{stdout}");
     let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
     assert_eq!(tail, vec!["1", "alice"], "{stdout}");
+
+    // The client's view of the route, and the audit trail an admin reads.
+    let home = setup[0].trim_start_matches("export DBWARD_HOME=");
+    let out = sh(
+        &format!("DBWARD_HOME={home} dbward db config quickstart --format json"),
+        bin_dir,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("db config json");
+    for key in ["name", "protocol", "host", "port", "user", "database", "ca", "cert", "key", "command"] {
+        assert!(json.get(key).is_some(), "db config lacks {key}: {json}");
+    }
+    assert_eq!(json["user"], "alice");
+    let out = sh(
+        &format!(
+            "dbward audit search -c {} --user alice --format json",
+            config.display()
+        ),
+        bin_dir,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit json");
+    let events = events.as_array().expect("an array of events");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    for wanted in ["db.session.start", "db.session.user.create", "db.session.query", "db.session.end"] {
+        assert!(kinds.contains(&wanted), "{wanted} missing: {kinds:?}");
+    }
+    assert!(events
+        .iter()
+        .any(|e| e["db_query"].as_str().is_some_and(|q| q.contains("select current_user"))));
     drop(running);
 }

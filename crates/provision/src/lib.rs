@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 pub mod error;
+pub mod mysql;
 pub mod names;
 pub mod postgres;
 

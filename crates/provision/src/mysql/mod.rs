@@ -1,0 +1,694 @@
+//! MariaDB (and, where cheap, MySQL 8) provisioning: activate, deactivate and drop the users
+//! dbward creates, over warm admin connections authenticated with a db-client certificate.
+//!
+//! A MariaDB session has one active role, so every user gets an all-in-one role
+//! `dw-role-<user>`: the db roles are granted to it, it is granted to the user and set as the
+//! user's default role. Users are created `'<user>'@'%' REQUIRE SUBJECT '/CN=<user>'`, are
+//! members of [`MARKER_ROLE`], and have their dbward name recorded in
+//! `<default schema>.user_attributes`. Conditions are told apart by error number only.
+//!
+//! MariaDB commits every account statement on its own, so an activation is a sequence of
+//! idempotent steps: repeating it after a failure repairs the user. This module does not
+//! lock: the caller holds the per-(database, user) lock around each activation and teardown.
+
+mod quote;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{
+    ClientIdentity, Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts,
+};
+
+pub use quote::{quote_account, quote_ident, quote_string};
+
+use crate::error::ProvisionError;
+use crate::names::{hashed_name, DbUserName, NameLimit};
+use crate::{ActivateOutcome, DeactivateOutcome, TeardownMode, UserState, MARKER_ROLE};
+
+/// Longest user name MariaDB keeps.
+pub const MARIADB_MAX_USER_CHARS: usize = 80;
+/// Longest user or role name MySQL keeps.
+pub const MYSQL_MAX_NAME_CHARS: usize = 32;
+/// Prefix of each user's all-in-one role.
+pub const ROLE_PREFIX: &str = "dw-role-";
+/// Default schema for `user_attributes` when the admin user names none.
+pub const DEFAULT_SCHEMA: &str = "dbward";
+
+/// MariaDB error numbers the provisioning logic tells apart.
+pub mod errno {
+    /// `ER_DBACCESS_DENIED_ERROR`.
+    pub const DBACCESS_DENIED: u16 = 1044;
+    /// `ER_ACCESS_DENIED_ERROR`.
+    pub const ACCESS_DENIED: u16 = 1045;
+    /// `ER_TABLEACCESS_DENIED_ERROR`.
+    pub const TABLEACCESS_DENIED: u16 = 1142;
+    /// `ER_SPECIFIC_ACCESS_DENIED_ERROR`.
+    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
+    /// `ER_OPTION_PREVENTS_STATEMENT` (`--read-only`).
+    pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
+    /// `ER_CANNOT_USER`: the account operation failed (exists, missing, …).
+    pub const CANNOT_USER: u16 = 1396;
+    /// `ER_INVALID_ROLE`.
+    pub const INVALID_ROLE: u16 = 1959;
+    /// MySQL `ER_CANNOT_USER_REFERENCED_AS_DEFINER`: objects depend on the user.
+    pub const USER_REFERENCED_AS_DEFINER: u16 = 4006;
+}
+
+/// The MariaDB user that dbward provisions for the dbward user `dbward_name` (80 characters
+/// kept, longer hashed).
+pub fn mariadb_user_name(dbward_name: &str) -> DbUserName {
+    DbUserName::new(hashed_name(
+        dbward_name,
+        NameLimit::Chars(MARIADB_MAX_USER_CHARS),
+    ))
+}
+
+/// The MySQL user for `dbward_name` (32 characters kept, longer hashed).
+pub fn mysql_user_name(dbward_name: &str) -> DbUserName {
+    DbUserName::new(hashed_name(dbward_name, NameLimit::Chars(MYSQL_MAX_NAME_CHARS)))
+}
+
+/// The all-in-one role of `user`.
+pub fn all_in_one_role(user: &DbUserName) -> String {
+    format!("{ROLE_PREFIX}{}", user.as_str())
+}
+
+/// Where and as whom the admin connection goes.
+#[derive(Clone)]
+pub struct AdminTarget {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Name the server certificate is verified against.
+    pub server_name: String,
+    /// PEM of the CA the server certificate must lead to.
+    pub server_ca_pem: String,
+    /// PEM of the admin's db-client certificate (`CN=<admin_user>`).
+    pub client_cert_pem: String,
+    /// PEM of its private key.
+    pub client_key_pem: String,
+    /// Admin user name.
+    pub admin_user: String,
+    /// Schema the admin logs into and keeps `user_attributes` in ([`DEFAULT_SCHEMA`] unless
+    /// the admin user names one).
+    pub default_schema: String,
+}
+
+impl std::fmt::Debug for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("server_name", &self.server_name)
+            .field("admin_user", &self.admin_user)
+            .field("default_schema", &self.default_schema)
+            .finish_non_exhaustive()
+    }
+}
+
+type PoolKey = (String, u16, String, String, String);
+
+impl AdminTarget {
+    fn key(&self) -> PoolKey {
+        (
+            self.host.clone(),
+            self.port,
+            self.admin_user.clone(),
+            self.default_schema.clone(),
+            self.client_cert_pem.clone(),
+        )
+    }
+
+    fn opts(&self, settings: &MariaProvisionerSettings) -> OptsBuilder {
+        let identity = ClientIdentity::new(
+            self.client_cert_pem.as_bytes().to_vec().into(),
+            self.client_key_pem.as_bytes().to_vec().into(),
+        );
+        let ssl = SslOpts::default()
+            .with_client_identity(Some(identity))
+            .with_root_certs(vec![self.server_ca_pem.as_bytes().to_vec().into()])
+            .with_disable_built_in_roots(true)
+            .with_danger_tls_hostname_override(Some(self.server_name.clone()));
+        let constraints = PoolConstraints::new(1, settings.max_connections_per_target.max(1))
+            .unwrap_or_default();
+        OptsBuilder::default()
+            .ip_or_hostname(self.host.clone())
+            .tcp_port(self.port)
+            .user(Some(self.admin_user.clone()))
+            .db_name(Some(self.default_schema.clone()))
+            .ssl_opts(Some(ssl))
+            .prefer_socket(false)
+            .pool_opts(PoolOpts::default().with_constraints(constraints))
+    }
+}
+
+/// Timing knobs of [`MariaProvisioner`].
+#[derive(Debug, Clone)]
+pub struct MariaProvisionerSettings {
+    /// How long teardown waits for a closing session to leave the process list.
+    pub settle_time: Duration,
+    /// How often it looks meanwhile.
+    pub settle_poll: Duration,
+    /// Time allowed for one operation, connecting included.
+    pub operation_timeout: Duration,
+    /// Most admin connections kept per target.
+    pub max_connections_per_target: usize,
+}
+
+impl Default for MariaProvisionerSettings {
+    fn default() -> Self {
+        MariaProvisionerSettings {
+            settle_time: Duration::from_secs(2),
+            settle_poll: Duration::from_millis(50),
+            operation_timeout: Duration::from_secs(30),
+            max_connections_per_target: 4,
+        }
+    }
+}
+
+/// Provisions users in MariaDB servers. Cheap to clone; clones share the warm connections.
+#[derive(Clone)]
+pub struct MariaProvisioner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+    settings: MariaProvisionerSettings,
+}
+
+impl Default for MariaProvisioner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MariaProvisioner {
+    /// A provisioner with default settings and no open connection.
+    pub fn new() -> Self {
+        Self::with_settings(MariaProvisionerSettings::default())
+    }
+
+    /// A provisioner with the given settings.
+    pub fn with_settings(settings: MariaProvisionerSettings) -> Self {
+        MariaProvisioner {
+            inner: Arc::new(Inner {
+                pools: Mutex::new(HashMap::new()),
+                settings,
+            }),
+        }
+    }
+
+    fn pool(&self, target: &AdminTarget) -> Pool {
+        let mut pools = self
+            .inner
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pools
+            .entry(target.key())
+            .or_insert_with(|| Pool::new(target.opts(&self.inner.settings)))
+            .clone()
+    }
+
+    async fn conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
+        let timeout = self.inner.settings.operation_timeout;
+        match tokio::time::timeout(timeout, self.pool(target).get_conn()).await {
+            Err(_) => Err(ProvisionError::Timeout(timeout)),
+            Ok(Err(err)) => Err(connect_error(&err, target)),
+            Ok(Ok(conn)) => Ok(conn),
+        }
+    }
+
+    /// Opens an admin connection to `target` ahead of time and creates the marker role and
+    /// the `user_attributes` table when missing.
+    pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
+        let mut conn = self.conn(target).await?;
+        ensure_setup(&mut conn, target).await
+    }
+
+    /// Makes `user` able to log in with exactly `roles` (through its all-in-one role),
+    /// creating it when it does not exist. `dbward_name` is recorded for a new user and must
+    /// match the record of an existing one.
+    pub async fn activate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        dbward_name: &str,
+        roles: &[String],
+    ) -> Result<ActivateOutcome, ProvisionError> {
+        quote::check_user_name(user.as_str())?;
+        for role in roles {
+            quote::check_role_name(role)?;
+        }
+        let requested: BTreeSet<String> = roles.iter().cloned().collect();
+        let timeout = self.inner.settings.operation_timeout;
+        let work = async {
+            let mut conn = self.conn(target).await?;
+            ensure_setup(&mut conn, target).await?;
+            activate(&mut conn, target, user, dbward_name, &requested).await
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ProvisionError::Timeout(timeout))?
+    }
+
+    /// Ends a session's hold on `user` after its server connection closed: lock it (`Keep`)
+    /// or drop it (`Drop`, locking instead when it is the DEFINER of routines, views,
+    /// triggers or events), unless it still has live sessions.
+    pub async fn deactivate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        mode: TeardownMode,
+    ) -> Result<DeactivateOutcome, ProvisionError> {
+        quote::check_user_name(user.as_str())?;
+        let timeout = self.inner.settings.operation_timeout + self.inner.settings.settle_time;
+        let work = async {
+            let mut conn = self.conn(target).await?;
+            let admin = target.admin_user.as_str();
+            let Some(state) = user_state(&mut conn, user, admin).await? else {
+                return Ok(DeactivateOutcome::Missing);
+            };
+            if !state.managed {
+                return Err(ProvisionError::UserNotManaged {
+                    user: user.to_string(),
+                });
+            }
+            // The dying backend may still be listed for a moment.
+            let deadline = Instant::now() + self.inner.settings.settle_time;
+            while live_sessions(&mut conn, user, admin).await? > 0 {
+                if Instant::now() >= deadline {
+                    return Ok(DeactivateOutcome::Kept(true));
+                }
+                tokio::time::sleep(self.inner.settings.settle_poll).await;
+            }
+            deactivate(&mut conn, target, user, mode).await
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ProvisionError::Timeout(timeout))?
+    }
+
+    /// Live sessions of `user` (`information_schema.processlist`).
+    pub async fn live_session_count(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+    ) -> Result<i64, ProvisionError> {
+        let mut conn = self.conn(target).await?;
+        live_sessions(&mut conn, user, &target.admin_user).await
+    }
+
+    /// How the database sees `user`; `None` when it does not exist. `can_login` is "not
+    /// locked"; `roles` are the db roles of its all-in-one role.
+    pub async fn user_state(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+    ) -> Result<Option<UserState>, ProvisionError> {
+        let mut conn = self.conn(target).await?;
+        user_state(&mut conn, user, &target.admin_user).await
+    }
+
+    /// The server's version string (`SELECT VERSION()`), for the version gate.
+    pub async fn server_version(&self, target: &AdminTarget) -> Result<String, ProvisionError> {
+        let mut conn = self.conn(target).await?;
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| map_error(&e, &target.admin_user, ""))?;
+        Ok(version.unwrap_or_default())
+    }
+}
+
+async fn ensure_setup(conn: &mut Conn, target: &AdminTarget) -> Result<(), ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let schema = quote_ident(&target.default_schema);
+    let statements = [
+        format!("CREATE ROLE IF NOT EXISTS {}", quote_ident(MARKER_ROLE)),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.user_attributes (\
+             `User` VARCHAR(80) NOT NULL PRIMARY KEY, `Attributes` JSON NOT NULL)"
+        ),
+    ];
+    for sql in statements {
+        exec(conn, &sql, admin, "").await?;
+    }
+    Ok(())
+}
+
+async fn activate(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &DbUserName,
+    dbward_name: &str,
+    requested: &BTreeSet<String>,
+) -> Result<ActivateOutcome, ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let name = user.as_str();
+    let account = quote_account(name);
+    let role = quote_ident(&all_in_one_role(user));
+    let outcome = match user_state(conn, user, admin).await? {
+        None => {
+            exec(
+                conn,
+                &format!(
+                    "CREATE USER {account} REQUIRE SUBJECT {}",
+                    quote_string(&format!("/CN={name}"))
+                ),
+                admin,
+                name,
+            )
+            .await?;
+            exec(
+                conn,
+                &format!("GRANT {} TO {account}", quote_ident(MARKER_ROLE)),
+                admin,
+                name,
+            )
+            .await?;
+            record_name(conn, target, name, dbward_name).await?;
+            ActivateOutcome::Created
+        }
+        Some(state) if !state.managed => {
+            return Err(ProvisionError::UserNotManaged { user: name.into() })
+        }
+        Some(state) => {
+            let recorded = recorded_name(conn, target, name).await?;
+            match recorded {
+                Some(recorded) if recorded != dbward_name => {
+                    // A hash collision or a hijack: the user belongs to someone else.
+                    return Err(ProvisionError::UserNotManaged { user: name.into() });
+                }
+                Some(_) => {}
+                None => record_name(conn, target, name, dbward_name).await?,
+            }
+            if live_sessions(conn, user, admin).await? >= 1 {
+                return if state.roles == *requested && state.can_login {
+                    Ok(ActivateOutcome::AlreadyActive)
+                } else {
+                    Err(ProvisionError::RolesChanged { user: name.into() })
+                };
+            }
+            ActivateOutcome::Reactivated
+        }
+    };
+    // Idle (or new): strip, then grant exactly the requested roles, and unlock.
+    exec(conn, &format!("CREATE ROLE IF NOT EXISTS {role}"), admin, name).await?;
+    for held in direct_roles(conn, name, "%", admin).await? {
+        if held != MARKER_ROLE && held != all_in_one_role(user) {
+            exec(
+                conn,
+                &format!("REVOKE {} FROM {account}", quote_ident(&held)),
+                admin,
+                name,
+            )
+            .await?;
+        }
+    }
+    for held in direct_roles(conn, &all_in_one_role(user), "", admin).await? {
+        exec(
+            conn,
+            &format!("REVOKE {} FROM {role}", quote_ident(&held)),
+            admin,
+            name,
+        )
+        .await?;
+    }
+    for granted in requested {
+        exec(
+            conn,
+            &format!("GRANT {} TO {role}", quote_ident(granted)),
+            admin,
+            name,
+        )
+        .await?;
+    }
+    exec(conn, &format!("GRANT {role} TO {account}"), admin, name).await?;
+    exec(
+        conn,
+        &format!("SET DEFAULT ROLE {role} FOR {account}"),
+        admin,
+        name,
+    )
+    .await?;
+    exec(conn, &format!("ALTER USER {account} ACCOUNT UNLOCK"), admin, name).await?;
+    Ok(outcome)
+}
+
+async fn deactivate(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &DbUserName,
+    mode: TeardownMode,
+) -> Result<DeactivateOutcome, ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let name = user.as_str();
+    let account = quote_account(name);
+    let role_name = all_in_one_role(user);
+    let role = quote_ident(&role_name);
+
+    // Close the race with a login: lock first, then look for sessions.
+    exec(conn, &format!("ALTER USER {account} ACCOUNT LOCK"), admin, name).await?;
+    if live_sessions(conn, user, admin).await? >= 1 {
+        exec(conn, &format!("ALTER USER {account} ACCOUNT UNLOCK"), admin, name).await?;
+        return Ok(DeactivateOutcome::Kept(true));
+    }
+
+    let mut fell_back = false;
+    if mode == TeardownMode::Drop {
+        if is_definer(conn, name, admin).await? {
+            fell_back = true;
+        } else {
+            match conn.query_drop(format!("DROP USER {account}")).await {
+                Ok(()) => {
+                    exec(conn, &format!("DROP ROLE IF EXISTS {role}"), admin, name).await?;
+                    let schema = quote_ident(&target.default_schema);
+                    conn.exec_drop(
+                        format!("DELETE FROM {schema}.user_attributes WHERE `User` = ?"),
+                        (name,),
+                    )
+                    .await
+                    .map_err(|e| map_error(&e, admin, name))?;
+                    return Ok(DeactivateOutcome::Dropped);
+                }
+                Err(mysql_async::Error::Server(err))
+                    if err.code == errno::USER_REFERENCED_AS_DEFINER =>
+                {
+                    fell_back = true;
+                }
+                Err(err) => return Err(map_error(&err, admin, name)),
+            }
+        }
+    }
+    for held in direct_roles(conn, &role_name, "", admin).await? {
+        exec(
+            conn,
+            &format!("REVOKE {} FROM {role}", quote_ident(&held)),
+            admin,
+            name,
+        )
+        .await?;
+    }
+    Ok(if fell_back {
+        DeactivateOutcome::DropFellBackToLock
+    } else {
+        DeactivateOutcome::Locked
+    })
+}
+
+async fn user_state(
+    conn: &mut Conn,
+    user: &DbUserName,
+    admin: &str,
+) -> Result<Option<UserState>, ProvisionError> {
+    let name = user.as_str();
+    let locked: Option<Option<String>> = conn
+        .exec_first(
+            "SELECT JSON_VALUE(`Priv`, '$.account_locked') FROM mysql.global_priv \
+             WHERE `User` = ? AND `Host` = '%'",
+            (name,),
+        )
+        .await
+        .map_err(|e| map_error(&e, admin, name))?;
+    let Some(locked) = locked else {
+        return Ok(None);
+    };
+    let held = direct_roles(conn, name, "%", admin).await?;
+    let roles = direct_roles(conn, &all_in_one_role(user), "", admin)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Some(UserState {
+        managed: held.iter().any(|r| r == MARKER_ROLE),
+        can_login: !matches!(locked.as_deref(), Some("true") | Some("1")),
+        roles,
+    }))
+}
+
+/// Roles granted to the account `user`@`host` (roles themselves have host `''`).
+async fn direct_roles(
+    conn: &mut Conn,
+    user: &str,
+    host: &str,
+    admin: &str,
+) -> Result<Vec<String>, ProvisionError> {
+    conn.exec(
+        "SELECT `Role` FROM mysql.roles_mapping WHERE `User` = ? AND `Host` = ? ORDER BY `Role`",
+        (user, host),
+    )
+    .await
+    .map_err(|e| map_error(&e, admin, user))
+}
+
+async fn live_sessions(
+    conn: &mut Conn,
+    user: &DbUserName,
+    admin: &str,
+) -> Result<i64, ProvisionError> {
+    let count: Option<i64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE `USER` = ?",
+            (user.as_str(),),
+        )
+        .await
+        .map_err(|e| map_error(&e, admin, user.as_str()))?;
+    Ok(count.unwrap_or(0))
+}
+
+/// Whether `user`@`%` is the DEFINER of any routine, view, trigger or event; MariaDB drops
+/// such a user without complaint and leaves the objects broken.
+async fn is_definer(conn: &mut Conn, user: &str, admin: &str) -> Result<bool, ProvisionError> {
+    let definer = format!("{user}@%");
+    let count: Option<i64> = conn
+        .exec_first(
+            "SELECT (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE DEFINER = ?) \
+             + (SELECT COUNT(*) FROM information_schema.VIEWS WHERE DEFINER = ?) \
+             + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE DEFINER = ?) \
+             + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE DEFINER = ?)",
+            (&definer, &definer, &definer, &definer),
+        )
+        .await
+        .map_err(|e| map_error(&e, admin, user))?;
+    Ok(count.unwrap_or(0) > 0)
+}
+
+async fn recorded_name(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &str,
+) -> Result<Option<String>, ProvisionError> {
+    let schema = quote_ident(&target.default_schema);
+    let recorded: Option<Option<String>> = conn
+        .exec_first(
+            format!(
+                "SELECT JSON_VALUE(`Attributes`, '$.user') FROM {schema}.user_attributes \
+                 WHERE `User` = ?"
+            ),
+            (user,),
+        )
+        .await
+        .map_err(|e| map_error(&e, &target.admin_user, user))?;
+    Ok(recorded.flatten())
+}
+
+async fn record_name(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &str,
+    dbward_name: &str,
+) -> Result<(), ProvisionError> {
+    let schema = quote_ident(&target.default_schema);
+    conn.exec_drop(
+        format!(
+            "INSERT INTO {schema}.user_attributes (`User`, `Attributes`) \
+             VALUES (?, JSON_OBJECT('user', ?)) \
+             ON DUPLICATE KEY UPDATE `Attributes` = VALUES(`Attributes`)"
+        ),
+        (user, dbward_name),
+    )
+    .await
+    .map_err(|e| map_error(&e, &target.admin_user, user))
+}
+
+async fn exec(conn: &mut Conn, sql: &str, admin: &str, user: &str) -> Result<(), ProvisionError> {
+    conn.query_drop(sql)
+        .await
+        .map_err(|e| map_error(&e, admin, user))
+}
+
+/// Turns a database error into the provisioning error it stands for, by error number.
+fn map_error(err: &mysql_async::Error, admin: &str, user: &str) -> ProvisionError {
+    match err {
+        mysql_async::Error::Server(server) => match server.code {
+            errno::DBACCESS_DENIED
+            | errno::ACCESS_DENIED
+            | errno::TABLEACCESS_DENIED
+            | errno::SPECIFIC_ACCESS_DENIED => ProvisionError::AdminLacksPrivilege {
+                admin: admin.to_string(),
+            },
+            errno::OPTION_PREVENTS_STATEMENT => ProvisionError::ReadOnly,
+            errno::INVALID_ROLE => ProvisionError::RoleMissing {
+                role: role_in_message(&server.message).unwrap_or_default(),
+            },
+            code => ProvisionError::UnexpectedAnswer(format!(
+                "MariaDB error {code} ({}) for user \"{user}\"",
+                server.state
+            )),
+        },
+        other => ProvisionError::UnexpectedAnswer(format!("MariaDB connection error: {other}")),
+    }
+}
+
+/// The role an `ER_INVALID_ROLE` names (`Invalid role specification `x``): the quoted part
+/// of the message, whatever the language around it.
+fn role_in_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = message[start..].rfind('`')? + start;
+    Some(message[start..end].to_string())
+}
+
+fn connect_error(err: &mysql_async::Error, target: &AdminTarget) -> ProvisionError {
+    ProvisionError::UnexpectedAnswer(format!(
+        "cannot connect to the database as admin user \"{}\" at {}:{}: {err}",
+        target.admin_user, target.host, target.port
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mariadb_keeps_80_characters_and_hashes_longer_names() {
+        let name = "a".repeat(80);
+        assert_eq!(mariadb_user_name(&name).as_str(), name);
+        let long = "a".repeat(81);
+        let hashed = mariadb_user_name(&long);
+        assert!(hashed.as_str().starts_with("dw-"));
+        assert_eq!(hashed.as_str().len(), 30);
+        assert_eq!(all_in_one_role(&hashed), format!("dw-role-{hashed}"));
+    }
+
+    #[test]
+    fn mysql_keeps_32_characters() {
+        assert_eq!(mysql_user_name(&"b".repeat(32)).as_str(), "b".repeat(32));
+        assert!(mysql_user_name(&"b".repeat(33)).as_str().starts_with("dw-"));
+        // Characters, not bytes.
+        assert_eq!(mysql_user_name(&"é".repeat(32)).as_str(), "é".repeat(32));
+    }
+
+    #[test]
+    fn invalid_role_error_names_the_role_in_any_language() {
+        assert_eq!(
+            role_in_message("Invalid role specification `no such`").as_deref(),
+            Some("no such")
+        );
+        assert_eq!(role_in_message("no quotes"), None);
+    }
+}
