@@ -473,3 +473,117 @@ fn deleting_the_user_ends_the_live_session() {
     assert_eq!(s.query("select 1"), None, "the session was closed");
     s.close();
 }
+
+/// A Rust driver through the gateway: simple and extended protocol, audit of both, and a
+/// CancelRequest (over TLS) from the driver's cancel token.
+#[test]
+fn tokio_postgres_works_through_the_gateway_and_can_cancel() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("driver");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let cert = std::fs::read_to_string(&files.crt).unwrap();
+    let key = std::fs::read_to_string(&files.key).unwrap();
+    let tls = dbward_pki::client_config(
+        Some(&h.gw.cas.host.cert_pem),
+        dbward_pki::ServerVerification::Full,
+        Some((&cert, &key)),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("localhost")
+            .port(h.pg_addr.port())
+            .user(&user)
+            .dbname("postgres")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let connector = dbward_provision::postgres::MakeRustlsConnect::new(tls, "localhost");
+        let (client, connection) = config.connect(connector.clone()).await.expect("connects");
+        let conn_task = tokio::spawn(connection);
+
+        let row = client.query_one("select current_user::text", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), user);
+        let n: i32 = client
+            .query_one("select $1::int + 1", &[&41i32])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 42);
+
+        let cancel = client.cancel_token();
+        let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Over TLS this time (psql's SIGINT test covers the plain CancelRequest).
+        cancel
+            .cancel_query(connector)
+            .await
+            .expect("cancel request sent");
+        let result = tokio::time::timeout(std::time::Duration::from_secs(15), sleeper)
+            .await
+            .expect("cancelled in time")
+            .unwrap();
+        let err = result.expect_err("the statement was cancelled");
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+        conn_task.abort();
+    });
+    h.eventually("locked after the driver left", || h.can_login(&user) == Some(false));
+    let parsed: Vec<String> = h
+        .audit_events(&user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.query")
+        .filter_map(|e| e["db_query"].as_str().map(str::to_string))
+        .collect();
+    assert!(parsed.iter().any(|q| q.contains("$1::int + 1")), "{parsed:?}");
+}
+
+/// PostgreSQL 17 direct TLS: TLS from the first byte with ALPN `postgresql`.
+#[test]
+fn direct_tls_startup_is_accepted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness();
+    let w = world("keep");
+    let user = unique("direct");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let cert = std::fs::read_to_string(&files.crt).unwrap();
+    let key = std::fs::read_to_string(&files.key).unwrap();
+    let tls = dbward_pki::client_config(
+        Some(&h.gw.cas.host.cert_pem),
+        dbward_pki::ServerVerification::Full,
+        Some((&cert, &key)),
+    )
+    .unwrap();
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"postgresql".to_vec()];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(h.pg_addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = connector.connect(name, tcp).await.expect("direct TLS handshake");
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608u32.to_be_bytes());
+        for (k, v) in [("user", user.as_str()), ("database", "postgres")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        s.write_all(&msg).await.unwrap();
+        let mut kind = [0u8; 1];
+        s.read_exact(&mut kind).await.unwrap();
+        let during = h.can_login(&user);
+        s.write_all(b"X\x00\x00\x00\x04").await.unwrap();
+        let _ = s.shutdown().await;
+        (kind[0], during)
+    });
+    assert_eq!(first.0, b'R', "AuthenticationOk first");
+    assert_eq!(first.1, Some(true), "provisioned while connected");
+    h.eventually("locked afterwards", || h.can_login(&user) == Some(false));
+}
