@@ -320,14 +320,29 @@ spec: {protocol: postgres, uri: "127.0.0.1:5998"}
     sandbox.ok(
         "admin-home",
         &[
-            "users", "add", "alice", "--roles", "dev-auto,everything-view,no-prod",
-            "--traits", "db_roles=writer,admin", "--traits", "db_users=bob", "--password-stdin",
+            "users",
+            "add",
+            "alice",
+            "--roles",
+            "dev-auto,everything-view,no-prod",
+            "--traits",
+            "db_roles=writer,admin",
+            "--traits",
+            "db_users=bob",
+            "--password-stdin",
         ],
         "alice-password-1\n",
     );
     sandbox.ok(
         "admin-home",
-        &["users", "add", "bob", "--roles", "staging-only", "--password-stdin"],
+        &[
+            "users",
+            "add",
+            "bob",
+            "--roles",
+            "staging-only",
+            "--password-stdin",
+        ],
         "bob-password-1\n",
     );
     let ca = sandbox.path("host-ca.pem");
@@ -338,7 +353,16 @@ spec: {protocol: postgres, uri: "127.0.0.1:5998"}
     let list = |user: &str, password: &str| -> serde_json::Value {
         sandbox.ok(
             user,
-            &["login", "--proxy", &sandbox.web, "--user", user, "--ca", ca, "--password-stdin"],
+            &[
+                "login",
+                "--proxy",
+                &sandbox.web,
+                "--user",
+                user,
+                "--ca",
+                ca,
+                "--password-stdin",
+            ],
             &format!("{password}\n"),
         );
         let out = sandbox.ok(user, &["db", "ls", "-v", "--format", "json"], "");
@@ -352,10 +376,18 @@ spec: {protocol: postgres, uri: "127.0.0.1:5998"}
         .iter()
         .map(|d| d["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["dev-db", "staging-db"], "prod is denied outright");
+    assert_eq!(
+        names,
+        vec!["dev-db", "staging-db"],
+        "prod is denied outright"
+    );
     let dev = &alice[0];
     assert_eq!(dev["allowed_users"], "[alice] (Auto-provisioned)");
-    assert_eq!(dev["db_roles"], serde_json::json!(["reader", "writer"]), "admin is denied");
+    assert_eq!(
+        dev["db_roles"],
+        serde_json::json!(["reader", "writer"]),
+        "admin is denied"
+    );
     let staging = &alice[1];
     assert_eq!(staging["allowed_users"], "[app, bob]");
     assert_eq!(staging["db_roles"], serde_json::json!([]));
@@ -389,17 +421,32 @@ fn create_reports_file_and_line_and_stores_nothing() {
         "kind: role\nversion: v7\nmetadata: {name: good-one}\nspec:\n  allow: {db_names: [\"*\"]}\n---\nkind: role\nversion: v7\nmetadata: {name: bad-one}\nspec:\n  allow:\n    db_lables: {env: dev}\n",
     )
     .unwrap();
-    let out = sandbox.run("admin-home", &["create", "-f", unknown.to_str().unwrap()], "");
+    let out = sandbox.run(
+        "admin-home",
+        &["create", "-f", unknown.to_str().unwrap()],
+        "",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("roles.yaml:12:"), "{stderr}");
     assert!(stderr.contains("db_lables"), "{stderr}");
     let listed = sandbox.ok("admin-home", &["get", "roles", "--format", "json"], "");
-    assert!(!listed.contains("good-one"), "a failed file stores nothing: {listed}");
+    assert!(
+        !listed.contains("good-one"),
+        "a failed file stores nothing: {listed}"
+    );
 
     let malformed = sandbox.path("broken.yaml");
-    std::fs::write(&malformed, "kind: role\nversion: v7\nmetadata: {name: x\nspec: {}\n").unwrap();
-    let out = sandbox.run("admin-home", &["create", "-f", malformed.to_str().unwrap()], "");
+    std::fs::write(
+        &malformed,
+        "kind: role\nversion: v7\nmetadata: {name: x\nspec: {}\n",
+    )
+    .unwrap();
+    let out = sandbox.run(
+        "admin-home",
+        &["create", "-f", malformed.to_str().unwrap()],
+        "",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.yaml:"), "{stderr}");

@@ -41,7 +41,10 @@ fn sh(script: &str, path_dir: &Path) -> std::process::Output {
 
 #[test]
 fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
-    let dir = tempfile::Builder::new().prefix("dwqs").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("dwqs")
+        .tempdir_in("/tmp")
+        .unwrap();
     let qs_dir = dir.path().join("sandbox");
     let mut child = Command::new(BIN)
         .args(["quickstart", "--dir"])
@@ -63,11 +66,19 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
         }
     }
     let printed = lines.join("\n");
-    assert!(printed.contains("dbward quickstart is running"), "{printed}");
+    assert!(
+        printed.contains("dbward quickstart is running"),
+        "{printed}"
+    );
     let commands: Vec<&str> = lines
         .iter()
         .map(|l| l.trim())
-        .filter(|l| l.starts_with("export ") || l.starts_with("echo ") || l.starts_with("dbward db ") || l.starts_with("dbward login "))
+        .filter(|l| {
+            l.starts_with("export ")
+                || l.starts_with("echo ")
+                || l.starts_with("dbward db ")
+                || l.starts_with("dbward login ")
+        })
         .collect();
     let connect = commands
         .iter()
@@ -89,10 +100,16 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
     let out = sh(&script, bin_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     // db ls -v shows the auto-provisioned database with the roles provisioning grants.
     assert!(stdout.contains("[alice] (Auto-provisioned)"), "{stdout}");
-    assert!(stdout.contains("reader") && stdout.contains("writer"), "{stdout}");
+    assert!(
+        stdout.contains("reader") && stdout.contains("writer"),
+        "{stdout}"
+    );
     let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
     assert_eq!(tail, vec!["1", "alice"], "{stdout}");
 
@@ -103,7 +120,9 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
         bin_dir,
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("db config json");
-    for key in ["name", "protocol", "host", "port", "user", "database", "ca", "cert", "key", "command"] {
+    for key in [
+        "name", "protocol", "host", "port", "user", "database", "ca", "cert", "key", "command",
+    ] {
         assert!(json.get(key).is_some(), "db config lacks {key}: {json}");
     }
     assert_eq!(json["user"], "alice");
@@ -114,15 +133,24 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
         ),
         bin_dir,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit json");
     let events = events.as_array().expect("an array of events");
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
-    for wanted in ["db.session.start", "db.session.user.create", "db.session.query", "db.session.end"] {
+    for wanted in [
+        "db.session.start",
+        "db.session.user.create",
+        "db.session.query",
+        "db.session.end",
+    ] {
         assert!(kinds.contains(&wanted), "{wanted} missing: {kinds:?}");
     }
-    assert!(events
-        .iter()
-        .any(|e| e["db_query"].as_str().is_some_and(|q| q.contains("select current_user"))));
+    assert!(events.iter().any(|e| e["db_query"]
+        .as_str()
+        .is_some_and(|q| q.contains("select current_user"))));
     drop(running);
 }

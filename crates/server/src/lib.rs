@@ -90,11 +90,8 @@ impl Started {
         if !hosts.contains(&config.public_addr) {
             hosts.insert(0, config.public_addr.clone());
         }
-        let (host_cert, host_key) = dbward_pki::issue_host_cert(
-            &cas.host,
-            &hosts,
-            Duration::from_secs(365 * 24 * 3600),
-        )?;
+        let (host_cert, host_key) =
+            dbward_pki::issue_host_cert(&cas.host, &hosts, Duration::from_secs(365 * 24 * 3600))?;
         let user_ca = cas.user.cert_der()?;
         let web_tls = dbward_pki::server_config(
             &host_cert,
@@ -190,9 +187,7 @@ impl Started {
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections, ending live sessions");
         gw.sessions.end_all();
-        gw.sessions
-            .wait_until_empty(Duration::from_secs(20))
-            .await;
+        gw.sessions.wait_until_empty(Duration::from_secs(20)).await;
         tasks.abort_all();
         Ok(())
     }

@@ -110,14 +110,18 @@ spec:
     );
     let parsed = dbward_model::parse_resources(&resources, "quickstart.yaml")?;
     for resource in &parsed.resources {
-        let body = serde_json::to_string(resource).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let body =
+            serde_json::to_string(resource).map_err(|e| GatewayError::Internal(e.to_string()))?;
         store
             .put_resource(resource.kind(), resource.name(), &body, PutMode::Upsert)
             .await?;
     }
     let password = passwords::generate_password();
     store
-        .set_password_hash(QUICKSTART_USER, &passwords::hash_password(&password).map_err(GatewayError::Internal)?)
+        .set_password_hash(
+            QUICKSTART_USER,
+            &passwords::hash_password(&password).map_err(GatewayError::Internal)?,
+        )
         .await?;
     drop(store);
     Ok(Sandbox {

@@ -34,7 +34,13 @@ pub fn postgres_bin_dir() -> Option<PathBuf> {
 impl LocalPostgres {
     /// Creates (first time) and starts a server in `dir` on `port` using the given server
     /// certificate, key and client CA files.
-    pub fn start(dir: &Path, port: u16, crt: &Path, key: &Path, cas: &Path) -> Result<Self, GatewayError> {
+    pub fn start(
+        dir: &Path,
+        port: u16,
+        crt: &Path,
+        key: &Path,
+        cas: &Path,
+    ) -> Result<Self, GatewayError> {
         let bin = postgres_bin_dir().ok_or_else(|| {
             GatewayError::Config(
                 "PostgreSQL server binaries not found under /usr/lib/postgresql: install the Debian package postgresql".into(),
@@ -46,7 +52,11 @@ impl LocalPostgres {
         std::fs::create_dir_all(&socket_dir)?;
         let tls_dir = dir.join("tls");
         std::fs::create_dir_all(&tls_dir)?;
-        for (src, name) in [(crt, "server.crt"), (key, "server.key"), (cas, "client-ca.crt")] {
+        for (src, name) in [
+            (crt, "server.crt"),
+            (key, "server.key"),
+            (cas, "client-ca.crt"),
+        ] {
             std::fs::copy(src, tls_dir.join(name))?;
         }
         set_mode(&tls_dir.join("server.key"), 0o600)?;
@@ -63,7 +73,17 @@ impl LocalPostgres {
         if !data_dir.join("PG_VERSION").exists() {
             pg.run(
                 "initdb",
-                &["-D", path_str(&data_dir)?, "-U", "postgres", "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--no-sync"],
+                &[
+                    "-D",
+                    path_str(&data_dir)?,
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=reject",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
             )?;
         }
         let conf = format!(
@@ -77,7 +97,10 @@ impl LocalPostgres {
         let main_conf = data_dir.join("postgresql.conf");
         let text = std::fs::read_to_string(&main_conf)?;
         if !text.contains("include_if_exists = 'dbward.conf'") {
-            std::fs::write(&main_conf, format!("{text}\ninclude_if_exists = 'dbward.conf'\n"))?;
+            std::fs::write(
+                &main_conf,
+                format!("{text}\ninclude_if_exists = 'dbward.conf'\n"),
+            )?;
         }
         std::fs::write(
             data_dir.join("pg_hba.conf"),
@@ -89,7 +112,16 @@ impl LocalPostgres {
         let log = dir.join("postgres.log");
         pg.run(
             "pg_ctl",
-            &["-D", path_str(&data_dir)?, "-l", path_str(&log)?, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                path_str(&data_dir)?,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )?;
         Ok(pg)
     }
@@ -100,7 +132,16 @@ impl LocalPostgres {
         let mut cmd = self.command(&psql);
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database, "-c", sql]);
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ]);
         output(cmd, "psql")
     }
 
@@ -154,12 +195,12 @@ fn is_root() -> bool {
 }
 
 fn chown_tree(dir: &Path, user: &str) -> Result<(), GatewayError> {
-    let status = Command::new("chown")
-        .args(["-R", user])
-        .arg(dir)
-        .status()?;
+    let status = Command::new("chown").args(["-R", user]).arg(dir).status()?;
     if !status.success() {
-        return Err(GatewayError::Config(format!("chown -R {user} {} failed", dir.display())));
+        return Err(GatewayError::Config(format!(
+            "chown -R {user} {} failed",
+            dir.display()
+        )));
     }
     Ok(())
 }

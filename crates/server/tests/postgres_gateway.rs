@@ -55,7 +55,11 @@ spec:
 }
 
 fn add_user(name: &str, roles: &[&str]) {
-    let roles = roles.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+    let roles = roles
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     harness().apply(&format!(
         "kind: user\nversion: v2\nmetadata: {{name: {name:?}}}\nspec: {{roles: [{roles}]}}\n"
     ));
@@ -118,22 +122,32 @@ fn keep_mode_activates_during_session_and_locks_after() {
     let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
 
     let mut s = OpenSession::start(&files, &user, "postgres").expect("session starts");
-    assert_eq!(s.query("select current_user").as_deref(), Some(user.as_str()));
-    assert_eq!(h.can_login(&user), Some(true));
     assert_eq!(
-        h.memberships(&user),
-        {
-            let mut v = vec!["dbward-auto-user".to_string(), w.reader.clone(), w.writer.clone()];
-            v.sort();
-            v.join(",")
-        }
+        s.query("select current_user").as_deref(),
+        Some(user.as_str())
     );
+    assert_eq!(h.can_login(&user), Some(true));
+    assert_eq!(h.memberships(&user), {
+        let mut v = [
+            "dbward-auto-user".to_string(),
+            w.reader.clone(),
+            w.writer.clone(),
+        ];
+        v.sort();
+        v.join(",")
+    });
     // The granted roles work.
     let t = format!("tbl_{}", &w.db[3..]);
-    assert_eq!(s.query(&format!("select count(*) from public.{}", q(&t))).as_deref(), Some("0"));
+    assert_eq!(
+        s.query(&format!("select count(*) from public.{}", q(&t)))
+            .as_deref(),
+        Some("0")
+    );
     s.close();
 
-    h.eventually("user locked after the session", || h.can_login(&user) == Some(false));
+    h.eventually("user locked after the session", || {
+        h.can_login(&user) == Some(false)
+    });
     assert_eq!(h.memberships(&user), "dbward-auto-user");
 
     // The next session reactivates the same user.
@@ -154,7 +168,10 @@ fn keep_mode_activates_during_session_and_locks_after() {
         "db.session.end",
         "db.session.user.deactivate",
     ] {
-        assert!(events.iter().any(|e| e == wanted), "{wanted} missing in {events:?}");
+        assert!(
+            events.iter().any(|e| e == wanted),
+            "{wanted} missing in {events:?}"
+        );
     }
     let queries: Vec<_> = h
         .audit_events(&user)
@@ -162,7 +179,10 @@ fn keep_mode_activates_during_session_and_locks_after() {
         .filter(|e| e["event"] == "db.session.query")
         .map(|e| e["db_query"].as_str().unwrap().to_string())
         .collect();
-    assert!(queries.iter().any(|q| q.contains("current_user")), "{queries:?}");
+    assert!(
+        queries.iter().any(|q| q.contains("current_user")),
+        "{queries:?}"
+    );
 }
 
 #[test]
@@ -185,7 +205,11 @@ fn best_effort_drop_removes_user_or_locks_owner_of_objects() {
     // A user that owns a table cannot be dropped: it is locked and the table survives.
     let owner = unique("owner");
     add_user(&owner, &[&w.role]);
-    h.sql(&format!("CREATE SCHEMA IF NOT EXISTS s_{0}; GRANT CREATE, USAGE ON SCHEMA s_{0} TO {1}", &w.db[3..], q(&w.writer)));
+    h.sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS s_{0}; GRANT CREATE, USAGE ON SCHEMA s_{0} TO {1}",
+        &w.db[3..],
+        q(&w.writer)
+    ));
     let files = h.db_cert(&owner, route(&w.db, &owner, "postgres", &[]));
     let r = h.psql(
         &files,
@@ -194,9 +218,14 @@ fn best_effort_drop_removes_user_or_locks_owner_of_objects() {
         &format!("create table s_{}.mine (x int)", &w.db[3..]),
     );
     assert!(r.ok, "{r:?}");
-    h.eventually("owner locked instead of dropped", || h.can_login(&owner) == Some(false));
+    h.eventually("owner locked instead of dropped", || {
+        h.can_login(&owner) == Some(false)
+    });
     assert_eq!(
-        h.sql(&format!("select count(*) from pg_tables where schemaname = 's_{}' and tablename = 'mine'", &w.db[3..])),
+        h.sql(&format!(
+            "select count(*) from pg_tables where schemaname = 's_{}' and tablename = 'mine'",
+            &w.db[3..]
+        )),
         "1"
     );
 }
@@ -212,7 +241,11 @@ fn concurrent_sessions_share_the_user_until_the_last_ends() {
     let mut second = OpenSession::start(&all, &user, "postgres").expect("second");
     first.close();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(h.can_login(&user), Some(true), "still active while a session is live");
+    assert_eq!(
+        h.can_login(&user),
+        Some(true),
+        "still active while a session is live"
+    );
     assert_eq!(second.query("select 1").as_deref(), Some("1"));
 
     // Different roles while a session is live: refused, the first continues.
@@ -226,7 +259,9 @@ fn concurrent_sessions_share_the_user_until_the_last_ends() {
     );
     assert_eq!(second.query("select 2").as_deref(), Some("2"));
     second.close();
-    h.eventually("locked after the last session", || h.can_login(&user) == Some(false));
+    h.eventually("locked after the last session", || {
+        h.can_login(&user) == Some(false)
+    });
 }
 
 #[test]
@@ -271,13 +306,24 @@ fn refusals_are_clear_errors_and_change_nothing() {
     let files = h.db_cert(&user, route(&w.db, "someone", "postgres", &[]));
     let r = h.psql(&files, "someone", "postgres", "select 1");
     assert!(!r.ok);
-    assert!(r.stderr.contains(&format!("please use your dbward username (\"{user}\") to connect instead of \"someone\"")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "please use your dbward username (\"{user}\") to connect instead of \"someone\""
+        )),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("FATAL"), "{}", r.stderr);
 
     // A role that is not allowed.
     let files = h.db_cert(&user, route(&w.db, &user, "postgres", &["superpower"]));
     let r = h.psql(&files, &user, "postgres", "select 1");
-    assert!(r.stderr.contains("access to database role \"superpower\" denied"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("access to database role \"superpower\" denied"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(h.can_login(&user), None, "nothing was created");
 
     // A role allowed by dbward that does not exist in the database.
@@ -291,7 +337,11 @@ fn refusals_are_clear_errors_and_change_nothing() {
     let files = h.db_cert(&guser, route(&w.db, &guser, "postgres", &[]));
     let r = h.psql(&files, &guser, "postgres", "select 1");
     assert!(!r.ok);
-    assert!(r.stderr.contains(&ghost), "names the missing role: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&ghost),
+        "names the missing role: {}",
+        r.stderr
+    );
     assert_eq!(h.can_login(&guser), None, "user not left behind");
 
     // No admin user on the database.
@@ -309,7 +359,11 @@ fn refusals_are_clear_errors_and_change_nothing() {
     let files = h.db_cert(&weak_user, route(&w.db, &weak_user, "postgres", &[]));
     let r = h.psql(&files, &weak_user, "postgres", "select 1");
     assert!(!r.ok);
-    assert!(r.stderr.to_lowercase().contains("createrole"), "{}", r.stderr);
+    assert!(
+        r.stderr.to_lowercase().contains("createrole"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(h.can_login(&weak_user), None);
     h.sql(&format!("ALTER ROLE {} CREATEROLE", q(&w.admin)));
 }
@@ -366,7 +420,10 @@ fn ctrl_c_cancel_reaches_the_backend() {
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -385,7 +442,9 @@ fn killed_client_still_gets_teardown() {
     h.eventually("session active", || h.can_login(&user) == Some(true));
     child.kill().unwrap();
     let _ = child.wait();
-    h.eventually("locked after the client was killed", || h.can_login(&user) == Some(false));
+    h.eventually("locked after the client was killed", || {
+        h.can_login(&user) == Some(false)
+    });
 }
 
 #[test]
@@ -430,7 +489,11 @@ fn certificate_from_another_ca_is_refused_at_handshake() {
         route: Some(route("x", "mallory", "postgres", &[])),
     };
     let cert = dbward_pki::issue_user_cert(&other.user, &identity, &csr).unwrap();
-    let files = ClientFiles { crt: dir.join("c.pem"), key: dir.join("k.pem"), ca: h.host_ca.clone() };
+    let files = ClientFiles {
+        crt: dir.join("c.pem"),
+        key: dir.join("k.pem"),
+        ca: h.host_ca.clone(),
+    };
     std::fs::write(&files.crt, cert).unwrap();
     dbward_pki::write_private_file(&files.key, key.as_bytes()).unwrap();
     let r = h.psql(&files, "mallory", "postgres", "select 1");
@@ -450,13 +513,22 @@ fn provisioning_off_connects_as_an_allowed_db_user() {
     ));
     let user = unique("carol");
     add_user(&user, &[&format!("ro-{n}")]);
-    let files = h.db_cert(&user, route(&format!("dboff-{n}"), &dbuser, "postgres", &[]));
+    let files = h.db_cert(
+        &user,
+        route(&format!("dboff-{n}"), &dbuser, "postgres", &[]),
+    );
     let r = h.psql(&files, &dbuser, "postgres", "select current_user");
     assert!(r.ok, "{r:?}");
     assert_eq!(r.stdout, dbuser);
     let r = h.psql(&files, "postgres", "postgres", "select current_user");
     assert!(!r.ok);
-    assert!(r.stderr.contains("access to db denied. User does not have permissions. Confirm database user and name."), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "access to db denied. User does not have permissions. Confirm database user and name."
+        ),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -469,7 +541,9 @@ fn deleting_the_user_ends_the_live_session() {
     let mut s = OpenSession::start(&files, &user, "postgres").expect("session");
     assert_eq!(s.query("select 1").as_deref(), Some("1"));
     h.delete("user", &user);
-    h.eventually("locked after revocation", || h.can_login(&user) == Some(false));
+    h.eventually("locked after revocation", || {
+        h.can_login(&user) == Some(false)
+    });
     assert_eq!(s.query("select 1"), None, "the session was closed");
     s.close();
 }
@@ -504,7 +578,10 @@ fn tokio_postgres_works_through_the_gateway_and_can_cancel() {
         let (client, connection) = config.connect(connector.clone()).await.expect("connects");
         let conn_task = tokio::spawn(connection);
 
-        let row = client.query_one("select current_user::text", &[]).await.unwrap();
+        let row = client
+            .query_one("select current_user::text", &[])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, String>(0), user);
         let n: i32 = client
             .query_one("select $1::int + 1", &[&41i32])
@@ -526,17 +603,25 @@ fn tokio_postgres_works_through_the_gateway_and_can_cancel() {
             .expect("cancelled in time")
             .unwrap();
         let err = result.expect_err("the statement was cancelled");
-        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+        );
         conn_task.abort();
     });
-    h.eventually("locked after the driver left", || h.can_login(&user) == Some(false));
+    h.eventually("locked after the driver left", || {
+        h.can_login(&user) == Some(false)
+    });
     let parsed: Vec<String> = h
         .audit_events(&user)
         .into_iter()
         .filter(|e| e["event"] == "db.session.query")
         .filter_map(|e| e["db_query"].as_str().map(str::to_string))
         .collect();
-    assert!(parsed.iter().any(|q| q.contains("$1::int + 1")), "{parsed:?}");
+    assert!(
+        parsed.iter().any(|q| q.contains("$1::int + 1")),
+        "{parsed:?}"
+    );
 }
 
 /// PostgreSQL 17 direct TLS: TLS from the first byte with ALPN `postgresql`.
@@ -563,7 +648,10 @@ fn direct_tls_startup_is_accepted() {
         let tcp = tokio::net::TcpStream::connect(h.pg_addr).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut s = connector.connect(name, tcp).await.expect("direct TLS handshake");
+        let mut s = connector
+            .connect(name, tcp)
+            .await
+            .expect("direct TLS handshake");
         let mut body = Vec::new();
         body.extend_from_slice(&196608u32.to_be_bytes());
         for (k, v) in [("user", user.as_str()), ("database", "postgres")] {

@@ -29,7 +29,10 @@ async fn get_dbs(web: &str, cert_pem: &str, key_pem: &str, host_ca: &str) -> Opt
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
-    text.lines().next().filter(|l| l.starts_with("HTTP/")).map(|l| l.to_string())
+    text.lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .map(|l| l.to_string())
 }
 
 fn login_cert(expires: OffsetDateTime) -> (String, String) {
@@ -42,7 +45,10 @@ fn login_cert(expires: OffsetDateTime) -> (String, String) {
         expires,
         route: None,
     };
-    (dbward_pki::issue_user_cert(&h.gw.cas.user, &identity, &csr).unwrap(), key)
+    (
+        dbward_pki::issue_user_cert(&h.gw.cas.user, &identity, &csr).unwrap(),
+        key,
+    )
 }
 
 #[test]

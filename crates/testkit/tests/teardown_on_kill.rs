@@ -1,8 +1,7 @@
 //! Servers do not outlive a test process that is killed outright (no destructors, no exit
 //! hooks): the watchdog stops them and deletes their directories.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,22 +20,25 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// The killed process: starts both servers, reports them, and waits to be killed.
-fn run_as_child() -> anyhow::Result<()> {
+/// The killed process: starts both servers, reports them in `dir/report`, and waits to be
+/// killed.
+fn run_as_child(dir: &Path) -> anyhow::Result<()> {
     let cas = CaSet::generate("kill-test")?;
-    let dir = tempfile::tempdir()?;
-    let certs = DbServerCerts::from_cas(&cas, dir.path())?;
+    let certs = DbServerCerts::from_cas(&cas, dir)?;
     let pg = PgServer::start(&certs)?;
     let maria = MariaServer::start(&certs)?;
     let pg_pid = std::fs::read_to_string(pg.data_dir.join("postmaster.pid"))?;
     let maria_pid = std::fs::read_to_string(maria.socket.with_file_name("mariadbd.pid"))?;
-    println!(
-        "SERVERS {} {} {} {}",
+    let report = format!(
+        "{} {} {} {}",
         pg_pid.lines().next().unwrap_or_default().trim(),
         pg.data_dir.display(),
         maria_pid.trim(),
         maria.data_dir.display()
     );
+    // Written whole under another name, then renamed: the parent never reads half a report.
+    std::fs::write(dir.join("report.tmp"), report)?;
+    std::fs::rename(dir.join("report.tmp"), dir.join("report"))?;
     loop {
         std::thread::sleep(Duration::from_secs(60));
     }
@@ -44,27 +46,31 @@ fn run_as_child() -> anyhow::Result<()> {
 
 #[test]
 fn killed_test_process_leaves_no_server_running() -> anyhow::Result<()> {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return run_as_child();
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        return run_as_child(Path::new(&dir));
     }
+    let dir = tempfile::tempdir()?;
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .args(["--exact", TEST_NAME, "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut report = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("SERVERS ") {
-            report = Some(rest.to_string());
-            break;
+    let report_path = dir.path().join("report");
+    let started = Instant::now();
+    let report = loop {
+        if let Ok(text) = std::fs::read_to_string(&report_path) {
+            break text;
         }
-    }
-    let Some(report) = report else {
-        let status = child.wait()?;
-        anyhow::bail!("child test process ended ({status}) without starting the servers");
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("child test process ended ({status}) without starting the servers");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            child.kill()?;
+            child.wait()?;
+            anyhow::bail!("child test process did not start the servers in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
     let fields: Vec<&str> = report.split(' ').collect();
     anyhow::ensure!(fields.len() == 4, "unexpected report {report:?}");

@@ -11,18 +11,18 @@
 //! idempotent steps: repeating it after a failure repairs the user. This module does not
 //! lock: the caller holds the per-(database, user) lock around each activation and teardown.
 
+mod conn;
 mod quote;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mysql_async::prelude::Queryable;
-use mysql_async::{
-    ClientIdentity, Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts,
-};
+use rustls::ClientConfig;
 
 pub use quote::{quote_account, quote_ident, quote_string};
+
+use self::conn::{hex_literal, AdminConn as Conn, DbError};
 
 use crate::error::ProvisionError;
 use crate::names::{hashed_name, DbUserName, NameLimit};
@@ -85,12 +85,9 @@ pub struct AdminTarget {
     pub port: u16,
     /// Name the server certificate is verified against.
     pub server_name: String,
-    /// PEM of the CA the server certificate must lead to.
-    pub server_ca_pem: String,
-    /// PEM of the admin's db-client certificate (`CN=<admin_user>`).
-    pub client_cert_pem: String,
-    /// PEM of its private key.
-    pub client_key_pem: String,
+    /// TLS configuration presenting the admin's db-client certificate (`CN=<admin_user>`)
+    /// and verifying the server.
+    pub client_config: Arc<ClientConfig>,
     /// Admin user name.
     pub admin_user: String,
     /// Schema the admin logs into and keeps `user_attributes` in ([`DEFAULT_SCHEMA`] unless
@@ -110,39 +107,20 @@ impl std::fmt::Debug for AdminTarget {
     }
 }
 
-type PoolKey = (String, u16, String, String, String);
+/// What identifies interchangeable admin connections (the TLS configuration by identity:
+/// a new certificate means a new configuration).
+type PoolKey = (String, u16, String, String, String, usize);
 
 impl AdminTarget {
     fn key(&self) -> PoolKey {
         (
             self.host.clone(),
             self.port,
+            self.server_name.clone(),
             self.admin_user.clone(),
             self.default_schema.clone(),
-            self.client_cert_pem.clone(),
+            Arc::as_ptr(&self.client_config) as usize,
         )
-    }
-
-    fn opts(&self, settings: &MariaProvisionerSettings) -> OptsBuilder {
-        let identity = ClientIdentity::new(
-            self.client_cert_pem.as_bytes().to_vec().into(),
-            self.client_key_pem.as_bytes().to_vec().into(),
-        );
-        let ssl = SslOpts::default()
-            .with_client_identity(Some(identity))
-            .with_root_certs(vec![self.server_ca_pem.as_bytes().to_vec().into()])
-            .with_disable_built_in_roots(true)
-            .with_danger_tls_hostname_override(Some(self.server_name.clone()));
-        let constraints = PoolConstraints::new(1, settings.max_connections_per_target.max(1))
-            .unwrap_or_default();
-        OptsBuilder::default()
-            .ip_or_hostname(self.host.clone())
-            .tcp_port(self.port)
-            .user(Some(self.admin_user.clone()))
-            .db_name(Some(self.default_schema.clone()))
-            .ssl_opts(Some(ssl))
-            .prefer_socket(false)
-            .pool_opts(PoolOpts::default().with_constraints(constraints))
     }
 }
 
@@ -155,8 +133,8 @@ pub struct MariaProvisionerSettings {
     pub settle_poll: Duration,
     /// Time allowed for one operation, connecting included.
     pub operation_timeout: Duration,
-    /// Most admin connections kept per target.
-    pub max_connections_per_target: usize,
+    /// Most idle admin connections kept per target.
+    pub max_idle_per_target: usize,
 }
 
 impl Default for MariaProvisionerSettings {
@@ -165,7 +143,7 @@ impl Default for MariaProvisionerSettings {
             settle_time: Duration::from_secs(2),
             settle_poll: Duration::from_millis(50),
             operation_timeout: Duration::from_secs(30),
-            max_connections_per_target: 4,
+            max_idle_per_target: 4,
         }
     }
 }
@@ -177,7 +155,7 @@ pub struct MariaProvisioner {
 }
 
 struct Inner {
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Conn>>>,
     settings: MariaProvisionerSettings,
 }
 
@@ -197,31 +175,52 @@ impl MariaProvisioner {
     pub fn with_settings(settings: MariaProvisionerSettings) -> Self {
         MariaProvisioner {
             inner: Arc::new(Inner {
-                pools: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::new()),
                 settings,
             }),
         }
     }
 
-    fn pool(&self, target: &AdminTarget) -> Pool {
-        let mut pools = self
-            .inner
-            .pools
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        pools
-            .entry(target.key())
-            .or_insert_with(|| Pool::new(target.opts(&self.inner.settings)))
-            .clone()
-    }
-
+    /// An idle warm connection to `target`, or a new one.
     async fn conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
+        if let Some(conn) = self.lock_idle().get_mut(&target.key()).and_then(Vec::pop) {
+            return Ok(conn);
+        }
         let timeout = self.inner.settings.operation_timeout;
-        match tokio::time::timeout(timeout, self.pool(target).get_conn()).await {
+        let connecting = Conn::connect(
+            &target.host,
+            target.port,
+            target.client_config.clone(),
+            &target.server_name,
+            &target.admin_user,
+            &target.default_schema,
+        );
+        match tokio::time::timeout(timeout, connecting).await {
             Err(_) => Err(ProvisionError::Timeout(timeout)),
             Ok(Err(err)) => Err(connect_error(&err, target)),
             Ok(Ok(conn)) => Ok(conn),
         }
+    }
+
+    /// Keeps a connection that finished an operation cleanly for the next one.
+    fn give_back(&self, target: &AdminTarget, conn: Conn) {
+        let mut idle = self.lock_idle();
+        let conns = idle.entry(target.key()).or_default();
+        if conns.len() < self.inner.settings.max_idle_per_target.max(1) {
+            conns.push(conn);
+        }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Conn>>> {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Number of idle warm connections kept for `target`.
+    pub fn idle_connections(&self, target: &AdminTarget) -> usize {
+        self.lock_idle().get(&target.key()).map_or(0, Vec::len)
     }
 
     /// Opens an admin connection to `target` ahead of time and creates the marker role and

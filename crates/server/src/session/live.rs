@@ -17,7 +17,10 @@ use crate::Gateway;
 #[derive(Clone)]
 pub struct CancelTarget {
     pub addr: String,
-    pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     pub key: BackendKey,
 }
 
@@ -81,7 +84,9 @@ impl Registration {
 
 impl LiveSessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn register(&self, authorized: Arc<Authorized>) -> Registration {

@@ -44,10 +44,7 @@ pub enum SessionError {
     Busy(String),
     /// The database itself refused (its message is relayed as is).
     #[error("{message}")]
-    Database {
-        sqlstate: String,
-        message: String,
-    },
+    Database { sqlstate: String, message: String },
     /// Anything else; details go to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,15 +96,14 @@ pub fn authenticate(
     let identity =
         dbward_pki::verify_user_cert(chain, &gw.cas.user, &gw.cluster, OffsetDateTime::now_utc())
             .map_err(|err| {
-                tracing::info!(%peer, %err, "database client certificate refused");
-                SessionError::AccessDenied(
-                    "client certificate refused: log in again with `dbward db login`".into(),
-                )
-            })?;
+            tracing::info!(%peer, %err, "database client certificate refused");
+            SessionError::AccessDenied(
+                "client certificate refused: log in again with `dbward db login`".into(),
+            )
+        })?;
     if identity.usage != CertUsage::Db {
         return Err(SessionError::AccessDenied(
-            "this certificate is not a database certificate: run `dbward db login DB` first"
-                .into(),
+            "this certificate is not a database certificate: run `dbward db login DB` first".into(),
         ));
     }
     let route = identity.route.clone().ok_or_else(|| {
@@ -145,8 +141,7 @@ pub async fn authorize(
     requested: Requested<'_>,
 ) -> Result<Authorized, SessionError> {
     let snapshot = gw.catalog.snapshot().await?;
-    let denied =
-        || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
+    let denied = || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
     let user = snapshot
         .users
         .get(&auth.identity.username)
@@ -155,10 +150,14 @@ pub async fn authorize(
             tracing::info!(user = %auth.identity.username, "denied: user no longer exists");
             denied()
         })?;
-    let db = snapshot.dbs.get(&auth.route.service).cloned().ok_or_else(|| {
-        tracing::info!(db = %auth.route.service, "denied: database resource not found");
-        denied()
-    })?;
+    let db = snapshot
+        .dbs
+        .get(&auth.route.service)
+        .cloned()
+        .ok_or_else(|| {
+            tracing::info!(db = %auth.route.service, "denied: database resource not found");
+            denied()
+        })?;
     if db.spec.protocol != protocol {
         return Err(SessionError::AccessDenied(format!(
             "database \"{}\" is a {} database; connect to the {} listener",
@@ -203,10 +202,7 @@ pub async fn authorize(
 
 /// Re-evaluates a live session against the store's current state: used by the revocation
 /// watcher. `Err` carries the reason the session must end.
-pub(crate) async fn still_allowed(
-    gw: &Gateway,
-    authorized: &Authorized,
-) -> Result<(), String> {
+pub(crate) async fn still_allowed(gw: &Gateway, authorized: &Authorized) -> Result<(), String> {
     if authorized.auth.identity.expires <= OffsetDateTime::now_utc() {
         return Err("certificate expired".into());
     }

@@ -49,7 +49,12 @@ pub async fn serve(
     }
 }
 
-async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rustls::ServerConfig>) {
+async fn handle(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) {
     let accepted = match pg::accept(tcp, tls, pg::HandshakeLimits::default()).await {
         Ok(accepted) => accepted,
         Err(err) => {
@@ -104,7 +109,11 @@ async fn handle(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, tls: Arc<rus
                         ..Default::default()
                     };
                     gw.audit
-                        .emit(audit::SESSION_START, &fields, json!({"success": false, "error": err.user_message()}))
+                        .emit(
+                            audit::SESSION_START,
+                            &fields,
+                            json!({"success": false, "error": err.user_message()}),
+                        )
                         .await;
                     let _ = pg::send_error(&mut stream, err.sqlstate(), &err.user_message()).await;
                     return;
@@ -168,7 +177,9 @@ async fn run_session(
         );
         let connected = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
             .await
-            .map_err(|_| SessionError::Internal(format!("connecting to {} timed out", target.addr)))?
+            .map_err(|_| {
+                SessionError::Internal(format!("connecting to {} timed out", target.addr))
+            })?
             .map_err(|err| match err {
                 dbward_proxy::UpstreamError::Server {
                     sqlstate, message, ..
@@ -207,7 +218,11 @@ async fn run_session(
         return;
     }
     gw.audit
-        .emit(audit::SESSION_START, &authorized.fields, json!({"success": true}))
+        .emit(
+            audit::SESSION_START,
+            &authorized.fields,
+            json!({"success": true}),
+        )
         .await;
     tracing::info!(
         %sid,

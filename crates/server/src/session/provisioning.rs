@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use dbward_model::Protocol;
 use dbward_provision::postgres::AdminTarget;
-use dbward_provision::{ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode};
+use dbward_provision::{
+    ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode,
+};
 use dbward_rbac::ProvisioningMode;
 use dbward_store::LockGuard;
 use serde_json::json;
@@ -62,7 +64,10 @@ pub(crate) fn admin_target(
 
 /// Activates the database user when the decision asks for provisioning. With provisioning
 /// off, the requested db user is used as is and nothing is locked.
-pub async fn provision(gw: &Gateway, authorized: &mut Authorized) -> Result<Provisioned, SessionError> {
+pub async fn provision(
+    gw: &Gateway,
+    authorized: &mut Authorized,
+) -> Result<Provisioned, SessionError> {
     let mode = authorized.decision.mode;
     if mode == ProvisioningMode::Off {
         return Ok(Provisioned {
@@ -93,7 +98,11 @@ pub async fn provision(gw: &Gateway, authorized: &mut Authorized) -> Result<Prov
         })?;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
-            .emit(audit::USER_CREATE, &authorized.fields, json!({"success": true}))
+            .emit(
+                audit::USER_CREATE,
+                &authorized.fields,
+                json!({"success": true}),
+            )
             .await;
     }
     Ok(Provisioned {
@@ -139,14 +148,22 @@ impl Provisioned {
             };
             let result = gw
                 .pg_provisioner
-                .deactivate(&admin, &DbUserName::new(self.db_user.clone()), teardown_mode)
+                .deactivate(
+                    &admin,
+                    &DbUserName::new(self.db_user.clone()),
+                    teardown_mode,
+                )
                 .await;
             if let Err(err) = lock.release().await {
                 tracing::warn!(%err, "provisioning lock release failed");
             }
             match result {
                 Ok(DeactivateOutcome::Kept(_)) => {
-                    if gw.sessions.count_for(&authorized.db.metadata.name, &self.db_user) > 0 {
+                    if gw
+                        .sessions
+                        .count_for(&authorized.db.metadata.name, &self.db_user)
+                        > 0
+                    {
                         tracing::debug!(user = %self.db_user, "user still has live sessions; left active");
                         return;
                     }
@@ -208,10 +225,9 @@ pub async fn preflight(
     db_name: &str,
 ) -> Result<Vec<crate::api::DbCheckFinding>, crate::GatewayError> {
     let snapshot = gw.catalog.snapshot().await?;
-    let db = snapshot
-        .dbs
-        .get(db_name)
-        .ok_or_else(|| crate::GatewayError::NotFound(format!("database \"{db_name}\" not found")))?;
+    let db = snapshot.dbs.get(db_name).ok_or_else(|| {
+        crate::GatewayError::NotFound(format!("database \"{db_name}\" not found"))
+    })?;
     if db.spec.protocol != Protocol::Postgres {
         return Err(crate::GatewayError::BadRequest(
             "dbward db check supports PostgreSQL databases".into(),

@@ -61,7 +61,11 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
                 .find(|u| dbward_provision::names::pg_name(&u.metadata.name) == db_user)
                 .and_then(|u| {
                     let roles = snapshot.roles_of(u);
-                    AccessChecker::new(u, &roles).ok()?.provisioning(db).ok().flatten()
+                    AccessChecker::new(u, &roles)
+                        .ok()?
+                        .provisioning(db)
+                        .ok()
+                        .flatten()
                 })
                 .map(|p| p.mode)
                 .unwrap_or(ProvisioningMode::Keep);
@@ -71,7 +75,11 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
                 TeardownMode::Keep
             };
             let key = format!("provision/{}/{}", db.metadata.name, db_user);
-            let Ok(lock) = gw.store.lock(&key, &gw.instance_id, Duration::from_secs(5)).await else {
+            let Ok(lock) = gw
+                .store
+                .lock(&key, &gw.instance_id, Duration::from_secs(5))
+                .await
+            else {
                 continue;
             };
             match gw

@@ -34,7 +34,12 @@ pub struct UpstreamCredentials {
 
 impl UpstreamCredentials {
     /// The TLS target for `db_user` on `db`, from the cache when fresh.
-    pub fn target(&self, cas: &CaSet, db: &Db, db_user: &str) -> Result<UpstreamTarget, SessionError> {
+    pub fn target(
+        &self,
+        cas: &CaSet,
+        db: &Db,
+        db_user: &str,
+    ) -> Result<UpstreamTarget, SessionError> {
         let key = (db.metadata.name.clone(), db_user.to_string());
         if let Some((made, target)) = self.lock().get(&key) {
             if made.elapsed() < CACHE_FOR {
@@ -51,7 +56,9 @@ impl UpstreamCredentials {
         self.lock().retain(|(name, _), _| name != db);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, UpstreamTarget)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, UpstreamTarget)>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -62,7 +69,10 @@ fn build_target(cas: &CaSet, db: &Db, db_user: &str) -> Result<UpstreamTarget, S
         .map_err(|e| SessionError::Internal(format!("db {}: {e}", db.metadata.name)))?;
     let roots = match &db.spec.tls.ca_cert_file {
         Some(path) if !path.is_empty() => std::fs::read_to_string(path).map_err(|e| {
-            SessionError::Internal(format!("db {}: reading ca_cert_file {path}: {e}", db.metadata.name))
+            SessionError::Internal(format!(
+                "db {}: reading ca_cert_file {path}: {e}",
+                db.metadata.name
+            ))
         })?,
         _ => cas.db.cert_pem.clone(),
     };
@@ -72,7 +82,9 @@ fn build_target(cas: &CaSet, db: &Db, db_user: &str) -> Result<UpstreamTarget, S
         TlsMode::Insecure => ServerVerification::Insecure,
     };
     let (cert_pem, key_pem) = dbward_pki::issue_db_client_cert(&cas.db_client, db_user, CERT_TTL)
-        .map_err(|e| SessionError::Internal(format!("db-client certificate for {db_user:?}: {e}")))?;
+        .map_err(|e| {
+        SessionError::Internal(format!("db-client certificate for {db_user:?}: {e}"))
+    })?;
     let tls = dbward_pki::client_config(Some(&roots), verification, Some((&cert_pem, &key_pem)))
         .map_err(|e| SessionError::Internal(format!("db {} TLS: {e}", db.metadata.name)))?;
     let server_name_text = db
@@ -82,8 +94,9 @@ fn build_target(cas: &CaSet, db: &Db, db_user: &str) -> Result<UpstreamTarget, S
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| host.clone());
-    let server_name = ServerName::try_from(server_name_text.clone())
-        .map_err(|e| SessionError::Internal(format!("db {}: server name: {e}", db.metadata.name)))?;
+    let server_name = ServerName::try_from(server_name_text.clone()).map_err(|e| {
+        SessionError::Internal(format!("db {}: server name: {e}", db.metadata.name))
+    })?;
     Ok(UpstreamTarget {
         addr: format!("{host}:{port}"),
         host,

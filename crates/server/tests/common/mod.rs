@@ -40,7 +40,10 @@ fn start() -> anyhow::Result<Harness> {
         )
         .with_test_writer()
         .try_init();
-    let dir = tempfile::Builder::new().prefix("dwgw").tempdir_in("/tmp")?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix("dwgw")
+        .tempdir_in("/tmp")?
+        .keep();
     let config_path = dir.join("dbward.yaml");
     std::fs::write(
         &config_path,
@@ -104,12 +107,15 @@ impl Harness {
     }
 
     pub fn delete(&self, kind: &str, name: &str) {
-        self.block_on(self.gw.store.delete_resource(kind, name)).unwrap();
+        self.block_on(self.gw.store.delete_resource(kind, name))
+            .unwrap();
     }
 
     /// SQL as the superuser, through the server's socket.
     pub fn sql(&self, sql: &str) -> String {
-        self.pg.psql_super(sql).unwrap_or_else(|e| panic!("{sql}: {e:#}"))
+        self.pg
+            .psql_super(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e:#}"))
     }
 
     /// A `db` resource pointing at the test PostgreSQL.
@@ -138,7 +144,10 @@ impl Harness {
 
     /// A database certificate for `user` with a route, as `dbward db login` issues it.
     pub fn db_cert(&self, user: &str, route: DbRoute) -> ClientFiles {
-        let dir = self.dir.join("clients").join(uuid::Uuid::new_v4().to_string());
+        let dir = self
+            .dir
+            .join("clients")
+            .join(uuid::Uuid::new_v4().to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let (key, csr) = dbward_pki::new_key_and_csr(user).unwrap();
         let identity = Identity {
@@ -161,11 +170,20 @@ impl Harness {
 
     /// Runs psql through the gateway; returns (success, stdout, stderr).
     pub fn psql(&self, files: &ClientFiles, user: &str, dbname: &str, sql: &str) -> PsqlResult {
-        let out = self.psql_command(files, user, dbname, sql).output().unwrap();
+        let out = self
+            .psql_command(files, user, dbname, sql)
+            .output()
+            .unwrap();
         PsqlResult::from(out)
     }
 
-    pub fn psql_command(&self, files: &ClientFiles, user: &str, dbname: &str, sql: &str) -> Command {
+    pub fn psql_command(
+        &self,
+        files: &ClientFiles,
+        user: &str,
+        dbname: &str,
+        sql: &str,
+    ) -> Command {
         let mut cmd = Command::new("psql");
         cmd.arg(conninfo(self.pg_addr, files, user, dbname))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
