@@ -45,6 +45,8 @@ pub struct Gateway {
     pub sessions: session::LiveSessions,
     pub upstream: session::UpstreamCredentials,
     pub pg_provisioner: dbward_provision::postgres::PgProvisioner,
+    /// The version the last MySQL/MariaDB server reported, repeated in the gateway's greeting.
+    pub mysql_version: std::sync::RwLock<String>,
 }
 
 /// The cluster name: configured, else the host name.
@@ -74,8 +76,10 @@ pub struct Started {
     pub gateway: Arc<Gateway>,
     web: TcpListener,
     postgres: Option<TcpListener>,
+    mysql: Option<TcpListener>,
     web_tls: Arc<rustls::ServerConfig>,
     db_tls: Arc<rustls::ServerConfig>,
+    mysql_tls: Arc<rustls::ServerConfig>,
 }
 
 impl Started {
@@ -102,9 +106,11 @@ impl Started {
         let db_tls = dbward_pki::server_config(
             &host_cert,
             &host_key,
-            ClientAuth::Required(user_ca),
+            ClientAuth::Required(user_ca.clone()),
             &[b"postgresql"],
         )?;
+        let mysql_tls =
+            dbward_pki::server_config(&host_cert, &host_key, ClientAuth::Required(user_ca), &[])?;
 
         let web = TcpListener::bind(&config.web_listen_addr)
             .await
@@ -117,13 +123,24 @@ impl Started {
             ),
             _ => None,
         };
+        let mysql = match config.mysql_listen_addr.as_deref() {
+            Some(addr) if !addr.is_empty() => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error("mysql_listen_addr", addr, e))?,
+            ),
+            _ => None,
+        };
         let endpoints = Endpoints {
             web: web.local_addr()?.to_string(),
             postgres: postgres
                 .as_ref()
                 .map(|l| l.local_addr().map(|a| a.to_string()))
                 .transpose()?,
-            mysql: None,
+            mysql: mysql
+                .as_ref()
+                .map(|l| l.local_addr().map(|a| a.to_string()))
+                .transpose()?,
             pid: std::process::id(),
         };
         bootstrap::write_endpoints(&config.data_dir, &endpoints)?;
@@ -138,6 +155,9 @@ impl Started {
             sessions: session::LiveSessions::default(),
             upstream: session::UpstreamCredentials::default(),
             pg_provisioner: dbward_provision::postgres::PgProvisioner::new(),
+            mysql_version: std::sync::RwLock::new(
+                session::mysql::DEFAULT_SERVER_VERSION.to_string(),
+            ),
             instance_id: uuid::Uuid::new_v4().to_string(),
             cluster,
             cas,
@@ -148,8 +168,10 @@ impl Started {
             gateway,
             web,
             postgres,
+            mysql,
             web_tls,
             db_tls,
+            mysql_tls,
         })
     }
 
@@ -175,6 +197,14 @@ impl Started {
                 shutdown.clone(),
             ));
         }
+        if let Some(my) = self.mysql {
+            tasks.spawn(session::mysql::serve(
+                gw.clone(),
+                my,
+                self.mysql_tls.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(session::watch_revocations(gw.clone(), shutdown.clone()));
         tasks.spawn(session::reconcile_loop(gw.clone(), shutdown.clone()));
         let endpoints = gw.endpoints.read().await.clone();
@@ -182,6 +212,7 @@ impl Started {
             cluster = %gw.cluster,
             web = %endpoints.web,
             postgres = ?endpoints.postgres,
+            mysql = ?endpoints.mysql,
             "dbward gateway started"
         );
         shutdown.cancelled().await;

@@ -227,7 +227,9 @@ impl MariaProvisioner {
     /// the `user_attributes` table when missing.
     pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
         let mut conn = self.conn(target).await?;
-        ensure_setup(&mut conn, target).await
+        ensure_setup(&mut conn, target).await?;
+        self.give_back(target, conn);
+        Ok(())
     }
 
     /// Makes `user` able to log in with exactly `roles` (through its all-in-one role),
@@ -249,7 +251,11 @@ impl MariaProvisioner {
         let work = async {
             let mut conn = self.conn(target).await?;
             ensure_setup(&mut conn, target).await?;
-            activate(&mut conn, target, user, dbward_name, &requested).await
+            let outcome = activate(&mut conn, target, user, dbward_name, &requested).await;
+            if !matches!(outcome, Err(ProvisionError::Timeout(_) | ProvisionError::UnexpectedAnswer(_))) {
+                self.give_back(target, conn);
+            }
+            outcome
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -267,26 +273,14 @@ impl MariaProvisioner {
     ) -> Result<DeactivateOutcome, ProvisionError> {
         quote::check_user_name(user.as_str())?;
         let timeout = self.inner.settings.operation_timeout + self.inner.settings.settle_time;
+        let settle = (self.inner.settings.settle_time, self.inner.settings.settle_poll);
         let work = async {
             let mut conn = self.conn(target).await?;
-            let admin = target.admin_user.as_str();
-            let Some(state) = user_state(&mut conn, user, admin).await? else {
-                return Ok(DeactivateOutcome::Missing);
-            };
-            if !state.managed {
-                return Err(ProvisionError::UserNotManaged {
-                    user: user.to_string(),
-                });
+            let outcome = settle_and_deactivate(&mut conn, target, user, mode, settle).await;
+            if outcome.is_ok() {
+                self.give_back(target, conn);
             }
-            // The dying backend may still be listed for a moment.
-            let deadline = Instant::now() + self.inner.settings.settle_time;
-            while live_sessions(&mut conn, user, admin).await? > 0 {
-                if Instant::now() >= deadline {
-                    return Ok(DeactivateOutcome::Kept(true));
-                }
-                tokio::time::sleep(self.inner.settings.settle_poll).await;
-            }
-            deactivate(&mut conn, target, user, mode).await
+            outcome
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -300,7 +294,9 @@ impl MariaProvisioner {
         user: &DbUserName,
     ) -> Result<i64, ProvisionError> {
         let mut conn = self.conn(target).await?;
-        live_sessions(&mut conn, user, &target.admin_user).await
+        let count = live_sessions(&mut conn, user, &target.admin_user).await?;
+        self.give_back(target, conn);
+        Ok(count)
     }
 
     /// How the database sees `user`; `None` when it does not exist. `can_login` is "not
@@ -311,18 +307,48 @@ impl MariaProvisioner {
         user: &DbUserName,
     ) -> Result<Option<UserState>, ProvisionError> {
         let mut conn = self.conn(target).await?;
-        user_state(&mut conn, user, &target.admin_user).await
+        let state = user_state(&mut conn, user, &target.admin_user).await?;
+        self.give_back(target, conn);
+        Ok(state)
     }
 
     /// The server's version string (`SELECT VERSION()`), for the version gate.
     pub async fn server_version(&self, target: &AdminTarget) -> Result<String, ProvisionError> {
         let mut conn = self.conn(target).await?;
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
+        let version = conn
+            .query_value("SELECT VERSION()")
             .await
             .map_err(|e| map_error(&e, &target.admin_user, ""))?;
+        self.give_back(target, conn);
         Ok(version.unwrap_or_default())
     }
+}
+
+async fn settle_and_deactivate(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &DbUserName,
+    mode: TeardownMode,
+    (settle_time, settle_poll): (Duration, Duration),
+) -> Result<DeactivateOutcome, ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let Some(state) = user_state(conn, user, admin).await? else {
+        return Ok(DeactivateOutcome::Missing);
+    };
+    if !state.managed {
+        return Err(ProvisionError::UserNotManaged {
+            user: user.to_string(),
+        });
+    }
+    // The closing session may still be listed for a moment.
+    let deadline = Instant::now() + settle_time;
+    while live_sessions(conn, user, admin).await? > 0 {
+        if Instant::now() >= deadline {
+            return Ok(DeactivateOutcome::Kept(true));
+        }
+        tokio::time::sleep(settle_poll).await;
+    }
+    deactivate(conn, target, user, mode).await
 }
 
 async fn ensure_setup(conn: &mut Conn, target: &AdminTarget) -> Result<(), ProvisionError> {
@@ -351,26 +377,20 @@ async fn activate(
     let admin = target.admin_user.as_str();
     let name = user.as_str();
     let account = quote_account(name);
-    let role = quote_ident(&all_in_one_role(user));
+    let role_name = all_in_one_role(user);
+    let role = quote_ident(&role_name);
     let outcome = match user_state(conn, user, admin).await? {
         None => {
+            let subject = quote_string(&format!("/CN={name}"));
             exec(
                 conn,
-                &format!(
-                    "CREATE USER {account} REQUIRE SUBJECT {}",
-                    quote_string(&format!("/CN={name}"))
-                ),
+                &format!("CREATE USER {account} REQUIRE SUBJECT {subject}"),
                 admin,
                 name,
             )
             .await?;
-            exec(
-                conn,
-                &format!("GRANT {} TO {account}", quote_ident(MARKER_ROLE)),
-                admin,
-                name,
-            )
-            .await?;
+            let marker = quote_ident(MARKER_ROLE);
+            exec(conn, &format!("GRANT {marker} TO {account}"), admin, name).await?;
             record_name(conn, target, name, dbward_name).await?;
             ActivateOutcome::Created
         }
@@ -378,10 +398,9 @@ async fn activate(
             return Err(ProvisionError::UserNotManaged { user: name.into() })
         }
         Some(state) => {
-            let recorded = recorded_name(conn, target, name).await?;
-            match recorded {
+            match recorded_name(conn, target, name).await? {
+                // A hash collision or a hijack: the user belongs to someone else.
                 Some(recorded) if recorded != dbward_name => {
-                    // A hash collision or a hijack: the user belongs to someone else.
                     return Err(ProvisionError::UserNotManaged { user: name.into() });
                 }
                 Some(_) => {}
@@ -397,36 +416,21 @@ async fn activate(
             ActivateOutcome::Reactivated
         }
     };
-    // Idle (or new): strip, then grant exactly the requested roles, and unlock.
+    // Idle or new: strip, grant exactly the requested roles, unlock.
     exec(conn, &format!("CREATE ROLE IF NOT EXISTS {role}"), admin, name).await?;
     for held in direct_roles(conn, name, "%", admin).await? {
-        if held != MARKER_ROLE && held != all_in_one_role(user) {
-            exec(
-                conn,
-                &format!("REVOKE {} FROM {account}", quote_ident(&held)),
-                admin,
-                name,
-            )
-            .await?;
+        if held != MARKER_ROLE && held != role_name {
+            let held = quote_ident(&held);
+            exec(conn, &format!("REVOKE {held} FROM {account}"), admin, name).await?;
         }
     }
-    for held in direct_roles(conn, &all_in_one_role(user), "", admin).await? {
-        exec(
-            conn,
-            &format!("REVOKE {} FROM {role}", quote_ident(&held)),
-            admin,
-            name,
-        )
-        .await?;
+    for held in direct_roles(conn, &role_name, "", admin).await? {
+        let held = quote_ident(&held);
+        exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
     }
     for granted in requested {
-        exec(
-            conn,
-            &format!("GRANT {} TO {role}", quote_ident(granted)),
-            admin,
-            name,
-        )
-        .await?;
+        let granted = quote_ident(granted);
+        exec(conn, &format!("GRANT {granted} TO {role}"), admin, name).await?;
     }
     exec(conn, &format!("GRANT {role} TO {account}"), admin, name).await?;
     exec(
@@ -464,21 +468,23 @@ async fn deactivate(
         if is_definer(conn, name, admin).await? {
             fell_back = true;
         } else {
-            match conn.query_drop(format!("DROP USER {account}")).await {
-                Ok(()) => {
+            match conn.query(&format!("DROP USER {account}")).await {
+                Ok(_) => {
                     exec(conn, &format!("DROP ROLE IF EXISTS {role}"), admin, name).await?;
                     let schema = quote_ident(&target.default_schema);
-                    conn.exec_drop(
-                        format!("DELETE FROM {schema}.user_attributes WHERE `User` = ?"),
-                        (name,),
+                    exec(
+                        conn,
+                        &format!(
+                            "DELETE FROM {schema}.user_attributes WHERE `User` = {}",
+                            hex_literal(name)
+                        ),
+                        admin,
+                        name,
                     )
-                    .await
-                    .map_err(|e| map_error(&e, admin, name))?;
+                    .await?;
                     return Ok(DeactivateOutcome::Dropped);
                 }
-                Err(mysql_async::Error::Server(err))
-                    if err.code == errno::USER_REFERENCED_AS_DEFINER =>
-                {
+                Err(DbError::Server(err)) if err.code == errno::USER_REFERENCED_AS_DEFINER => {
                     fell_back = true;
                 }
                 Err(err) => return Err(map_error(&err, admin, name)),
@@ -486,13 +492,8 @@ async fn deactivate(
         }
     }
     for held in direct_roles(conn, &role_name, "", admin).await? {
-        exec(
-            conn,
-            &format!("REVOKE {} FROM {role}", quote_ident(&held)),
-            admin,
-            name,
-        )
-        .await?;
+        let held = quote_ident(&held);
+        exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
     }
     Ok(if fell_back {
         DeactivateOutcome::DropFellBackToLock
@@ -507,17 +508,18 @@ async fn user_state(
     admin: &str,
 ) -> Result<Option<UserState>, ProvisionError> {
     let name = user.as_str();
-    let locked: Option<Option<String>> = conn
-        .exec_first(
-            "SELECT JSON_VALUE(`Priv`, '$.account_locked') FROM mysql.global_priv \
-             WHERE `User` = ? AND `Host` = '%'",
-            (name,),
-        )
+    let rows = conn
+        .query(&format!(
+            "SELECT IFNULL(JSON_VALUE(`Priv`, '$.account_locked'), 'false') \
+             FROM mysql.global_priv WHERE `User` = {} AND `Host` = '%'",
+            hex_literal(name)
+        ))
         .await
         .map_err(|e| map_error(&e, admin, name))?;
-    let Some(locked) = locked else {
+    let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
+    let locked = row.into_iter().next().flatten();
     let held = direct_roles(conn, name, "%", admin).await?;
     let roles = direct_roles(conn, &all_in_one_role(user), "", admin)
         .await?
@@ -537,12 +539,31 @@ async fn direct_roles(
     host: &str,
     admin: &str,
 ) -> Result<Vec<String>, ProvisionError> {
-    conn.exec(
-        "SELECT `Role` FROM mysql.roles_mapping WHERE `User` = ? AND `Host` = ? ORDER BY `Role`",
-        (user, host),
-    )
-    .await
-    .map_err(|e| map_error(&e, admin, user))
+    let rows = conn
+        .query(&format!(
+            "SELECT `Role` FROM mysql.roles_mapping WHERE `User` = {} AND `Host` = {} \
+             ORDER BY `Role`",
+            hex_literal(user),
+            hex_literal(host)
+        ))
+        .await
+        .map_err(|e| map_error(&e, admin, user))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect())
+}
+
+async fn count(conn: &mut Conn, sql: &str, admin: &str, user: &str) -> Result<i64, ProvisionError> {
+    let value = conn
+        .query_value(sql)
+        .await
+        .map_err(|e| map_error(&e, admin, user))?;
+    value
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .map_err(|_| ProvisionError::UnexpectedAnswer(format!("count {value:?}")))
 }
 
 async fn live_sessions(
@@ -550,31 +571,24 @@ async fn live_sessions(
     user: &DbUserName,
     admin: &str,
 ) -> Result<i64, ProvisionError> {
-    let count: Option<i64> = conn
-        .exec_first(
-            "SELECT COUNT(*) FROM information_schema.processlist WHERE `USER` = ?",
-            (user.as_str(),),
-        )
-        .await
-        .map_err(|e| map_error(&e, admin, user.as_str()))?;
-    Ok(count.unwrap_or(0))
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE `USER` = {}",
+        hex_literal(user.as_str())
+    );
+    count(conn, &sql, admin, user.as_str()).await
 }
 
 /// Whether `user`@`%` is the DEFINER of any routine, view, trigger or event; MariaDB drops
 /// such a user without complaint and leaves the objects broken.
 async fn is_definer(conn: &mut Conn, user: &str, admin: &str) -> Result<bool, ProvisionError> {
-    let definer = format!("{user}@%");
-    let count: Option<i64> = conn
-        .exec_first(
-            "SELECT (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE DEFINER = ?) \
-             + (SELECT COUNT(*) FROM information_schema.VIEWS WHERE DEFINER = ?) \
-             + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE DEFINER = ?) \
-             + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE DEFINER = ?)",
-            (&definer, &definer, &definer, &definer),
-        )
-        .await
-        .map_err(|e| map_error(&e, admin, user))?;
-    Ok(count.unwrap_or(0) > 0)
+    let definer = hex_literal(&format!("{user}@%"));
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE DEFINER = {definer}) \
+         + (SELECT COUNT(*) FROM information_schema.VIEWS WHERE DEFINER = {definer}) \
+         + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE DEFINER = {definer}) \
+         + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE DEFINER = {definer})"
+    );
+    Ok(count(conn, &sql, admin, user).await? > 0)
 }
 
 async fn recorded_name(
@@ -583,17 +597,13 @@ async fn recorded_name(
     user: &str,
 ) -> Result<Option<String>, ProvisionError> {
     let schema = quote_ident(&target.default_schema);
-    let recorded: Option<Option<String>> = conn
-        .exec_first(
-            format!(
-                "SELECT JSON_VALUE(`Attributes`, '$.user') FROM {schema}.user_attributes \
-                 WHERE `User` = ?"
-            ),
-            (user,),
-        )
-        .await
-        .map_err(|e| map_error(&e, &target.admin_user, user))?;
-    Ok(recorded.flatten())
+    conn.query_value(&format!(
+        "SELECT JSON_VALUE(`Attributes`, '$.user') FROM {schema}.user_attributes \
+         WHERE `User` = {}",
+        hex_literal(user)
+    ))
+    .await
+    .map_err(|e| map_error(&e, &target.admin_user, user))
 }
 
 async fn record_name(
@@ -603,28 +613,27 @@ async fn record_name(
     dbward_name: &str,
 ) -> Result<(), ProvisionError> {
     let schema = quote_ident(&target.default_schema);
-    conn.exec_drop(
-        format!(
-            "INSERT INTO {schema}.user_attributes (`User`, `Attributes`) \
-             VALUES (?, JSON_OBJECT('user', ?)) \
-             ON DUPLICATE KEY UPDATE `Attributes` = VALUES(`Attributes`)"
-        ),
-        (user, dbward_name),
-    )
-    .await
-    .map_err(|e| map_error(&e, &target.admin_user, user))
+    let sql = format!(
+        "INSERT INTO {schema}.user_attributes (`User`, `Attributes`) \
+         VALUES ({}, JSON_OBJECT('user', {})) \
+         ON DUPLICATE KEY UPDATE `Attributes` = VALUES(`Attributes`)",
+        hex_literal(user),
+        hex_literal(dbward_name)
+    );
+    exec(conn, &sql, &target.admin_user, user).await
 }
 
 async fn exec(conn: &mut Conn, sql: &str, admin: &str, user: &str) -> Result<(), ProvisionError> {
-    conn.query_drop(sql)
+    conn.query(sql)
         .await
+        .map(drop)
         .map_err(|e| map_error(&e, admin, user))
 }
 
 /// Turns a database error into the provisioning error it stands for, by error number.
-fn map_error(err: &mysql_async::Error, admin: &str, user: &str) -> ProvisionError {
+fn map_error(err: &DbError, admin: &str, user: &str) -> ProvisionError {
     match err {
-        mysql_async::Error::Server(server) => match server.code {
+        DbError::Server(server) => match server.code {
             errno::DBACCESS_DENIED
             | errno::ACCESS_DENIED
             | errno::TABLEACCESS_DENIED
@@ -637,10 +646,12 @@ fn map_error(err: &mysql_async::Error, admin: &str, user: &str) -> ProvisionErro
             },
             code => ProvisionError::UnexpectedAnswer(format!(
                 "MariaDB error {code} ({}) for user \"{user}\"",
-                server.state
+                server.sqlstate
             )),
         },
-        other => ProvisionError::UnexpectedAnswer(format!("MariaDB connection error: {other}")),
+        DbError::Connection(text) => {
+            ProvisionError::UnexpectedAnswer(format!("MariaDB connection error: {text}"))
+        }
     }
 }
 
@@ -652,7 +663,7 @@ fn role_in_message(message: &str) -> Option<String> {
     Some(message[start..end].to_string())
 }
 
-fn connect_error(err: &mysql_async::Error, target: &AdminTarget) -> ProvisionError {
+fn connect_error(err: &DbError, target: &AdminTarget) -> ProvisionError {
     ProvisionError::UnexpectedAnswer(format!(
         "cannot connect to the database as admin user \"{}\" at {}:{}: {err}",
         target.admin_user, target.host, target.port

@@ -7,6 +7,7 @@
 //! the wire protocol and calls these steps in order; nothing downstream re-checks a step.
 
 pub mod live;
+pub mod mysql;
 pub mod postgres;
 mod provisioning;
 mod reconcile;
@@ -45,6 +46,13 @@ pub enum SessionError {
     /// The database itself refused (its message is relayed as is).
     #[error("{message}")]
     Database { sqlstate: String, message: String },
+    /// A MySQL/MariaDB server refused (relayed with its error number).
+    #[error("{message}")]
+    MysqlServer {
+        code: u16,
+        sqlstate: String,
+        message: String,
+    },
     /// Anything else; details go to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,7 +76,21 @@ impl SessionError {
             SessionError::Provisioning(_) => "28000",
             SessionError::Busy(_) => "57P03",
             SessionError::Database { sqlstate, .. } => sqlstate,
+            SessionError::MysqlServer { .. } => "08006",
             SessionError::Internal(_) => "08006",
+        }
+    }
+
+    /// The MySQL error number and SQLSTATE that carry this error.
+    pub fn mysql_code(&self) -> (u16, &str) {
+        match self {
+            // ER_ACCESS_DENIED_ERROR
+            SessionError::AccessDenied(_) | SessionError::Provisioning(_) => (1045, "28000"),
+            // ER_LOCK_WAIT_TIMEOUT
+            SessionError::Busy(_) => (1205, "HY000"),
+            SessionError::MysqlServer { code, sqlstate, .. } => (*code, sqlstate),
+            // ER_UNKNOWN_ERROR
+            SessionError::Database { .. } | SessionError::Internal(_) => (1105, "HY000"),
         }
     }
 }

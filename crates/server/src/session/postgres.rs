@@ -194,6 +194,7 @@ async fn run_session(
         Err(err) => {
             provisioned.connected().await;
             fail_start(&gw, &mut client, &authorized, err).await;
+            registration.relay_finished();
             provisioned.teardown(&gw, &authorized).await;
             return;
         }
@@ -214,6 +215,7 @@ async fn run_session(
     if let Err(err) = pg::write_startup_reply(&mut client, &server.parameters, gateway_key).await {
         tracing::info!(%sid, %err, "client left during startup");
         drop(server);
+        registration.relay_finished();
         provisioned.teardown(&gw, &authorized).await;
         return;
     }

@@ -1,0 +1,290 @@
+//! The MySQL/MariaDB listener: one task per client connection, walking the same session
+//! pipeline as PostgreSQL. Protocol details (greeting, TLS upgrade, handshake response,
+//! relay) live in `dbward_proxy::mysql`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbward_model::Protocol;
+use dbward_proxy::mysql::{self, Greeting, MysqlTap, UpstreamLogin};
+use dbward_proxy::pg::HandshakeLimits;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{authenticate, authorize, provision, Authorized, Requested, SessionError};
+use crate::{audit, Gateway};
+
+type ClientStream = mysql::MysqlClientStream<TcpStream>;
+
+/// What the greeting says before the gateway has seen a real server: a MariaDB, as MariaDB
+/// presents itself to MySQL-protocol clients.
+pub const DEFAULT_SERVER_VERSION: &str = "5.5.5-10.11.0-MariaDB-dbward";
+
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    let mut next_id: u32 = 1;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(%err, "mysql accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let connection_id = next_id;
+        next_id = next_id.wrapping_add(1).max(1);
+        let gw = gw.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            handle(gw, tcp, peer, tls, connection_id).await;
+        });
+    }
+}
+
+async fn handle(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    connection_id: u32,
+) {
+    let server_version = gw
+        .mysql_version
+        .read()
+        .map(|v| v.clone())
+        .unwrap_or_else(|_| DEFAULT_SERVER_VERSION.to_string());
+    let greeting = Greeting {
+        server_version,
+        connection_id,
+    };
+    let client = match mysql::accept(tcp, tls, greeting, HandshakeLimits::default()).await {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::info!(%peer, %err, "mysql handshake failed");
+            return;
+        }
+    };
+    let mysql::MysqlClient {
+        mut stream,
+        user,
+        database,
+        capabilities,
+        client_certs,
+        charset,
+        sequence_id,
+        ..
+    } = client;
+    let auth = match authenticate(&gw, peer, &client_certs) {
+        Ok(auth) => auth,
+        Err(err) => {
+            send_error(&mut stream, sequence_id, &err).await;
+            return;
+        }
+    };
+    let username = auth.identity.username.clone();
+    let route = auth.route.clone();
+    let requested = Requested {
+        db_user: &user,
+        db_name: database.as_deref().unwrap_or(""),
+    };
+    let authorized = match authorize(&gw, auth, Protocol::Mysql, requested).await {
+        Ok(a) => a,
+        Err(err) => {
+            let fields = crate::audit::SessionFields {
+                user: username,
+                sid: uuid::Uuid::new_v4().to_string(),
+                db_service: route.service.clone(),
+                db_protocol: "mysql".into(),
+                db_user: user.clone(),
+                db_name: database.clone().unwrap_or_default(),
+                db_roles: route.db_roles.clone(),
+                ..Default::default()
+            };
+            gw.audit
+                .emit(
+                    audit::SESSION_START,
+                    &fields,
+                    json!({"success": false, "error": err.user_message()}),
+                )
+                .await;
+            send_error(&mut stream, sequence_id, &err).await;
+            return;
+        }
+    };
+    let session = Handshaken {
+        stream,
+        capabilities,
+        charset,
+        sequence_id,
+    };
+    run_session(gw, session, authorized).await;
+}
+
+/// The client after its handshake response, waiting for OK or ERR.
+struct Handshaken {
+    stream: ClientStream,
+    capabilities: u32,
+    charset: u8,
+    sequence_id: u8,
+}
+
+async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: Authorized) {
+    let sid = authorized.fields.sid.clone();
+    let registration = gw.sessions.register(Arc::new(authorized.clone()));
+    let mut provisioned = match provision(&gw, &mut authorized).await {
+        Ok(p) => p,
+        Err(err) => {
+            fail_start(&gw, &mut client, &authorized, err).await;
+            return;
+        }
+    };
+
+    let upstream = async {
+        let target = gw
+            .upstream
+            .target(&gw.cas, &authorized.db, &provisioned.db_user)?;
+        let database = Some(authorized.decision.db_name.as_str()).filter(|d| !d.is_empty());
+        let login = UpstreamLogin {
+            user: &provisioned.db_user,
+            database,
+            client_capabilities: client.capabilities,
+            charset: client.charset,
+        };
+        let connecting = mysql::upstream::connect(
+            target.addr.as_str(),
+            target.tls.clone(),
+            target.server_name.clone(),
+            &login,
+        );
+        let connected = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                SessionError::Internal(format!("connecting to {} timed out", target.addr))
+            })?
+            .map_err(|err| match err {
+                dbward_proxy::UpstreamError::MysqlServer {
+                    code,
+                    sqlstate,
+                    message,
+                    ..
+                } => SessionError::MysqlServer {
+                    code,
+                    sqlstate,
+                    message,
+                },
+                other => {
+                    SessionError::Internal(format!("connecting to {}: {other}", target.addr))
+                }
+            })?;
+        Ok::<_, SessionError>(connected)
+    }
+    .await;
+    let server = match upstream {
+        Ok(server) => server,
+        Err(err) => {
+            provisioned.connected().await;
+            fail_start(&gw, &mut client, &authorized, err).await;
+            registration.relay_finished();
+            provisioned.teardown(&gw, &authorized).await;
+            return;
+        }
+    };
+    provisioned.connected().await;
+    if let Ok(mut version) = gw.mysql_version.write() {
+        if *version != server.server_version {
+            *version = server.server_version.clone();
+        }
+    }
+    if let Err(err) = mysql::send_ok(&mut client.stream, client.sequence_id, server.capabilities).await {
+        tracing::info!(%sid, %err, "client left during the handshake");
+        drop(server);
+        registration.relay_finished();
+        provisioned.teardown(&gw, &authorized).await;
+        return;
+    }
+    gw.audit
+        .emit(audit::SESSION_START, &authorized.fields, json!({"success": true}))
+        .await;
+    tracing::info!(
+        %sid,
+        user = %authorized.fields.user,
+        db = %authorized.fields.db_service,
+        db_user = %authorized.fields.db_user,
+        "session started"
+    );
+
+    let (query_tx, mut query_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let audit_task = {
+        let gw = gw.clone();
+        let fields = authorized.fields.clone();
+        tokio::spawn(async move {
+            while let Some(query) = query_rx.recv().await {
+                gw.audit
+                    .emit(audit::SESSION_QUERY, &fields, json!({"db_query": query}))
+                    .await;
+            }
+        })
+    };
+    let tap = move |event: MysqlTap<'_>| match event {
+        MysqlTap::Query { sql, .. } | MysqlTap::Prepare { sql, .. } => {
+            let _ = query_tx.send(sql.to_string());
+        }
+        MysqlTap::Quit => {}
+    };
+    let end = registration.end.clone();
+    let mut server_stream = server.stream;
+    let mut client_stream = client.stream;
+    tokio::select! {
+        stats = mysql::relay(&mut client_stream, &mut server_stream, tap) => {
+            tracing::debug!(%sid, up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
+        }
+        _ = end.cancelled() => {
+            tracing::info!(%sid, "session ended by the gateway");
+        }
+    }
+    drop(server_stream);
+    drop(client_stream);
+    let _ = audit_task.await;
+    registration.relay_finished();
+    provisioned.teardown(&gw, &authorized).await;
+    drop(registration);
+    gw.audit
+        .emit(audit::SESSION_END, &authorized.fields, json!({}))
+        .await;
+    tracing::info!(%sid, "session ended");
+}
+
+async fn send_error(stream: &mut ClientStream, seq: u8, err: &SessionError) {
+    let (code, sqlstate) = err.mysql_code();
+    let _ = mysql::send_err(stream, seq, code, sqlstate, &err.user_message()).await;
+}
+
+async fn fail_start(
+    gw: &Gateway,
+    client: &mut Handshaken,
+    authorized: &Authorized,
+    err: SessionError,
+) {
+    tracing::info!(sid = %authorized.fields.sid, user = %authorized.fields.user, %err, "session refused");
+    gw.audit
+        .emit(
+            audit::SESSION_START,
+            &authorized.fields,
+            json!({"success": false, "error": err.user_message()}),
+        )
+        .await;
+    send_error(&mut client.stream, client.sequence_id, &err).await;
+}
