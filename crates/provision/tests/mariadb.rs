@@ -4,19 +4,22 @@
 //! record through the test's root connection, and logins are tried for real with a
 //! db-client certificate.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::Result;
-use dbward_pki::CaSet;
+use anyhow::{bail, Result};
+use dbward_pki::{CaSet, ServerVerification};
 use dbward_provision::mysql::{
     all_in_one_role, mariadb_user_name, AdminTarget, MariaProvisioner, DEFAULT_SCHEMA,
 };
 use dbward_provision::{
     ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode, MARKER_ROLE,
 };
-use dbward_testkit::{shared_cas, shared_maria, unique_name, MariaServer};
-use mysql_async::prelude::Queryable;
+use dbward_proxy::mysql::upstream::{self, MysqlUpstream, UpstreamLogin};
+use dbward_proxy::UpstreamError;
+use dbward_testkit::{shared_cas, shared_maria, unique_name, ClientCertFiles, MariaServer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
 
 const ADMIN: &str = "teleport-admin";
 const CERT_TTL: Duration = Duration::from_secs(3600);
@@ -54,57 +57,88 @@ fn env() -> &'static Env {
     })
 }
 
-fn certs(env: &Env, user: &str) -> (String, String) {
-    dbward_pki::issue_db_client_cert(&env.cas.db_client, user, CERT_TTL).expect("client cert")
+/// A rustls configuration presenting a db-client certificate `CN=<user>` and verifying the
+/// server against dbward's db CA.
+fn client_config(env: &Env, user: &str) -> Arc<rustls::ClientConfig> {
+    let (cert, key) =
+        dbward_pki::issue_db_client_cert(&env.cas.db_client, user, CERT_TTL).expect("client cert");
+    dbward_pki::client_config(
+        Some(&env.cas.db.cert_pem),
+        ServerVerification::Full,
+        Some((&cert, &key)),
+    )
+    .expect("client config")
 }
 
 fn target(env: &Env) -> AdminTarget {
-    let (cert, key) = certs(env, ADMIN);
     AdminTarget {
         host: env.maria.host.clone(),
         port: env.maria.port,
         server_name: "localhost".into(),
-        server_ca_pem: env.cas.db.cert_pem.clone(),
-        client_cert_pem: cert,
-        client_key_pem: key,
+        client_config: client_config(env, ADMIN),
         admin_user: ADMIN.into(),
         default_schema: DEFAULT_SCHEMA.into(),
     }
 }
 
-/// Logs in as `user` with its certificate and no password, as the gateway does.
-async fn login(env: &Env, user: &str) -> Result<mysql_async::Conn> {
-    let (cert, key) = certs(env, user);
-    let ssl = mysql_async::SslOpts::default()
-        .with_client_identity(Some(mysql_async::ClientIdentity::new(
-            cert.into_bytes().into(),
-            key.into_bytes().into(),
-        )))
-        .with_root_certs(vec![env.cas.db.cert_pem.clone().into_bytes().into()])
-        .with_disable_built_in_roots(true)
-        .with_danger_tls_hostname_override(Some("localhost".to_string()));
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(env.maria.host.clone())
-        .tcp_port(env.maria.port)
-        .user(Some(user.to_string()))
-        .ssl_opts(Some(ssl))
-        .prefer_socket(false);
-    Ok(mysql_async::Conn::new(opts).await?)
+/// Opens a session as `user` with its certificate and no password, as the gateway does,
+/// and keeps it open.
+async fn login(env: &Env, user: &str) -> Result<MysqlUpstream<TcpStream>, UpstreamError> {
+    let login = UpstreamLogin {
+        user,
+        database: None,
+        client_capabilities: dbward_proxy::mysql::GATEWAY_CAPABILITIES,
+        charset: 45,
+    };
+    upstream::connect(
+        (env.maria.host.as_str(), env.maria.port),
+        client_config(env, user),
+        ServerName::try_from("localhost").expect("name"),
+        &login,
+    )
+    .await
+}
+
+/// Runs `sql` as `user` with the stock `mariadb` client and its certificate; stdout, or the
+/// client's error.
+fn as_user(env: &Env, user: &str, sql: &str) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let files = ClientCertFiles::issue(env.cas, user, dir.path())?;
+    let out = std::process::Command::new("mariadb")
+        .arg("--no-defaults")
+        .arg(format!("--host={}", env.maria.host))
+        .arg(format!("--port={}", env.maria.port))
+        .arg(format!("--ssl-ca={}", files.server_ca.display()))
+        .arg(format!("--ssl-cert={}", files.crt.display()))
+        .arg(format!("--ssl-key={}", files.key.display()))
+        .arg(format!("--user={user}"))
+        .args(["-N", "-B", "-e", sql])
+        .output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn root(env: &Env, sql: &str) -> String {
     env.maria.sql_root(sql).expect("root query")
 }
 
-/// `account_locked` of `user`@`%` in mysql.global_priv ("" when the user is missing).
+/// `account_locked` of `user`@`%` in mysql.global_priv, as "true" or "false" ("" when the
+/// user is missing).
 fn locked(env: &Env, user: &str) -> String {
-    root(
+    let value = root(
         env,
         &format!(
-            "SELECT IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false') FROM mysql.global_priv \
+            "SELECT IFNULL(JSON_VALUE(Priv, '$.account_locked'), 0) FROM mysql.global_priv \
              WHERE User = '{user}' AND Host = '%'"
         ),
-    )
+    );
+    match value.as_str() {
+        "1" | "true" => "true".into(),
+        "0" | "false" => "false".into(),
+        _ => value,
+    }
 }
 
 /// Roles granted to `user`@`host` in mysql.roles_mapping, comma-separated and sorted.
@@ -155,20 +189,15 @@ async fn activate_creates_a_certificate_user_with_its_all_in_one_default_role() 
         name
     );
 
-    let mut conn = login(env, &name).await?;
-    let (who, active): (String, Option<String>) = conn
-        .query_first("SELECT current_user(), current_role()")
-        .await?
-        .expect("a row");
-    assert_eq!(who, format!("{name}@%"));
-    assert_eq!(active.as_deref(), Some(role.as_str()));
-    let count: Option<i64> = conn.query_first("SELECT COUNT(*) FROM appdb.t").await?;
-    assert_eq!(count, Some(0), "reader may read appdb");
+    assert_eq!(
+        as_user(env, &name, "SELECT current_user(), current_role()")?,
+        format!("{name}@%\t{role}")
+    );
+    assert_eq!(as_user(env, &name, "SELECT COUNT(*) FROM appdb.t")?, "0");
     assert!(
-        conn.query_drop("INSERT INTO appdb.t VALUES (1)").await.is_err(),
+        as_user(env, &name, "INSERT INTO appdb.t VALUES (1)").is_err(),
         "reader may not write"
     );
-    conn.disconnect().await?;
     Ok(())
 }
 
@@ -184,13 +213,16 @@ async fn keep_mode_locks_user_after_last_session_and_reactivation_unlocks_it() -
         .activate(&target, &user, &name, &roles(&["reader", "writer"]))
         .await?;
 
-    let conn = login(env, &name).await?;
+    let session = login(env, &name).await?;
     assert_eq!(provisioner.live_session_count(&target, &user).await?, 1);
     // A second session asking for other roles is refused while the first is live.
     let changed = provisioner
         .activate(&target, &user, &name, &roles(&["reader"]))
         .await;
-    assert!(matches!(changed, Err(ProvisionError::RolesChanged { .. })), "{changed:?}");
+    assert!(
+        matches!(changed, Err(ProvisionError::RolesChanged { .. })),
+        "{changed:?}"
+    );
     assert_eq!(
         provisioner
             .activate(&target, &user, &name, &roles(&["writer", "reader"]))
@@ -205,7 +237,7 @@ async fn keep_mode_locks_user_after_last_session_and_reactivation_unlocks_it() -
     );
     assert_eq!(locked(env, &name), "false", "still in use, still open");
 
-    conn.disconnect().await?;
+    drop(session);
     assert_eq!(
         provisioner
             .deactivate(&target, &user, TeardownMode::Keep)
@@ -214,7 +246,11 @@ async fn keep_mode_locks_user_after_last_session_and_reactivation_unlocks_it() -
     );
     assert_eq!(locked(env, &name), "true");
     assert_eq!(granted(env, &role, ""), "");
-    assert!(login(env, &name).await.is_err(), "a locked user cannot log in");
+    let refused = login(env, &name).await;
+    assert!(
+        matches!(refused, Err(UpstreamError::MysqlServer { code: 4151, .. })),
+        "a locked user cannot log in: {refused:?}"
+    );
 
     assert_eq!(
         provisioner
@@ -224,7 +260,7 @@ async fn keep_mode_locks_user_after_last_session_and_reactivation_unlocks_it() -
     );
     assert_eq!(locked(env, &name), "false");
     assert_eq!(granted(env, &role, ""), "writer");
-    login(env, &name).await?.disconnect().await?;
+    assert_eq!(as_user(env, &name, "SELECT current_role()")?, role);
     Ok(())
 }
 
@@ -238,7 +274,7 @@ async fn drop_mode_drops_an_idle_user_and_its_role() -> Result<()> {
     provisioner
         .activate(&target, &user, &name, &roles(&["reader"]))
         .await?;
-    login(env, &name).await?.disconnect().await?;
+    drop(login(env, &name).await?);
     assert_eq!(
         provisioner
             .deactivate(&target, &user, TeardownMode::Drop)
@@ -246,7 +282,13 @@ async fn drop_mode_drops_an_idle_user_and_its_role() -> Result<()> {
         DeactivateOutcome::Dropped
     );
     assert_eq!(
-        root(env, &format!("SELECT COUNT(*) FROM mysql.global_priv WHERE User IN ('{name}', '{}')", all_in_one_role(&user))),
+        root(
+            env,
+            &format!(
+                "SELECT COUNT(*) FROM mysql.global_priv WHERE User IN ('{name}', '{}')",
+                all_in_one_role(&user)
+            )
+        ),
         "0"
     );
     assert_eq!(
@@ -288,7 +330,10 @@ async fn unmanaged_users_are_never_touched() -> Result<()> {
     let provisioner = MariaProvisioner::new();
     let target = target(env);
     let name = unique_name("erin");
-    root(env, &format!("CREATE USER '{name}'@'%' REQUIRE SUBJECT '/CN={name}'"));
+    root(
+        env,
+        &format!("CREATE USER '{name}'@'%' REQUIRE SUBJECT '/CN={name}'"),
+    );
     for user in [name.as_str(), ADMIN] {
         let db_user = DbUserName::new(user);
         let activated = provisioner
@@ -301,7 +346,10 @@ async fn unmanaged_users_are_never_touched() -> Result<()> {
         let deactivated = provisioner
             .deactivate(&target, &db_user, TeardownMode::Drop)
             .await;
-        assert!(matches!(deactivated, Err(ProvisionError::UserNotManaged { .. })));
+        assert!(matches!(
+            deactivated,
+            Err(ProvisionError::UserNotManaged { .. })
+        ));
     }
     assert_eq!(granted(env, &name, "%"), "");
     assert_eq!(locked(env, &name), "false");
@@ -322,8 +370,15 @@ async fn a_managed_user_recorded_for_another_dbward_name_is_refused() -> Result<
     let hijack = provisioner
         .activate(&target, &user, "someone-else", &roles(&["writer"]))
         .await;
-    assert!(matches!(hijack, Err(ProvisionError::UserNotManaged { .. })), "{hijack:?}");
-    assert_eq!(locked(env, &name), "true", "the refused activation changed nothing");
+    assert!(
+        matches!(hijack, Err(ProvisionError::UserNotManaged { .. })),
+        "{hijack:?}"
+    );
+    assert_eq!(
+        locked(env, &name),
+        "true",
+        "the refused activation changed nothing"
+    );
     Ok(())
 }
 
@@ -340,12 +395,20 @@ async fn names_with_quotes_and_unicode_work_and_a_missing_role_is_reported() -> 
             .await?,
         ActivateOutcome::Created
     );
-    let state = provisioner.user_state(&target, &user).await?.expect("exists");
+    let state = provisioner
+        .user_state(&target, &user)
+        .await?
+        .expect("exists");
     assert!(state.managed && state.can_login);
     assert_eq!(state.roles.into_iter().collect::<Vec<_>>(), ["reader"]);
 
     let missing = provisioner
-        .activate(&target, &mariadb_user_name(&unique_name("h")), "h", &roles(&["no_such_role"]))
+        .activate(
+            &target,
+            &mariadb_user_name(&unique_name("h")),
+            "h",
+            &roles(&["no_such_role"]),
+        )
         .await;
     assert!(
         matches!(&missing, Err(ProvisionError::RoleMissing { role }) if role == "no_such_role"),

@@ -45,6 +45,7 @@ pub struct Gateway {
     pub sessions: session::LiveSessions,
     pub upstream: session::UpstreamCredentials,
     pub pg_provisioner: dbward_provision::postgres::PgProvisioner,
+    pub maria_provisioner: dbward_provision::mysql::MariaProvisioner,
     /// The version the last MySQL/MariaDB server reported, repeated in the gateway's greeting.
     pub mysql_version: std::sync::RwLock<String>,
 }
@@ -155,6 +156,7 @@ impl Started {
             sessions: session::LiveSessions::default(),
             upstream: session::UpstreamCredentials::default(),
             pg_provisioner: dbward_provision::postgres::PgProvisioner::new(),
+            maria_provisioner: dbward_provision::mysql::MariaProvisioner::new(),
             mysql_version: std::sync::RwLock::new(
                 session::mysql::DEFAULT_SERVER_VERSION.to_string(),
             ),

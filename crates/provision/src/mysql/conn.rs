@@ -140,8 +140,8 @@ impl AdminConn {
                     row.push(None);
                     continue;
                 }
-                let len = lenenc(&mut cursor)
-                    .ok_or_else(|| DbError::Connection("bad row".into()))?;
+                let len =
+                    lenenc(&mut cursor).ok_or_else(|| DbError::Connection("bad row".into()))?;
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|&l| l <= cursor.len())

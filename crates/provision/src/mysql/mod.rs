@@ -68,7 +68,10 @@ pub fn mariadb_user_name(dbward_name: &str) -> DbUserName {
 
 /// The MySQL user for `dbward_name` (32 characters kept, longer hashed).
 pub fn mysql_user_name(dbward_name: &str) -> DbUserName {
-    DbUserName::new(hashed_name(dbward_name, NameLimit::Chars(MYSQL_MAX_NAME_CHARS)))
+    DbUserName::new(hashed_name(
+        dbward_name,
+        NameLimit::Chars(MYSQL_MAX_NAME_CHARS),
+    ))
 }
 
 /// The all-in-one role of `user`.
@@ -252,7 +255,10 @@ impl MariaProvisioner {
             let mut conn = self.conn(target).await?;
             ensure_setup(&mut conn, target).await?;
             let outcome = activate(&mut conn, target, user, dbward_name, &requested).await;
-            if !matches!(outcome, Err(ProvisionError::Timeout(_) | ProvisionError::UnexpectedAnswer(_))) {
+            if !matches!(
+                outcome,
+                Err(ProvisionError::Timeout(_) | ProvisionError::UnexpectedAnswer(_))
+            ) {
                 self.give_back(target, conn);
             }
             outcome
@@ -273,7 +279,10 @@ impl MariaProvisioner {
     ) -> Result<DeactivateOutcome, ProvisionError> {
         quote::check_user_name(user.as_str())?;
         let timeout = self.inner.settings.operation_timeout + self.inner.settings.settle_time;
-        let settle = (self.inner.settings.settle_time, self.inner.settings.settle_poll);
+        let settle = (
+            self.inner.settings.settle_time,
+            self.inner.settings.settle_poll,
+        );
         let work = async {
             let mut conn = self.conn(target).await?;
             let outcome = settle_and_deactivate(&mut conn, target, user, mode, settle).await;
@@ -417,7 +426,13 @@ async fn activate(
         }
     };
     // Idle or new: strip, grant exactly the requested roles, unlock.
-    exec(conn, &format!("CREATE ROLE IF NOT EXISTS {role}"), admin, name).await?;
+    exec(
+        conn,
+        &format!("CREATE ROLE IF NOT EXISTS {role}"),
+        admin,
+        name,
+    )
+    .await?;
     for held in direct_roles(conn, name, "%", admin).await? {
         if held != MARKER_ROLE && held != role_name {
             let held = quote_ident(&held);
@@ -440,7 +455,13 @@ async fn activate(
         name,
     )
     .await?;
-    exec(conn, &format!("ALTER USER {account} ACCOUNT UNLOCK"), admin, name).await?;
+    exec(
+        conn,
+        &format!("ALTER USER {account} ACCOUNT UNLOCK"),
+        admin,
+        name,
+    )
+    .await?;
     Ok(outcome)
 }
 
@@ -457,9 +478,21 @@ async fn deactivate(
     let role = quote_ident(&role_name);
 
     // Close the race with a login: lock first, then look for sessions.
-    exec(conn, &format!("ALTER USER {account} ACCOUNT LOCK"), admin, name).await?;
+    exec(
+        conn,
+        &format!("ALTER USER {account} ACCOUNT LOCK"),
+        admin,
+        name,
+    )
+    .await?;
     if live_sessions(conn, user, admin).await? >= 1 {
-        exec(conn, &format!("ALTER USER {account} ACCOUNT UNLOCK"), admin, name).await?;
+        exec(
+            conn,
+            &format!("ALTER USER {account} ACCOUNT UNLOCK"),
+            admin,
+            name,
+        )
+        .await?;
         return Ok(DeactivateOutcome::Kept(true));
     }
 
@@ -520,13 +553,28 @@ async fn user_state(
         return Ok(None);
     };
     let locked = row.into_iter().next().flatten();
-    let held = direct_roles(conn, name, "%", admin).await?;
+    // Membership without ADMIN OPTION: whoever created the marker role (the admin) holds it
+    // with ADMIN OPTION, and that does not make it a user dbward created.
+    let managed = name != admin
+        && count(
+            conn,
+            &format!(
+                "SELECT COUNT(*) FROM mysql.roles_mapping WHERE `User` = {} AND `Host` = '%' \
+                 AND `Role` = {} AND `Admin_option` = 'N'",
+                hex_literal(name),
+                hex_literal(MARKER_ROLE)
+            ),
+            admin,
+            name,
+        )
+        .await?
+            > 0;
     let roles = direct_roles(conn, &all_in_one_role(user), "", admin)
         .await?
         .into_iter()
         .collect();
     Ok(Some(UserState {
-        managed: held.iter().any(|r| r == MARKER_ROLE),
+        managed,
         can_login: !matches!(locked.as_deref(), Some("true") | Some("1")),
         roles,
     }))

@@ -130,18 +130,6 @@ where
         | capability::SSL
         | (greeting.capabilities & capability::PLUGIN_AUTH);
 
-    let mut seq = 1u8;
-    packet::write_packet(
-        &mut stream,
-        seq,
-        &packet::ssl_request(capabilities, login.charset),
-    )
-    .await?;
-    let mut stream = TlsConnector::from(tls)
-        .connect(server_name, stream)
-        .await
-        .map_err(UpstreamError::TlsHandshake)?;
-
     let plugin = (capabilities & capability::PLUGIN_AUTH != 0)
         .then(|| greeting.auth_plugin.clone())
         .filter(|plugin| !plugin.is_empty());
@@ -154,6 +142,20 @@ where
         auth_plugin: plugin,
         attrs: Vec::new(),
     };
+    // The SSLRequest must announce exactly the capabilities of the response that follows
+    // it; MariaDB refuses the handshake otherwise.
+    let mut seq = 1u8;
+    packet::write_packet(
+        &mut stream,
+        seq,
+        &packet::ssl_request(response.encode_capabilities(), login.charset),
+    )
+    .await?;
+    let mut stream = TlsConnector::from(tls)
+        .connect(server_name, stream)
+        .await
+        .map_err(UpstreamError::TlsHandshake)?;
+
     seq = seq.wrapping_add(1);
     packet::write_packet(&mut stream, seq, &response.encode()).await?;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use dbward_model::Protocol;
+use dbward_model::{Db, Protocol};
 use dbward_provision::postgres::AdminTarget;
 use dbward_provision::{
     ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode,
@@ -21,12 +21,19 @@ use crate::{audit, Gateway};
 /// How long a connection waits for another session's activation or teardown of the same user.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// The admin connection of one engine.
+#[derive(Clone)]
+pub(crate) enum EngineAdmin {
+    Postgres(AdminTarget),
+    Mysql(dbward_provision::mysql::AdminTarget),
+}
+
 /// Step 3 done: the user the upstream connection logs in as, and what teardown needs.
 pub struct Provisioned {
     /// The in-database user name (hashed when the dbward name is too long).
     pub db_user: String,
     mode: ProvisioningMode,
-    admin: Option<AdminTarget>,
+    admin: Option<EngineAdmin>,
     lock: Option<LockGuard>,
 }
 
@@ -34,19 +41,13 @@ fn lock_key(db: &str, db_user: &str) -> String {
     format!("provision/{db}/{db_user}")
 }
 
-/// The admin connection target of a database, or the PROVISIONING §1.5 error.
+/// The PostgreSQL admin connection target of a database, or the PROVISIONING §1.5 error.
 pub(crate) fn admin_target(
     gw: &Gateway,
-    db: &dbward_model::Db,
+    db: &Db,
     session_db_name: &str,
 ) -> Result<AdminTarget, SessionError> {
-    let admin = db.admin_user().ok_or_else(|| {
-        SessionError::Provisioning(format!(
-            "database \"{}\" has no admin user configured: automatic user provisioning needs spec.admin_user in the db resource",
-            db.metadata.name
-        ))
-    })?;
-    let target = gw.upstream.target(&gw.cas, db, &admin.name)?;
+    let (admin, target) = admin_credentials(gw, db)?;
     let database = admin
         .default_database
         .clone()
@@ -59,6 +60,40 @@ pub(crate) fn admin_target(
         client_config: target.tls,
         admin_user: admin.name,
         database,
+    })
+}
+
+fn admin_credentials(
+    gw: &Gateway,
+    db: &Db,
+) -> Result<(dbward_model::AdminUser, super::upstream::UpstreamTarget), SessionError> {
+    let admin = db.admin_user().ok_or_else(|| {
+        SessionError::Provisioning(format!(
+            "database \"{}\" has no admin user configured: automatic user provisioning needs spec.admin_user in the db resource",
+            db.metadata.name
+        ))
+    })?;
+    let target = gw.upstream.target(&gw.cas, db, &admin.name)?;
+    Ok((admin, target))
+}
+
+/// The MySQL/MariaDB admin target: the admin's default database is the schema that keeps
+/// `user_attributes`.
+fn mysql_admin_target(
+    gw: &Gateway,
+    db: &Db,
+) -> Result<dbward_provision::mysql::AdminTarget, SessionError> {
+    let (admin, target) = admin_credentials(gw, db)?;
+    Ok(dbward_provision::mysql::AdminTarget {
+        host: target.host,
+        port: target.port,
+        server_name: target.server_name_text,
+        client_config: target.tls,
+        admin_user: admin.name,
+        default_schema: admin
+            .default_database
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| dbward_provision::mysql::DEFAULT_SCHEMA.to_string()),
     })
 }
 
@@ -77,25 +112,50 @@ pub async fn provision(
             lock: None,
         });
     }
-    if authorized.db.spec.protocol != Protocol::Postgres {
-        return Err(SessionError::Provisioning(
-            "automatic user provisioning is not available for this database protocol yet".into(),
-        ));
-    }
-    let db_user = dbward_provision::names::pg_name(&authorized.decision.db_user);
+    let dbward_name = authorized.decision.db_user.clone();
+    // The final (possibly hashed) name is known before the lock is taken.
+    let (admin, db_user) = match authorized.db.spec.protocol {
+        Protocol::Postgres => (
+            EngineAdmin::Postgres(admin_target(gw, &authorized.db, &authorized.decision.db_name)?),
+            dbward_provision::names::pg_name(&dbward_name),
+        ),
+        Protocol::Mysql => {
+            let target = mysql_admin_target(gw, &authorized.db)?;
+            let version = gw
+                .maria_provisioner
+                .server_version(&target)
+                .await
+                .map_err(provision_error)?;
+            let flavor = dbward_proxy::mysql::parse_server_version(&version);
+            dbward_proxy::mysql::provisioning_supported(&flavor)
+                .map_err(SessionError::Provisioning)?;
+            let name = match flavor {
+                dbward_proxy::mysql::ServerFlavor::MySql(..) => {
+                    dbward_provision::mysql::mysql_user_name(&dbward_name)
+                }
+                _ => dbward_provision::mysql::mariadb_user_name(&dbward_name),
+            };
+            (EngineAdmin::Mysql(target), name.as_str().to_string())
+        }
+    };
     authorized.fields.db_user = db_user.clone();
     gw.sessions.set_db_user(&authorized.fields.sid, &db_user);
-    let admin = admin_target(gw, &authorized.db, &authorized.decision.db_name)?;
 
     let lock = take_lock(gw, &authorized.db.metadata.name, &db_user).await?;
-    let outcome = gw
-        .pg_provisioner
-        .activate(&admin, &DbUserName::new(db_user.clone()), &authorized.decision.db_roles)
-        .await
-        .map_err(|err| {
-            tracing::info!(user = %authorized.fields.user, db = %authorized.db.metadata.name, %err, "activation failed");
-            provision_error(err)
-        })?;
+    let user = DbUserName::new(db_user.clone());
+    let roles = &authorized.decision.db_roles;
+    let outcome = match &admin {
+        EngineAdmin::Postgres(target) => gw.pg_provisioner.activate(target, &user, roles).await,
+        EngineAdmin::Mysql(target) => {
+            gw.maria_provisioner
+                .activate(target, &user, &dbward_name, roles)
+                .await
+        }
+    }
+    .map_err(|err| {
+        tracing::info!(user = %authorized.fields.user, db = %authorized.db.metadata.name, %err, "activation failed");
+        provision_error(err)
+    })?;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
             .emit(
@@ -146,14 +206,15 @@ impl Provisioned {
                     return;
                 }
             };
-            let result = gw
-                .pg_provisioner
-                .deactivate(
-                    &admin,
-                    &DbUserName::new(self.db_user.clone()),
-                    teardown_mode,
-                )
-                .await;
+            let user = DbUserName::new(self.db_user.clone());
+            let result = match &admin {
+                EngineAdmin::Postgres(target) => {
+                    gw.pg_provisioner.deactivate(target, &user, teardown_mode).await
+                }
+                EngineAdmin::Mysql(target) => {
+                    gw.maria_provisioner.deactivate(target, &user, teardown_mode).await
+                }
+            };
             if let Err(err) = lock.release().await {
                 tracing::warn!(%err, "provisioning lock release failed");
             }

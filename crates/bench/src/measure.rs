@@ -1,0 +1,608 @@
+//! The measurements. Every path is measured in the same run and interleaved (round robin per
+//! iteration, or per round for timed runs) so that noise on the machine hits all paths alike.
+//! Every measured connection is checked: it must succeed and `select current_user` must return
+//! the expected user, otherwise the whole run fails.
+
+use std::path::Path;
+use std::pin::pin;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
+
+use crate::env::{self, Endpoint, Env};
+use crate::stats::ms;
+
+/// How much of everything one run measures.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub conn_iterations: usize,
+    pub conn_warmup: usize,
+    pub pgbench_seconds: u32,
+    pub pgbench_rounds: usize,
+    pub pgbench_scale: u32,
+    pub bulk_rows: u64,
+    pub bulk_rounds: usize,
+    pub memory_sessions: usize,
+    pub rate_clients: usize,
+    pub rate_rounds: usize,
+    pub rate_round: Duration,
+}
+
+impl Params {
+    pub fn full() -> Params {
+        Params {
+            conn_iterations: 200,
+            conn_warmup: 3,
+            pgbench_seconds: 10,
+            pgbench_rounds: 3,
+            pgbench_scale: 10,
+            bulk_rows: 1_000_000,
+            bulk_rounds: 3,
+            memory_sessions: 1000,
+            rate_clients: 8,
+            rate_rounds: 5,
+            rate_round: Duration::from_secs(2),
+        }
+    }
+
+    pub fn quick() -> Params {
+        Params {
+            conn_iterations: 5,
+            conn_warmup: 1,
+            pgbench_seconds: 2,
+            pgbench_rounds: 1,
+            pgbench_scale: 1,
+            bulk_rows: 20_000,
+            bulk_rounds: 1,
+            memory_sessions: 50,
+            rate_clients: 8,
+            rate_rounds: 1,
+            rate_round: Duration::from_millis(700),
+        }
+    }
+
+    /// Bytes one COPY row produces in text format: 1000 characters and a newline.
+    pub const BULK_ROW_BYTES: u64 = 1001;
+}
+
+/// Named samples (milliseconds, transactions per second, MB/s...).
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    pub path: String,
+    pub samples: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayRow {
+    pub path: String,
+    pub clients: u32,
+    pub tps: Vec<f64>,
+    pub latency_ms: Vec<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Memory {
+    pub sessions: usize,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+}
+
+impl Memory {
+    pub fn per_session_kib(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.sessions as f64
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateRow {
+    pub path: String,
+    pub sessions: u64,
+    pub seconds: f64,
+}
+
+impl RateRow {
+    pub fn per_second(&self) -> f64 {
+        self.sessions as f64 / self.seconds
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub connect: Vec<Series>,
+    pub teardown: Vec<Series>,
+    pub relay: Vec<RelayRow>,
+    pub bulk: Vec<Series>,
+    pub bulk_bytes: u64,
+    pub memory: Option<Memory>,
+    pub rate: Vec<RateRow>,
+}
+
+/// Path names, as they appear in the report.
+pub const DIRECT: &str = "direct";
+pub const DBWARD: &str = "dbward";
+pub const DBWARD_STEADY: &str = "dbward (existing locked user)";
+pub const DBWARD_NEW: &str = "dbward (new user each time)";
+pub const PGBOUNCER: &str = "pgbouncer";
+
+fn series<'a>(list: &'a mut Vec<Series>, path: &str) -> &'a mut Series {
+    if let Some(i) = list.iter().position(|s| s.path == path) {
+        return &mut list[i];
+    }
+    list.push(Series {
+        path: path.to_string(),
+        samples: Vec::new(),
+    });
+    list.last_mut().expect("just pushed")
+}
+
+/// An open session: the client and the task driving its connection.
+pub struct Session {
+    client: Client,
+    conn: JoinHandle<()>,
+}
+
+impl Session {
+    /// Closes the session (Terminate) and waits until the socket is closed.
+    pub async fn close(self) {
+        drop(self.client);
+        let _ = self.conn.await;
+    }
+}
+
+/// Connects through `ep`; returns the session and the time until the server was ready for
+/// queries (TCP, TLS, authentication and, through dbward, provisioning).
+pub async fn connect(ep: &Endpoint) -> anyhow::Result<(Session, Duration)> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(ep.port)
+        .user(&ep.user)
+        .dbname("postgres")
+        .ssl_mode(SslMode::Require)
+        .connect_timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    let (client, conn) = config
+        .connect(ep.tls.clone())
+        .await
+        .with_context(|| format!("connecting as {} to port {}", ep.user, ep.port))?;
+    let elapsed = started.elapsed();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((Session { client, conn }, elapsed))
+}
+
+/// Checks that the session works and is the expected database user.
+pub async fn check(session: &Session, ep: &Endpoint) -> anyhow::Result<()> {
+    let row = session
+        .client
+        .query_one("select current_user::text", &[])
+        .await
+        .with_context(|| format!("query as {}", ep.user))?;
+    let user: String = row.get(0);
+    ensure!(
+        user == ep.expected_user,
+        "connected as {user:?}, expected {:?}",
+        ep.expected_user
+    );
+    Ok(())
+}
+
+/// Connect, check, close: one complete functional session.
+async fn session_once(ep: &Endpoint) -> anyhow::Result<Duration> {
+    let (s, t) = connect(ep).await?;
+    check(&s, ep).await?;
+    s.close().await;
+    Ok(t)
+}
+
+/// Waits until `role` exists and cannot log in; the time since `since`.
+pub async fn wait_locked(su: &Client, role: &str, since: Instant) -> anyhow::Result<Duration> {
+    let deadline = since + Duration::from_secs(30);
+    loop {
+        let row = su
+            .query_opt(
+                "select rolcanlogin from pg_roles where rolname = $1",
+                &[&role],
+            )
+            .await?;
+        if let Some(row) = row {
+            if !row.get::<_, bool>(0) {
+                return Ok(since.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{role} still can log in 30 s after its session ended");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ConnPath {
+    Direct,
+    Steady,
+    New,
+    Bouncer,
+}
+
+/// Connection setup for every path, and teardown for the dbward paths.
+pub async fn connection_setup(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let su = env.superuser().await?;
+    let steady = env.dbward_endpoint(env::STEADY_USER)?;
+    let warm = env.dbward_endpoint(env::WARM_USER)?;
+    let mut paths = vec![ConnPath::Direct, ConnPath::Steady, ConnPath::New];
+    if env.pgbouncer_endpoint.is_some() {
+        paths.push(ConnPath::Bouncer);
+    }
+    // Warm-up, not measured: the steady user exists and is locked afterwards.
+    for _ in 0..p.conn_warmup.max(1) {
+        session_once(&env.direct).await?;
+        for ep in [&steady, &warm] {
+            let started = Instant::now();
+            session_once(ep).await?;
+            wait_locked(&su, &ep.user, started).await?;
+        }
+        if let Some(b) = &env.pgbouncer_endpoint {
+            session_once(b).await?;
+        }
+    }
+    for i in 0..p.conn_iterations {
+        let mut order = paths.clone();
+        order.rotate_left(i % paths.len());
+        for path in order {
+            let fresh;
+            let (name, ep) = match path {
+                ConnPath::Direct => (DIRECT, &env.direct),
+                ConnPath::Steady => (DBWARD_STEADY, &steady),
+                ConnPath::New => {
+                    fresh = env.dbward_endpoint(&env::new_user(i))?;
+                    (DBWARD_NEW, &fresh)
+                }
+                ConnPath::Bouncer => (
+                    PGBOUNCER,
+                    env.pgbouncer_endpoint.as_ref().expect("pgbouncer path"),
+                ),
+            };
+            if path == ConnPath::New {
+                let exists = su
+                    .query_opt("select 1 from pg_roles where rolname = $1", &[&ep.user])
+                    .await?;
+                ensure!(exists.is_none(), "{} exists before its first session", ep.user);
+            }
+            let (s, t) = connect(ep)
+                .await
+                .with_context(|| format!("{name}, iteration {i}"))?;
+            check(&s, ep)
+                .await
+                .with_context(|| format!("{name}, iteration {i}"))?;
+            series(&mut out.connect, name).samples.push(ms(t));
+            if matches!(path, ConnPath::Steady | ConnPath::New) {
+                let closed = Instant::now();
+                s.close().await;
+                let td = wait_locked(&su, &ep.user, closed).await?;
+                series(&mut out.teardown, name).samples.push(ms(td));
+            } else {
+                s.close().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pgbench -S` at 1 and 8 clients through every path, interleaved per round.
+pub fn relay(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let dbward = env.dbward_endpoint(env::RELAY_USER)?;
+    let mut paths: Vec<(&str, &Endpoint)> = vec![(DIRECT, &env.direct), (DBWARD, &dbward)];
+    if let Some(b) = &env.pgbouncer_endpoint {
+        paths.push((PGBOUNCER, b));
+    }
+    for round in 0..p.pgbench_rounds {
+        for clients in [1u32, 8] {
+            let mut order = paths.clone();
+            order.rotate_left(round % paths.len());
+            for (name, ep) in order {
+                let (tps, lat) = pgbench(&env.pgbench, ep, clients, p.pgbench_seconds)
+                    .with_context(|| format!("pgbench through {name} with {clients} clients"))?;
+                let i = match out
+                    .relay
+                    .iter()
+                    .position(|r| r.path == name && r.clients == clients)
+                {
+                    Some(i) => i,
+                    None => {
+                        out.relay.push(RelayRow {
+                            path: name.to_string(),
+                            clients,
+                            tps: Vec::new(),
+                            latency_ms: Vec::new(),
+                        });
+                        out.relay.len() - 1
+                    }
+                };
+                out.relay[i].tps.push(tps);
+                out.relay[i].latency_ms.push(lat);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pgbench command line of one run (also printed in the report).
+pub fn pgbench_args(ep: &Endpoint, clients: u32, seconds: u32) -> Vec<String> {
+    vec![
+        "-n".into(),
+        "-S".into(),
+        "-T".into(),
+        seconds.to_string(),
+        "-c".into(),
+        clients.to_string(),
+        "-j".into(),
+        clients.to_string(),
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        ep.port.to_string(),
+        "-U".into(),
+        ep.user.clone(),
+        "postgres".into(),
+    ]
+}
+
+/// Runs pgbench; returns (TPS without initial connection time, average latency ms).
+fn pgbench(bin: &Path, ep: &Endpoint, clients: u32, seconds: u32) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new(bin)
+        .args(pgbench_args(ep, clients, seconds))
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &ep.files.ca)
+        .env("PGSSLCERT", &ep.files.crt)
+        .env("PGSSLKEY", &ep.files.key)
+        .env("PGCONNECT_TIMEOUT", "60")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .env_remove("PGHOST")
+        .env_remove("PGDATABASE")
+        .output()
+        .context("running pgbench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("pgbench failed ({}):\n{stderr}\n{stdout}", out.status);
+    }
+    parse_pgbench(&stdout).with_context(|| format!("pgbench output:\n{stdout}\n{stderr}"))
+}
+
+/// Reads TPS and average latency from pgbench's report and checks nothing failed.
+pub fn parse_pgbench(text: &str) -> anyhow::Result<(f64, f64)> {
+    let mut tps = None;
+    let mut latency = None;
+    let mut processed = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("tps = ") {
+            if rest.contains("without initial connection time") {
+                tps = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+            }
+        } else if let Some(rest) = line.strip_prefix("latency average = ") {
+            latency = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("number of transactions actually processed: ")
+        {
+            processed = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|v| v.parse::<u64>().ok());
+        } else if let Some(rest) = line.strip_prefix("number of failed transactions: ") {
+            let failed: u64 = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .context("unreadable failed-transaction count")?;
+            ensure!(failed == 0, "{failed} transactions failed");
+        }
+    }
+    ensure!(processed.unwrap_or(0) > 0, "no transaction was processed");
+    Ok((
+        tps.context("no tps line")?,
+        latency.context("no latency line")?,
+    ))
+}
+
+/// `COPY ... TO STDOUT` of `rows` rows through every path, interleaved per round.
+pub async fn bulk(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let dbward = env.dbward_endpoint(env::RELAY_USER)?;
+    let mut paths: Vec<(&str, &Endpoint)> = vec![(DIRECT, &env.direct), (DBWARD, &dbward)];
+    if let Some(b) = &env.pgbouncer_endpoint {
+        paths.push((PGBOUNCER, b));
+    }
+    let expected = p.bulk_rows * Params::BULK_ROW_BYTES;
+    out.bulk_bytes = expected;
+    let sql = format!(
+        "COPY (SELECT repeat('x', 1000) FROM generate_series(1, {})) TO STDOUT",
+        p.bulk_rows
+    );
+    for round in 0..p.bulk_rounds {
+        let mut order = paths.clone();
+        order.rotate_left(round % paths.len());
+        for (name, ep) in order {
+            let (s, _) = connect(ep).await.with_context(|| format!("bulk via {name}"))?;
+            check(&s, ep).await?;
+            let started = Instant::now();
+            let mut stream = pin!(s
+                .client
+                .copy_out(sql.as_str())
+                .await
+                .with_context(|| format!("COPY via {name}"))?);
+            let mut bytes = 0u64;
+            while let Some(chunk) = stream.next().await {
+                bytes += chunk.with_context(|| format!("COPY via {name}"))?.len() as u64;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            ensure!(
+                bytes == expected,
+                "COPY via {name} returned {bytes} bytes, expected {expected}"
+            );
+            series(&mut out.bulk, name)
+                .samples
+                .push(bytes as f64 / 1e6 / secs);
+            s.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// Gateway RSS with `n` idle proxied sessions.
+pub async fn memory(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let su = env.superuser().await?;
+    let ep = env.dbward_endpoint(env::MEMORY_USER)?;
+    // Warm-up: the gateway has served sessions (runtime threads, pools, caches exist).
+    let mut warm = Vec::new();
+    for _ in 0..8 {
+        let (s, _) = connect(&ep).await?;
+        check(&s, &ep).await?;
+        warm.push(s);
+    }
+    for s in warm {
+        s.close().await;
+    }
+    wait_locked(&su, &ep.user, Instant::now()).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = env.gateway.rss_kib()?;
+
+    let opened: Vec<anyhow::Result<Session>> = futures_util::stream::iter(0..p.memory_sessions)
+        .map(|_| {
+            let ep = ep.clone();
+            async move {
+                let (s, _) = connect(&ep).await?;
+                check(&s, &ep).await?;
+                anyhow::Ok(s)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut sessions = Vec::with_capacity(opened.len());
+    for s in opened {
+        sessions.push(s.context("opening an idle session")?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = env.gateway.rss_kib()?;
+    let backends: i64 = su
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = $1",
+            &[&ep.user],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        backends as usize == p.memory_sessions,
+        "{backends} backends for {} idle sessions",
+        p.memory_sessions
+    );
+    // Every session is still alive.
+    for s in &sessions {
+        s.client.simple_query("").await.context("idle session died")?;
+    }
+    for s in sessions {
+        s.close().await;
+    }
+    wait_locked(&su, &ep.user, Instant::now()).await?;
+    out.memory = Some(Memory {
+        sessions: p.memory_sessions,
+        rss_before_kib: before,
+        rss_after_kib: after,
+    });
+    Ok(())
+}
+
+/// Sessions per second with `rate_clients` parallel clients: each dbward client is its own
+/// dbward user, so every session activates (and its end locks) a database user.
+pub async fn rate(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let su = env.superuser().await?;
+    let mut dbward = Vec::new();
+    for k in 0..p.rate_clients {
+        dbward.push(env.dbward_endpoint(&env::rate_user(k))?);
+    }
+    // Warm-up: every rate user exists (and is locked) before the first round.
+    for ep in &dbward {
+        let started = Instant::now();
+        session_once(ep).await?;
+        wait_locked(&su, &ep.user, started).await?;
+    }
+    let mut paths: Vec<(&str, Vec<Endpoint>)> = vec![
+        (DIRECT, vec![env.direct.clone(); p.rate_clients]),
+        (DBWARD, dbward.clone()),
+    ];
+    if let Some(b) = &env.pgbouncer_endpoint {
+        paths.push((PGBOUNCER, vec![b.clone(); p.rate_clients]));
+    }
+    for round in 0..p.rate_rounds {
+        let mut order = paths.clone();
+        order.rotate_left(round % paths.len());
+        for (name, eps) in order {
+            let (sessions, seconds) = rate_round(eps.clone(), p.rate_round)
+                .await
+                .with_context(|| format!("session rate via {name}"))?;
+            match out.rate.iter_mut().find(|r| r.path == name) {
+                Some(r) => {
+                    r.sessions += sessions;
+                    r.seconds += seconds;
+                }
+                None => out.rate.push(RateRow {
+                    path: name.to_string(),
+                    sessions,
+                    seconds,
+                }),
+            }
+            if name == DBWARD {
+                // Teardown of the last sessions must not spill into the next path's round.
+                for ep in &eps {
+                    wait_locked(&su, &ep.user, Instant::now()).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One timed round: every client connects, checks and disconnects in a loop until the time is
+/// up. Returns (sessions completed, seconds until the last client finished).
+async fn rate_round(eps: Vec<Endpoint>, length: Duration) -> anyhow::Result<(u64, f64)> {
+    let started = Instant::now();
+    let deadline = started + length;
+    let mut tasks = Vec::new();
+    for ep in eps {
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                session_once(&ep).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.context("rate client panicked")??;
+    }
+    Ok((total, started.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_report_is_parsed_and_failures_rejected() {
+        let ok = "transaction type: <builtin: select only>\nnumber of transactions actually processed: 1234\nnumber of failed transactions: 0 (0.000%)\nlatency average = 0.810 ms\ninitial connection time = 5.1 ms\ntps = 1234.567890 (without initial connection time)\n";
+        assert_eq!(parse_pgbench(ok).unwrap(), (1234.56789, 0.81));
+        let failed = ok.replace("failed transactions: 0 (", "failed transactions: 3 (");
+        assert!(parse_pgbench(&failed).is_err());
+        let none = ok.replace("processed: 1234", "processed: 0");
+        assert!(parse_pgbench(&none).is_err());
+    }
+}
