@@ -327,8 +327,8 @@ fn chown_to_db_account(path: &Path) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(());
     }
-    let user = nix::unistd::User::from_name("postgres")?
-        .context("the postgres account does not exist")?;
+    let user =
+        nix::unistd::User::from_name("postgres")?.context("the postgres account does not exist")?;
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
         std::os::unix::fs::chown(&p, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
@@ -494,7 +494,9 @@ impl GatewayProcess {
             if let Ok(text) = fs::read_to_string(&endpoints_file) {
                 if let Ok(ep) = serde_json::from_str::<dbward_server::Endpoints>(&text) {
                     if ep.pid == pid {
-                        let addr = ep.postgres.context("the gateway has no postgres listener")?;
+                        let addr = ep
+                            .postgres
+                            .context("the gateway has no postgres listener")?;
                         let addr: std::net::SocketAddr = addr.parse()?;
                         gw.port = addr.port();
                         return Ok(gw);
@@ -580,7 +582,8 @@ impl PgBouncer {
         fs::write(dir.join("client-ca.crt"), &cas.db_client.cert_pem)?;
         fs::copy(db_ca_file, dir.join("server-ca.crt"))?;
         // The one certificate pgbouncer presents to PostgreSQL: CN = bench_pgb.
-        let (crt, key) = dbward_pki::issue_db_client_cert(&cas.db_client, PGBOUNCER_USER, CERT_TTL)?;
+        let (crt, key) =
+            dbward_pki::issue_db_client_cert(&cas.db_client, PGBOUNCER_USER, CERT_TTL)?;
         fs::write(dir.join("server-client.crt"), crt)?;
         dbward_pki::write_private_file(&dir.join("server-client.key"), key.as_bytes())?;
         fs::write(

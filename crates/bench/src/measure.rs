@@ -273,7 +273,11 @@ pub async fn connection_setup(env: &Env, p: &Params, out: &mut Results) -> anyho
                 let exists = su
                     .query_opt("select 1 from pg_roles where rolname = $1", &[&ep.user])
                     .await?;
-                ensure!(exists.is_none(), "{} exists before its first session", ep.user);
+                ensure!(
+                    exists.is_none(),
+                    "{} exists before its first session",
+                    ep.user
+                );
             }
             let (s, t) = connect(ep)
                 .await
@@ -429,7 +433,9 @@ pub async fn bulk(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()
         let mut order = paths.clone();
         order.rotate_left(round % paths.len());
         for (name, ep) in order {
-            let (s, _) = connect(ep).await.with_context(|| format!("bulk via {name}"))?;
+            let (s, _) = connect(ep)
+                .await
+                .with_context(|| format!("bulk via {name}"))?;
             check(&s, ep).await?;
             let started = Instant::now();
             let mut stream = pin!(s
@@ -505,7 +511,10 @@ pub async fn memory(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<
     );
     // Every session is still alive.
     for s in &sessions {
-        s.client.simple_query("").await.context("idle session died")?;
+        s.client
+            .simple_query("")
+            .await
+            .context("idle session died")?;
     }
     for s in sessions {
         s.close().await;

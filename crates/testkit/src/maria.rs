@@ -90,6 +90,9 @@ impl MariaServer {
                 "--skip-test-db",
                 "--skip-name-resolve",
             ])
+            // The bootstrap server names its temporary tables after its pid in $TMPDIR;
+            // concurrent installs sharing /tmp collide ("Unknown table 'mysql.tmp_user_sys'").
+            .env("TMPDIR", &tmp_dir)
             .current_dir(&root);
         run(&mut install, "mariadb-install-db")?;
 

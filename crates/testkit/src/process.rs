@@ -256,11 +256,18 @@ impl Drop for Watchdog {
 
 /// A short private directory under `/tmp`: Unix socket paths must stay under 107 bytes, and
 /// `$TMPDIR` may be long.
+///
+/// Mode 0700: it holds the servers' Unix sockets, where the superuser needs no password.
 pub(crate) fn short_temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
-    tempfile::Builder::new()
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
         .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir_in("/tmp")
-        .context("creating a temporary directory in /tmp")
+        .context("creating a temporary directory in /tmp")?;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", dir.path().display()))?;
+    Ok(dir)
 }
 
 /// Whether `pid` is a live process (an exited process waiting to be reaped does not count).

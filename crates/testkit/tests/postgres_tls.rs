@@ -149,6 +149,16 @@ fn superuser_sql_runs_statements_in_order_and_reports_errors() -> anyhow::Result
     Ok(())
 }
 
+#[test]
+fn superuser_socket_is_in_a_private_directory() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = shared_pg()?;
+    // `local all all trust`: whoever reaches the socket is superuser.
+    let mode = std::fs::metadata(&pg.socket_dir)?.permissions().mode();
+    assert_eq!(mode & 0o077, 0, "socket directory mode {mode:o}");
+    Ok(())
+}
+
 /// Whether `pid` runs (an exited process not yet reaped by its parent does not count).
 fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -43,6 +43,8 @@ pub mod errno {
     pub const DBACCESS_DENIED: u16 = 1044;
     /// `ER_ACCESS_DENIED_ERROR`.
     pub const ACCESS_DENIED: u16 = 1045;
+    /// `ER_ACCESS_DENIED_NO_PASSWORD_ERROR`: also what a role grant without ADMIN gives.
+    pub const ACCESS_DENIED_NO_PASSWORD: u16 = 1698;
     /// `ER_TABLEACCESS_DENIED_ERROR`.
     pub const TABLEACCESS_DENIED: u16 = 1142;
     /// `ER_SPECIFIC_ACCESS_DENIED_ERROR`.
@@ -201,7 +203,18 @@ impl MariaProvisioner {
         match tokio::time::timeout(timeout, connecting).await {
             Err(_) => Err(ProvisionError::Timeout(timeout)),
             Ok(Err(err)) => Err(connect_error(&err, target)),
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(mut conn)) => {
+                // String literals below rely on backslash escapes (certificate subjects
+                // carry OpenSSL's `\/` escapes), whatever the server's default sql_mode.
+                exec(
+                    &mut conn,
+                    "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '')",
+                    &target.admin_user,
+                    "",
+                )
+                .await?;
+                Ok(conn)
+            }
         }
     }
 
@@ -388,9 +401,29 @@ async fn activate(
     let account = quote_account(name);
     let role_name = all_in_one_role(user);
     let role = quote_ident(&role_name);
+    // Every requested role must exist and be grantable by the admin before anything is
+    // created: MariaDB commits account statements one by one.
+    for wanted in requested {
+        check_grantable(conn, admin, wanted, name).await?;
+    }
+    // The same name on another host (`root`@`localhost`) or as a role is someone else's
+    // account: never create a twin of it.
+    let elsewhere = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND (`Host` <> '%' OR is_role = 'Y')",
+            hex_literal(name)
+        ),
+        admin,
+        name,
+    )
+    .await?;
+    if elsewhere > 0 {
+        return Err(ProvisionError::UserNotManaged { user: name.into() });
+    }
     let outcome = match user_state(conn, user, admin).await? {
         None => {
-            let subject = quote_string(&format!("/CN={name}"));
+            let subject = quote::subject_literal(name);
             exec(
                 conn,
                 &format!("CREATE USER {account} REQUIRE SUBJECT {subject}"),
@@ -528,6 +561,22 @@ async fn deactivate(
         let held = quote_ident(&held);
         exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
     }
+    // A locked user holds the marker role only; activation grants the all-in-one role back.
+    if direct_roles(conn, name, "%", admin)
+        .await?
+        .iter()
+        .any(|r| *r == role_name)
+    {
+        exec(conn, &format!("REVOKE {role} FROM {account}"), admin, name).await?;
+        exec(
+            conn,
+            &format!("SET DEFAULT ROLE NONE FOR {account}"),
+            admin,
+            name,
+        )
+        .await?;
+    }
+    // A DEFINER is kept, locked like in `keep` mode, so its views and routines survive.
     Ok(if fell_back {
         DeactivateOutcome::DropFellBackToLock
     } else {
@@ -581,6 +630,54 @@ async fn user_state(
 }
 
 /// Roles granted to the account `user`@`host` (roles themselves have host `''`).
+/// Refuses a role that does not exist or that the admin is not an ADMIN of.
+async fn check_grantable(
+    conn: &mut Conn,
+    admin: &str,
+    role: &str,
+    user: &str,
+) -> Result<(), ProvisionError> {
+    let exists = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND is_role = 'Y'",
+            hex_literal(role)
+        ),
+        admin,
+        user,
+    )
+    .await?;
+    if exists == 0 {
+        return Err(ProvisionError::RoleMissing {
+            role: role.to_string(),
+        });
+    }
+    let admin_of = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM mysql.roles_mapping WHERE `User` = {} AND `Role` = {} \
+             AND `Admin_option` = 'Y'",
+            hex_literal(admin),
+            hex_literal(role)
+        ),
+        admin,
+        user,
+    )
+    .await?;
+    if admin_of == 0 {
+        return Err(ProvisionError::AdminCannotGrant {
+            admin: admin.to_string(),
+            role: role.to_string(),
+            fix: format!(
+                "GRANT {} TO {}@`%` WITH ADMIN OPTION;",
+                quote_ident(role),
+                quote_ident(admin)
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn direct_roles(
     conn: &mut Conn,
     user: &str,
@@ -684,6 +781,7 @@ fn map_error(err: &DbError, admin: &str, user: &str) -> ProvisionError {
         DbError::Server(server) => match server.code {
             errno::DBACCESS_DENIED
             | errno::ACCESS_DENIED
+            | errno::ACCESS_DENIED_NO_PASSWORD
             | errno::TABLEACCESS_DENIED
             | errno::SPECIFIC_ACCESS_DENIED => ProvisionError::AdminLacksPrivilege {
                 admin: admin.to_string(),

@@ -23,6 +23,14 @@ pub fn quote_string(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The `REQUIRE SUBJECT` string literal for a db-client certificate `CN=<name>`: the subject
+/// as MariaDB reads it from the certificate (OpenSSL's one-line form, which escapes `/`, `+`
+/// and non-ASCII bytes with backslashes), quoted for a session with backslash escapes on.
+pub fn subject_literal(name: &str) -> String {
+    let subject = dbward_pki::x509_oneline_subject(name);
+    format!("'{}'", subject.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 fn check(name: &str, max_chars: usize) -> Result<(), ProvisionError> {
     let invalid = |reason| ProvisionError::InvalidName {
         name: name.to_string(),
@@ -39,10 +47,9 @@ fn check(name: &str, max_chars: usize) -> Result<(), ProvisionError> {
             "control characters and backslashes are not allowed",
         ));
     }
-    // The certificate subject is matched as `/CN=<name>`; a slash would start another field.
-    if name.contains('/') {
-        return Err(invalid("slashes are not allowed"));
-    }
+    // A slash is allowed (standard base64 in hashed names has them): the subject is matched
+    // as the string `/CN=<name>`, and dbward's db-client CA only issues CN-only subjects, so
+    // no certificate can present another field there.
     Ok(())
 }
 
@@ -65,14 +72,22 @@ mod tests {
         assert_eq!(quote_ident("a`b"), "`a``b`");
         assert_eq!(quote_account("o'brien"), "`o'brien`@`%`");
         assert_eq!(quote_string("/CN=o'brien"), "'/CN=o''brien'");
+        assert_eq!(subject_literal("a/b+c"), "'/CN=a\\\\/b\\\\+c'");
+        assert_eq!(subject_literal("o'ü"), "'/CN=o''\\\\xC3\\\\xBC'");
     }
 
     #[test]
     fn unsafe_names_are_refused() {
-        for name in ["", "a\\b", "a\nb", "a/b", &"x".repeat(81)] {
+        for name in ["", "a\\b", "a\nb", &"x".repeat(81)] {
             assert!(check_user_name(name).is_err(), "{name:?}");
         }
-        for name in ["alice", "o'brien", "ünï cødé", "x`; drop user root; --"] {
+        for name in [
+            "alice",
+            "o'brien",
+            "ünï cødé",
+            "a/b+c",
+            "x`; drop user root; --",
+        ] {
             assert!(check_user_name(name).is_ok(), "{name:?}");
         }
     }

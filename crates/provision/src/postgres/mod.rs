@@ -340,7 +340,9 @@ impl PgProvisioner {
                     .query(&statement, &[&MARKER_ROLE])
                     .await
                     .map_err(map)?;
-                rows.iter().map(|r| r.try_get::<_, String>(0).map_err(map)).collect()
+                rows.iter()
+                    .map(|r| r.try_get::<_, String>(0).map_err(map))
+                    .collect()
             })
         })
         .await

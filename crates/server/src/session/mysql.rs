@@ -185,9 +185,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
                     sqlstate,
                     message,
                 },
-                other => {
-                    SessionError::Internal(format!("connecting to {}: {other}", target.addr))
-                }
+                other => SessionError::Internal(format!("connecting to {}: {other}", target.addr)),
             })?;
         Ok::<_, SessionError>(connected)
     }
@@ -208,7 +206,9 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
             *version = server.server_version.clone();
         }
     }
-    if let Err(err) = mysql::send_ok(&mut client.stream, client.sequence_id, server.capabilities).await {
+    if let Err(err) =
+        mysql::send_ok(&mut client.stream, client.sequence_id, server.capabilities).await
+    {
         tracing::info!(%sid, %err, "client left during the handshake");
         drop(server);
         registration.relay_finished();
@@ -216,7 +216,11 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         return;
     }
     gw.audit
-        .emit(audit::SESSION_START, &authorized.fields, json!({"success": true}))
+        .emit(
+            audit::SESSION_START,
+            &authorized.fields,
+            json!({"success": true}),
+        )
         .await;
     tracing::info!(
         %sid,

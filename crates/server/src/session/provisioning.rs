@@ -116,7 +116,11 @@ pub async fn provision(
     // The final (possibly hashed) name is known before the lock is taken.
     let (admin, db_user) = match authorized.db.spec.protocol {
         Protocol::Postgres => (
-            EngineAdmin::Postgres(admin_target(gw, &authorized.db, &authorized.decision.db_name)?),
+            EngineAdmin::Postgres(admin_target(
+                gw,
+                &authorized.db,
+                &authorized.decision.db_name,
+            )?),
             dbward_provision::names::pg_name(&dbward_name),
         ),
         Protocol::Mysql => {
@@ -209,10 +213,14 @@ impl Provisioned {
             let user = DbUserName::new(self.db_user.clone());
             let result = match &admin {
                 EngineAdmin::Postgres(target) => {
-                    gw.pg_provisioner.deactivate(target, &user, teardown_mode).await
+                    gw.pg_provisioner
+                        .deactivate(target, &user, teardown_mode)
+                        .await
                 }
                 EngineAdmin::Mysql(target) => {
-                    gw.maria_provisioner.deactivate(target, &user, teardown_mode).await
+                    gw.maria_provisioner
+                        .deactivate(target, &user, teardown_mode)
+                        .await
                 }
             };
             if let Err(err) = lock.release().await {

@@ -14,26 +14,43 @@ use dbward_model::Config;
 use dbward_pki::{CertUsage, DbRoute, Identity};
 use dbward_server::{Gateway, Started};
 use dbward_store::PutMode;
-use dbward_testkit::{DbServerCerts, PgServer};
+use dbward_testkit::{DbServerCerts, MariaServer, PgServer};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 pub struct Harness {
     pub rt: tokio::runtime::Runtime,
     pub gw: Arc<Gateway>,
+    /// The gateway's PostgreSQL listener (PostgreSQL harness only).
     pub pg_addr: SocketAddr,
-    pub pg: PgServer,
+    /// The gateway's MySQL listener (MariaDB harness only).
+    pub mysql_addr: SocketAddr,
+    pg_server: Option<PgServer>,
+    maria_server: Option<MariaServer>,
     pub dir: PathBuf,
     pub host_ca: PathBuf,
 }
 
-static HARNESS: OnceLock<Harness> = OnceLock::new();
-
-pub fn harness() -> &'static Harness {
-    HARNESS.get_or_init(|| start().expect("starting PostgreSQL and the gateway"))
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Postgres,
+    Mariadb,
 }
 
-fn start() -> anyhow::Result<Harness> {
+static HARNESS: OnceLock<Harness> = OnceLock::new();
+static MARIA_HARNESS: OnceLock<Harness> = OnceLock::new();
+
+/// A real PostgreSQL and a gateway with its PostgreSQL listener.
+pub fn harness() -> &'static Harness {
+    HARNESS.get_or_init(|| start(Engine::Postgres).expect("starting PostgreSQL and the gateway"))
+}
+
+/// A real MariaDB and a gateway with its MySQL listener.
+pub fn maria_harness() -> &'static Harness {
+    MARIA_HARNESS.get_or_init(|| start(Engine::Mariadb).expect("starting MariaDB and the gateway"))
+}
+
+fn start(engine: Engine) -> anyhow::Result<Harness> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             std::env::var("RUST_LOG").unwrap_or_else(|_| "dbward_server=info".to_string()),
@@ -48,8 +65,10 @@ fn start() -> anyhow::Result<Harness> {
     std::fs::write(
         &config_path,
         format!(
-            "version: v1\ncluster_name: test\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:0\npostgres_listen_addr: 127.0.0.1:0\nmysql_listen_addr: \"\"\n",
-            dir.join("data").display()
+            "version: v1\ncluster_name: test\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:0\npostgres_listen_addr: {}\nmysql_listen_addr: {}\n",
+            dir.join("data").display(),
+            if engine == Engine::Postgres { "127.0.0.1:0" } else { "\"\"" },
+            if engine == Engine::Mariadb { "127.0.0.1:0" } else { "\"\"" },
         ),
     )?;
     let config = Config::load(&config_path)?;
@@ -66,13 +85,22 @@ fn start() -> anyhow::Result<Harness> {
     let certs_dir = dir.join("db-certs");
     std::fs::create_dir_all(&certs_dir)?;
     let certs = DbServerCerts::from_cas(&cas, &certs_dir)?;
-    let pg = PgServer::start(&certs)?;
+    let (pg_server, maria_server) = match engine {
+        Engine::Postgres => (Some(PgServer::start(&certs)?), None),
+        Engine::Mariadb => (None, Some(MariaServer::start(&certs)?)),
+    };
     let started = rt.block_on(Started::bind(config))?;
     let gw = started.gateway.clone();
-    let pg_addr: SocketAddr = rt
-        .block_on(async { gw.endpoints.read().await.postgres.clone() })
-        .expect("postgres listener")
-        .parse()?;
+    let endpoints = rt.block_on(async { gw.endpoints.read().await.clone() });
+    let unbound: SocketAddr = "0.0.0.0:0".parse()?;
+    let pg_addr = match endpoints.postgres {
+        Some(addr) => addr.parse()?,
+        None => unbound,
+    };
+    let mysql_addr = match endpoints.mysql {
+        Some(addr) => addr.parse()?,
+        None => unbound,
+    };
     rt.spawn(started.run(CancellationToken::new()));
     let host_ca = dir.join("host-ca.crt");
     std::fs::write(&host_ca, &gw.cas.host.cert_pem)?;
@@ -80,13 +108,30 @@ fn start() -> anyhow::Result<Harness> {
         rt,
         gw,
         pg_addr,
-        pg,
+        mysql_addr,
+        pg_server,
+        maria_server,
         dir,
         host_ca,
     })
 }
 
 impl Harness {
+    pub fn pg(&self) -> &PgServer {
+        self.pg_server.as_ref().expect("a PostgreSQL harness")
+    }
+
+    pub fn maria(&self) -> &MariaServer {
+        self.maria_server.as_ref().expect("a MariaDB harness")
+    }
+
+    /// SQL as MariaDB's root, through its socket.
+    pub fn maria_sql(&self, sql: &str) -> String {
+        self.maria()
+            .sql_root(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e:#}"))
+    }
+
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
@@ -113,7 +158,7 @@ impl Harness {
 
     /// SQL as the superuser, through the server's socket.
     pub fn sql(&self, sql: &str) -> String {
-        self.pg
+        self.pg()
             .psql_super(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e:#}"))
     }
@@ -125,8 +170,39 @@ impl Harness {
             .unwrap_or_default();
         format!(
             "kind: db\nversion: v3\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n{admin}",
-            self.pg.port
+            self.pg().port
         )
+    }
+
+    /// A `db` resource pointing at the test MariaDB.
+    pub fn maria_db_yaml(&self, name: &str, labels: &str, admin: Option<&str>) -> String {
+        let admin = admin
+            .map(|a| format!("  admin_user: {{name: {a:?}}}\n"))
+            .unwrap_or_default();
+        format!(
+            "kind: db\nversion: v3\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  protocol: mysql\n  uri: 127.0.0.1:{}\n{admin}",
+            self.maria().port
+        )
+    }
+
+    /// Runs the `mariadb` client through the gateway.
+    pub fn mariadb(&self, files: &ClientFiles, user: &str, sql: &str) -> PsqlResult {
+        let out = self.mariadb_command(files, user, sql).output().unwrap();
+        PsqlResult::from(out)
+    }
+
+    pub fn mariadb_command(&self, files: &ClientFiles, user: &str, sql: &str) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.arg("--no-defaults")
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={}", self.mysql_addr.port()))
+            .arg(format!("--ssl-ca={}", files.ca.display()))
+            .arg(format!("--ssl-cert={}", files.crt.display()))
+            .arg(format!("--ssl-key={}", files.key.display()))
+            .arg("--ssl-verify-server-cert")
+            .arg(format!("--user={user}"))
+            .args(["-N", "-B", "-e", sql]);
+        cmd
     }
 
     /// Creates an admin user with the privileges provisioning needs and the given db roles.

@@ -1,0 +1,398 @@
+//! The MySQL-protocol gateway end to end: real MariaDB, real `mariadb` client, observed in
+//! `mysql.global_priv` and `mysql.roles_mapping`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+
+use common::*;
+
+struct World {
+    db: String,
+    admin: String,
+    reader: String,
+    writer: String,
+    schema: String,
+    role: String,
+}
+
+fn world(mode: &str) -> World {
+    let h = maria_harness();
+    let n = unique("m");
+    let w = World {
+        db: format!("my-{n}"),
+        admin: format!("adm_{n}"),
+        reader: format!("reader_{n}"),
+        writer: format!("writer_{n}"),
+        schema: format!("app_{n}"),
+        role: format!("role-{n}"),
+    };
+    h.maria_sql(&format!(
+        "CREATE USER '{a}'@'%' REQUIRE SUBJECT '/CN={a}';
+         GRANT PROCESS, CREATE USER ON *.* TO '{a}'@'%';
+         GRANT SELECT ON mysql.roles_mapping TO '{a}'@'%';
+         GRANT UPDATE ON mysql.* TO '{a}'@'%';
+         GRANT SELECT ON *.* TO '{a}'@'%';
+         CREATE ROLE IF NOT EXISTS `dbward-auto-user`;
+         GRANT `dbward-auto-user` TO '{a}'@'%' WITH ADMIN OPTION;
+         CREATE DATABASE IF NOT EXISTS dbward;
+         GRANT ALL ON dbward.* TO '{a}'@'%' WITH GRANT OPTION;
+         CREATE ROLE `{r}` WITH ADMIN '{a}'@'%';
+         CREATE ROLE `{wr}` WITH ADMIN '{a}'@'%';
+         CREATE DATABASE `{s}`;
+         CREATE TABLE `{s}`.t (id int);
+         INSERT INTO `{s}`.t VALUES (1);
+         GRANT SELECT ON `{s}`.* TO `{r}`;
+         GRANT INSERT, CREATE VIEW, SHOW VIEW ON `{s}`.* TO `{wr}`;",
+        a = w.admin,
+        r = w.reader,
+        wr = w.writer,
+        s = w.schema
+    ));
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {role}}}\nspec:\n  options: {{create_db_user_mode: {mode}}}\n  allow:\n    db_labels: {{test: \"{n}\"}}\n    db_roles: [\"{reader}\", \"{writer}\"]\n---\n{db}\n",
+        role = w.role,
+        reader = w.reader,
+        writer = w.writer,
+        db = h.maria_db_yaml(&w.db, &format!("{{test: \"{n}\"}}"), Some(&w.admin)),
+    ));
+    w
+}
+
+fn add_user(name: &str, roles: &[&str]) {
+    let roles = roles
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    maria_harness().apply(&format!(
+        "kind: user\nversion: v2\nmetadata: {{name: {name:?}}}\nspec: {{roles: [{roles}]}}\n"
+    ));
+}
+
+/// `account_locked` of 'user'@'%': Some(true/false), None when the account does not exist.
+fn locked(user: &str) -> Option<bool> {
+    let out = maria_harness().maria_sql(&format!(
+        "SELECT IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false') FROM mysql.global_priv WHERE User = {} AND Host = '%'",
+        lit(user)
+    ));
+    match out.as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        "" => None,
+        other => panic!("unexpected account_locked value {other:?}"),
+    }
+}
+
+/// The roles granted to 'user'@'%', sorted, comma separated.
+fn roles_of(user: &str) -> String {
+    maria_harness().maria_sql(&format!(
+        "SELECT IFNULL(GROUP_CONCAT(Role ORDER BY Role), '') FROM mysql.roles_mapping WHERE User = {} AND Host = '%'",
+        lit(user)
+    ))
+}
+
+fn role_exists(role: &str) -> bool {
+    maria_harness().maria_sql(&format!(
+        "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND is_role = 'Y'",
+        lit(role)
+    )) == "1"
+}
+
+struct OpenSession {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl OpenSession {
+    fn start(files: &ClientFiles, user: &str) -> Result<OpenSession, String> {
+        let h = maria_harness();
+        let mut cmd = h.mariadb_command(files, user, "");
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_os_string())
+            .take_while(|a| a != "-N")
+            .collect();
+        let mut child = std::process::Command::new("mariadb")
+            .args(args)
+            .args(["-N", "-B", "-n"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let _ = &mut cmd;
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut s = OpenSession { child, out };
+        match s.query("SELECT 'ready'") {
+            Some(line) if line == "ready" => Ok(s),
+            _ => {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err);
+                let _ = s.child.wait();
+                Err(err)
+            }
+        }
+    }
+
+    fn query(&mut self, sql: &str) -> Option<String> {
+        let stdin = self.child.stdin.as_mut()?;
+        writeln!(stdin, "{sql};").ok()?;
+        stdin.flush().ok()?;
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim().to_string()),
+        }
+    }
+
+    fn close(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn keep_mode_unlocks_during_session_and_locks_after() {
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("alice");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+
+    let mut s = OpenSession::start(&files, &user).expect("session starts");
+    assert_eq!(
+        s.query("SELECT CURRENT_USER()").as_deref(),
+        Some(format!("{user}@%").as_str())
+    );
+    assert_eq!(
+        s.query("SELECT CURRENT_ROLE()").as_deref(),
+        Some(format!("dw-role-{user}").as_str())
+    );
+    assert_eq!(
+        s.query(&format!("SELECT COUNT(*) FROM `{}`.t", w.schema))
+            .as_deref(),
+        Some("1"),
+        "the reader role works"
+    );
+    assert_eq!(locked(&user), Some(false));
+    assert_eq!(roles_of(&user), format!("dbward-auto-user,dw-role-{user}"));
+    s.close();
+
+    h.eventually("account locked", || locked(&user) == Some(true));
+    assert_eq!(
+        roles_of(&user),
+        "dbward-auto-user",
+        "holds only the marker role"
+    );
+
+    // The next session unlocks it again.
+    let r = h.mariadb(&files, &user, "SELECT CURRENT_USER()");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, format!("{user}@%"));
+    h.eventually("locked again", || locked(&user) == Some(true));
+}
+
+#[test]
+fn best_effort_drop_removes_user_and_role_or_locks_a_definer() {
+    let h = maria_harness();
+    let w = world("best_effort_drop");
+    let user = unique("dropme");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let r = h.mariadb(&files, &user, "SELECT 1");
+    assert!(r.ok, "{r:?}");
+    h.eventually("user dropped", || locked(&user).is_none());
+    assert!(
+        !role_exists(&format!("dw-role-{user}")),
+        "all-in-one role dropped"
+    );
+
+    // The DEFINER of a view is locked instead, and the view keeps working for others.
+    let definer = unique("definer");
+    add_user(&definer, &[&w.role]);
+    let files = h.db_cert(&definer, route(&w.db, &definer, "", &[]));
+    let r = h.mariadb(
+        &files,
+        &definer,
+        &format!(
+            "CREATE SQL SECURITY INVOKER VIEW `{}`.v AS SELECT id FROM `{}`.t",
+            w.schema, w.schema
+        ),
+    );
+    assert!(r.ok, "{r:?}");
+    h.eventually("definer locked", || locked(&definer) == Some(true));
+    assert_eq!(
+        h.maria_sql(&format!("SELECT COUNT(*) FROM `{}`.v", w.schema)),
+        "1"
+    );
+}
+
+#[test]
+fn long_names_are_hashed_and_mapped_back() {
+    let h = maria_harness();
+    let w = world("keep");
+    let long = format!("{}{}", unique("l"), "y".repeat(101))
+        .chars()
+        .take(101)
+        .collect::<String>();
+    assert_eq!(long.chars().count(), 101);
+    add_user(&long, &[&w.role]);
+    let files = h.db_cert(&long, route(&w.db, &long, "", &[]));
+    let r = h.mariadb(&files, &long, "SELECT CURRENT_USER()");
+    assert!(r.ok, "{r:?}");
+    let hashed = dbward_provision::mysql::mariadb_user_name(&long)
+        .as_str()
+        .to_string();
+    assert!(hashed.starts_with("dw-"), "{hashed}");
+    assert_eq!(r.stdout, format!("{hashed}@%"));
+    let recorded = h.maria_sql(&format!(
+        "SELECT JSON_VALUE(Attributes, '$.user') FROM dbward.user_attributes WHERE User = {}",
+        lit(&hashed)
+    ));
+    assert_eq!(recorded, long);
+    h.eventually("audit has the session", || {
+        h.audit_events(&long)
+            .iter()
+            .any(|e| e["event"] == "db.session.start" && e["db_user"] == hashed.as_str())
+    });
+}
+
+#[test]
+fn concurrent_sessions_and_role_changes() {
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("conc");
+    add_user(&user, &[&w.role]);
+    let all = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let first = OpenSession::start(&all, &user).expect("first");
+    let mut second = OpenSession::start(&all, &user).expect("second");
+    first.close();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        locked(&user),
+        Some(false),
+        "still unlocked while a session is live"
+    );
+    assert_eq!(second.query("SELECT 1").as_deref(), Some("1"));
+
+    let reader_only = h.db_cert(&user, route(&w.db, &user, "", &[&w.reader]));
+    let r = h.mariadb(&reader_only, &user, "SELECT 1");
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(&format!(
+            "roles for user \"{user}\" have changed. Please quit all active connections and try again."
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(second.query("SELECT 2").as_deref(), Some("2"));
+    second.close();
+    h.eventually("locked after the last session", || {
+        locked(&user) == Some(true)
+    });
+}
+
+#[test]
+fn unmanaged_users_and_refusals_change_nothing() {
+    let h = maria_harness();
+    let w = world("keep");
+    h.maria_sql("CREATE USER IF NOT EXISTS 'carol'@'%' REQUIRE SUBJECT '/CN=carol'");
+    for name in ["root", w.admin.as_str(), "carol"] {
+        add_user(name, &[&w.role]);
+        let before = h.maria_sql(&format!(
+            "SELECT IFNULL(GROUP_CONCAT(CONCAT(Host, Priv) ORDER BY Host), '') FROM mysql.global_priv WHERE User = {}",
+            lit(name)
+        ));
+        let files = h.db_cert(name, route(&w.db, name, "", &[]));
+        let r = h.mariadb(&files, name, "SELECT CURRENT_USER()");
+        assert!(!r.ok, "{name} must be refused: {r:?}");
+        assert!(
+            r.stderr
+                .contains("already exists in this database and is not managed by dbward"),
+            "{name}: {}",
+            r.stderr
+        );
+        let after = h.maria_sql(&format!(
+            "SELECT IFNULL(GROUP_CONCAT(CONCAT(Host, Priv) ORDER BY Host), '') FROM mysql.global_priv WHERE User = {}",
+            lit(name)
+        ));
+        assert_eq!(before, after, "{name} unchanged");
+    }
+
+    // A role the dbward role does not allow.
+    let user = unique("refused");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &["superpower"]));
+    let r = h.mariadb(&files, &user, "SELECT 1");
+    assert!(!r.ok);
+    assert!(
+        r.stderr
+            .contains("access to database role \"superpower\" denied"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("1045"),
+        "an ERR packet with an error number: {}",
+        r.stderr
+    );
+    assert_eq!(locked(&user), None, "nothing created");
+
+    // A role the admin is not ADMIN of.
+    let n = unique("na");
+    let foreign = format!("foreign_{n}");
+    h.maria_sql(&format!("CREATE ROLE `{foreign}`"));
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: rf-{n}}}\nspec:\n  options: {{create_db_user_mode: keep}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_roles: [{foreign}]\n"
+    ));
+    let fuser = unique("fuser");
+    add_user(&fuser, &[&format!("rf-{n}")]);
+    let files = h.db_cert(&fuser, route(&w.db, &fuser, "", &[]));
+    let r = h.mariadb(&files, &fuser, "SELECT 1");
+    assert!(!r.ok, "{r:?}");
+    assert!(!r.stderr.is_empty());
+    assert_ne!(
+        h.maria_sql(&format!(
+            "SELECT COUNT(*) FROM mysql.roles_mapping WHERE Role = {} AND User = {}",
+            lit(&foreign),
+            lit(&format!("dw-role-{fuser}"))
+        )),
+        "1",
+        "the role was not granted"
+    );
+
+    // Plaintext clients are refused with a clear ERR.
+    let r = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "--host=127.0.0.1"])
+        .arg(format!("--port={}", h.mysql_addr.port()))
+        .args(["--skip-ssl", "--user=x", "-e", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn greeting_reports_the_real_server_version_once_known() {
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("ver");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let r = h.mariadb(&files, &user, "SELECT VERSION()");
+    assert!(r.ok, "{r:?}");
+    let real = r.stdout.clone();
+    let r = h.mariadb(&files, &user, "status");
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.stdout.contains(&real) || r.stdout.contains(real.split('-').next().unwrap()),
+        "{}",
+        r.stdout
+    );
+}
