@@ -396,3 +396,93 @@ fn greeting_reports_the_real_server_version_once_known() {
         r.stdout
     );
 }
+
+/// A Rust driver (mysql_async) through the gateway. mysql_async reads only PKCS#1 RSA keys,
+/// so this client's key pair is RSA (the gateway accepts any key type the user CA signed).
+#[test]
+fn mysql_async_works_through_the_gateway() {
+    use mysql_async::prelude::*;
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("driver");
+    add_user(&user, &[&w.role]);
+    let dir = h.dir.join(unique("rsa"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    let csr = dir.join("req.csr");
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl genrsa");
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-new", "-subj", &format!("/CN={user}"), "-key"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl req");
+    let identity = dbward_pki::Identity {
+        username: user.clone(),
+        cluster: h.gw.cluster.clone(),
+        usage: dbward_pki::CertUsage::Db,
+        expires: time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(600),
+        route: Some(route(&w.db, &user, "", &[])),
+    };
+    let cert = dbward_pki::issue_user_cert(
+        &h.gw.cas.user,
+        &identity,
+        &std::fs::read_to_string(&csr).unwrap(),
+    )
+    .unwrap();
+    let cert_path = dir.join("cert.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ssl = mysql_async::SslOpts::default()
+            .with_root_certs(vec![h.host_ca.clone().into()])
+            .with_client_identity(Some(mysql_async::ClientIdentity::new(
+                cert_path.clone().into(),
+                key.clone().into(),
+            )));
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("localhost")
+            .tcp_port(h.mysql_addr.port())
+            .user(Some(user.clone()))
+            .ssl_opts(Some(ssl));
+        let mut conn = mysql_async::Conn::new(opts).await.expect("connects");
+        let current: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+        assert_eq!(current, Some(format!("{user}@%")));
+        // Prepared statements go through COM_STMT_PREPARE.
+        let n: Option<i64> = conn
+            .exec_first(
+                format!("SELECT COUNT(*) + ? FROM `{}`.t", w.schema),
+                (41i64,),
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, Some(42));
+        conn.disconnect().await.unwrap();
+    });
+    h.eventually("locked after the driver left", || {
+        locked(&user) == Some(true)
+    });
+    let queries: Vec<String> = h
+        .audit_events(&user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.query")
+        .filter_map(|e| e["db_query"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        queries.iter().any(|q| q.contains("COUNT(*) + ?")),
+        "{queries:?}"
+    );
+}
