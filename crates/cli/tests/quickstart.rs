@@ -82,8 +82,11 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
         .collect();
     let connect = commands
         .iter()
-        .find(|c| c.starts_with("dbward db connect"))
+        .find(|c| c.starts_with("dbward db connect quickstart "))
         .expect("a connect command is printed");
+    let maria_connect = commands
+        .iter()
+        .find(|c| c.starts_with("dbward db connect quickstart-mariadb"));
     let setup: Vec<&str> = commands
         .iter()
         .copied()
@@ -112,6 +115,34 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
     );
     let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
     assert_eq!(tail, vec!["1", "alice"], "{stdout}");
+
+    // MariaDB too, when its binaries are installed (scripts/test installs them).
+    let home_line = setup[0];
+    match maria_connect {
+        Some(maria) => {
+            let out = sh(
+                &format!(
+                    "{home_line}\n{maria} -- -N -B -e 'select current_user(), current_role()'"
+                ),
+                bin_dir,
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(stdout.trim(), "alice@%\tdw-role-alice", "{stdout}");
+        }
+        None => assert!(
+            std::process::Command::new("sh")
+                .args(["-c", "command -v mariadbd || test -x /usr/sbin/mariadbd"])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true),
+            "MariaDB is installed, so quickstart must offer it"
+        ),
+    }
 
     // The client's view of the route, and the audit trail an admin reads.
     let home = setup[0].trim_start_matches("export DBWARD_HOME=");

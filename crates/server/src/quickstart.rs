@@ -12,11 +12,12 @@ use dbward_store::PutMode;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
-use crate::sandbox::LocalPostgres;
+use crate::sandbox::{LocalMariaDb, LocalPostgres};
 use crate::{bootstrap, passwords, Started};
 
 pub const QUICKSTART_USER: &str = "alice";
 pub const QUICKSTART_DB: &str = "quickstart";
+pub const QUICKSTART_MARIADB: &str = "quickstart-mariadb";
 pub const ADMIN_USER: &str = "dbward-admin-user";
 
 /// Everything `quickstart` set up, for printing and for tests.
@@ -26,6 +27,18 @@ pub struct Sandbox {
     pub password: String,
     pub web_addr: String,
     pub postgres: LocalPostgres,
+    /// Started when MariaDB's binaries are installed.
+    pub mariadb: Option<LocalMariaDb>,
+}
+
+impl Sandbox {
+    /// Stops the databases (the gateway stops on its own).
+    pub fn stop(&self) {
+        if let Some(mariadb) = &self.mariadb {
+            mariadb.stop();
+        }
+        self.postgres.stop();
+    }
 }
 
 fn free_port(preferred: u16) -> Result<u16, GatewayError> {
@@ -41,9 +54,15 @@ pub async fn prepare(dir: &Path) -> Result<Sandbox, GatewayError> {
     let dir = dir.canonicalize()?;
     let web_port = free_port(3080)?;
     let pg_port = free_port(3432)?;
+    let with_mariadb = LocalMariaDb::available();
+    let mysql_listen = if with_mariadb {
+        format!("127.0.0.1:{}", free_port(3036)?)
+    } else {
+        "\"\"".to_string()
+    };
     let config_path = dir.join("dbward.yaml");
     let config_text = format!(
-        "version: v1\ncluster_name: quickstart\ndata_dir: {}\npublic_addr: localhost\nweb_listen_addr: 127.0.0.1:{web_port}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: \"\"\ncert_ttl: 12h\n",
+        "version: v1\ncluster_name: quickstart\ndata_dir: {}\npublic_addr: localhost\nweb_listen_addr: 127.0.0.1:{web_port}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: {mysql_listen}\ncert_ttl: 12h\n",
         dir.join("data").display()
     );
     std::fs::write(&config_path, &config_text)?;
@@ -71,6 +90,48 @@ pub async fn prepare(dir: &Path) -> Result<Sandbox, GatewayError> {
         &tls_dir.join("server.cas"),
     )?;
     postgres.psql("postgres", &setup_sql())?;
+
+    let mariadb = if with_mariadb {
+        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let started = LocalMariaDb::start(
+            &dir.join("mariadb"),
+            port,
+            &tls_dir.join("server.crt"),
+            &tls_dir.join("server.key"),
+            &tls_dir.join("server.cas"),
+        );
+        match started {
+            Ok(db) => {
+                db.sql(&mariadb_setup_sql())?;
+                Some(db)
+            }
+            Err(err) => {
+                postgres.stop();
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    let mariadb_resource = match &mariadb {
+        Some(db) => format!(
+            r#"---
+kind: db
+version: v3
+metadata:
+  name: {QUICKSTART_MARIADB}
+  description: Local MariaDB started by dbward quickstart
+  labels: {{env: quickstart}}
+spec:
+  protocol: mysql
+  uri: 127.0.0.1:{port}
+  admin_user:
+    name: {ADMIN_USER}
+"#,
+            port = db.port
+        ),
+        None => String::new(),
+    };
 
     let resources = format!(
         r#"kind: role
@@ -106,6 +167,7 @@ spec:
   admin_user:
     name: {ADMIN_USER}
     default_database: postgres
+{mariadb_resource}
 "#
     );
     let parsed = dbward_model::parse_resources(&resources, "quickstart.yaml")?;
@@ -130,6 +192,7 @@ spec:
         password,
         web_addr: format!("127.0.0.1:{web_port}"),
         postgres,
+        mariadb,
     })
 }
 
@@ -158,12 +221,34 @@ GRANT reader, writer TO "{ADMIN_USER}" WITH ADMIN OPTION;
     )
 }
 
+/// The MariaDB side: an admin with the privileges of PROVISIONING.md §5, the same db roles
+/// and a sample table.
+fn mariadb_setup_sql() -> String {
+    format!(
+        "CREATE USER IF NOT EXISTS '{ADMIN_USER}'@'%' REQUIRE SUBJECT '/CN={ADMIN_USER}';
+GRANT PROCESS, CREATE USER ON *.* TO '{ADMIN_USER}'@'%';
+GRANT SELECT ON mysql.roles_mapping TO '{ADMIN_USER}'@'%';
+GRANT UPDATE ON mysql.* TO '{ADMIN_USER}'@'%';
+GRANT SELECT ON *.* TO '{ADMIN_USER}'@'%';
+CREATE DATABASE IF NOT EXISTS dbward;
+GRANT ALL ON dbward.* TO '{ADMIN_USER}'@'%';
+CREATE ROLE IF NOT EXISTS `dbward-auto-user` WITH ADMIN '{ADMIN_USER}'@'%';
+CREATE ROLE IF NOT EXISTS reader WITH ADMIN '{ADMIN_USER}'@'%';
+CREATE ROLE IF NOT EXISTS writer WITH ADMIN '{ADMIN_USER}'@'%';
+CREATE DATABASE IF NOT EXISTS quickstart;
+CREATE TABLE IF NOT EXISTS quickstart.notes (id INT AUTO_INCREMENT PRIMARY KEY, body TEXT NOT NULL);
+INSERT INTO quickstart.notes (body) SELECT 'hello from dbward quickstart' FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM quickstart.notes);
+GRANT SELECT ON quickstart.* TO reader;
+GRANT INSERT, UPDATE, DELETE ON quickstart.* TO writer;"
+    )
+}
+
 /// Prints what to run next.
 pub fn instructions(sandbox: &Sandbox) -> String {
     let home = sandbox.dir.join("client");
     let ca = sandbox.dir.join("data").join("admin").join("host-ca.crt");
     format!(
-        "\ndbward quickstart is running.\n\n  gateway config: {config}\n  user:           {user}\n  password:       {password}\n\nIn another terminal:\n\n  export DBWARD_HOME={home}\n  echo '{password}' | dbward login --proxy {web} --user {user} --ca {ca} --password-stdin\n  dbward db ls -v\n  dbward db connect {db} --db-name postgres\n\n`dbward db connect {db} --db-name postgres -- -c 'select current_user'` runs one query. Press Ctrl-C here to stop.\n",
+        "\ndbward quickstart is running.\n\n  gateway config: {config}\n  user:           {user}\n  password:       {password}\n\nIn another terminal:\n\n  export DBWARD_HOME={home}\n  echo '{password}' | dbward login --proxy {web} --user {user} --ca {ca} --password-stdin\n  dbward db ls -v\n  dbward db connect {db} --db-name postgres\n{maria}\n`dbward db connect {db} --db-name postgres -- -c 'select current_user'` runs one query. Press Ctrl-C here to stop.\n",
         config = sandbox.config_path.display(),
         user = QUICKSTART_USER,
         password = sandbox.password,
@@ -171,6 +256,11 @@ pub fn instructions(sandbox: &Sandbox) -> String {
         web = sandbox.web_addr,
         ca = ca.display(),
         db = QUICKSTART_DB,
+        maria = if sandbox.mariadb.is_some() {
+            format!("  dbward db connect {QUICKSTART_MARIADB} --db-name quickstart\n")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -186,7 +276,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<(), GatewayError> {
     let started = match Started::bind(config).await {
         Ok(started) => started,
         Err(err) => {
-            sandbox.postgres.stop();
+            sandbox.stop();
             return Err(err);
         }
     };
@@ -194,6 +284,6 @@ pub async fn run(dir: Option<PathBuf>) -> Result<(), GatewayError> {
     let shutdown = CancellationToken::new();
     crate::stop_on_signal(shutdown.clone());
     let result = started.run(shutdown).await;
-    sandbox.postgres.stop();
+    sandbox.stop();
     result
 }

@@ -209,3 +209,150 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
+
+/// A throwaway local MariaDB for `dbward quickstart`, when its binaries are installed: TLS
+/// with a certificate from dbward's db CA, client certificates checked against the db-client
+/// CA, root only over its private socket.
+pub struct LocalMariaDb {
+    pub port: u16,
+    socket: PathBuf,
+    client: PathBuf,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+impl LocalMariaDb {
+    /// True when `mariadbd`, `mariadb-install-db` and `mariadb` are installed.
+    pub fn available() -> bool {
+        ["mariadbd", "mariadb-install-db", "mariadb"]
+            .iter()
+            .all(|p| find_program(p).is_some())
+    }
+
+    pub fn start(
+        dir: &Path,
+        port: u16,
+        crt: &Path,
+        key: &Path,
+        cas: &Path,
+    ) -> Result<Self, GatewayError> {
+        let missing = |p: &str| {
+            GatewayError::Config(format!(
+                "{p} not found: install the Debian package mariadb-server"
+            ))
+        };
+        let install =
+            find_program("mariadb-install-db").ok_or_else(|| missing("mariadb-install-db"))?;
+        let server = find_program("mariadbd").ok_or_else(|| missing("mariadbd"))?;
+        let client = find_program("mariadb").ok_or_else(|| missing("mariadb"))?;
+        let data_dir = dir.join("data");
+        let tmp_dir = dir.join("tmp");
+        let tls_dir = dir.join("tls");
+        for d in [&tmp_dir, &tls_dir] {
+            std::fs::create_dir_all(d)?;
+        }
+        for (src, name) in [
+            (crt, "server.crt"),
+            (key, "server.key"),
+            (cas, "client-ca.crt"),
+        ] {
+            std::fs::copy(src, tls_dir.join(name))?;
+        }
+        set_mode(&tls_dir.join("server.key"), 0o600)?;
+        let user_arg: Vec<String> = if is_root() {
+            chown_tree(dir, "mysql")?;
+            vec!["--user=mysql".to_string()]
+        } else {
+            Vec::new()
+        };
+        if !data_dir.join("mysql").exists() {
+            let mut cmd = Command::new(install);
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data_dir.display()))
+                .args(&user_arg)
+                .args([
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                ])
+                // Concurrent installs sharing /tmp collide on temporary table names.
+                .env("TMPDIR", &tmp_dir);
+            output(cmd, "mariadb-install-db")?;
+        }
+        let socket = dir.join("my.sock");
+        let log = std::fs::File::create(dir.join("mariadb.log"))?;
+        let child = Command::new(server)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data_dir.display()))
+            .args(&user_arg)
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
+            .arg(format!("--tmpdir={}", tmp_dir.display()))
+            .arg(format!(
+                "--ssl-cert={}",
+                tls_dir.join("server.crt").display()
+            ))
+            .arg(format!(
+                "--ssl-key={}",
+                tls_dir.join("server.key").display()
+            ))
+            .arg(format!(
+                "--ssl-ca={}",
+                tls_dir.join("client-ca.crt").display()
+            ))
+            .args(["--skip-name-resolve", "--character-set-server=utf8mb4"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let db = LocalMariaDb {
+            port,
+            socket,
+            client,
+            child: std::sync::Mutex::new(Some(child)),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while db.sql("SELECT 1").is_err() {
+            if std::time::Instant::now() > deadline {
+                db.stop();
+                return Err(GatewayError::Config(format!(
+                    "MariaDB did not start; see {}",
+                    dir.join("mariadb.log").display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // Only root over the socket: no anonymous users, no passwordless root over TCP.
+        db.sql(
+            "DELETE FROM mysql.global_priv WHERE User = '' OR (User = 'root' AND Host <> 'localhost'); FLUSH PRIVILEGES;",
+        )?;
+        Ok(db)
+    }
+
+    /// Runs SQL as root over the private socket.
+    pub fn sql(&self, sql: &str) -> Result<String, GatewayError> {
+        let mut cmd = Command::new(&self.client);
+        cmd.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-u", "root", "-N", "-B", "-e", sql]);
+        output(cmd, "mariadb")
+    }
+
+    pub fn stop(&self) {
+        let child = self.child.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut child) = child {
+            // SAFETY: kill(2) on our own child's pid; SIGTERM makes mariadbd shut down cleanly.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
