@@ -100,11 +100,15 @@ pub async fn prepare(dir: &Path) -> Result<Sandbox, GatewayError> {
             &tls_dir.join("server.key"),
             &tls_dir.join("server.cas"),
         );
-        match started {
-            Ok(db) => {
-                db.sql(&mariadb_setup_sql())?;
-                Some(db)
+        let ready = started.and_then(|db| match db.sql(&mariadb_setup_sql()) {
+            Ok(_) => Ok(db),
+            Err(err) => {
+                db.stop();
+                Err(err)
             }
+        });
+        match ready {
+            Ok(db) => Some(db),
             Err(err) => {
                 postgres.stop();
                 return Err(err);
