@@ -564,8 +564,7 @@ async fn deactivate(
     // A locked user holds the marker role only; activation grants the all-in-one role back.
     if direct_roles(conn, name, "%", admin)
         .await?
-        .iter()
-        .any(|r| *r == role_name)
+        .contains(&role_name)
     {
         exec(conn, &format!("REVOKE {role} FROM {account}"), admin, name).await?;
         exec(
