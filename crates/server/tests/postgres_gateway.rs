@@ -675,3 +675,57 @@ fn direct_tls_startup_is_accepted() {
     assert_eq!(first.1, Some(true), "provisioned while connected");
     h.eventually("locked afterwards", || h.can_login(&user) == Some(false));
 }
+
+/// A user left active by a crash (no session anywhere) is found and locked by the
+/// reconciler; a user with a live session is left alone.
+#[test]
+fn reconciler_locks_users_left_active_by_a_crash() {
+    let h = harness();
+    let w = world("keep");
+    let leftover = unique("crashed");
+    let live = unique("alive");
+    add_user(&leftover, &[&w.role]);
+    add_user(&live, &[&w.role]);
+    // Simulate a crash: activate directly, as a killed gateway would have left it.
+    let snapshot = h.block_on(h.gw.catalog.snapshot()).unwrap();
+    let db = snapshot.dbs.get(&w.db).unwrap().clone();
+    let admin = dbward_provision::postgres::AdminTarget {
+        host: "127.0.0.1".into(),
+        port: h.pg().port,
+        server_name: "localhost".into(),
+        client_config: h
+            .gw
+            .upstream
+            .target(&h.gw.cas, &db, &w.admin)
+            .ok()
+            .unwrap()
+            .tls,
+        admin_user: w.admin.clone(),
+        database: "postgres".into(),
+    };
+    h.block_on(h.gw.pg_provisioner.activate(
+        &admin,
+        &dbward_provision::DbUserName::new(leftover.clone()),
+        &[w.reader.clone()],
+    ))
+    .unwrap();
+    assert_eq!(h.can_login(&leftover), Some(true));
+    let files = h.db_cert(&live, route(&w.db, &live, "postgres", &[]));
+    let mut session = OpenSession::start(&files, &live, "postgres").expect("live session");
+
+    h.block_on(dbward_server::session::reconcile_once(&h.gw))
+        .unwrap();
+    assert_eq!(
+        h.can_login(&leftover),
+        Some(false),
+        "the leftover is locked"
+    );
+    assert_eq!(h.memberships(&leftover), "dbward-auto-user");
+    assert_eq!(
+        h.can_login(&live),
+        Some(true),
+        "a live session is untouched"
+    );
+    assert_eq!(session.query("select 1").as_deref(), Some("1"));
+    session.close();
+}

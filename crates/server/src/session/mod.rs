@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 pub use live::{watch_revocations, LiveSessions};
 pub use provisioning::{preflight, provision, Provisioned};
-pub use reconcile::reconcile_loop;
+pub use reconcile::{reconcile_loop, reconcile_once};
 pub use upstream::UpstreamCredentials;
 
 use crate::audit::SessionFields;
