@@ -486,3 +486,40 @@ fn mysql_async_works_through_the_gateway() {
         "{queries:?}"
     );
 }
+
+/// A MariaDB user left unlocked by a crash is locked by the reconciler.
+#[test]
+fn reconciler_locks_users_left_active_by_a_crash() {
+    let h = maria_harness();
+    let w = world("keep");
+    let leftover = unique("crashed");
+    add_user(&leftover, &[&w.role]);
+    let snapshot = h.block_on(h.gw.catalog.snapshot()).unwrap();
+    let db = snapshot.dbs.get(&w.db).unwrap().clone();
+    let admin = dbward_provision::mysql::AdminTarget {
+        host: "127.0.0.1".into(),
+        port: h.maria().port,
+        server_name: "localhost".into(),
+        client_config: h
+            .gw
+            .upstream
+            .target(&h.gw.cas, &db, &w.admin)
+            .ok()
+            .unwrap()
+            .tls,
+        admin_user: w.admin.clone(),
+        default_schema: "dbward".into(),
+    };
+    h.block_on(h.gw.maria_provisioner.activate(
+        &admin,
+        &dbward_provision::DbUserName::new(leftover.clone()),
+        &leftover,
+        &[w.reader.clone()],
+    ))
+    .unwrap();
+    assert_eq!(locked(&leftover), Some(false));
+    h.block_on(dbward_server::session::reconcile_once(&h.gw))
+        .unwrap();
+    assert_eq!(locked(&leftover), Some(true), "the leftover is locked");
+    assert_eq!(roles_of(&leftover), "dbward-auto-user");
+}

@@ -334,6 +334,34 @@ impl MariaProvisioner {
         Ok(state)
     }
 
+    /// Managed users that are unlocked and have no live session: what a crash leaves behind.
+    pub async fn list_active_managed(
+        &self,
+        target: &AdminTarget,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let admin = target.admin_user.as_str();
+        let mut conn = self.conn(target).await?;
+        let rows = conn
+            .query(&format!(
+                "SELECT m.`User` FROM mysql.roles_mapping m \
+                 JOIN mysql.global_priv p ON p.`User` = m.`User` AND p.`Host` = m.`Host` \
+                 WHERE m.`Role` = {} AND m.`Host` = '%' AND m.`Admin_option` <> 'Y' \
+                 AND IFNULL(JSON_VALUE(p.`Priv`, '$.account_locked'), 'false') IN ('false', '0') \
+                 AND NOT EXISTS (SELECT 1 FROM information_schema.processlist l \
+                                 WHERE l.`USER` = m.`User`) \
+                 ORDER BY 1",
+                hex_literal(MARKER_ROLE)
+            ))
+            .await
+            .map_err(|e| map_error(&e, admin, ""))?;
+        self.give_back(target, conn);
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| row.into_iter().next().flatten())
+            .filter(|name| name != admin)
+            .collect())
+    }
+
     /// The server's version string (`SELECT VERSION()`), for the version gate.
     pub async fn server_version(&self, target: &AdminTarget) -> Result<String, ProvisionError> {
         let mut conn = self.conn(target).await?;

@@ -97,6 +97,26 @@ fn mysql_admin_target(
     })
 }
 
+/// The admin connection of a database for maintenance (reconciler): PostgreSQL connects to
+/// the admin's default database, else `postgres`.
+pub(crate) fn engine_admin(gw: &Gateway, db: &Db) -> Result<EngineAdmin, SessionError> {
+    Ok(match db.spec.protocol {
+        Protocol::Postgres => EngineAdmin::Postgres(admin_target(gw, db, "postgres")?),
+        Protocol::Mysql => EngineAdmin::Mysql(mysql_admin_target(gw, db)?),
+    })
+}
+
+/// The in-database name of a dbward user on this database (MariaDB's limit; a MySQL 8
+/// server's shorter one is applied at connect time from its version).
+pub(crate) fn in_db_name(db: &Db, dbward_name: &str) -> String {
+    match db.spec.protocol {
+        Protocol::Postgres => dbward_provision::names::pg_name(dbward_name),
+        Protocol::Mysql => dbward_provision::mysql::mariadb_user_name(dbward_name)
+            .as_str()
+            .to_string(),
+    }
+}
+
 /// Activates the database user when the decision asks for provisioning. With provisioning
 /// off, the requested db user is used as is and nothing is locked.
 pub async fn provision(

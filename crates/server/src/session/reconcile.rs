@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbward_model::Protocol;
 use dbward_provision::{DbUserName, TeardownMode};
 use dbward_rbac::{AccessChecker, ProvisioningMode};
 use tokio_util::sync::CancellationToken;
 
+use super::provisioning::EngineAdmin;
 use crate::Gateway;
 
 const EVERY: Duration = Duration::from_secs(60);
@@ -28,22 +28,21 @@ pub async fn reconcile_loop(gw: Arc<Gateway>, shutdown: CancellationToken) {
     }
 }
 
-/// One pass over every PostgreSQL database with an admin user.
+/// One pass over every database with an admin user.
 pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
     let snapshot = gw.catalog.snapshot().await?;
     for db in snapshot.dbs.values() {
-        if db.spec.protocol != Protocol::Postgres || db.admin_user().is_none() {
+        if db.admin_user().is_none() {
             continue;
         }
-        let admin = match super::provisioning::admin_target(gw, db, "") {
-            Ok(admin) if !admin.database.is_empty() => admin,
-            Ok(mut admin) => {
-                admin.database = "postgres".into();
-                admin
-            }
-            Err(_) => continue,
+        let Ok(admin) = super::provisioning::engine_admin(gw, db) else {
+            continue;
         };
-        let leftovers: Vec<String> = match gw.pg_provisioner.list_active_managed(&admin).await {
+        let leftovers = match &admin {
+            EngineAdmin::Postgres(target) => gw.pg_provisioner.list_active_managed(target).await,
+            EngineAdmin::Mysql(target) => gw.maria_provisioner.list_active_managed(target).await,
+        };
+        let leftovers = match leftovers {
             Ok(users) => users,
             Err(err) => {
                 tracing::debug!(db = %db.metadata.name, %err, "reconcile: database not reachable");
@@ -54,21 +53,26 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             if gw.sessions.count_for(&db.metadata.name, &db_user) > 0 {
                 continue;
             }
-            // The mode the owner's roles ask for now; unknown owners are only locked.
-            let mode = snapshot
+            // The mode the owner's roles ask for on this database now. A user whose owner
+            // is provisioned on another database of the same server is that database's to
+            // reconcile (its admin may be another one); unknown owners are only locked.
+            let owner = snapshot
                 .users
                 .values()
-                .find(|u| dbward_provision::names::pg_name(&u.metadata.name) == db_user)
-                .and_then(|u| {
+                .find(|u| super::provisioning::in_db_name(db, &u.metadata.name) == db_user);
+            let mode = match owner {
+                Some(u) => {
                     let roles = snapshot.roles_of(u);
-                    AccessChecker::new(u, &roles)
-                        .ok()?
-                        .provisioning(db)
+                    let provisioning = AccessChecker::new(u, &roles)
                         .ok()
-                        .flatten()
-                })
-                .map(|p| p.mode)
-                .unwrap_or(ProvisioningMode::Keep);
+                        .and_then(|c| c.provisioning(db).ok().flatten());
+                    match provisioning {
+                        Some(p) => p.mode,
+                        None => continue,
+                    }
+                }
+                None => ProvisioningMode::Keep,
+            };
             let teardown = if mode == ProvisioningMode::BestEffortDrop {
                 TeardownMode::Drop
             } else {
@@ -82,11 +86,18 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             else {
                 continue;
             };
-            match gw
-                .pg_provisioner
-                .deactivate(&admin, &DbUserName::new(db_user.clone()), teardown)
-                .await
-            {
+            let user = DbUserName::new(db_user.clone());
+            let outcome = match &admin {
+                EngineAdmin::Postgres(target) => {
+                    gw.pg_provisioner.deactivate(target, &user, teardown).await
+                }
+                EngineAdmin::Mysql(target) => {
+                    gw.maria_provisioner
+                        .deactivate(target, &user, teardown)
+                        .await
+                }
+            };
+            match outcome {
                 Ok(outcome) => {
                     tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
                 }
