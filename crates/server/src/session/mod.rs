@@ -6,6 +6,7 @@
 //! upstream (engine specific) → relaying → torn down. An engine listener (`postgres`) owns
 //! the wire protocol and calls these steps in order; nothing downstream re-checks a step.
 
+mod lifecycle;
 pub mod live;
 pub mod mysql;
 pub mod postgres;

@@ -9,12 +9,11 @@ use std::time::Duration;
 use dbward_model::Protocol;
 use dbward_proxy::mysql::{self, Greeting, MysqlTap, UpstreamLogin};
 use dbward_proxy::pg::HandshakeLimits;
-use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{authenticate, authorize, provision, Authorized, Requested, SessionError};
-use crate::{audit, Gateway};
+use super::{authenticate, authorize, lifecycle, provision, Authorized, Requested, SessionError};
+use crate::Gateway;
 
 type ClientStream = mysql::MysqlClientStream<TcpStream>;
 
@@ -103,23 +102,16 @@ async fn handle(
     let authorized = match authorize(&gw, auth, Protocol::Mysql, requested).await {
         Ok(a) => a,
         Err(err) => {
-            let fields = crate::audit::SessionFields {
-                user: username,
-                sid: uuid::Uuid::new_v4().to_string(),
-                db_service: route.service.clone(),
-                db_protocol: "mysql".into(),
-                db_user: user.clone(),
-                db_name: database.clone().unwrap_or_default(),
-                db_roles: route.db_roles.clone(),
-                ..Default::default()
-            };
-            gw.audit
-                .emit(
-                    audit::SESSION_START,
-                    &fields,
-                    json!({"success": false, "error": err.user_message()}),
-                )
-                .await;
+            lifecycle::refused_unauthorized(
+                &gw,
+                username,
+                &route,
+                "mysql",
+                &user,
+                database.as_deref().unwrap_or(""),
+                &err,
+            )
+            .await;
             send_error(&mut stream, sequence_id, &err).await;
             return;
         }
@@ -195,8 +187,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         Err(err) => {
             provisioned.connected().await;
             fail_start(&gw, &mut client, &authorized, err).await;
-            registration.relay_finished();
-            provisioned.teardown(&gw, &authorized).await;
+            lifecycle::abandon(&gw, registration, provisioned, &authorized).await;
             return;
         }
     };
@@ -211,37 +202,11 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     {
         tracing::info!(%sid, %err, "client left during the handshake");
         drop(server);
-        registration.relay_finished();
-        provisioned.teardown(&gw, &authorized).await;
+        lifecycle::abandon(&gw, registration, provisioned, &authorized).await;
         return;
     }
-    gw.audit
-        .emit(
-            audit::SESSION_START,
-            &authorized.fields,
-            json!({"success": true}),
-        )
-        .await;
-    tracing::info!(
-        %sid,
-        user = %authorized.fields.user,
-        db = %authorized.fields.db_service,
-        db_user = %authorized.fields.db_user,
-        "session started"
-    );
-
-    let (query_tx, mut query_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let audit_task = {
-        let gw = gw.clone();
-        let fields = authorized.fields.clone();
-        tokio::spawn(async move {
-            while let Some(query) = query_rx.recv().await {
-                gw.audit
-                    .emit(audit::SESSION_QUERY, &fields, json!({"db_query": query}))
-                    .await;
-            }
-        })
-    };
+    lifecycle::started(&gw, &authorized).await;
+    let (queries, query_tx) = lifecycle::QueryAudit::start(&gw, &authorized.fields);
     let tap = move |event: MysqlTap<'_>| match event {
         MysqlTap::Query { sql, .. } | MysqlTap::Prepare { sql, .. } => {
             let _ = query_tx.send(sql.to_string());
@@ -261,14 +226,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     }
     drop(server_stream);
     drop(client_stream);
-    let _ = audit_task.await;
-    registration.relay_finished();
-    provisioned.teardown(&gw, &authorized).await;
-    drop(registration);
-    gw.audit
-        .emit(audit::SESSION_END, &authorized.fields, json!({}))
-        .await;
-    tracing::info!(%sid, "session ended");
+    lifecycle::finish(&gw, registration, provisioned, &authorized, Some(queries)).await;
 }
 
 async fn send_error(stream: &mut ClientStream, seq: u8, err: &SessionError) {
@@ -282,13 +240,6 @@ async fn fail_start(
     authorized: &Authorized,
     err: SessionError,
 ) {
-    tracing::info!(sid = %authorized.fields.sid, user = %authorized.fields.user, %err, "session refused");
-    gw.audit
-        .emit(
-            audit::SESSION_START,
-            &authorized.fields,
-            json!({"success": false, "error": err.user_message()}),
-        )
-        .await;
+    lifecycle::refused(gw, authorized, &err).await;
     send_error(&mut client.stream, client.sequence_id, &err).await;
 }

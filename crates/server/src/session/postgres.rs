@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use dbward_model::Protocol;
 use dbward_proxy::pg::{self, Accepted, TapEvent};
-use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::live::CancelTarget;
-use super::{authenticate, authorize, provision, Authorized, Requested, SessionError};
-use crate::{audit, Gateway};
+use super::{authenticate, authorize, lifecycle, provision, Authorized, Requested, SessionError};
+use crate::Gateway;
 
 type ClientStream = pg::ClientTlsStream<TcpStream>;
 
@@ -94,27 +93,16 @@ async fn handle(
             let authorized = match authorize(&gw, auth, Protocol::Postgres, requested).await {
                 Ok(a) => a,
                 Err(err) => {
-                    let fields = crate::audit::SessionFields {
-                        user: username,
-                        sid: uuid::Uuid::new_v4().to_string(),
-                        db_service: route.service.clone(),
-                        db_protocol: "postgres".into(),
-                        db_user: if param("user").is_empty() {
-                            route.db_user.clone().unwrap_or_default()
-                        } else {
-                            param("user").to_string()
-                        },
-                        db_name: param("database").to_string(),
-                        db_roles: route.db_roles.clone(),
-                        ..Default::default()
-                    };
-                    gw.audit
-                        .emit(
-                            audit::SESSION_START,
-                            &fields,
-                            json!({"success": false, "error": err.user_message()}),
-                        )
-                        .await;
+                    lifecycle::refused_unauthorized(
+                        &gw,
+                        username,
+                        &route,
+                        "postgres",
+                        param("user"),
+                        param("database"),
+                        &err,
+                    )
+                    .await;
                     let _ = pg::send_error(&mut stream, err.sqlstate(), &err.user_message()).await;
                     return;
                 }
@@ -194,8 +182,7 @@ async fn run_session(
         Err(err) => {
             provisioned.connected().await;
             fail_start(&gw, &mut client, &authorized, err).await;
-            registration.relay_finished();
-            provisioned.teardown(&gw, &authorized).await;
+            lifecycle::abandon(&gw, registration, provisioned, &authorized).await;
             return;
         }
     };
@@ -215,38 +202,11 @@ async fn run_session(
     if let Err(err) = pg::write_startup_reply(&mut client, &server.parameters, gateway_key).await {
         tracing::info!(%sid, %err, "client left during startup");
         drop(server);
-        registration.relay_finished();
-        provisioned.teardown(&gw, &authorized).await;
+        lifecycle::abandon(&gw, registration, provisioned, &authorized).await;
         return;
     }
-    gw.audit
-        .emit(
-            audit::SESSION_START,
-            &authorized.fields,
-            json!({"success": true}),
-        )
-        .await;
-    tracing::info!(
-        %sid,
-        user = %authorized.fields.user,
-        db = %authorized.fields.db_service,
-        db_user = %authorized.fields.db_user,
-        "session started"
-    );
-
-    // Queries are audited off the relay path: the tap only pushes into a channel.
-    let (query_tx, mut query_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let audit_task = {
-        let gw = gw.clone();
-        let fields = authorized.fields.clone();
-        tokio::spawn(async move {
-            while let Some(query) = query_rx.recv().await {
-                gw.audit
-                    .emit(audit::SESSION_QUERY, &fields, json!({"db_query": query}))
-                    .await;
-            }
-        })
-    };
+    lifecycle::started(&gw, &authorized).await;
+    let (queries, query_tx) = lifecycle::QueryAudit::start(&gw, &authorized.fields);
     let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tap = {
         let terminated = terminated.clone();
@@ -289,14 +249,7 @@ async fn run_session(
             .await;
         }
     }
-    let _ = audit_task.await;
-    registration.relay_finished();
-    provisioned.teardown(&gw, &authorized).await;
-    drop(registration);
-    gw.audit
-        .emit(audit::SESSION_END, &authorized.fields, json!({}))
-        .await;
-    tracing::info!(%sid, "session ended");
+    lifecycle::finish(&gw, registration, provisioned, &authorized, Some(queries)).await;
 }
 
 /// What is left of the upstream once its stream is in the relay.
@@ -310,13 +263,6 @@ async fn fail_start(
     authorized: &Authorized,
     err: SessionError,
 ) {
-    tracing::info!(sid = %authorized.fields.sid, user = %authorized.fields.user, %err, "session refused");
-    gw.audit
-        .emit(
-            audit::SESSION_START,
-            &authorized.fields,
-            json!({"success": false, "error": err.user_message()}),
-        )
-        .await;
+    lifecycle::refused(gw, authorized, &err).await;
     let _ = pg::send_error(client, err.sqlstate(), &err.user_message()).await;
 }
