@@ -45,7 +45,8 @@ pub struct Outcome {
 
 /// The repository's `docs` directory.
 fn docs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs")
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    docs.canonicalize().unwrap_or(docs)
 }
 
 /// pgbouncer's binary, or why there is none.

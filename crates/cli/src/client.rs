@@ -13,9 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -154,38 +153,16 @@ pub fn tls_config(
     client_cert: Option<ClientCert>,
     alpn: &[u8],
 ) -> Result<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+    let (roots, verification) = match &trust {
+        Trust::Ca(pem) => (Some(pem.as_str()), dbward_pki::ServerVerification::Full),
+        Trust::Insecure => (None, dbward_pki::ServerVerification::Insecure),
+    };
+    let cert = client_cert
+        .as_ref()
+        .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+    let config = dbward_pki::client_config(roots, verification, cert)
         .map_err(|e| ClientError::Config(e.to_string()))?;
-    let builder = match trust {
-        Trust::Ca(pem) => {
-            let mut roots = RootCertStore::empty();
-            let certs =
-                dbward_pki::parse_cert_pem(&pem).map_err(|e| ClientError::Config(e.to_string()))?;
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| ClientError::Config(format!("host CA: {e}")))?;
-            }
-            builder.with_root_certificates(roots)
-        }
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider))),
-    };
-    let mut config = match client_cert {
-        Some(c) => {
-            let chain = dbward_pki::parse_cert_pem(&c.cert_pem)
-                .map_err(|e| ClientError::Config(e.to_string()))?;
-            let key: PrivateKeyDer<'static> = dbward_pki::parse_key_pem(&c.key_pem)
-                .map_err(|e| ClientError::Config(e.to_string()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientError::Config(e.to_string()))?
-        }
-        None => builder.with_no_client_auth(),
-    };
+    let mut config = (*config).clone();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
@@ -244,56 +221,6 @@ pub fn encode_component(s: &str) -> String {
         }
     }
     out
-}
-
-/// `--insecure`: accepts any server certificate but still checks the handshake signatures,
-/// so the connection is at least encrypted to whoever answered.
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -29,28 +29,14 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    let mut next_id: u32 = 1;
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(%err, "mysql accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let connection_id = next_id;
-        next_id = next_id.wrapping_add(1).max(1);
-        let gw = gw.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            handle(gw, tcp, peer, tls, connection_id).await;
-        });
-    }
+    let next_id = std::sync::atomic::AtomicU32::new(1);
+    super::accept_loop(listener, shutdown, "mysql", move |tcp, peer| {
+        let connection_id = next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        handle(gw.clone(), tcp, peer, tls.clone(), connection_id)
+    })
+    .await;
 }
 
 async fn handle(

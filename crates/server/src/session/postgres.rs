@@ -27,25 +27,10 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(%err, "postgres accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let gw = gw.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            handle(gw, tcp, peer, tls).await;
-        });
-    }
+    super::accept_loop(listener, shutdown, "postgres", move |tcp, peer| {
+        handle(gw.clone(), tcp, peer, tls.clone())
+    })
+    .await;
 }
 
 async fn handle(
