@@ -1,13 +1,20 @@
 //! Audit events (DESIGN §7): built here, persisted in the store, optionally appended as JSON
-//! lines to a file for log shippers. Writing an event never fails a connection: a storage
-//! error is logged instead.
+//! lines to a file for log shippers.
+//!
+//! Emitting never waits for storage and never fails a connection: events go into one
+//! process-wide queue, and a single writer stores them in batches (one store transaction and
+//! one buffered file write per batch). Queries tapped from the relay therefore cost the
+//! connection one channel send, not a database commit. [`AuditLog::flush`] waits until
+//! everything emitted so far is stored, for readers that must see it (audit search).
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use dbward_store::Store;
+use dbward_store::{AuditRecord, Store};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
 
 pub const SESSION_START: &str = "db.session.start";
 pub const SESSION_END: &str = "db.session.end";
@@ -15,6 +22,9 @@ pub const SESSION_QUERY: &str = "db.session.query";
 pub const USER_CREATE: &str = "db.session.user.create";
 pub const PERMISSIONS_UPDATE: &str = "db.session.permissions.update";
 pub const USER_DEACTIVATE: &str = "db.session.user.deactivate";
+
+/// Most events stored in one transaction.
+const MAX_BATCH: usize = 2048;
 
 /// Fields common to every event of one database session.
 #[derive(Debug, Clone, Default)]
@@ -29,61 +39,147 @@ pub struct SessionFields {
     pub db_roles: Vec<String>,
 }
 
+enum Pending {
+    Event {
+        event: &'static str,
+        fields: Arc<SessionFields>,
+        extra: Value,
+        time: OffsetDateTime,
+    },
+    Query {
+        fields: Arc<SessionFields>,
+        sql: String,
+        time: OffsetDateTime,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct AuditLog {
-    store: Store,
-    file: Option<PathBuf>,
+    queue: mpsc::UnboundedSender<Pending>,
 }
 
 impl AuditLog {
+    /// Starts the writer on the current runtime.
     pub fn new(store: Store, file: Option<PathBuf>) -> Self {
-        Self { store, file }
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(store, file, rx));
+        Self { queue }
     }
 
     /// Records `event` with the session's common fields and `extra` merged in.
-    pub async fn emit(&self, event: &str, fields: &SessionFields, extra: Value) {
-        let now = OffsetDateTime::now_utc();
-        let mut obj = Map::new();
-        obj.insert("event".into(), json!(event));
-        obj.insert(
-            "time".into(),
-            json!(now
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()),
-        );
-        obj.insert("user".into(), json!(fields.user));
-        obj.insert("sid".into(), json!(fields.sid));
-        obj.insert("db_service".into(), json!(fields.db_service));
-        obj.insert("db_protocol".into(), json!(fields.db_protocol));
-        obj.insert("db_uri".into(), json!(fields.db_uri));
-        obj.insert("db_name".into(), json!(fields.db_name));
-        obj.insert("db_user".into(), json!(fields.db_user));
-        obj.insert("db_roles".into(), json!(fields.db_roles));
-        if let Value::Object(extra) = extra {
-            obj.extend(extra);
-        }
-        let line = Value::Object(obj).to_string();
-        let millis = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        if let Err(err) = self
-            .store
-            .append_audit(&line, event, &fields.user, millis)
-            .await
-        {
-            tracing::error!(%err, event, "audit event could not be stored");
-        }
-        if let Some(path) = &self.file {
-            let result = async {
-                let mut f = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await?;
-                f.write_all(format!("{line}\n").as_bytes()).await
-            }
-            .await;
-            if let Err(err) = result {
-                tracing::error!(%err, path = %path.display(), "audit file append failed");
-            }
+    pub async fn emit(&self, event: &'static str, fields: &SessionFields, extra: Value) {
+        self.emit_shared(event, &Arc::new(fields.clone()), extra);
+    }
+
+    /// Like [`AuditLog::emit`] with fields shared between the events of one session.
+    pub fn emit_shared(&self, event: &'static str, fields: &Arc<SessionFields>, extra: Value) {
+        let _ = self.queue.send(Pending::Event {
+            event,
+            fields: fields.clone(),
+            extra,
+            time: OffsetDateTime::now_utc(),
+        });
+    }
+
+    /// Records a `db.session.query`; called from the relay's tap, so it only queues.
+    pub fn query(&self, fields: &Arc<SessionFields>, sql: &str) {
+        let _ = self.queue.send(Pending::Query {
+            fields: fields.clone(),
+            sql: sql.to_string(),
+            time: OffsetDateTime::now_utc(),
+        });
+    }
+
+    /// Waits until every event emitted before this call is stored.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Pending::Flush(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
+}
+
+fn render(event: &str, fields: &SessionFields, extra: Value, time: OffsetDateTime) -> AuditRecord {
+    let mut obj = Map::new();
+    obj.insert("event".into(), json!(event));
+    obj.insert(
+        "time".into(),
+        json!(time
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()),
+    );
+    obj.insert("user".into(), json!(fields.user));
+    obj.insert("sid".into(), json!(fields.sid));
+    obj.insert("db_service".into(), json!(fields.db_service));
+    obj.insert("db_protocol".into(), json!(fields.db_protocol));
+    obj.insert("db_uri".into(), json!(fields.db_uri));
+    obj.insert("db_name".into(), json!(fields.db_name));
+    obj.insert("db_user".into(), json!(fields.db_user));
+    obj.insert("db_roles".into(), json!(fields.db_roles));
+    if let Value::Object(extra) = extra {
+        obj.extend(extra);
+    }
+    AuditRecord {
+        body: Value::Object(obj).to_string(),
+        event_type: event.to_string(),
+        user: fields.user.clone(),
+        time_unix_ms: (time.unix_timestamp_nanos() / 1_000_000) as i64,
+    }
+}
+
+async fn write_loop(store: Store, file: Option<PathBuf>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::new();
+    let mut waiters = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(pending) = next.take() {
+            match pending {
+                Pending::Event {
+                    event,
+                    fields,
+                    extra,
+                    time,
+                } => batch.push(render(event, &fields, extra, time)),
+                Pending::Query { fields, sql, time } => batch.push(render(
+                    SESSION_QUERY,
+                    &fields,
+                    json!({ "db_query": sql }),
+                    time,
+                )),
+                Pending::Flush(done) => waiters.push(done),
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let records = std::mem::take(&mut batch);
+            if let Some(path) = &file {
+                if let Err(err) = append_lines(path, &records) {
+                    tracing::error!(%err, path = %path.display(), "audit file append failed");
+                }
+            }
+            let count = records.len();
+            if let Err(err) = store.append_audit_batch(records).await {
+                tracing::error!(%err, count, "audit events could not be stored");
+            }
+        }
+        for done in waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn append_lines(path: &PathBuf, records: &[AuditRecord]) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut out = std::io::BufWriter::new(f);
+    for r in records {
+        out.write_all(r.body.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dbward_model::{Db, DbObjectImportRule, Resource, Role, User};
+use dbward_rbac::AccessChecker;
 use dbward_store::Store;
 use tokio::sync::Mutex;
 
@@ -33,16 +34,36 @@ pub fn canonical_kind(word: &str) -> Option<&'static str> {
 }
 
 /// One consistent view of all resources.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     pub roles: BTreeMap<String, Role>,
     pub users: BTreeMap<String, User>,
     /// Static databases from the config first; a stored `db` of the same name wins.
     pub dbs: BTreeMap<String, Db>,
     pub import_rules: Vec<DbObjectImportRule>,
+    /// Access checkers (compiled selectors and templates) per user, built on first use and
+    /// valid as long as this snapshot: a resource change makes a new snapshot.
+    checkers: std::sync::Mutex<std::collections::HashMap<String, Arc<AccessChecker>>>,
 }
 
 impl Snapshot {
+    /// The access checker of `user`, compiled once per snapshot.
+    pub fn checker(&self, user: &User) -> Result<Arc<AccessChecker>, dbward_rbac::RbacError> {
+        let name = &user.metadata.name;
+        if let Some(checker) = self.lock_checkers().get(name) {
+            return Ok(checker.clone());
+        }
+        let checker = Arc::new(AccessChecker::new(user, &self.roles_of(user))?);
+        self.lock_checkers().insert(name.clone(), checker.clone());
+        Ok(checker)
+    }
+
+    fn lock_checkers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<AccessChecker>>> {
+        self.checkers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The roles a user holds; a role name that does not exist is skipped (as if removed).
     pub fn roles_of(&self, user: &User) -> Vec<Role> {
         user.spec

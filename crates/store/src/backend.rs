@@ -35,6 +35,15 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+/// One audit event as stored: the JSON body and the columns searches filter on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub body: String,
+    pub event_type: String,
+    pub user: String,
+    pub time_unix_ms: i64,
+}
+
 /// A database session relayed by some gateway instance right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -116,6 +125,13 @@ pub trait Backend: Send + Sync + 'static {
         user: &str,
         time_unix_ms: i64,
     ) -> Result<()>;
+    /// Appends several events in one transaction (the gateway batches its audit trail).
+    fn append_audit_batch(&self, records: &[AuditRecord]) -> Result<()> {
+        for r in records {
+            self.append_audit(&r.body, &r.event_type, &r.user, r.time_unix_ms)?;
+        }
+        Ok(())
+    }
     /// The bodies of matching events, oldest first (see [`AuditQuery::limit`]).
     fn search_audit(&self, query: &AuditQuery) -> Result<Vec<String>>;
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use backend::{AuditQuery, Backend, PutMode, SessionRecord};
+pub use backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 pub use error::{Result, StoreError};
 pub use lock::LockGuard;
 pub use sqlite::{SqliteBackend, DB_FILE_NAME};
@@ -148,6 +148,11 @@ impl Store {
     }
 
     // Audit.
+
+    /// See [`Backend::append_audit_batch`].
+    pub async fn append_audit_batch(&self, records: Vec<AuditRecord>) -> Result<()> {
+        blocking!(self, |b| b.append_audit_batch(&records))
+    }
 
     /// See [`Backend::append_audit`].
     pub async fn append_audit(

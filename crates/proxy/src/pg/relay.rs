@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::messages::tag;
 use crate::error::ProxyError;
 
-/// Size of each direction's copy buffer: one TLS record's worth of plaintext.
-const COPY_BUFFER: usize = 16 * 1024;
+/// Size of each direction's copy buffer: half a TLS record. Idle sessions hold two of these, so
+/// the size is a trade between memory per session and reads per record (two instead of one).
+const COPY_BUFFER: usize = 8 * 1024;
 /// SQL text longer than this reaches the tap cut short (and marked `truncated`); the bytes
 /// themselves are always forwarded whole.
 pub const TAP_SQL_LIMIT: usize = 1 << 20;

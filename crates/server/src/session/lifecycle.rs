@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use dbward_pki::DbRoute;
 use serde_json::json;
-use tokio::sync::mpsc::UnboundedSender;
-use tokio::task::JoinHandle;
 
 use super::live::Registration;
 use super::{Authorized, Provisioned, SessionError};
@@ -77,42 +75,21 @@ pub(crate) async fn started(gw: &Gateway, authorized: &Authorized) {
     );
 }
 
-/// Queries are audited off the relay path: the relay's tap only pushes into this channel.
-pub(crate) struct QueryAudit {
-    task: JoinHandle<()>,
+/// The sink of the relay's tap: each query is queued for the audit writer, so the relay
+/// pays one channel send per statement.
+pub(crate) fn query_audit(gw: &Arc<Gateway>, fields: &SessionFields) -> impl Fn(&str) + Send {
+    let gw = gw.clone();
+    let fields = Arc::new(fields.clone());
+    move |sql: &str| gw.audit.query(&fields, sql)
 }
 
-impl QueryAudit {
-    pub(crate) fn start(
-        gw: &Arc<Gateway>,
-        fields: &SessionFields,
-    ) -> (QueryAudit, UnboundedSender<String>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let gw = gw.clone();
-        let fields = fields.clone();
-        let task = tokio::spawn(async move {
-            while let Some(query) = rx.recv().await {
-                gw.audit
-                    .emit(audit::SESSION_QUERY, &fields, json!({"db_query": query}))
-                    .await;
-            }
-        });
-        (QueryAudit { task }, tx)
-    }
-}
-
-/// After the relay: waits for the query audit (the relay's sender is gone), tears the user
-/// down, and records the end. Shutdown waits for this through the registration.
+/// After the relay: tears the user down and records the end. Shutdown waits for this through the registration.
 pub(crate) async fn finish(
     gw: &Gateway,
     registration: Registration,
     provisioned: Provisioned,
     authorized: &Authorized,
-    queries: Option<QueryAudit>,
 ) {
-    if let Some(queries) = queries {
-        let _ = queries.task.await;
-    }
     registration.relay_finished();
     provisioned.teardown(gw, authorized).await;
     drop(registration);

@@ -204,11 +204,22 @@ pub async fn watch_revocations(gw: Arc<Gateway>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             _ = gw.sessions.revalidate.notified() => {}
         }
-        for (authorized, end) in gw.sessions.snapshot() {
+        let sessions = gw.sessions.snapshot();
+        if sessions.is_empty() {
+            continue;
+        }
+        let resources = match gw.catalog.snapshot().await {
+            Ok(resources) => resources,
+            Err(err) => {
+                tracing::warn!(%err, "revocation check skipped: store not readable");
+                continue;
+            }
+        };
+        for (authorized, end) in sessions {
             if end.is_cancelled() {
                 continue;
             }
-            if let Err(reason) = super::still_allowed(&gw, &authorized).await {
+            if let Err(reason) = super::still_allowed(&resources, &authorized) {
                 tracing::info!(
                     user = %authorized.fields.user,
                     sid = %authorized.fields.sid,

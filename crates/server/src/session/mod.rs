@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use dbward_model::{Db, Protocol, User};
 use dbward_pki::{CertUsage, DbRoute, Identity};
-use dbward_rbac::{AccessChecker, Decision, ProvisioningMode};
+use dbward_rbac::{Decision, ProvisioningMode};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
@@ -187,8 +187,7 @@ pub async fn authorize(
             db.metadata.name, db.spec.protocol, db.spec.protocol
         )));
     }
-    let roles = snapshot.roles_of(&user);
-    let checker = AccessChecker::new(&user, &roles).map_err(|err| {
+    let checker = snapshot.checker(&user).map_err(|err| {
         tracing::warn!(user = %user.metadata.name, %err, "roles cannot be evaluated");
         denied()
     })?;
@@ -225,11 +224,13 @@ pub async fn authorize(
 
 /// Re-evaluates a live session against the store's current state: used by the revocation
 /// watcher. `Err` carries the reason the session must end.
-pub(crate) async fn still_allowed(gw: &Gateway, authorized: &Authorized) -> Result<(), String> {
+pub(crate) fn still_allowed(
+    snapshot: &crate::catalog::Snapshot,
+    authorized: &Authorized,
+) -> Result<(), String> {
     if authorized.auth.identity.expires <= OffsetDateTime::now_utc() {
         return Err("certificate expired".into());
     }
-    let snapshot = gw.catalog.snapshot().await.map_err(|e| e.to_string())?;
     let user = snapshot
         .users
         .get(&authorized.user.metadata.name)
@@ -238,8 +239,7 @@ pub(crate) async fn still_allowed(gw: &Gateway, authorized: &Authorized) -> Resu
         .dbs
         .get(&authorized.db.metadata.name)
         .ok_or("database resource deleted")?;
-    let roles = snapshot.roles_of(user);
-    let checker = AccessChecker::new(user, &roles).map_err(|e| e.to_string())?;
+    let checker = snapshot.checker(user).map_err(|e| e.to_string())?;
     let decision = checker
         .authorize(
             db,

@@ -192,10 +192,10 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         return;
     }
     lifecycle::started(&gw, &authorized).await;
-    let (queries, query_tx) = lifecycle::QueryAudit::start(&gw, &authorized.fields);
+    let audit_query = lifecycle::query_audit(&gw, &authorized.fields);
     let tap = move |event: MysqlTap<'_>| match event {
         MysqlTap::Query { sql, .. } | MysqlTap::Prepare { sql, .. } => {
-            let _ = query_tx.send(sql.to_string());
+            audit_query(sql);
         }
         MysqlTap::Quit => {}
     };
@@ -212,7 +212,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     }
     drop(server_stream);
     drop(client_stream);
-    lifecycle::finish(&gw, registration, provisioned, &authorized, Some(queries)).await;
+    lifecycle::finish(&gw, registration, provisioned, &authorized).await;
 }
 
 async fn send_error(stream: &mut ClientStream, seq: u8, err: &SessionError) {

@@ -191,13 +191,13 @@ async fn run_session(
         return;
     }
     lifecycle::started(&gw, &authorized).await;
-    let (queries, query_tx) = lifecycle::QueryAudit::start(&gw, &authorized.fields);
+    let audit_query = lifecycle::query_audit(&gw, &authorized.fields);
     let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tap = {
         let terminated = terminated.clone();
         move |event: TapEvent<'_>| match event {
             TapEvent::Query { sql, .. } | TapEvent::Parse { sql, .. } => {
-                let _ = query_tx.send(sql.to_string());
+                audit_query(sql);
             }
             TapEvent::Terminate => terminated.store(true, std::sync::atomic::Ordering::Relaxed),
         }
@@ -234,7 +234,7 @@ async fn run_session(
             .await;
         }
     }
-    lifecycle::finish(&gw, registration, provisioned, &authorized, Some(queries)).await;
+    lifecycle::finish(&gw, registration, provisioned, &authorized).await;
 }
 
 /// What is left of the upstream once its stream is in the relay.

@@ -326,8 +326,7 @@ pub async fn preflight(
         .map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
     let mut roles = std::collections::BTreeSet::new();
     for user in snapshot.users.values() {
-        let user_roles = snapshot.roles_of(user);
-        if let Ok(checker) = dbward_rbac::AccessChecker::new(user, &user_roles) {
+        if let Ok(checker) = snapshot.checker(user) {
             if let Ok(Some(p)) = checker.provisioning(db) {
                 roles.extend(p.roles);
             }

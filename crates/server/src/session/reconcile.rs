@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbward_provision::{DbUserName, TeardownMode};
-use dbward_rbac::{AccessChecker, ProvisioningMode};
+use dbward_rbac::ProvisioningMode;
 use tokio_util::sync::CancellationToken;
 
 use super::provisioning::EngineAdmin;
@@ -62,8 +62,8 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
                 .find(|u| super::provisioning::in_db_name(db, &u.metadata.name) == db_user);
             let mode = match owner {
                 Some(u) => {
-                    let roles = snapshot.roles_of(u);
-                    let provisioning = AccessChecker::new(u, &roles)
+                    let provisioning = snapshot
+                        .checker(u)
                         .ok()
                         .and_then(|c| c.provisioning(db).ok().flatten());
                     match provisioning {

@@ -173,8 +173,8 @@ async fn login(
         return Err(denied());
     };
     gw.limiter.record_success(&user_key).await;
-    let roles = snapshot.roles_of(&user);
-    let checker = dbward_rbac::AccessChecker::new(&user, &roles)
+    let checker = snapshot
+        .checker(&user)
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let mut ttl = gw.config.cert_ttl;
     if let Some(requested) = req.ttl_secs {
@@ -376,8 +376,8 @@ async fn list_dbs(
         .users
         .get(&identity.username)
         .ok_or_else(|| GatewayError::Unauthorized("user no longer exists".into()))?;
-    let roles = snapshot.roles_of(user);
-    let checker = dbward_rbac::AccessChecker::new(user, &roles)
+    let checker = snapshot
+        .checker(user)
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let mut databases = Vec::new();
     for db in snapshot.dbs.values() {
@@ -412,8 +412,8 @@ async fn issue_db_cert(
         .users
         .get(&identity.username)
         .ok_or_else(|| GatewayError::Unauthorized("user no longer exists".into()))?;
-    let roles = snapshot.roles_of(user);
-    let checker = dbward_rbac::AccessChecker::new(user, &roles)
+    let checker = snapshot
+        .checker(user)
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     let not_found = || GatewayError::NotFound(format!("database \"{}\" not found", req.db));
     let db = snapshot.dbs.get(&req.db).ok_or_else(not_found)?;
@@ -497,6 +497,8 @@ async fn search_audit(
     _admin: AdminIdentity,
     Query(q): Query<AuditSearchQuery>,
 ) -> Result<Json<AuditSearchResponse>, GatewayError> {
+    // Events are stored in batches: make everything emitted so far visible.
+    gw.audit.flush().await;
     let since = q.since_secs.map(|s| {
         let now = OffsetDateTime::now_utc();
         ((now - Duration::from_secs(s)).unix_timestamp_nanos() / 1_000_000) as i64

@@ -301,6 +301,7 @@ impl Harness {
     }
 
     pub fn audit_events(&self, user: &str) -> Vec<serde_json::Value> {
+        self.block_on(self.gw.audit.flush());
         self.block_on(self.gw.store.search_audit(dbward_store::AuditQuery {
             user: Some(user.to_string()),
             limit: 1000,

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::backend::{AuditQuery, Backend, PutMode, SessionRecord};
+use crate::backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 use crate::error::{Result, StoreError};
 
 /// File name of the database inside the data directory.
@@ -348,6 +348,22 @@ impl Backend for SqliteBackend {
              VALUES (?1, ?2, ?3, ?4)",
             params![time_unix_ms, event_type, user, body],
         )?;
+        Ok(())
+    }
+
+    fn append_audit_batch(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit_events (time_unix_ms, event_type, user_name, body)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in records {
+                stmt.execute(params![r.time_unix_ms, r.event_type, r.user, r.body])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
