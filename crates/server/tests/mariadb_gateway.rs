@@ -514,7 +514,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
         &admin,
         &dbward_provision::DbUserName::new(leftover.clone()),
         &leftover,
-        &[w.reader.clone()],
+        std::slice::from_ref(&w.reader),
     ))
     .unwrap();
     assert_eq!(locked(&leftover), Some(false));

@@ -706,7 +706,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
     h.block_on(h.gw.pg_provisioner.activate(
         &admin,
         &dbward_provision::DbUserName::new(leftover.clone()),
-        &[w.reader.clone()],
+        std::slice::from_ref(&w.reader),
     ))
     .unwrap();
     assert_eq!(h.can_login(&leftover), Some(true));
