@@ -50,6 +50,10 @@ pub struct Config {
     /// Where resources, CAs and audit events are kept.
     #[serde(default)]
     pub storage: Storage,
+    /// Audit events are also appended here as JSON lines, for log shippers; off when unset.
+    /// A relative path is taken relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_file: Option<PathBuf>,
     /// Static databases; more can be created at run time as `db` resources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<StaticDb>,
@@ -94,6 +98,7 @@ impl Default for Config {
             mysql_listen_addr: default_mysql_listen_addr(),
             cert_ttl: default_cert_ttl(),
             storage: Storage::default(),
+            audit_file: None,
             databases: Vec::new(),
         }
     }
@@ -189,6 +194,10 @@ impl Config {
             if config.data_dir.as_os_str().is_empty() {
                 config.data_dir = PathBuf::from(".");
             }
+        }
+        if let Some(audit_file) = config.audit_file.as_mut().filter(|p| p.is_relative()) {
+            let base = path.parent().unwrap_or_else(|| Path::new(""));
+            *audit_file = base.join(&*audit_file);
         }
         Ok(config)
     }
@@ -439,6 +448,9 @@ databases:                             # static databases; more can be created a
         std::fs::write(&path, "data_dir: ./state\n").unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.data_dir, dir.join("state"));
+        std::fs::write(&path, "data_dir: ./state\naudit_file: audit.jsonl\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.audit_file, Some(dir.join("audit.jsonl")));
         std::fs::write(&path, "data_dir: /var/lib/dbward\n").unwrap();
         assert_eq!(
             Config::load(&path).unwrap().data_dir,

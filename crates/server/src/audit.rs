@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dbward_store::{AuditRecord, Store};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -100,28 +100,55 @@ impl AuditLog {
     }
 }
 
-fn render(event: &str, fields: &SessionFields, extra: Value, time: OffsetDateTime) -> AuditRecord {
-    let mut obj = Map::new();
-    obj.insert("event".into(), json!(event));
-    obj.insert(
-        "time".into(),
-        json!(time
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()),
-    );
-    obj.insert("user".into(), json!(fields.user));
-    obj.insert("sid".into(), json!(fields.sid));
-    obj.insert("db_service".into(), json!(fields.db_service));
-    obj.insert("db_protocol".into(), json!(fields.db_protocol));
-    obj.insert("db_uri".into(), json!(fields.db_uri));
-    obj.insert("db_name".into(), json!(fields.db_name));
-    obj.insert("db_user".into(), json!(fields.db_user));
-    obj.insert("db_roles".into(), json!(fields.db_roles));
-    if let Value::Object(extra) = extra {
-        obj.extend(extra);
-    }
+/// One event as written: the common fields, then the event's own.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    event: &'a str,
+    time: &'a str,
+    user: &'a str,
+    sid: &'a str,
+    db_service: &'a str,
+    db_protocol: &'a str,
+    db_uri: &'a str,
+    db_name: &'a str,
+    db_user: &'a str,
+    db_roles: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_query: Option<&'a str>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+fn render(
+    event: &str,
+    fields: &SessionFields,
+    query: Option<&str>,
+    extra: Value,
+    time: OffsetDateTime,
+) -> AuditRecord {
+    let stamp = time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let extra = match extra {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let line = Line {
+        event,
+        time: &stamp,
+        user: &fields.user,
+        sid: &fields.sid,
+        db_service: &fields.db_service,
+        db_protocol: &fields.db_protocol,
+        db_uri: &fields.db_uri,
+        db_name: &fields.db_name,
+        db_user: &fields.db_user,
+        db_roles: &fields.db_roles,
+        db_query: query,
+        extra,
+    };
     AuditRecord {
-        body: Value::Object(obj).to_string(),
+        body: serde_json::to_string(&line).unwrap_or_default(),
         event_type: event.to_string(),
         user: fields.user.clone(),
         time_unix_ms: (time.unix_timestamp_nanos() / 1_000_000) as i64,
@@ -140,11 +167,12 @@ async fn write_loop(store: Store, file: Option<PathBuf>, mut rx: mpsc::Unbounded
                     fields,
                     extra,
                     time,
-                } => batch.push(render(event, &fields, extra, time)),
+                } => batch.push(render(event, &fields, None, extra, time)),
                 Pending::Query { fields, sql, time } => batch.push(render(
                     SESSION_QUERY,
                     &fields,
-                    json!({ "db_query": sql }),
+                    Some(&sql),
+                    Value::Null,
                     time,
                 )),
                 Pending::Flush(done) => waiters.push(done),

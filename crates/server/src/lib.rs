@@ -147,7 +147,7 @@ impl Started {
         bootstrap::write_endpoints(&config.data_dir, &endpoints)?;
 
         let static_dbs = config.static_dbs()?;
-        let audit_file: Option<PathBuf> = Some(config.data_dir.join("audit.jsonl"));
+        let audit_file: Option<PathBuf> = config.audit_file.clone();
         let gateway = Arc::new(Gateway {
             catalog: catalog::Catalog::new(store.clone(), static_dbs),
             audit: audit::AuditLog::new(store.clone(), audit_file),

@@ -352,7 +352,13 @@ fn unmanaged_users_and_refusals_change_nothing() {
     let files = h.db_cert(&fuser, route(&w.db, &fuser, "", &[]));
     let r = h.mariadb(&files, &fuser, "SELECT 1");
     assert!(!r.ok, "{r:?}");
-    assert!(!r.stderr.is_empty());
+    assert!(
+        r.stderr
+            .contains(&format!("may not grant role \"{foreign}\"")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(locked(&fuser), None, "no user was created");
     assert_ne!(
         h.maria_sql(&format!(
             "SELECT COUNT(*) FROM mysql.roles_mapping WHERE Role = {} AND User = {}",

@@ -183,6 +183,21 @@ fn keep_mode_activates_during_session_and_locks_after() {
         queries.iter().any(|q| q.contains("current_user")),
         "{queries:?}"
     );
+
+    // The same events reach the JSON-lines file for log shippers.
+    let lines = std::fs::read_to_string(h.dir.join("audit.jsonl")).unwrap();
+    let mine: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["user"] == user.as_str())
+        .collect();
+    assert!(mine.iter().any(|e| e["event"] == "db.session.query"
+        && e["db_query"]
+            .as_str()
+            .is_some_and(|q| q.contains("current_user"))));
+    assert!(mine
+        .iter()
+        .all(|e| e["sid"].is_string() && e["db_service"] == w.db.as_str()));
 }
 
 #[test]
