@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Stdio};
-
 use common::*;
 
 struct World {
@@ -100,57 +97,18 @@ fn role_exists(role: &str) -> bool {
     )) == "1"
 }
 
-struct OpenSession {
-    child: Child,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl OpenSession {
-    fn start(files: &ClientFiles, user: &str) -> Result<OpenSession, String> {
-        let h = maria_harness();
-        let mut cmd = h.mariadb_command(files, user, "");
-        let args: Vec<_> = cmd
-            .get_args()
-            .map(|a| a.to_os_string())
-            .take_while(|a| a != "-N")
-            .collect();
-        let mut child = std::process::Command::new("mariadb")
-            .args(args)
-            .args(["-N", "-B", "-n"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let _ = &mut cmd;
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let mut s = OpenSession { child, out };
-        match s.query("SELECT 'ready'") {
-            Some(line) if line == "ready" => Ok(s),
-            _ => {
-                let mut err = String::new();
-                let _ = std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err);
-                let _ = s.child.wait();
-                Err(err)
-            }
-        }
-    }
-
-    fn query(&mut self, sql: &str) -> Option<String> {
-        let stdin = self.child.stdin.as_mut()?;
-        writeln!(stdin, "{sql};").ok()?;
-        stdin.flush().ok()?;
-        let mut line = String::new();
-        match self.out.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim().to_string()),
-        }
-    }
-
-    fn close(mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
+/// An interactive mariadb client through the gateway.
+fn open_mariadb(files: &ClientFiles, user: &str) -> Result<OpenSession, String> {
+    let mut cmd = maria_harness().mariadb_command(files, user, "");
+    // Batch mode reading stdin, unbuffered, instead of one `-e` statement.
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_os_string())
+        .take_while(|a| a != "-N")
+        .collect();
+    cmd = std::process::Command::new("mariadb");
+    cmd.args(args).args(["-N", "-B", "-n"]);
+    OpenSession::start(cmd)
 }
 
 #[test]
@@ -161,7 +119,7 @@ fn keep_mode_unlocks_during_session_and_locks_after() {
     add_user(&user, &[&w.role]);
     let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
 
-    let mut s = OpenSession::start(&files, &user).expect("session starts");
+    let mut s = open_mariadb(&files, &user).expect("session starts");
     assert_eq!(
         s.query("SELECT CURRENT_USER()").as_deref(),
         Some(format!("{user}@%").as_str())
@@ -266,8 +224,8 @@ fn concurrent_sessions_and_role_changes() {
     let user = unique("conc");
     add_user(&user, &[&w.role]);
     let all = h.db_cert(&user, route(&w.db, &user, "", &[]));
-    let first = OpenSession::start(&all, &user).expect("first");
-    let mut second = OpenSession::start(&all, &user).expect("second");
+    let first = open_mariadb(&all, &user).expect("first");
+    let mut second = open_mariadb(&all, &user).expect("second");
     first.close();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(

@@ -2,8 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Stdio};
+use std::io::Write;
+use std::process::Stdio;
 
 use common::*;
 
@@ -65,52 +65,12 @@ fn add_user(name: &str, roles: &[&str]) {
     ));
 }
 
-/// An interactive psql kept open until dropped.
-struct OpenSession {
-    child: Child,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl OpenSession {
-    fn start(files: &ClientFiles, user: &str, dbname: &str) -> Result<OpenSession, String> {
-        let h = harness();
-        let mut child = std::process::Command::new("psql")
-            .arg(conninfo(h.pg_addr, files, user, dbname))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let mut s = OpenSession { child, out };
-        match s.query("select 'ready'") {
-            Some(line) if line == "ready" => Ok(s),
-            _ => {
-                let mut err = String::new();
-                let _ = std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err);
-                let _ = s.child.wait();
-                Err(err)
-            }
-        }
-    }
-
-    /// Runs one single-row, single-column query and returns its output line.
-    fn query(&mut self, sql: &str) -> Option<String> {
-        let stdin = self.child.stdin.as_mut()?;
-        writeln!(stdin, "{sql};").ok()?;
-        stdin.flush().ok()?;
-        let mut line = String::new();
-        match self.out.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim().to_string()),
-        }
-    }
-
-    fn close(mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
+/// An interactive psql through the gateway.
+fn open_psql(files: &ClientFiles, user: &str, dbname: &str) -> Result<OpenSession, String> {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.arg(conninfo(harness().pg_addr, files, user, dbname))
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
+    OpenSession::start(cmd)
 }
 
 #[test]
@@ -121,7 +81,7 @@ fn keep_mode_activates_during_session_and_locks_after() {
     add_user(&user, &[&w.role]);
     let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
 
-    let mut s = OpenSession::start(&files, &user, "postgres").expect("session starts");
+    let mut s = open_psql(&files, &user, "postgres").expect("session starts");
     assert_eq!(
         s.query("select current_user").as_deref(),
         Some(user.as_str())
@@ -252,8 +212,8 @@ fn concurrent_sessions_share_the_user_until_the_last_ends() {
     let user = unique("conc");
     add_user(&user, &[&w.role]);
     let all = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
-    let first = OpenSession::start(&all, &user, "postgres").expect("first");
-    let mut second = OpenSession::start(&all, &user, "postgres").expect("second");
+    let first = open_psql(&all, &user, "postgres").expect("first");
+    let mut second = open_psql(&all, &user, "postgres").expect("second");
     first.close();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(
@@ -553,7 +513,7 @@ fn deleting_the_user_ends_the_live_session() {
     let user = unique("revoked");
     add_user(&user, &[&w.role]);
     let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
-    let mut s = OpenSession::start(&files, &user, "postgres").expect("session");
+    let mut s = open_psql(&files, &user, "postgres").expect("session");
     assert_eq!(s.query("select 1").as_deref(), Some("1"));
     h.delete("user", &user);
     h.eventually("locked after revocation", || {
@@ -726,7 +686,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
     .unwrap();
     assert_eq!(h.can_login(&leftover), Some(true));
     let files = h.db_cert(&live, route(&w.db, &live, "postgres", &[]));
-    let mut session = OpenSession::start(&files, &live, "postgres").expect("live session");
+    let mut session = open_psql(&files, &live, "postgres").expect("live session");
 
     h.block_on(dbward_server::session::reconcile_once(&h.gw))
         .unwrap();

@@ -385,3 +385,55 @@ pub fn route(service: &str, db_user: &str, db_name: &str, roles: &[&str]) -> DbR
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// An interactive client (psql or mariadb reading statements from stdin) kept open until
+/// closed, for observing the database while a session is live.
+pub struct OpenSession {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl OpenSession {
+    /// Spawns `cmd` (a client reading statements from stdin, one output line per
+    /// single-value query) and waits until it answers.
+    pub fn start(mut cmd: Command) -> Result<OpenSession, String> {
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let out = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut s = OpenSession { child, out };
+        match s.query("SELECT 'ready'") {
+            Some(line) if line == "ready" => Ok(s),
+            _ => {
+                let mut err = String::new();
+                if let Some(stderr) = s.child.stderr.as_mut() {
+                    let _ = std::io::Read::read_to_string(stderr, &mut err);
+                }
+                let _ = s.child.wait();
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs one single-row, single-column query and returns its output line.
+    pub fn query(&mut self, sql: &str) -> Option<String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut()?;
+        writeln!(stdin, "{sql};").ok()?;
+        stdin.flush().ok()?;
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim().to_string()),
+        }
+    }
+
+    pub fn close(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
