@@ -8,5 +8,6 @@
 pub mod error;
 pub mod mysql;
 pub mod pg;
+mod relay;
 
 pub use error::{AuthenticationKind, ProxyError, UpstreamError};

@@ -10,24 +10,15 @@
 //! forwarded, so the audit record never trails the statement it describes.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::packet::{command, MAX_PAYLOAD};
-use crate::error::ProxyError;
-use crate::pg::{RelayEnd, RelayStats, Side};
+use crate::pg::RelayStats;
 
-/// Size of each direction's copy buffer: half a TLS record. Idle sessions hold two of these, so
-/// the size is a trade between memory per session and reads per record (two instead of one).
-const COPY_BUFFER: usize = 8 * 1024;
 /// SQL text longer than this reaches the tap cut short (and marked `truncated`); the bytes
 /// themselves are always forwarded whole.
 pub const TAP_SQL_LIMIT: usize = 1 << 20;
-/// After the client has gone, how long the server may take to finish and close its side.
-const DRAIN_AFTER_CLIENT_CLOSE: Duration = Duration::from_secs(5);
-/// How long closing each side (TLS close_notify, then FIN) may take at the end.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// A client command the relay reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,91 +53,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(MysqlTap<'_>),
 {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut server_read, mut server_write) = tokio::io::split(server);
-    let mut client_to_server = 0u64;
-    let mut server_to_client = 0u64;
-
-    let end = {
-        let mut packets = PacketTap::new();
-        let upstream = copy(
-            &mut client_read,
-            &mut server_write,
-            Side::Client,
-            &mut client_to_server,
-            |chunk| {
-                packets.feed(chunk, &mut tap);
-                Ok(())
-            },
-        );
-        let downstream = copy(
-            &mut server_read,
-            &mut client_write,
-            Side::Server,
-            &mut server_to_client,
-            |_| Ok(()),
-        );
-        tokio::pin!(upstream, downstream);
-        tokio::select! {
-            result = &mut upstream => match result {
-                Ok(()) => {
-                    let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, &mut downstream).await;
-                    RelayEnd::Closed(Side::Client)
-                }
-                Err(failed) => failed,
-            },
-            result = &mut downstream => match result {
-                Ok(()) => RelayEnd::Closed(Side::Server),
-                Err(failed) => failed,
-            },
-        }
-    };
-
-    // Whatever ended the relay, the other side must learn it too.
-    let _ = tokio::time::timeout(SHUTDOWN_WAIT, server_write.shutdown()).await;
-    let _ = tokio::time::timeout(SHUTDOWN_WAIT, client_write.shutdown()).await;
-
-    RelayStats {
-        client_to_server,
-        server_to_client,
-        end,
-    }
-}
-
-/// Copies `from` (side `from_side`) to `to` until `from` ends, then shuts `to` down.
-async fn copy<R, W>(
-    from: &mut R,
-    to: &mut W,
-    from_side: Side,
-    copied: &mut u64,
-    mut inspect: impl FnMut(&[u8]) -> Result<(), ProxyError>,
-) -> Result<(), RelayEnd>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let to_side = match from_side {
-        Side::Client => Side::Server,
-        Side::Server => Side::Client,
-    };
-    let failed_to = |err: std::io::Error| RelayEnd::Failed(to_side, ProxyError::Io(err));
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            // A TLS peer that closes without close_notify: how many clients end.
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(err) => return Err(RelayEnd::Failed(from_side, ProxyError::Io(err))),
-        };
-        let chunk = &buf[..n];
-        inspect(chunk).map_err(|err| RelayEnd::Failed(from_side, err))?;
-        to.write_all(chunk).await.map_err(failed_to)?;
-        to.flush().await.map_err(failed_to)?;
-        *copied += n as u64;
-    }
-    to.shutdown().await.map_err(failed_to)?;
-    Ok(())
+    let mut packets = PacketTap::new();
+    crate::relay::relay_inspecting(client, server, |chunk| {
+        packets.feed(chunk, &mut tap);
+        Ok(())
+    })
+    .await
 }
 
 /// Follows client packet framing across arbitrary chunk boundaries.
@@ -314,7 +226,9 @@ fn text(bytes: &[u8]) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::mysql::packet::frame;
-    use tokio::io::duplex;
+    use crate::pg::{RelayEnd, Side};
+    use std::time::Duration;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     fn describe(event: MysqlTap<'_>) -> String {
         match event {
@@ -395,7 +309,7 @@ mod tests {
         wire.extend(command_packet(command::QUERY, b"select 2"));
         let mut seen = Vec::new();
         let mut tap = PacketTap::new();
-        for chunk in wire.chunks(COPY_BUFFER) {
+        for chunk in wire.chunks(crate::relay::COPY_BUFFER) {
             tap.feed(chunk, &mut |e| match e {
                 MysqlTap::Query { sql, truncated } => seen.push((sql.len(), truncated)),
                 other => panic!("unexpected {other:?}"),
