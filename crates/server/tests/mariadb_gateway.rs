@@ -487,3 +487,70 @@ fn reconciler_locks_users_left_active_by_a_crash() {
     assert_eq!(locked(&leftover), Some(true), "the leftover is locked");
     assert_eq!(roles_of(&leftover), "dbward-auto-user");
 }
+
+/// `dbward db check`: each missing admin privilege is reported with the GRANT that fixes it.
+#[test]
+fn preflight_reports_missing_admin_privileges_with_fixes() {
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("chk");
+    add_user(&user, &[&w.role]);
+    let findings = h
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .unwrap();
+    let mentions = |word: &str| {
+        findings
+            .iter()
+            .any(|f| f.problem.contains(word) || f.fix.contains(word))
+    };
+    assert!(!mentions("PROCESS"), "{findings:?}");
+    assert!(!mentions(&w.reader) && !mentions(&w.writer), "{findings:?}");
+
+    // Take PROCESS away, and let the dbward role grant a role the admin is not ADMIN of.
+    let foreign = format!("{}_foreign", w.reader);
+    h.maria_sql(&format!(
+        "REVOKE PROCESS ON *.* FROM '{}'@'%'; CREATE ROLE `{foreign}`",
+        w.admin
+    ));
+    let label = &w.db[3..];
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {foreign}}}\nspec:\n  options: {{create_db_user_mode: keep}}\n  allow:\n    db_labels: {{test: \"{label}\"}}\n    db_roles: [{foreign}]\n"
+    ));
+    add_user(&user, &[&w.role, &foreign]);
+    // A fresh admin connection sees the new grants.
+    h.gw.upstream.forget_db(&w.db);
+    let findings = h
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .unwrap();
+    let process = findings
+        .iter()
+        .find(|f| f.fix.contains("PROCESS"))
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert!(
+        process.fix.starts_with("GRANT PROCESS ON *.* TO"),
+        "{process:?}"
+    );
+    let admin_of = findings
+        .iter()
+        .find(|f| f.problem.contains(&foreign))
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(
+        admin_of.fix,
+        format!(
+            "GRANT `{}` TO `{}`@`%` WITH ADMIN OPTION;",
+            foreign, w.admin
+        )
+    );
+    // Applying the fixes clears the findings.
+    h.maria_sql(&format!("{} {}", process.fix, admin_of.fix));
+    h.gw.upstream.forget_db(&w.db);
+    let findings = h
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .unwrap();
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f.fix.contains("PROCESS") || f.problem.contains(&foreign)),
+        "{findings:?}"
+    );
+}

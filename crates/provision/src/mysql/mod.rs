@@ -12,6 +12,7 @@
 //! lock: the caller holds the per-(database, user) lock around each activation and teardown.
 
 mod conn;
+mod preflight;
 mod quote;
 
 use std::collections::{BTreeSet, HashMap};
@@ -360,6 +361,19 @@ impl MariaProvisioner {
             .filter_map(|row| row.into_iter().next().flatten())
             .filter(|name| name != admin)
             .collect())
+    }
+
+    /// What the admin user lacks for provisioning `roles_to_check`, each with the statement
+    /// that fixes it. Empty when everything is in place.
+    pub async fn preflight(
+        &self,
+        target: &AdminTarget,
+        roles_to_check: &[String],
+    ) -> Result<Vec<crate::Finding>, ProvisionError> {
+        let mut conn = self.conn(target).await?;
+        let findings = preflight::preflight(&mut conn, target, roles_to_check).await?;
+        self.give_back(target, conn);
+        Ok(findings)
     }
 
     /// The server's version string (`SELECT VERSION()`), for the version gate.

@@ -317,13 +317,8 @@ pub async fn preflight(
     let db = snapshot.dbs.get(db_name).ok_or_else(|| {
         crate::GatewayError::NotFound(format!("database \"{db_name}\" not found"))
     })?;
-    if db.spec.protocol != Protocol::Postgres {
-        return Err(crate::GatewayError::BadRequest(
-            "dbward db check supports PostgreSQL databases".into(),
-        ));
-    }
-    let admin = admin_target(gw, db, "postgres")
-        .map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
+    let admin =
+        engine_admin(gw, db).map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
     let mut roles = std::collections::BTreeSet::new();
     for user in snapshot.users.values() {
         if let Ok(checker) = snapshot.checker(user) {
@@ -333,11 +328,11 @@ pub async fn preflight(
         }
     }
     let roles: Vec<String> = roles.into_iter().collect();
-    let findings = gw
-        .pg_provisioner
-        .preflight(&admin, &roles)
-        .await
-        .map_err(|e| crate::GatewayError::BadRequest(e.to_string()))?;
+    let findings = match &admin {
+        EngineAdmin::Postgres(target) => gw.pg_provisioner.preflight(target, &roles).await,
+        EngineAdmin::Mysql(target) => gw.maria_provisioner.preflight(target, &roles).await,
+    }
+    .map_err(|e| crate::GatewayError::BadRequest(e.to_string()))?;
     Ok(findings
         .into_iter()
         .map(|f| crate::api::DbCheckFinding {

@@ -1,0 +1,168 @@
+//! `dbward db check` for MariaDB/MySQL: what the admin user lacks for provisioning
+//! (PROVISIONING.md §5), each with the statement that fixes it. Reads
+//! `information_schema` privilege tables and `mysql.roles_mapping`; changes nothing.
+
+use super::conn::{hex_literal, AdminConn as Conn};
+use super::quote::quote_ident;
+use super::{map_error, AdminTarget};
+use crate::{Finding, ProvisionError, MARKER_ROLE};
+
+/// Global privileges provisioning needs on `*.*`.
+const GLOBAL: [&str; 3] = ["PROCESS", "CREATE USER", "SELECT"];
+
+pub(super) async fn preflight(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    roles: &[String],
+) -> Result<Vec<Finding>, ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let account = format!("{}@`%`", quote_ident(admin));
+    let grantee = hex_literal(&format!("'{admin}'@'%'"));
+    let mut findings = Vec::new();
+
+    let global = privileges(
+        conn,
+        admin,
+        &format!(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {grantee}"
+        ),
+    )
+    .await?;
+    let missing: Vec<&str> = GLOBAL
+        .iter()
+        .copied()
+        .filter(|p| !global.iter().any(|g| g == p))
+        .collect();
+    if !missing.is_empty() {
+        findings.push(Finding {
+            problem: format!("admin user \"{admin}\" lacks {} on *.*", missing.join(", ")),
+            fix: format!("GRANT {} ON *.* TO {account};", missing.join(", ")),
+        });
+    }
+
+    let on_mysql = privileges(
+        conn,
+        admin,
+        &format!(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES \
+             WHERE GRANTEE = {grantee} AND TABLE_SCHEMA = 'mysql'"
+        ),
+    )
+    .await?;
+    if !global.iter().any(|g| g == "UPDATE") && !on_mysql.iter().any(|g| g == "UPDATE") {
+        findings.push(Finding {
+            problem: format!(
+                "admin user \"{admin}\" cannot set the default role of other users (UPDATE on mysql.*)"
+            ),
+            fix: format!("GRANT UPDATE ON mysql.* TO {account};"),
+        });
+    }
+
+    let schema = &target.default_schema;
+    let on_schema = privileges(
+        conn,
+        admin,
+        &format!(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES \
+             WHERE GRANTEE = {grantee} AND TABLE_SCHEMA = {}",
+            hex_literal(schema)
+        ),
+    )
+    .await?;
+    for needed in ["CREATE", "INSERT", "UPDATE", "DELETE", "SELECT"] {
+        if !on_schema.iter().any(|g| g == needed) && !global.iter().any(|g| g == needed) {
+            findings.push(Finding {
+                problem: format!(
+                    "admin user \"{admin}\" cannot keep user_attributes in schema \"{schema}\""
+                ),
+                fix: format!(
+                    "CREATE DATABASE IF NOT EXISTS {q}; GRANT ALL ON {q}.* TO {account};",
+                    q = quote_ident(schema)
+                ),
+            });
+            break;
+        }
+    }
+
+    let mut wanted: Vec<&str> = vec![MARKER_ROLE];
+    wanted.extend(roles.iter().map(String::as_str));
+    for role in wanted {
+        let exists = count(
+            conn,
+            admin,
+            &format!(
+                "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND is_role = 'Y'",
+                hex_literal(role)
+            ),
+        )
+        .await?;
+        if exists == 0 {
+            if role != MARKER_ROLE {
+                findings.push(Finding {
+                    problem: format!("database role \"{role}\" does not exist"),
+                    fix: format!("CREATE ROLE {} WITH ADMIN {account};", quote_ident(role)),
+                });
+            }
+            continue;
+        }
+        let admin_of = count(
+            conn,
+            admin,
+            &format!(
+                "SELECT COUNT(*) FROM mysql.roles_mapping WHERE `User` = {} AND `Role` = {} \
+                 AND `Admin_option` = 'Y'",
+                hex_literal(admin),
+                hex_literal(role)
+            ),
+        )
+        .await?;
+        if admin_of == 0 {
+            findings.push(Finding {
+                problem: format!("admin user \"{admin}\" is not an ADMIN of role \"{role}\""),
+                fix: format!(
+                    "GRANT {} TO {account} WITH ADMIN OPTION;",
+                    quote_ident(role)
+                ),
+            });
+        }
+    }
+
+    let read_only = conn
+        .query_value("SELECT @@GLOBAL.read_only")
+        .await
+        .map_err(|e| map_error(&e, admin, ""))?;
+    if matches!(read_only.as_deref(), Some("1") | Some("ON")) {
+        findings.push(Finding {
+            problem: "the server is read-only (a replica, or read_only is on)".into(),
+            fix: "connect the db resource to the primary, or SET GLOBAL read_only = OFF".into(),
+        });
+    }
+    Ok(findings)
+}
+
+async fn privileges(
+    conn: &mut Conn,
+    admin: &str,
+    sql: &str,
+) -> Result<Vec<String>, ProvisionError> {
+    let rows = conn
+        .query(sql)
+        .await
+        .map_err(|e| map_error(&e, admin, ""))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten())
+        .collect())
+}
+
+async fn count(conn: &mut Conn, admin: &str, sql: &str) -> Result<i64, ProvisionError> {
+    let value = conn
+        .query_value(sql)
+        .await
+        .map_err(|e| map_error(&e, admin, ""))?;
+    value
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .map_err(|_| ProvisionError::UnexpectedAnswer(format!("count {value:?}")))
+}
