@@ -149,7 +149,7 @@ impl Default for MariaProvisionerSettings {
             settle_time: Duration::from_secs(2),
             settle_poll: Duration::from_millis(50),
             operation_timeout: Duration::from_secs(30),
-            max_idle_per_target: 4,
+            max_idle_per_target: 16,
         }
     }
 }

@@ -90,7 +90,7 @@ impl Default for PgProvisionerSettings {
             settle_poll: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(30),
-            max_idle_per_target: 4,
+            max_idle_per_target: 16,
         }
     }
 }
