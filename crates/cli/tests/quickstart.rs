@@ -57,7 +57,8 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
     let stdout = child.stdout.take().unwrap();
     let running = Running(child);
     let mut lines = Vec::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut reader = BufReader::new(stdout).lines();
+    for line in reader.by_ref() {
         let line = line.unwrap();
         let done = line.contains("Press Ctrl-C");
         lines.push(line);
@@ -65,6 +66,8 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
             break;
         }
     }
+    // Keep reading what the gateway prints later, as a terminal would.
+    std::thread::spawn(move || for _ in reader {});
     let printed = lines.join("\n");
     assert!(
         printed.contains("dbward quickstart is running"),

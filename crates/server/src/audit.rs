@@ -1,11 +1,13 @@
 //! Audit events (DESIGN §7): built here, persisted in the store, optionally appended as JSON
 //! lines to a file for log shippers.
 //!
-//! Emitting never waits for storage and never fails a connection: events go into one
-//! process-wide queue, and a single writer stores them in batches (one store transaction and
-//! one buffered file write per batch). Queries tapped from the relay therefore cost the
-//! connection one channel send, not a database commit. [`AuditLog::flush`] waits until
-//! everything emitted so far is stored, for readers that must see it (audit search).
+//! Emitting never waits for storage and never fails a connection: events are pushed onto one
+//! process-wide queue (a mutex-guarded vector: no task is woken per event), and a single
+//! writer drains it every few milliseconds, storing each drain as one batch (one store
+//! transaction, one buffered file write). Queries tapped from the relay therefore cost the
+//! connection a push, not a database commit or a thread hand-off. [`AuditLog::flush`] wakes
+//! the writer and waits until everything emitted so far is stored, for readers that must see
+//! it (audit search).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use dbward_store::{AuditRecord, Store};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 
 pub const SESSION_START: &str = "db.session.start";
 pub const SESSION_END: &str = "db.session.end";
@@ -23,8 +25,8 @@ pub const USER_CREATE: &str = "db.session.user.create";
 pub const PERMISSIONS_UPDATE: &str = "db.session.permissions.update";
 pub const USER_DEACTIVATE: &str = "db.session.user.deactivate";
 
-/// Most events stored in one transaction.
-const MAX_BATCH: usize = 2048;
+/// How often the writer drains the queue when nobody asks it to flush.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Fields common to every event of one database session.
 #[derive(Debug, Clone, Default)]
@@ -54,16 +56,35 @@ enum Pending {
     Flush(oneshot::Sender<()>),
 }
 
+#[derive(Default)]
+struct Queue {
+    pending: std::sync::Mutex<Vec<Pending>>,
+    wake: Notify,
+}
+
+impl Queue {
+    fn push(&self, pending: Pending) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pending);
+    }
+
+    fn take(&self) -> Vec<Pending> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 #[derive(Clone)]
 pub struct AuditLog {
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: Arc<Queue>,
 }
 
 impl AuditLog {
     /// Starts the writer on the current runtime.
     pub fn new(store: Store, file: Option<PathBuf>) -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(store, file, rx));
+        let queue = Arc::new(Queue::default());
+        tokio::spawn(write_loop(store, file, Arc::downgrade(&queue)));
         Self { queue }
     }
 
@@ -74,7 +95,7 @@ impl AuditLog {
 
     /// Like [`AuditLog::emit`] with fields shared between the events of one session.
     pub fn emit_shared(&self, event: &'static str, fields: &Arc<SessionFields>, extra: Value) {
-        let _ = self.queue.send(Pending::Event {
+        self.queue.push(Pending::Event {
             event,
             fields: fields.clone(),
             extra,
@@ -84,7 +105,7 @@ impl AuditLog {
 
     /// Records a `db.session.query`; called from the relay's tap, so it only queues.
     pub fn query(&self, fields: &Arc<SessionFields>, sql: &str) {
-        let _ = self.queue.send(Pending::Query {
+        self.queue.push(Pending::Query {
             fields: fields.clone(),
             sql: sql.to_string(),
             time: OffsetDateTime::now_utc(),
@@ -94,9 +115,9 @@ impl AuditLog {
     /// Waits until every event emitted before this call is stored.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.queue.send(Pending::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.queue.push(Pending::Flush(tx));
+        self.queue.wake.notify_one();
+        let _ = rx.await;
     }
 }
 
@@ -155,12 +176,24 @@ fn render(
     }
 }
 
-async fn write_loop(store: Store, file: Option<PathBuf>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch = Vec::new();
-    let mut waiters = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(pending) = next.take() {
+async fn write_loop(store: Store, file: Option<PathBuf>, queue: std::sync::Weak<Queue>) {
+    loop {
+        // Runs as long as some AuditLog handle exists; the last drain happens after that.
+        let Some(strong) = queue.upgrade() else {
+            return;
+        };
+        tokio::select! {
+            _ = strong.wake.notified() => {}
+            _ = tokio::time::sleep(DRAIN_EVERY) => {}
+        }
+        let drained = strong.take();
+        drop(strong);
+        if drained.is_empty() {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(drained.len());
+        let mut waiters = Vec::new();
+        for pending in drained {
             match pending {
                 Pending::Event {
                     event,
@@ -177,23 +210,19 @@ async fn write_loop(store: Store, file: Option<PathBuf>, mut rx: mpsc::Unbounded
                 )),
                 Pending::Flush(done) => waiters.push(done),
             }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
         }
         if !batch.is_empty() {
-            let records = std::mem::take(&mut batch);
             if let Some(path) = &file {
-                if let Err(err) = append_lines(path, &records) {
+                if let Err(err) = append_lines(path, &batch) {
                     tracing::error!(%err, path = %path.display(), "audit file append failed");
                 }
             }
-            let count = records.len();
-            if let Err(err) = store.append_audit_batch(records).await {
+            let count = batch.len();
+            if let Err(err) = store.append_audit_batch(batch).await {
                 tracing::error!(%err, count, "audit events could not be stored");
             }
         }
-        for done in waiters.drain(..) {
+        for done in waiters {
             let _ = done.send(());
         }
     }

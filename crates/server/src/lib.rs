@@ -221,6 +221,8 @@ impl Started {
         tracing::info!("shutting down: no new connections, ending live sessions");
         gw.sessions.end_all();
         gw.sessions.wait_until_empty(Duration::from_secs(20)).await;
+        // Events are stored in batches: the last ones must not be lost on exit.
+        gw.audit.flush().await;
         tasks.abort_all();
         Ok(())
     }

@@ -284,7 +284,13 @@ pub async fn run(dir: Option<PathBuf>) -> Result<(), GatewayError> {
             return Err(err);
         }
     };
-    println!("{}", instructions(&sandbox));
+    // A closed stdout (a supervisor that stopped reading) must not stop the sandbox.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{}", instructions(&sandbox));
+        let _ = out.flush();
+    }
     let shutdown = CancellationToken::new();
     crate::stop_on_signal(shutdown.clone());
     let result = started.run(shutdown).await;
