@@ -554,3 +554,31 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
         "{findings:?}"
     );
 }
+
+/// Garbage or a vanished client on the MySQL listener costs only that connection.
+#[test]
+fn garbage_and_vanished_clients_leave_the_listener_serving() {
+    use std::io::{Read, Write};
+    let h = maria_harness();
+    // Read the greeting, answer with garbage.
+    let mut s = std::net::TcpStream::connect(h.mysql_addr).unwrap();
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).unwrap();
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    let mut greeting = vec![0u8; len];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(greeting[0], 10, "protocol 10 greeting");
+    let _ = s.write_all(&[0xff; 64]);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    // Connect and leave without a word.
+    drop(std::net::TcpStream::connect(h.mysql_addr).unwrap());
+    // A real client still gets through.
+    let w = world("keep");
+    let user = unique("stillok");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let r = h.mariadb(&files, &user, "SELECT CURRENT_USER()");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, format!("{user}@%"));
+}

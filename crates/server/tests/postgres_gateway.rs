@@ -704,3 +704,54 @@ fn reconciler_locks_users_left_active_by_a_crash() {
     assert_eq!(session.query("select 1").as_deref(), Some("1"));
     session.close();
 }
+
+/// A session outlives its certificate only by the revocation check's period: then it ends
+/// and the user is torn down.
+#[test]
+fn expired_certificate_ends_the_live_session() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("expiring");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert_valid_for(
+        &user,
+        route(&w.db, &user, "postgres", &[]),
+        std::time::Duration::from_secs(4),
+    );
+    let mut s = open_psql(&files, &user, "postgres").expect("session");
+    assert_eq!(s.query("select 1").as_deref(), Some("1"));
+    h.eventually("locked after the certificate expired", || {
+        h.can_login(&user) == Some(false)
+    });
+    assert_eq!(s.query("select 1"), None, "the session was closed");
+    s.close();
+}
+
+/// A client that goes away in the middle of the handshake, or sends garbage after the TLS
+/// upgrade, costs only its own connection.
+#[test]
+fn broken_handshakes_leave_the_listener_serving() {
+    use std::io::Read;
+    let h = harness();
+    // Half a startup packet, then gone.
+    let mut s = std::net::TcpStream::connect(h.pg_addr).unwrap();
+    s.write_all(&[0, 0, 0, 8, 4]).unwrap();
+    drop(s);
+    // An SSLRequest, then garbage instead of a ClientHello.
+    let mut s = std::net::TcpStream::connect(h.pg_addr).unwrap();
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S");
+    let _ = s.write_all(&[0x42; 300]);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    // The listener still serves a real client.
+    let w = world("keep");
+    let user = unique("stillok");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let r = h.psql(&files, &user, "postgres", "select current_user");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, user);
+}

@@ -221,6 +221,11 @@ impl Harness {
 
     /// A database certificate for `user` with a route, as `dbward db login` issues it.
     pub fn db_cert(&self, user: &str, route: DbRoute) -> ClientFiles {
+        self.db_cert_valid_for(user, route, Duration::from_secs(3600))
+    }
+
+    /// Like [`Harness::db_cert`], expiring after `ttl`.
+    pub fn db_cert_valid_for(&self, user: &str, route: DbRoute, ttl: Duration) -> ClientFiles {
         let dir = self
             .dir
             .join("clients")
@@ -231,7 +236,7 @@ impl Harness {
             username: user.to_string(),
             cluster: self.gw.cluster.clone(),
             usage: CertUsage::Db,
-            expires: OffsetDateTime::now_utc() + Duration::from_secs(3600),
+            expires: OffsetDateTime::now_utc() + ttl,
             route: Some(route),
         };
         let cert = dbward_pki::issue_user_cert(&self.gw.cas.user, &identity, &csr).unwrap();
