@@ -136,6 +136,49 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert_eq!(stdout.trim(), "alice@%\tdw-role-alice", "{stdout}");
+
+            // `dbward proxy db` for a client that cannot present a certificate.
+            let home = home_line.trim_start_matches("export DBWARD_HOME=");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let proxy = Command::new(BIN)
+                .args([
+                    "proxy",
+                    "db",
+                    "quickstart-mariadb",
+                    "--port",
+                    &port.to_string(),
+                ])
+                .env("DBWARD_HOME", home)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let _proxy = Running(proxy);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "proxy did not listen");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let out = Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "--host=127.0.0.1",
+                    "--skip-ssl",
+                    "--user=alice",
+                ])
+                .arg(format!("--port={port}"))
+                .args(["-N", "-B", "-e", "select current_user()"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice@%");
         }
         None => assert!(
             std::process::Command::new("sh")

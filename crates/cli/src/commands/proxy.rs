@@ -1,7 +1,8 @@
 //! `dbward proxy db DB [--port P]`: a plain-TCP listener on 127.0.0.1 that forwards each
 //! connection to the gateway over TLS with the database certificate, for clients that cannot
 //! present client certificates. PostgreSQL cancel requests arrive on new connections and are
-//! forwarded the same way, so psql's Ctrl-C works.
+//! forwarded the same way, so psql's Ctrl-C works. MySQL/MariaDB connections are bridged by
+//! `dbward_proxy::mysql::local`, which upgrades to TLS inside the MySQL handshake.
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ const GSSENC_REQUEST: u32 = 80_877_104;
 struct Upstream {
     addr: String,
     server_name: ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
     connector: TlsConnector,
 }
 
@@ -34,12 +36,7 @@ pub async fn db(db: &str, port: u16) -> Result<()> {
     if is_expired(&route.expires) {
         bail!("the certificate for \"{db}\" has expired; run `dbward db login {db}`");
     }
-    if route.protocol != "postgres" {
-        bail!(
-            "`dbward proxy db` supports PostgreSQL databases; \"{db}\" speaks {}",
-            route.protocol
-        );
-    }
+    let mysql = route.protocol == "mysql";
     let upstream = Arc::new(upstream(&home, &route)?);
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -51,15 +48,29 @@ pub async fn db(db: &str, port: u16) -> Result<()> {
         upstream.addr,
         route.db_user
     );
-    let mut example = format!(
-        "psql \"host=127.0.0.1 port={} sslmode=disable user={}",
-        local.port(),
-        route.db_user
-    );
-    if let Some(name) = &route.db_name {
-        example.push_str(&format!(" dbname={name}"));
-    }
-    println!("Connect with:\n  {example}\"\nPress Ctrl-C to stop.");
+    let example = if mysql {
+        let mut example = format!(
+            "mariadb --host=127.0.0.1 --port={} --skip-ssl --user={}",
+            local.port(),
+            route.db_user
+        );
+        if let Some(name) = &route.db_name {
+            example.push_str(&format!(" --database={name}"));
+        }
+        example
+    } else {
+        let mut example = format!(
+            "psql \"host=127.0.0.1 port={} sslmode=disable user={}",
+            local.port(),
+            route.db_user
+        );
+        if let Some(name) = &route.db_name {
+            example.push_str(&format!(" dbname={name}"));
+        }
+        example.push('"');
+        example
+    };
+    println!("Connect with:\n  {example}\nPress Ctrl-C to stop.");
     loop {
         let (client, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
@@ -67,7 +78,12 @@ pub async fn db(db: &str, port: u16) -> Result<()> {
         };
         let upstream = upstream.clone();
         tokio::spawn(async move {
-            if let Err(err) = forward_postgres(client, &upstream).await {
+            let forwarded = if mysql {
+                forward_mysql(client, &upstream).await
+            } else {
+                forward_postgres(client, &upstream).await
+            };
+            if let Err(err) = forwarded {
                 eprintln!("connection from {peer}: {err:#}");
             }
         });
@@ -79,20 +95,30 @@ fn upstream(home: &ClientHome, route: &DbRouteState) -> Result<Upstream> {
     let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
-    let config = tls_config(
+    let alpn: &[u8] = if route.protocol == "mysql" {
+        b""
+    } else {
+        b"postgresql"
+    };
+    let mut config = tls_config(
         Trust::Ca(read(home.host_ca())?),
         Some(ClientCert {
             cert_pem: read(files.cert())?,
             key_pem: read(files.key())?,
         }),
-        b"postgresql",
+        alpn,
     )?;
+    if alpn.is_empty() {
+        config.alpn_protocols.clear();
+    }
+    let config = Arc::new(config);
     let (addr, server_name) =
         split_addr(&format!("{}:{}", route.gateway_host, route.gateway_port))?;
     Ok(Upstream {
         addr,
         server_name,
-        connector: TlsConnector::from(Arc::new(config)),
+        connector: TlsConnector::from(config.clone()),
+        config,
     })
 }
 
@@ -119,6 +145,20 @@ async fn forward_postgres(mut client: TcpStream, upstream: &Upstream) -> Result<
         .context("TLS with the gateway")?;
     tls.write_all(&first).await?;
     tokio::io::copy_bidirectional(&mut client, &mut tls).await?;
+    Ok(())
+}
+
+/// Bridges a local MySQL/MariaDB client: TLS to the gateway inside the MySQL handshake.
+async fn forward_mysql(client: TcpStream, upstream: &Upstream) -> Result<()> {
+    client.set_nodelay(true)?;
+    dbward_proxy::mysql::local::bridge(
+        client,
+        &upstream.addr,
+        upstream.config.clone(),
+        upstream.server_name.clone(),
+    )
+    .await
+    .with_context(|| format!("bridging to {}", upstream.addr))?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! or as whom.
 
 pub mod accept;
+pub mod local;
 pub mod packet;
 pub mod relay;
 pub mod upstream;
