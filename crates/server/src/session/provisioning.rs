@@ -201,9 +201,13 @@ impl Provisioned {
     /// The user's own connection is up: other sessions of the same user may proceed.
     pub async fn connected(&mut self) {
         if let Some(lock) = self.lock.take() {
-            if let Err(err) = lock.release().await {
-                tracing::warn!(%err, "provisioning lock release failed");
-            }
+            // Off the client's path: the next holder of the same key waits for this release
+            // anyway, and nobody else has to.
+            tokio::spawn(async move {
+                if let Err(err) = lock.release().await {
+                    tracing::warn!(%err, "provisioning lock release failed");
+                }
+            });
         }
     }
 
