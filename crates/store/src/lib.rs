@@ -3,13 +3,14 @@
 //!
 //! [`Store`] is the async handle the gateway uses. It wraps a synchronous [`Backend`] and runs
 //! every call on tokio's blocking pool, so a slow disk or a busy database never stalls the
-//! async workers. The embedded backend is SQLite ([`Store::open_sqlite`]); a PostgreSQL
-//! backend for several gateways implements the same trait and plugs in with
-//! [`Store::from_backend`] (see [`lock`] for how the lock carries over).
+//! async workers. The embedded backend is SQLite ([`Store::open_sqlite`]); several gateways
+//! share a PostgreSQL store ([`Store::open_postgres`]), and the lock holds across them (see
+//! [`lock`]).
 
 mod backend;
 mod error;
 pub mod lock;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 pub use error::{Result, StoreError};
 pub use lock::LockGuard;
+pub use postgres::PostgresBackend;
 pub use sqlite::{SqliteBackend, DB_FILE_NAME};
 
 use lock::LocalLocks;
@@ -55,6 +57,19 @@ impl Store {
     pub fn open_sqlite(data_dir: &Path) -> Result<Store> {
         Ok(Store::from_backend(Arc::new(SqliteBackend::open(
             data_dir,
+        )?)))
+    }
+
+    /// Connects to the shared PostgreSQL store named by `dsn` (`storage.dsn`: a libpq URL
+    /// such as `postgres://dbward@db1:5432/dbward?sslmode=verify-full&sslrootcert=/ca.pem`,
+    /// or keyword form such as `host=/run/postgresql dbname=dbward`) and applies pending
+    /// migrations. TLS follows `sslmode` (`disable`; `prefer`, the default; `require` or
+    /// `verify-ca`; `verify-full`), always verifying the server's chain against `sslrootcert`
+    /// (public web roots when absent or `system`); `sslcert` and `sslkey` name a client
+    /// certificate. Blocks while connecting; may be called from async code.
+    pub fn open_postgres(dsn: &str) -> Result<Store> {
+        Ok(Store::from_backend(Arc::new(PostgresBackend::connect(
+            dsn,
         )?)))
     }
 
