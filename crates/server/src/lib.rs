@@ -66,9 +66,19 @@ pub fn cluster_name(config: &Config) -> String {
 pub async fn open_store(config: &Config) -> Result<Store, GatewayError> {
     match config.storage.backend {
         dbward_model::StorageBackend::Sqlite => Ok(Store::open_sqlite(&config.data_dir)?),
-        dbward_model::StorageBackend::Postgres => Err(GatewayError::Config(
-            "storage.backend: postgres is not available in this build yet; use sqlite".into(),
-        )),
+        dbward_model::StorageBackend::Postgres => {
+            let dsn = config.storage.dsn.as_deref().ok_or_else(|| {
+                GatewayError::Config(
+                    "storage.dsn is required with storage.backend: postgres".into(),
+                )
+            })?;
+            // Connecting blocks (it runs migrations); keep it off the async workers.
+            let dsn = dsn.to_string();
+            tokio::task::spawn_blocking(move || Store::open_postgres(&dsn))
+                .await
+                .map_err(|e| GatewayError::Internal(e.to_string()))?
+                .map_err(GatewayError::from)
+        }
     }
 }
 
