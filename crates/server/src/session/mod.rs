@@ -3,8 +3,10 @@
 //! A connection moves through typed steps, each consuming the previous one:
 //! `Authenticated` (certificate verified, identity read) → `Authorized` (RBAC decision from the
 //! store's current roles) → `Provisioned` (database user active, lock held) → connected
-//! upstream (engine specific) → relaying → torn down. An engine listener (`postgres`) owns
-//! the wire protocol and calls these steps in order; nothing downstream re-checks a step.
+//! upstream (engine specific) → relaying → torn down. An engine listener (`postgres`,
+//! `mysql`) owns the wire protocol and calls these steps in order; `lifecycle` holds what
+//! both engines do around them (audit of start and end, the query tap's sink, teardown).
+//! Nothing downstream re-checks a step.
 
 mod lifecycle;
 pub mod live;
