@@ -9,9 +9,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::ProxyError;
 use crate::pg::{RelayEnd, RelayStats, Side};
 
-/// Size of each direction's copy buffer: half a TLS record. Idle sessions hold two of these, so
-/// the size is a trade between memory per session and reads per record (two instead of one).
+/// Size each direction's copy buffer starts at: half a TLS record. Idle sessions hold two of
+/// these, so it stays small; a direction whose reads fill it (a bulk transfer) grows it once
+/// to [`BULK_BUFFER`], so large results move in fewer, larger reads and writes.
 pub(crate) const COPY_BUFFER: usize = 8 * 1024;
+/// Size of a copy buffer once its direction carries bulk data.
+const BULK_BUFFER: usize = 64 * 1024;
 /// After the client has gone, how long the server may take to finish and close its side.
 const DRAIN_AFTER_CLIENT_CLOSE: Duration = Duration::from_secs(5);
 /// How long closing each side (TLS close_notify, then FIN) may take at the end.
@@ -114,6 +117,9 @@ where
         to.write_all(chunk).await.map_err(failed_to)?;
         to.flush().await.map_err(failed_to)?;
         *copied += n as u64;
+        if n == buf.len() && buf.len() < BULK_BUFFER {
+            buf.resize(BULK_BUFFER, 0);
+        }
     }
     to.shutdown().await.map_err(failed_to)?;
     Ok(())
