@@ -16,6 +16,20 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
+    let serves = matches!(
+        cli.command,
+        args::Command::Start | args::Command::Quickstart { .. } | args::Command::Proxy(_)
+    );
+    if !serves {
+        // Printing commands behave like other command-line tools when their output is cut
+        // short (`dbward audit search | head`): they end quietly instead of reporting a
+        // broken pipe. Commands that serve connections keep SIGPIPE ignored, so a peer that
+        // goes away only fails its own socket.
+        // SAFETY: called before any other thread exists; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
