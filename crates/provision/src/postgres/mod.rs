@@ -36,7 +36,6 @@ const FINISH_TEARDOWN_SQL: &str = include_str!("sql/finish_teardown.sql");
 const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
 const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
 const ACTIVE_MANAGED_SQL: &str = include_str!("sql/active_managed.sql");
-const TEARDOWN_PROBE_SQL: &str = include_str!("sql/teardown_probe.sql");
 
 /// Where and as whom the admin connection goes.
 #[derive(Clone)]
@@ -104,13 +103,6 @@ pub struct PgProvisioner {
 struct Inner {
     pool: Pool,
     settings: PgProvisionerSettings,
-}
-
-/// A user's situation when teardown starts.
-enum Settled {
-    Idle,
-    InUse,
-    Missing,
 }
 
 type OpFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, ProvisionError>> + Send + 'c>>;
@@ -219,45 +211,54 @@ impl PgProvisioner {
         mode: TeardownMode,
     ) -> Result<DeactivateOutcome, ProvisionError> {
         check_user_name(user.as_str())?;
-        match self.settle(target, user).await? {
-            Settled::Idle => {}
-            Settled::InUse => return Ok(DeactivateOutcome::Kept(true)),
-            Settled::Missing => return Ok(DeactivateOutcome::Missing),
-        }
+        let settings = &self.inner.settings;
+        let deadline = Instant::now() + settings.settle_time;
+        let mut pause = settings.settle_poll.min(Duration::from_millis(5));
         let admin = target.admin_user.clone();
         let database = target.database.clone();
         let user = user.as_str().to_owned();
         let drop_user = mode == TeardownMode::Drop;
-        let outcome = self
-            .with_conn(target, move |conn| {
-                let (admin, database, user) = (admin.clone(), database.clone(), user.clone());
-                Box::pin(async move {
-                    install_functions(conn, &admin, &database).await?;
-                    let map = |e| map_error(e, &admin, &user);
-                    // Two statements, two transactions: login must be disabled (committed)
-                    // before the final look at pg_stat_activity, or a login racing with the
-                    // teardown could go unseen.
-                    let disable = conn.statement(DISABLE_LOGIN_SQL).await.map_err(map)?;
-                    let row = conn
-                        .client()
-                        .query_one(&disable, &[&user, &MARKER_ROLE])
-                        .await
-                        .map_err(map)?;
-                    let first: String = row.try_get(0).map_err(map)?;
-                    if first != "disabled" {
-                        return Ok(first);
-                    }
-                    let finish = conn.statement(FINISH_TEARDOWN_SQL).await.map_err(map)?;
-                    let row = conn
-                        .client()
-                        .query_one(&finish, &[&user, &MARKER_ROLE, &drop_user])
-                        .await
-                        .map_err(map)?;
-                    let outcome: String = row.try_get(0).map_err(map)?;
-                    Ok(outcome)
+        let outcome = loop {
+            let (admin, database, user) = (admin.clone(), database.clone(), user.clone());
+            let outcome = self
+                .with_conn(target, move |conn| {
+                    let (admin, database, user) = (admin.clone(), database.clone(), user.clone());
+                    Box::pin(async move {
+                        install_functions(conn, &admin, &database).await?;
+                        let map = |e| map_error(e, &admin, &user);
+                        // Two statements, two transactions: login must be disabled
+                        // (committed) before the final look at pg_stat_activity, or a login
+                        // racing with the teardown could go unseen.
+                        let disable = conn.statement(DISABLE_LOGIN_SQL).await.map_err(map)?;
+                        let row = conn
+                            .client()
+                            .query_one(&disable, &[&user, &MARKER_ROLE])
+                            .await
+                            .map_err(map)?;
+                        let first: String = row.try_get(0).map_err(map)?;
+                        if first != "disabled" {
+                            return Ok(first);
+                        }
+                        let finish = conn.statement(FINISH_TEARDOWN_SQL).await.map_err(map)?;
+                        let row = conn
+                            .client()
+                            .query_one(&finish, &[&user, &MARKER_ROLE, &drop_user])
+                            .await
+                            .map_err(map)?;
+                        let outcome: String = row.try_get(0).map_err(map)?;
+                        Ok(outcome)
+                    })
                 })
-            })
-            .await?;
+                .await?;
+            // The closing session's backend may still be listed for a moment after the
+            // client went away: look again, soon and then less often, until settle_time.
+            if outcome == "active" && Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(settings.settle_poll.max(Duration::from_millis(5)));
+                continue;
+            }
+            break outcome;
+        };
         match outcome.as_str() {
             "missing" => Ok(DeactivateOutcome::Missing),
             "active" => Ok(DeactivateOutcome::Kept(true)),
@@ -362,54 +363,6 @@ impl PgProvisioner {
             Box::pin(async move { preflight::run(conn, &admin, &roles).await })
         })
         .await
-    }
-
-    /// Looks at `user` before teardown, polling while it has live sessions, for at most the
-    /// settle time: the backend of a session that just closed may still be listed.
-    async fn settle(
-        &self,
-        target: &AdminTarget,
-        user: &DbUserName,
-    ) -> Result<Settled, ProvisionError> {
-        let settings = &self.inner.settings;
-        let deadline = Instant::now() + settings.settle_time;
-        let admin = target.admin_user.clone();
-        let name = user.as_str().to_owned();
-        loop {
-            let (admin, name) = (admin.clone(), name.clone());
-            let probe = self
-                .with_conn(target, move |conn| {
-                    let (admin, name) = (admin.clone(), name.clone());
-                    Box::pin(async move {
-                        let map = |e| map_error(e, &admin, &name);
-                        let statement = conn.statement(TEARDOWN_PROBE_SQL).await.map_err(map)?;
-                        let row = conn
-                            .client()
-                            .query_opt(&statement, &[&name, &MARKER_ROLE])
-                            .await
-                            .map_err(map)?;
-                        match row {
-                            None => Ok(None),
-                            Some(row) => Ok(Some((
-                                row.try_get::<_, bool>("managed").map_err(map)?,
-                                row.try_get::<_, i64>("live").map_err(map)?,
-                            ))),
-                        }
-                    })
-                })
-                .await?;
-            match probe {
-                None => return Ok(Settled::Missing),
-                Some((false, _)) => {
-                    return Err(ProvisionError::UserNotManaged {
-                        user: user.as_str().to_owned(),
-                    })
-                }
-                Some((true, 0)) => return Ok(Settled::Idle),
-                Some((true, _)) if Instant::now() >= deadline => return Ok(Settled::InUse),
-                Some((true, _)) => tokio::time::sleep(settings.settle_poll).await,
-            }
-        }
     }
 
     /// Runs `op` on a warm connection to `target`, opening one when none is idle. An

@@ -222,6 +222,11 @@ impl Provisioned {
             ProvisioningMode::BestEffortDrop => TeardownMode::Drop,
             _ => TeardownMode::Keep,
         };
+        // Another session of this gateway still uses the user: its own teardown, the last
+        // one, deactivates it. Checking the database here would only wait for that session.
+        if gw.sessions.count_for(&authorized.db.metadata.name, &self.db_user) > 0 {
+            return;
+        }
         // A backend that is still finishing (a cancelled statement, a killed client's
         // socket not yet noticed) counts as live. When no session of this gateway uses the
         // user any more, look again a few times before leaving it to the reconciler.
