@@ -224,7 +224,11 @@ impl Provisioned {
         };
         // Another session of this gateway still uses the user: its own teardown, the last
         // one, deactivates it. Checking the database here would only wait for that session.
-        if gw.sessions.count_for(&authorized.db.metadata.name, &self.db_user) > 0 {
+        if gw
+            .sessions
+            .count_for(&authorized.db.metadata.name, &self.db_user)
+            > 0
+        {
             return;
         }
         // A backend that is still finishing (a cancelled statement, a killed client's

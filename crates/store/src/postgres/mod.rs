@@ -24,7 +24,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 use crate::error::{Result, StoreError};
 
-use self::tls::MakeRustlsConnect;
+use dbward_pgtls::MakeRustlsConnect;
 
 /// Schema migrations in order; a migration's version is its position plus one. Append only.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
@@ -93,7 +93,9 @@ impl PostgresBackend {
         }
         let tls = match tls.mode {
             dsn::TlsMode::Disable => None,
-            _ => Some(MakeRustlsConnect::new(tls::client_config(&tls)?)),
+            _ => Some(MakeRustlsConnect::for_dialled_host(tls::client_config(
+                &tls,
+            )?)),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -2,12 +2,9 @@
 //! against `sslrootcert` (or the public web roots), its name too under `verify-full`, and a
 //! client certificate is presented when the DSN names one.
 
-use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -16,9 +13,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
-use tokio_rustls::TlsConnector;
 
 use super::dsn::{TlsMode, TlsParams};
 use crate::error::{Result, StoreError};
@@ -128,108 +122,5 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
-    }
-}
-
-/// Makes a [`RustlsConnect`] for every connection the pool opens, naming the dialled host.
-#[derive(Clone)]
-pub(crate) struct MakeRustlsConnect {
-    config: Arc<ClientConfig>,
-}
-
-impl MakeRustlsConnect {
-    pub(crate) fn new(config: Arc<ClientConfig>) -> Self {
-        MakeRustlsConnect { config }
-    }
-}
-
-impl<S> MakeTlsConnect<S> for MakeRustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, host: &str) -> io::Result<RustlsConnect> {
-        // A Unix socket has no host name; its server declines TLS before one is needed, and
-        // a handshake without a name fails in `connect`.
-        let server_name = ServerName::try_from(host.to_owned()).ok();
-        Ok(RustlsConnect {
-            connector: TlsConnector::from(self.config.clone()),
-            server_name,
-        })
-    }
-}
-
-/// Performs the TLS handshake of one connection.
-pub(crate) struct RustlsConnect {
-    connector: TlsConnector,
-    server_name: Option<ServerName<'static>>,
-}
-
-impl<S> TlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let server_name = self.server_name.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, "no valid TLS server name")
-            })?;
-            let tls = self.connector.connect(server_name, stream).await?;
-            Ok(RustlsStream(tls))
-        })
-    }
-}
-
-/// A TLS stream to the store's database.
-pub(crate) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S> TlsStream for RustlsStream<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM falls back to no channel binding; the verified chain already pins the server.
-        ChannelBinding::none()
-    }
-}
-
-impl<S> AsyncRead for RustlsStream<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S> AsyncWrite for RustlsStream<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
