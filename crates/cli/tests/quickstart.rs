@@ -25,6 +25,28 @@ impl Drop for Running {
     }
 }
 
+/// Starts `dbward proxy db DB` on a free port and waits until it listens.
+fn proxy_db(home: &str, db: &str) -> (u16, Running) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = Command::new(BIN)
+        .args(["proxy", "db", db, "--port", &port.to_string()])
+        .env("DBWARD_HOME", home)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(proxy);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "proxy did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (port, running)
+}
+
 fn sh(script: &str, path_dir: &Path) -> std::process::Output {
     let path = format!(
         "{}:{}",
@@ -121,6 +143,24 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
 
     // MariaDB too, when its binaries are installed (scripts/test installs them).
     let home_line = setup[0];
+
+    // `dbward proxy db` for a PostgreSQL client that cannot present a certificate.
+    let home = home_line.trim_start_matches("export DBWARD_HOME=");
+    let (port, _proxy) = proxy_db(home, "quickstart");
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} sslmode=disable user=alice dbname=postgres"
+        ))
+        .args(["-X", "-A", "-t", "-c", "select current_user"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+
     match maria_connect {
         Some(maria) => {
             let out = sh(
@@ -138,30 +178,7 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
             assert_eq!(stdout.trim(), "alice@%\tdw-role-alice", "{stdout}");
 
             // `dbward proxy db` for a client that cannot present a certificate.
-            let home = home_line.trim_start_matches("export DBWARD_HOME=");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let proxy = Command::new(BIN)
-                .args([
-                    "proxy",
-                    "db",
-                    "quickstart-mariadb",
-                    "--port",
-                    &port.to_string(),
-                ])
-                .env("DBWARD_HOME", home)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            let _proxy = Running(proxy);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "proxy did not listen");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            let (port, _proxy) = proxy_db(home, "quickstart-mariadb");
             let out = Command::new("mariadb")
                 .args([
                     "--no-defaults",

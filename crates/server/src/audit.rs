@@ -22,7 +22,6 @@ pub const SESSION_START: &str = "db.session.start";
 pub const SESSION_END: &str = "db.session.end";
 pub const SESSION_QUERY: &str = "db.session.query";
 pub const USER_CREATE: &str = "db.session.user.create";
-pub const PERMISSIONS_UPDATE: &str = "db.session.permissions.update";
 pub const USER_DEACTIVATE: &str = "db.session.user.deactivate";
 
 /// How often the writer drains the queue when nobody asks it to flush.
@@ -90,14 +89,9 @@ impl AuditLog {
 
     /// Records `event` with the session's common fields and `extra` merged in.
     pub async fn emit(&self, event: &'static str, fields: &SessionFields, extra: Value) {
-        self.emit_shared(event, &Arc::new(fields.clone()), extra);
-    }
-
-    /// Like [`AuditLog::emit`] with fields shared between the events of one session.
-    pub fn emit_shared(&self, event: &'static str, fields: &Arc<SessionFields>, extra: Value) {
         self.queue.push(Pending::Event {
             event,
-            fields: fields.clone(),
+            fields: Arc::new(fields.clone()),
             extra,
             time: OffsetDateTime::now_utc(),
         });

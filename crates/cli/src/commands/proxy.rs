@@ -8,23 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
 
 use crate::client::{split_addr, tls_config, ClientCert, Trust};
 use crate::commands::is_expired;
 use crate::home::{ClientHome, DbRouteState};
 
-/// PostgreSQL startup codes that ask for encryption on the local leg, which stays plain.
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
-
 struct Upstream {
     addr: String,
     server_name: ServerName<'static>,
     config: Arc<rustls::ClientConfig>,
-    connector: TlsConnector,
 }
 
 pub async fn db(db: &str, port: u16) -> Result<()> {
@@ -117,34 +110,21 @@ fn upstream(home: &ClientHome, route: &DbRouteState) -> Result<Upstream> {
     Ok(Upstream {
         addr,
         server_name,
-        connector: TlsConnector::from(config.clone()),
         config,
     })
 }
 
-/// Answers the client's encryption requests with "no", then opens TLS to the gateway
-/// (SSLRequest, then the handshake) and relays bytes both ways.
-async fn forward_postgres(mut client: TcpStream, upstream: &Upstream) -> Result<()> {
-    let first = read_until_startup(&mut client).await?;
-    let mut server = TcpStream::connect(&upstream.addr)
-        .await
-        .with_context(|| format!("connecting to {}", upstream.addr))?;
-    let mut ssl_request = Vec::with_capacity(8);
-    ssl_request.extend_from_slice(&8u32.to_be_bytes());
-    ssl_request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-    server.write_all(&ssl_request).await?;
-    let mut answer = [0u8; 1];
-    server.read_exact(&mut answer).await?;
-    if answer[0] != b'S' {
-        bail!("the gateway refused TLS");
-    }
-    let mut tls = upstream
-        .connector
-        .connect(upstream.server_name.clone(), server)
-        .await
-        .context("TLS with the gateway")?;
-    tls.write_all(&first).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut tls).await?;
+/// Bridges a local PostgreSQL client: TLS to the gateway, then the startup packet.
+async fn forward_postgres(client: TcpStream, upstream: &Upstream) -> Result<()> {
+    client.set_nodelay(true)?;
+    dbward_proxy::pg::local::bridge(
+        client,
+        &upstream.addr,
+        upstream.config.clone(),
+        upstream.server_name.clone(),
+    )
+    .await
+    .with_context(|| format!("bridging to {}", upstream.addr))?;
     Ok(())
 }
 
@@ -160,52 +140,4 @@ async fn forward_mysql(client: TcpStream, upstream: &Upstream) -> Result<()> {
     .await
     .with_context(|| format!("bridging to {}", upstream.addr))?;
     Ok(())
-}
-
-/// Reads startup packets until one that is not an encryption request; returns its bytes.
-async fn read_until_startup<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Result<Vec<u8>> {
-    loop {
-        let mut header = [0u8; 8];
-        client.read_exact(&mut header).await?;
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let code = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        if len == 8 && (code == SSL_REQUEST || code == GSSENC_REQUEST) {
-            client.write_all(b"N").await?;
-            continue;
-        }
-        if !(8..=10_000).contains(&len) {
-            bail!("not a PostgreSQL startup packet");
-        }
-        let mut packet = header.to_vec();
-        packet.resize(len, 0);
-        client.read_exact(&mut packet[8..]).await?;
-        return Ok(packet);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn encryption_requests_are_declined_and_the_startup_packet_is_kept_whole() -> Result<()> {
-        let (mut local, mut remote) = tokio::io::duplex(1024);
-        let mut startup = Vec::new();
-        let body = b"\x00\x03\x00\x00user\x00alice\x00\x00";
-        startup.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        startup.extend_from_slice(body);
-        let mut sent = Vec::new();
-        sent.extend_from_slice(&8u32.to_be_bytes());
-        sent.extend_from_slice(&GSSENC_REQUEST.to_be_bytes());
-        sent.extend_from_slice(&8u32.to_be_bytes());
-        sent.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-        sent.extend_from_slice(&startup);
-        remote.write_all(&sent).await?;
-        let packet = read_until_startup(&mut local).await?;
-        assert_eq!(packet, startup);
-        let mut answers = [0u8; 2];
-        remote.read_exact(&mut answers).await?;
-        assert_eq!(&answers, b"NN");
-        Ok(())
-    }
 }

@@ -12,6 +12,7 @@
 //! Nothing here decides who may connect or as whom.
 
 pub mod cancel;
+pub mod local;
 pub mod messages;
 pub mod relay;
 pub mod startup;

@@ -17,11 +17,10 @@ mod reconcile;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use dbward_model::{Db, Protocol, User};
 use dbward_pki::{CertUsage, DbRoute, Identity};
-use dbward_rbac::{Decision, ProvisioningMode};
+use dbward_rbac::Decision;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
@@ -292,10 +291,3 @@ pub(crate) async fn accept_loop<F, Fut>(
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
-
-/// True when this decision provisions the database user.
-pub fn provisions(decision: &Decision) -> bool {
-    decision.mode != ProvisioningMode::Off
-}
-
-pub type Shared = Arc<Gateway>;

@@ -204,9 +204,7 @@ async fn run_session(
     };
     let end = registration.end.clone();
     let mut server_stream = server.stream;
-    let server = Upstreamed {
-        backend_key: server.backend_key,
-    };
+    let backend_key = server.backend_key;
     tokio::select! {
         stats = pg::relay(&mut client, &mut server_stream, tap) => {
             tracing::debug!(%sid, up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
@@ -222,7 +220,7 @@ async fn run_session(
     // gateway) may leave its backend busy in a long statement, which keeps the user "live"
     // and would stall teardown: cancel whatever it runs so the backend notices and exits.
     if !terminated.load(std::sync::atomic::Ordering::Relaxed) {
-        if let Some(key) = server.backend_key {
+        if let Some(key) = backend_key {
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 pg::cancel::send_cancel(
@@ -235,11 +233,6 @@ async fn run_session(
         }
     }
     lifecycle::finish(&gw, registration, provisioned, &authorized).await;
-}
-
-/// What is left of the upstream once its stream is in the relay.
-struct Upstreamed {
-    backend_key: Option<pg::BackendKey>,
 }
 
 async fn fail_start(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dbward_model::{Db, TlsMode};
+use dbward_model::{Db, DbSpec, TlsMode};
 use dbward_pki::{CaSet, ServerVerification};
 use rustls_pki_types::ServerName;
 
@@ -27,9 +27,13 @@ pub struct UpstreamTarget {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
+/// A cached target, with the `db` spec it was built from: an edited resource (another
+/// address, other TLS settings) must not be served from the cache.
+type Cached = (Instant, DbSpec, UpstreamTarget);
+
 #[derive(Default)]
 pub struct UpstreamCredentials {
-    cache: Mutex<HashMap<(String, String), (Instant, UpstreamTarget)>>,
+    cache: Mutex<HashMap<(String, String), Cached>>,
 }
 
 impl UpstreamCredentials {
@@ -41,13 +45,14 @@ impl UpstreamCredentials {
         db_user: &str,
     ) -> Result<UpstreamTarget, SessionError> {
         let key = (db.metadata.name.clone(), db_user.to_string());
-        if let Some((made, target)) = self.lock().get(&key) {
-            if made.elapsed() < CACHE_FOR {
+        if let Some((made, spec, target)) = self.lock().get(&key) {
+            if made.elapsed() < CACHE_FOR && *spec == db.spec {
                 return Ok(target.clone());
             }
         }
         let target = build_target(cas, db, db_user)?;
-        self.lock().insert(key, (Instant::now(), target.clone()));
+        self.lock()
+            .insert(key, (Instant::now(), db.spec.clone(), target.clone()));
         Ok(target)
     }
 
@@ -56,9 +61,7 @@ impl UpstreamCredentials {
         self.lock().retain(|(name, _), _| name != db);
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, UpstreamTarget)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
