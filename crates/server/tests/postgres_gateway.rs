@@ -755,3 +755,34 @@ fn broken_handshakes_leave_the_listener_serving() {
     assert!(r.ok, "{r:?}");
     assert_eq!(r.stdout, user);
 }
+
+/// An edited `db` resource takes effect at the next connection: nothing is served from
+/// material cached for its old address.
+#[test]
+fn edited_db_resource_applies_to_the_next_connection() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("moved");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    assert!(h.psql(&files, &user, "postgres", "select 1").ok);
+    h.eventually("locked", || h.can_login(&user) == Some(false));
+
+    // Point the resource at a port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let label = &w.db[3..];
+    let moved = h
+        .db_yaml(&w.db, &format!("{{test: \"{label}\"}}"), Some(&w.admin))
+        .replace(
+            &format!("127.0.0.1:{}", h.pg().port),
+            &format!("127.0.0.1:{closed}"),
+        );
+    h.apply(&moved);
+    let r = h.psql(&files, &user, "postgres", "select 1");
+    assert!(!r.ok, "the old address must not be used: {r:?}");
+    assert_eq!(h.can_login(&user), Some(false), "nothing was activated");
+}
