@@ -695,7 +695,6 @@ const HELPERS: &[(&str, &str, &str)] = &[
         "SETOF text",
     ),
     ("dbward_grant", "text, text[]", "void"),
-    ("dbward_revoke", "text, text[]", "void"),
     ("dbward_revoke_one", "text, text, text", "void"),
     ("dbward_clean_slate", "text, text, boolean", "void"),
     ("dbward_ensure_marker", "text", "void"),
@@ -787,13 +786,28 @@ fn settings(env: &Env, user: &str) -> Result<String> {
     ))
 }
 
-/// Roles that are direct members of `role`.
+/// Makes `admin` hold the marker role WITH ADMIN OPTION, creating the marker when missing, as
+/// the setup guide asks for PostgreSQL 16+ where the marker was created by another admin.
+fn grant_marker_to(env: &Env, admin: &str) -> Result<()> {
+    env.pg.psql_super(&format!(
+        "DO $$BEGIN CREATE ROLE {m}; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$; \
+         GRANT {m} TO {a} WITH ADMIN OPTION;",
+        m = ident(MARKER_ROLE),
+        a = ident(admin)
+    ))?;
+    Ok(())
+}
+
+/// Roles that are direct members of `role`, without the admin (PostgreSQL 16+ makes the
+/// creator of a role its member WITH ADMIN OPTION).
 fn members_of(env: &Env, role: &str) -> Result<BTreeSet<String>> {
     let out = env.pg.psql_super(&format!(
         "SELECT u.rolname FROM pg_auth_members m \
          JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member \
-         WHERE g.rolname = {}",
-        lit(role)
+         WHERE g.rolname = {} AND u.rolname <> {}",
+        lit(role),
+        lit(ADMIN)
     ))?;
     Ok(out
         .lines()
@@ -929,10 +943,17 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     };
     // What only someone else could have given it (a superuser, or the admin tricked): since
     // PostgreSQL 15 a role cannot even grant itself to another.
+    // (From PostgreSQL 16 only a role with CREATEDB may take CREATEDB away; the admin has not.)
+    let createdb = if env.pg.major_version() < 16 {
+        "CREATEDB"
+    } else {
+        ""
+    };
     let gained = format!(
-        "ALTER ROLE {u} CREATEDB CREATEROLE NOINHERIT CONNECTION LIMIT 3 VALID UNTIL '2031-01-01'; \
-         GRANT {u} TO {accomplice};",
-        u = ident(u)
+        "ALTER ROLE {u} {createdb} CREATEROLE NOINHERIT CONNECTION LIMIT 3 VALID UNTIL '2031-01-01'; \
+         SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
+        u = ident(u),
+        admin = ident(ADMIN)
     );
 
     provisioner
@@ -1117,6 +1138,7 @@ async fn predefined_roles_are_granted_only_when_the_db_resource_allows_them() ->
          CREATE ROLE {monitoring}; GRANT pg_monitor TO {monitoring}; \
          GRANT {monitoring} TO {admin} WITH ADMIN OPTION;"
     ))?;
+    grant_marker_to(env, &admin)?;
     let provisioner = quick();
     let mut target = target_for(env, &admin, &env.db);
 
@@ -1231,17 +1253,15 @@ async fn marker_members_with_admin_option_and_the_admin_itself_are_not_managed()
         "CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE {dba} LOGIN; \
          GRANT reader TO {admin} WITH ADMIN OPTION; GRANT reader TO {dba};"
     ))?;
+    grant_marker_to(env, &admin)?;
+    grant_marker_to(env, &dba)?;
     let provisioner = quick();
     let target = target_for(env, &admin, &env.db);
-    // Makes sure the marker exists, and gives the reconciler a real user to find.
+    // A real user for the reconciler to find.
     let user = db_user_name(&unique_name("managed"));
     provisioner
         .activate(&target, &user, &roles(&["reader"]))
         .await?;
-    env.pg.psql_super(&format!(
-        "GRANT {marker} TO {admin} WITH ADMIN OPTION; GRANT {marker} TO {dba} WITH ADMIN OPTION;",
-        marker = ident(MARKER_ROLE)
-    ))?;
 
     let listed = provisioner.list_active_managed(&target).await?;
     assert!(listed.contains(&user.as_str().to_owned()), "{listed:?}");

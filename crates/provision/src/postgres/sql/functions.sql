@@ -152,7 +152,8 @@ $fn$;
 -- Only the attributes that differ are named: PostgreSQL refuses a CREATEROLE admin that
 -- merely mentions SUPERUSER, REPLICATION or BYPASSRLS (and, from 16, CREATEDB unless it has
 -- it). A user carrying an attribute the admin cannot remove is refused with DWU03, as is one
--- left with a membership the admin could not revoke.
+-- left with a membership the admin could not revoke: only a superuser can have caused
+-- either, and such a user is not handed out again.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_clean_slate(username text, marker text, login boolean)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
@@ -168,12 +169,14 @@ BEGIN
     FROM pg_catalog.pg_roles WHERE rolname = username;
   PERFORM pg_temp.dbward_require_createrole();
 
-  IF u.rolsuper OR u.rolreplication OR u.rolbypassrls THEN
-    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-      RAISE EXCEPTION 'user has attributes the admin cannot remove'
-        USING ERRCODE = 'DWU03', DETAIL = username;
-    END IF;
-    changes := changes || ' NOSUPERUSER NOREPLICATION NOBYPASSRLS';
+  IF u.rolsuper THEN
+    changes := changes || ' NOSUPERUSER';
+  END IF;
+  IF u.rolreplication THEN
+    changes := changes || ' NOREPLICATION';
+  END IF;
+  IF u.rolbypassrls THEN
+    changes := changes || ' NOBYPASSRLS';
   END IF;
   IF u.rolcreatedb THEN
     changes := changes || ' NOCREATEDB';
@@ -190,9 +193,16 @@ BEGIN
   IF u.rolvaliduntil IS NOT NULL AND u.rolvaliduntil <> 'infinity'::timestamptz THEN
     changes := changes || ' VALID UNTIL ''infinity''';
   END IF;
-  EXECUTE pg_catalog.format('ALTER ROLE %I %s PASSWORD NULL',
-                            username, CASE WHEN login THEN 'LOGIN' ELSE 'NOLOGIN' END)
-          || changes;
+  BEGIN
+    EXECUTE pg_catalog.format('ALTER ROLE %I %s PASSWORD NULL',
+                              username, CASE WHEN login THEN 'LOGIN' ELSE 'NOLOGIN' END)
+            || changes;
+  EXCEPTION WHEN insufficient_privilege THEN
+    -- CREATEROLE was checked above: what is refused is taking away an attribute that only
+    -- its holders may change (SUPERUSER; REPLICATION and BYPASSRLS; CREATEDB from 16 on).
+    RAISE EXCEPTION 'user has attributes the admin cannot remove'
+      USING ERRCODE = 'DWU03', DETAIL = username;
+  END;
 
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s
              WHERE s.setrole = u.oid AND s.setdatabase = 0) THEN
@@ -219,7 +229,11 @@ BEGIN
                    JOIN pg_catalog.pg_roles mem ON mem.oid = m.member
                    LEFT JOIN pg_catalog.pg_roles gr ON gr.oid = m.grantor
                    WHERE m.roleid = u.oid AND mem.rolname <> current_user LOOP
-    PERFORM pg_temp.dbward_revoke_one(username, grant_row.role, grant_row.grantor);
+    BEGIN
+      PERFORM pg_temp.dbward_revoke_one(username, grant_row.role, grant_row.grantor);
+    EXCEPTION WHEN SQLSTATE 'DWP02' THEN
+      NULL;  -- granted by a superuser: refused below (DWU03)
+    END;
   END LOOP;
 
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
