@@ -16,6 +16,11 @@ pub const DBWARD_LABEL_DB_ADMIN: &str = "dbward.dev/db-admin";
 /// dbward's own spelling of [`LABEL_DB_ADMIN_DEFAULT_DATABASE`].
 pub const DBWARD_LABEL_DB_ADMIN_DEFAULT_DATABASE: &str = "dbward.dev/db-admin-default-database";
 
+/// Label listing the PostgreSQL predefined roles (`pg_*`) that may be granted to provisioned
+/// users of this database, comma separated (`pg_read_all_data,pg_monitor`). Without it no
+/// predefined role is ever granted.
+pub const DBWARD_LABEL_ALLOW_PREDEFINED_ROLES: &str = "dbward.dev/allow-predefined-roles";
+
 /// A database resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Db {
@@ -246,6 +251,26 @@ impl Db {
         None
     }
 
+    /// The PostgreSQL predefined roles this database allows as db roles (the
+    /// [`DBWARD_LABEL_ALLOW_PREDEFINED_ROLES`] label), sorted, without duplicates or blanks.
+    pub fn allowed_predefined_roles(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .metadata
+            .labels
+            .get(DBWARD_LABEL_ALLOW_PREDEFINED_ROLES)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
     /// Host and port from `spec.uri`, with the protocol's default port when none is given.
     pub fn host_port(&self) -> Result<(String, u16), ModelError> {
         parse_host_port(&self.spec.uri, self.spec.protocol.default_port()).map_err(|message| {
@@ -274,6 +299,18 @@ impl Db {
                     "spec.admin_user.name must not be empty",
                 ));
             }
+        }
+        if let Some(role) = self
+            .allowed_predefined_roles()
+            .into_iter()
+            .find(|r| !r.starts_with("pg_"))
+        {
+            return Err(ModelError::invalid(
+                subject,
+                format!(
+                    "label {DBWARD_LABEL_ALLOW_PREDEFINED_ROLES}: \"{role}\" is not a PostgreSQL predefined role (pg_*)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -388,6 +425,27 @@ mod tests {
                 default_database: Some("teleport".into()),
             })
         );
+    }
+
+    #[test]
+    fn allowed_predefined_roles_come_from_a_comma_separated_label() {
+        let mut db = Db::new("a", Protocol::Postgres, "h:1");
+        assert!(db.allowed_predefined_roles().is_empty());
+        db.metadata.labels.insert(
+            DBWARD_LABEL_ALLOW_PREDEFINED_ROLES.into(),
+            " pg_read_all_data, pg_monitor,,pg_monitor ".into(),
+        );
+        assert_eq!(
+            db.allowed_predefined_roles(),
+            ["pg_monitor", "pg_read_all_data"]
+        );
+        db.validate().unwrap();
+        db.metadata.labels.insert(
+            DBWARD_LABEL_ALLOW_PREDEFINED_ROLES.into(),
+            "pg_monitor,reader".into(),
+        );
+        let err = db.validate().unwrap_err().to_string();
+        assert!(err.contains("\"reader\""), "{err}");
     }
 
     #[test]

@@ -764,6 +764,15 @@ version: v7
     }
 
     #[test]
+    fn a_reserved_db_role_in_allow_is_an_error_with_its_line() {
+        let text = "kind: role\nversion: v7\nmetadata: {name: a}\n---\nkind: role\nversion: v7\nmetadata:\n  name: sneaky\nspec:\n  allow:\n    db_roles: [reader, dbward-auto-user]\n";
+        assert_eq!(
+            parse_err(text, "roles.yaml"),
+            "roles.yaml:7: role \"sneaky\": allow.db_roles: \"dbward-auto-user\" can never be granted: it is the role that marks the users dbward manages"
+        );
+    }
+
+    #[test]
     fn misspelled_top_level_key_in_a_list_element_is_located() {
         let text = "- kind: user\n  version: v2\n  metadata: {name: bob}\n- kind: user\n  version: v2\n  metdata: {name: eve}\n";
         assert_eq!(

@@ -13,6 +13,28 @@ use crate::{Labels, Metadata, ModelError, Permission};
 /// Role versions accepted from files. Their semantics are the same in dbward.
 pub const ROLE_VERSIONS: [&str; 3] = ["v5", "v6", "v7"];
 
+/// The role every user dbward creates is a member of (both engines); never a db role to grant.
+pub const RESERVED_MARKER_ROLE: &str = "dbward-auto-user";
+
+/// Prefix of the all-in-one roles dbward creates for MariaDB users; never a db role to grant.
+pub const RESERVED_ROLE_PREFIX: &str = "dw-role-";
+
+/// Why an `allow.db_roles` entry can never be granted, whatever it expands to, or `None`.
+///
+/// Only names that are dbward's own in every database are refused here. The rest of the rule
+/// (the admin user, managed users, superuser roles, PostgreSQL's predefined `pg_*` roles,
+/// which a `db` resource may allow) depends on the database and on trait values, and is
+/// enforced by the provisioner at activation.
+fn reserved_db_role(role: &str) -> Option<&'static str> {
+    if role == RESERVED_MARKER_ROLE {
+        Some("it is the role that marks the users dbward manages")
+    } else if role.starts_with(RESERVED_ROLE_PREFIX) {
+        Some("\"dw-role-*\" roles belong to the users dbward creates")
+    } else {
+        None
+    }
+}
+
 /// A role: options plus allow and deny conditions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Role {
@@ -233,6 +255,17 @@ impl Role {
                 "allow.db_roles cannot contain \"*\"; list the database roles to grant",
             ));
         }
+        for role in &self.spec.allow.db_roles {
+            if let Some(reason) = reserved_db_role(role.trim()) {
+                return Err(ModelError::invalid(
+                    subject,
+                    format!(
+                        "allow.db_roles: \"{}\" can never be granted: {reason}",
+                        role.trim()
+                    ),
+                ));
+            }
+        }
         for (side, conditions) in [("allow", &self.spec.allow), ("deny", &self.spec.deny)] {
             for (i, perm) in conditions.db_permissions.iter().enumerate() {
                 for p in &perm.permissions {
@@ -306,6 +339,36 @@ mod tests {
         assert!(r.validate().is_err());
         let r = role("metadata: {name: a}\nspec:\n  deny: {db_roles: ['*']}\n");
         r.validate().unwrap();
+    }
+
+    #[test]
+    fn reserved_db_roles_are_refused_in_allow_when_literal() {
+        for name in ["dbward-auto-user", "dw-role-alice", " dw-role-bob "] {
+            let r = role(&format!(
+                "metadata: {{name: a}}\nspec:\n  allow: {{db_roles: [reader, '{name}']}}\n"
+            ));
+            let err = r.validate().expect_err(name).to_string();
+            assert!(err.contains(name.trim()), "{err}");
+            // Denying them is harmless.
+            role(&format!(
+                "metadata: {{name: a}}\nspec:\n  deny: {{db_roles: ['{name}']}}\n"
+            ))
+            .validate()
+            .unwrap();
+        }
+        // A template can only expand to a dw-role-* name: refused as well.
+        assert!(role(
+            "metadata: {name: a}\nspec:\n  allow: {db_roles: ['dw-role-{{internal.x}}']}\n"
+        )
+        .validate()
+        .is_err());
+        // Other templates are checked at activation, where their value is known.
+        role("metadata: {name: a}\nspec:\n  allow: {db_roles: ['{{external.r}}']}\n")
+            .validate()
+            .unwrap();
+        role("metadata: {name: a}\nspec:\n  allow: {db_roles: [reader, dbward-reader, pg_monitor]}\n")
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -24,11 +24,23 @@ pub enum ProvisionError {
     #[error("database role \"{role}\" does not exist in the database; create it or remove it from the dbward role")]
     RoleMissing { role: String },
 
+    /// A requested database role may never be granted to a provisioned user (the admin user,
+    /// the marker role, a managed user, a `dw-role-*` role, a role with superuser-like
+    /// attributes, a predefined role the `db` resource does not allow, or a member of one).
+    #[error("database role \"{role}\" may not be granted to provisioned users: {reason}")]
+    RoleForbidden { role: String, reason: String },
+
+    /// The user carries an attribute or membership that the admin cannot take away (only a
+    /// superuser could have given it); dbward refuses to hand it out or leaves it locked.
+    #[error("user \"{user}\" has attributes or role memberships that the admin user cannot remove; a superuser must reset it")]
+    UserNotClean { user: String },
+
     /// The admin user may not create or alter roles.
     #[error("admin user \"{admin}\" lacks the CREATEROLE attribute; fix with: ALTER ROLE {quoted_admin} CREATEROLE;")]
     AdminLacksCreateRole { admin: String, quoted_admin: String },
 
-    /// The admin user may not grant or revoke a role (PostgreSQL 16+ needs ADMIN OPTION).
+    /// The admin user may not grant or revoke a role: it must hold each role it grants WITH
+    /// ADMIN OPTION.
     #[error("admin user \"{admin}\" may not grant role \"{role}\"; fix with: {fix}")]
     AdminCannotGrant {
         admin: String,

@@ -46,7 +46,8 @@ pub enum DeactivateOutcome {
     /// Nothing changed. `true`: the user still has live sessions (another session, or one
     /// that started while locking); `false` is not produced by PostgreSQL and is reserved.
     Kept(bool),
-    /// Login disabled and every role except the marker revoked.
+    /// Login disabled, every role except the marker revoked, and (PostgreSQL) the user put
+    /// back to a clean slate: no password, settings or attributes of its own making.
     Locked,
     /// The user was dropped.
     Dropped,
@@ -59,7 +60,8 @@ pub enum DeactivateOutcome {
 /// A user as the database sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserState {
-    /// Member of [`MARKER_ROLE`]: created by dbward.
+    /// Member of [`MARKER_ROLE`] without ADMIN OPTION, and not the admin itself: created by
+    /// dbward. (Members WITH ADMIN OPTION administer the marker: admins, DBAs.)
     pub managed: bool,
     /// Login enabled (PostgreSQL `rolcanlogin`).
     pub can_login: bool,

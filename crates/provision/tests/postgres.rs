@@ -75,6 +75,7 @@ fn target_for(env: &Env, admin: &str, database: &str) -> AdminTarget {
         client_config: client_config(env, admin),
         admin_user: admin.into(),
         database: database.into(),
+        allowed_predefined_roles: Vec::new(),
     }
 }
 
@@ -570,6 +571,8 @@ async fn preflight_lists_missing_role_temporary_privilege_and_read_only_default(
             format!("ALTER ROLE \"{admin}\" SET default_transaction_read_only = off;"),
             format!("GRANT TEMPORARY ON DATABASE \"{db}\" TO \"{admin}\";"),
             format!("CREATE ROLE \"{missing}\";"),
+            // Every PostgreSQL version: activation grants only roles held WITH ADMIN OPTION.
+            format!("GRANT \"reader\" TO \"{admin}\" WITH ADMIN OPTION;"),
         ]
         .into_iter()
         .collect()
@@ -647,5 +650,649 @@ async fn a_broken_admin_connection_is_replaced() -> Result<()> {
         .await?;
     assert_eq!(outcome, DeactivateOutcome::Locked);
     assert_eq!(provisioner.idle_connections(&target), 1);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The privilege boundary (PROVISIONING.md §8): the provisioned user is the adversary.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `sql` as `user` (a session of its own), the way a person connected through the gateway
+/// would, and waits until the server no longer lists the session.
+async fn as_user(env: &Env, user: &str, database: &str, sql: &str) -> Result<()> {
+    let session = login(env, user, database).await?;
+    session
+        .client
+        .batch_execute(sql)
+        .await
+        .with_context(|| format!("{user} runs {sql}"))?;
+    session.close().await;
+    for _ in 0..200 {
+        let backends = env.pg.psql_super(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = {}",
+            lit(user)
+        ))?;
+        if backends == "0" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(anyhow!("the session of {user} is still listed"))
+}
+
+/// The helpers the admin connection installs, with argument and result types: a planted
+/// function of the same name and arguments in `public` must never be picked.
+const HELPERS: &[(&str, &str, &str)] = &[
+    ("dbward_exists", "text", "boolean"),
+    ("dbward_is_managed", "text, text", "boolean"),
+    ("dbward_held_roles", "text, text", "text[]"),
+    ("dbward_live_sessions", "text", "bigint"),
+    ("dbward_require_createrole", "", "void"),
+    ("dbward_check_requested", "text[], text, text[]", "void"),
+    (
+        "dbward_forbidden_roles",
+        "text[], text, text[]",
+        "SETOF text",
+    ),
+    ("dbward_grant", "text, text[]", "void"),
+    ("dbward_revoke_one", "text, text, text", "void"),
+    ("dbward_clean_slate", "text, text, boolean", "void"),
+    ("dbward_ensure_marker", "text", "void"),
+    ("dbward_activate", "text, text[], text", "text"),
+    ("dbward_activate", "text, text[], text, text[]", "text"),
+    ("dbward_disable_login", "text, text", "text"),
+    ("dbward_finish_teardown", "text, text, boolean", "text"),
+];
+
+/// What `attacker` plants in `public`: every object logs its call (as whoever runs it) into
+/// `public.hijack_log` and tries to make `attacker` CREATEROLE, then behaves like the
+/// built-in it shadows so that the caller carries on unaware.
+fn planted_objects(attacker: &str) -> String {
+    let mut sql = format!(
+        r#"
+        CREATE TABLE public.hijack_log (called text, caller text DEFAULT current_user);
+        GRANT INSERT ON public.hijack_log TO PUBLIC;
+        CREATE FUNCTION public.dw_escalate(what text) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO public.hijack_log (called) VALUES (what);
+          BEGIN
+            EXECUTE pg_catalog.format('ALTER ROLE %I CREATEROLE', {attacker});
+          EXCEPTION WHEN OTHERS THEN NULL;
+          END;
+        END $$;
+        CREATE FUNCTION public.format(f text, a text) RETURNS text LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('format/2'); RETURN pg_catalog.format(f, a); END $$;
+        CREATE FUNCTION public.format(f text, a text, b text) RETURNS text LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('format/3'); RETURN pg_catalog.format(f, a, b); END $$;
+        CREATE FUNCTION public.format(f text, a text, b text, c text) RETURNS text
+        LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('format/4'); RETURN pg_catalog.format(f, a, b, c); END $$;
+        CREATE FUNCTION public.dw_agg_step(acc text[], v text) RETURNS text[] LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('array_agg'); RETURN pg_catalog.array_append(acc, v); END $$;
+        CREATE AGGREGATE public.array_agg(text) (SFUNC = public.dw_agg_step, STYPE = text[]);
+        CREATE FUNCTION public.dw_contains(a text[], b text[]) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('@>'); RETURN a OPERATOR(pg_catalog.@>) b; END $$;
+        CREATE OPERATOR public.@> (LEFTARG = text[], RIGHTARG = text[], FUNCTION = public.dw_contains);
+        CREATE FUNCTION public.unnest(a text[]) RETURNS SETOF text LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('unnest'); RETURN QUERY SELECT pg_catalog.unnest(a); END $$;
+        CREATE FUNCTION public.starts_with(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN PERFORM public.dw_escalate('starts_with'); RETURN pg_catalog.starts_with(a, b); END $$;
+        "#,
+        attacker = lit(attacker),
+    );
+    for (name, args, result) in HELPERS {
+        let body = match *result {
+            "void" => "RETURN;",
+            "SETOF text" => "RETURN;",
+            "boolean" => "RETURN false;",
+            "bigint" => "RETURN 0;",
+            "text[]" => "RETURN '{}';",
+            _ => "RETURN 'created';",
+        };
+        sql.push_str(&format!(
+            "CREATE FUNCTION public.{name}({args}) RETURNS {result} LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM public.dw_escalate('{name}'); {body} END $$;\n"
+        ));
+    }
+    sql
+}
+
+/// `user`'s attributes as the superuser sees them in `pg_authid`:
+/// `login|super|createdb|createrole|replication|bypassrls|inherit|connlimit|password|validuntil`
+/// with the password and expiry reduced to `none` / `set`.
+fn attributes(env: &Env, user: &str) -> Result<String> {
+    env.pg.psql_super(&format!(
+        "SELECT concat_ws('|', rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, \
+         rolbypassrls, rolinherit, rolconnlimit, \
+         CASE WHEN rolpassword IS NULL THEN 'none' ELSE 'set' END, \
+         CASE WHEN rolvaliduntil IS NULL OR rolvaliduntil = 'infinity' THEN 'none' ELSE 'set' END) \
+         FROM pg_authid WHERE rolname = {}",
+        lit(user)
+    ))
+}
+
+/// A clean slate: no superuser-like attribute, inherit, no connection limit, no password, no
+/// expiry (PostgreSQL cannot put VALID UNTIL back to NULL; 'infinity' counts as none).
+fn clean(login: bool) -> String {
+    format!("{}|f|f|f|f|f|t|-1|none|none", if login { "t" } else { "f" })
+}
+
+/// Per-role and per-database settings of `user` (`pg_db_role_setting`).
+fn settings(env: &Env, user: &str) -> Result<String> {
+    env.pg.psql_super(&format!(
+        "SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles u ON u.oid = s.setrole \
+         WHERE u.rolname = {}",
+        lit(user)
+    ))
+}
+
+/// Makes `admin` hold the marker role WITH ADMIN OPTION, creating the marker when missing, as
+/// the setup guide asks for PostgreSQL 16+ where the marker was created by another admin.
+fn grant_marker_to(env: &Env, admin: &str) -> Result<()> {
+    env.pg.psql_super(&format!(
+        "DO $$BEGIN CREATE ROLE {m}; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$; \
+         GRANT {m} TO {a} WITH ADMIN OPTION;",
+        m = ident(MARKER_ROLE),
+        a = ident(admin)
+    ))?;
+    Ok(())
+}
+
+/// Roles that are direct members of `role`, without the admin (PostgreSQL 16+ makes the
+/// creator of a role its member WITH ADMIN OPTION).
+fn members_of(env: &Env, role: &str) -> Result<BTreeSet<String>> {
+    let out = env.pg.psql_super(&format!(
+        "SELECT u.rolname FROM pg_auth_members m \
+         JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member \
+         WHERE g.rolname = {} AND u.rolname <> {}",
+        lit(role),
+        lit(ADMIN)
+    ))?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+#[tokio::test]
+async fn planted_functions_aggregates_and_operators_are_never_called_by_the_admin() -> Result<()> {
+    let env = env();
+    // A database of its own: the planted objects must not reach other tests.
+    let db = unique_name("hijack");
+    env.pg.psql_super(&format!("CREATE DATABASE {db}"))?;
+    let target = target_for(env, ADMIN, &db);
+    let provisioner = quick();
+    let attacker = db_user_name(&unique_name("mallory"));
+    let a = attacker.as_str();
+
+    provisioner
+        .activate(&target, &attacker, &roles(&["reader"]))
+        .await?;
+    // A schema on the admin's default search path ("$user", public) that the user may write
+    // to, as public was for everyone before PostgreSQL 15.
+    env.pg.psql_super_in(
+        &db,
+        &format!("GRANT CREATE ON SCHEMA public TO {}", ident(a)),
+    )?;
+    let session = login(env, a, &db).await?;
+    session.client.batch_execute(&planted_objects(a)).await?;
+
+    // Activation while the session is live (compares role sets), teardown while live.
+    assert_eq!(
+        provisioner
+            .activate(&target, &attacker, &roles(&["reader"]))
+            .await?,
+        ActivateOutcome::AlreadyActive
+    );
+    assert_eq!(provisioner.live_session_count(&target, &attacker).await?, 1);
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &attacker, TeardownMode::Keep)
+            .await?,
+        DeactivateOutcome::Kept(true)
+    );
+    session.close().await;
+    // Teardown, reactivation, the reconciler's listing and its teardown.
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &attacker, TeardownMode::Keep)
+            .await?,
+        DeactivateOutcome::Locked
+    );
+    assert_eq!(
+        provisioner
+            .activate(&target, &attacker, &roles(&["reader", "writer"]))
+            .await?,
+        ActivateOutcome::Reactivated
+    );
+    assert!(provisioner
+        .list_active_managed(&target)
+        .await?
+        .contains(&a.to_owned()));
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &attacker, TeardownMode::Keep)
+            .await?,
+        DeactivateOutcome::Locked
+    );
+    assert!(provisioner.user_state(&target, &attacker).await?.is_some());
+    // A new user is created and dropped in that database.
+    let other = db_user_name(&unique_name("bystander"));
+    assert_eq!(
+        provisioner
+            .activate(&target, &other, &roles(&["reader"]))
+            .await?,
+        ActivateOutcome::Created
+    );
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &other, TeardownMode::Drop)
+            .await?,
+        DeactivateOutcome::Dropped
+    );
+    // Drop mode on the attacker falls back to locking: it owns the planted objects.
+    provisioner
+        .activate(&target, &attacker, &roles(&["reader"]))
+        .await?;
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &attacker, TeardownMode::Drop)
+            .await?,
+        DeactivateOutcome::DropFellBackToLock
+    );
+    // The preflight (`dbward db check`) as well.
+    provisioner
+        .preflight(&target, &roles(&["reader", "writer"]))
+        .await?;
+
+    let calls = env.pg.psql_super_in(
+        &db,
+        "SELECT coalesce(string_agg(called || ' as ' || caller, ', '), '') FROM public.hijack_log",
+    )?;
+    assert_eq!(calls, "", "planted objects were called");
+    assert_eq!(attributes(env, a)?, clean(false));
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Result<()> {
+    let env = env();
+    let provisioner = quick();
+    let target = target(env);
+    let user = db_user_name(&unique_name("tamper"));
+    let u = user.as_str();
+    // `gate` holds `secret` WITH ADMIN OPTION: a member of gate may grant secret to itself.
+    let gate = unique_name("gate");
+    let secret = unique_name("secret");
+    let accomplice = unique_name("accomplice");
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {gate}; CREATE ROLE {secret}; CREATE ROLE {accomplice} LOGIN; \
+         GRANT {secret} TO {gate} WITH ADMIN OPTION; \
+         GRANT {gate} TO {admin} WITH ADMIN OPTION;",
+        admin = ident(ADMIN)
+    ))?;
+    let tamper = |db: &str| {
+        format!(
+            "ALTER ROLE CURRENT_USER PASSWORD 'chosen by the user'; \
+             ALTER ROLE CURRENT_USER SET search_path = evil, public; \
+             ALTER ROLE CURRENT_USER IN DATABASE {db} SET work_mem = '64MB'; \
+             GRANT {secret} TO CURRENT_USER;"
+        )
+    };
+    // What only someone else could have given it (a superuser, or the admin tricked): since
+    // PostgreSQL 15 a role cannot even grant itself to another.
+    // (From PostgreSQL 16 only a role with CREATEDB may take CREATEDB away; the admin has not.)
+    let createdb = if env.pg.major_version() < 16 {
+        "CREATEDB"
+    } else {
+        ""
+    };
+    let gained = format!(
+        "ALTER ROLE {u} {createdb} CREATEROLE NOINHERIT CONNECTION LIMIT 3 VALID UNTIL '2031-01-01'; \
+         SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
+        u = ident(u),
+        admin = ident(ADMIN)
+    );
+
+    provisioner
+        .activate(&target, &user, &roles(&[&gate]))
+        .await?;
+    assert_eq!(attributes(env, u)?, clean(true), "created clean");
+    as_user(env, u, &env.db, &tamper(&env.db)).await?;
+    env.pg.psql_super(&gained)?;
+    assert_ne!(attributes(env, u)?, clean(true));
+    assert_eq!(settings(env, u)?, "2");
+    assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE, &gate, &secret]));
+    assert_eq!(members_of(env, u)?, set(&[&accomplice]));
+
+    // Teardown.
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &user, TeardownMode::Keep)
+            .await?,
+        DeactivateOutcome::Locked
+    );
+    assert_eq!(attributes(env, u)?, clean(false));
+    assert_eq!(settings(env, u)?, "0");
+    assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE]));
+    assert_eq!(members_of(env, u)?, set(&[]));
+
+    // Reactivation.
+    assert_eq!(
+        provisioner
+            .activate(&target, &user, &roles(&[&gate]))
+            .await?,
+        ActivateOutcome::Reactivated
+    );
+    assert_eq!(attributes(env, u)?, clean(true));
+    assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE, &gate]));
+
+    // The same again, then a crash: no teardown, the next activation cleans up.
+    as_user(env, u, &env.db, &tamper(&env.db)).await?;
+    env.pg.psql_super(&gained)?;
+    assert_eq!(
+        provisioner
+            .activate(&target, &user, &roles(&[&gate]))
+            .await?,
+        ActivateOutcome::Reactivated
+    );
+    assert_eq!(attributes(env, u)?, clean(true));
+    assert_eq!(settings(env, u)?, "0");
+    assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE, &gate]));
+    assert_eq!(members_of(env, u)?, set(&[]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_with_an_attribute_the_admin_cannot_remove_is_refused_and_stays_locked() -> Result<()>
+{
+    let env = env();
+    let provisioner = quick();
+    let target = target(env);
+    let user = db_user_name(&unique_name("bypass"));
+    let u = user.as_str();
+    provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await?;
+    env.pg
+        .psql_super(&format!("ALTER ROLE {} BYPASSRLS", ident(u)))?;
+
+    let refused = provisioner
+        .deactivate(&target, &user, TeardownMode::Keep)
+        .await;
+    assert!(
+        matches!(refused, Err(ProvisionError::UserNotClean { .. })),
+        "{refused:?}"
+    );
+    // The first step of teardown (no more logins) holds.
+    assert_eq!(can_login(env, u)?, Some(false));
+    let refused = provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await
+        .err()
+        .context("a user with BYPASSRLS must not be handed out")?;
+    assert!(
+        matches!(refused, ProvisionError::UserNotClean { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(can_login(env, u)?, Some(false));
+    Ok(())
+}
+
+/// Activation of a fresh user with `requested` must fail with [`ProvisionError::RoleForbidden`]
+/// naming `role`, create nothing and grant nothing.
+async fn assert_forbidden(
+    provisioner: &PgProvisioner,
+    target: &AdminTarget,
+    requested: &[&str],
+    role: &str,
+) -> Result<String> {
+    let env = env();
+    let user = db_user_name(&unique_name("climber"));
+    let members_before = members_of(env, role)?;
+    let refused = provisioner
+        .activate(target, &user, &roles(requested))
+        .await
+        .err()
+        .with_context(|| format!("{requested:?} must be refused"))?;
+    match &refused {
+        ProvisionError::RoleForbidden { role: named, .. } => assert_eq!(named, role),
+        other => panic!("{requested:?}: unexpected error {other:?}"),
+    }
+    let text = refused.to_string();
+    assert!(text.contains(&format!("\"{role}\"")), "{text}");
+    assert_eq!(can_login(env, user.as_str())?, None, "{requested:?}");
+    assert_eq!(members_of(env, role)?, members_before, "{requested:?}");
+    Ok(text)
+}
+
+#[tokio::test]
+async fn roles_that_would_lift_a_user_above_its_db_roles_are_never_granted() -> Result<()> {
+    let env = env();
+    let provisioner = quick();
+    let target = target(env);
+    let other_user = db_user_name(&unique_name("colleague"));
+    provisioner
+        .activate(&target, &other_user, &roles(&["reader"]))
+        .await?;
+    let su = unique_name("su");
+    let cr = unique_name("cr");
+    let ops = unique_name("ops");
+    let dw_role = format!("dw-role-{}", unique_name("x"));
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {su} SUPERUSER; CREATE ROLE {cr} CREATEROLE; CREATE ROLE {ops}; \
+         GRANT {su} TO {ops}; CREATE ROLE {dw};",
+        dw = ident(&dw_role),
+    ))?;
+
+    let text = assert_forbidden(&provisioner, &target, &["reader", ADMIN], ADMIN).await?;
+    assert!(text.ends_with("it is the admin user"), "{text}");
+    assert_forbidden(&provisioner, &target, &[MARKER_ROLE], MARKER_ROLE).await?;
+    let text = assert_forbidden(
+        &provisioner,
+        &target,
+        &[other_user.as_str()],
+        other_user.as_str(),
+    )
+    .await?;
+    assert!(text.ends_with("a user managed by dbward"), "{text}");
+    assert_forbidden(&provisioner, &target, &[&dw_role], &dw_role).await?;
+    let text = assert_forbidden(&provisioner, &target, &["reader", &su], &su).await?;
+    assert!(text.ends_with("it is a superuser role"), "{text}");
+    assert_forbidden(&provisioner, &target, &[&cr], &cr).await?;
+    // Through membership: ops can SET ROLE to a superuser role.
+    let text = assert_forbidden(&provisioner, &target, &[&ops], &ops).await?;
+    assert!(
+        text.ends_with(&format!("it is a member of {su}, a superuser role")),
+        "{text}"
+    );
+    let text = assert_forbidden(
+        &provisioner,
+        &target,
+        &["pg_execute_server_program"],
+        "pg_execute_server_program",
+    )
+    .await?;
+    assert!(text.contains("predefined"), "{text}");
+    assert_forbidden(&provisioner, &target, &["pg_monitor"], "pg_monitor").await?;
+
+    // The other managed user and the admin are as they were.
+    assert_eq!(
+        memberships(env, other_user.as_str())?,
+        set(&[MARKER_ROLE, "reader"])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn predefined_roles_are_granted_only_when_the_db_resource_allows_them() -> Result<()> {
+    let env = env();
+    // A dedicated admin: holding pg_execute_server_program must not leak to other tests.
+    let admin = unique_name("predef_admin");
+    let monitoring = unique_name("monitoring");
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE; \
+         GRANT pg_execute_server_program TO {admin} WITH ADMIN OPTION; \
+         CREATE ROLE {monitoring}; GRANT pg_monitor TO {monitoring}; \
+         GRANT {monitoring} TO {admin} WITH ADMIN OPTION;"
+    ))?;
+    grant_marker_to(env, &admin)?;
+    let provisioner = quick();
+    let mut target = target_for(env, &admin, &env.db);
+
+    assert_forbidden(
+        &provisioner,
+        &target,
+        &["pg_execute_server_program"],
+        "pg_execute_server_program",
+    )
+    .await?;
+    let text = assert_forbidden(&provisioner, &target, &[&monitoring], &monitoring).await?;
+    assert!(text.contains("it is a member of pg_"), "{text}");
+
+    target.allowed_predefined_roles = vec!["pg_execute_server_program".into(), "pg_monitor".into()];
+    let user = db_user_name(&unique_name("operator"));
+    provisioner
+        .activate(
+            &target,
+            &user,
+            &roles(&["pg_execute_server_program", &monitoring]),
+        )
+        .await?;
+    assert_eq!(
+        memberships(env, user.as_str())?,
+        set(&[MARKER_ROLE, "pg_execute_server_program", &monitoring])
+    );
+    // pg_monitor is allowed, but the admin does not hold it WITH ADMIN OPTION.
+    let refused = provisioner
+        .activate(
+            &target,
+            &db_user_name(&unique_name("mon")),
+            &roles(&["pg_monitor"]),
+        )
+        .await
+        .err()
+        .context("no ADMIN OPTION on pg_monitor")?;
+    assert!(
+        matches!(&refused, ProvisionError::AdminCannotGrant { role, .. } if role == "pg_monitor"),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_role_the_admin_does_not_hold_with_admin_option_is_refused_before_anything_changes(
+) -> Result<()> {
+    let env = env();
+    let provisioner = quick();
+    let target = target(env);
+    let plain = unique_name("plain");
+    env.pg.psql_super(&format!("CREATE ROLE {plain}"))?;
+    let user = db_user_name(&unique_name("hopeful"));
+
+    let refused = provisioner
+        .activate(&target, &user, &roles(&["reader", &plain]))
+        .await
+        .err()
+        .context("no ADMIN OPTION must be refused")?;
+    match &refused {
+        ProvisionError::AdminCannotGrant { role, fix, .. } => {
+            assert_eq!(role, &plain);
+            assert_eq!(
+                fix,
+                &format!("GRANT \"{plain}\" TO \"{ADMIN}\" WITH ADMIN OPTION;")
+            );
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(can_login(env, user.as_str())?, None);
+    assert_eq!(members_of(env, &plain)?, set(&[]));
+
+    // An existing, locked user is left exactly as it was.
+    provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await?;
+    provisioner
+        .deactivate(&target, &user, TeardownMode::Keep)
+        .await?;
+    let refused = provisioner
+        .activate(&target, &user, &roles(&["writer", &plain]))
+        .await;
+    assert!(
+        matches!(refused, Err(ProvisionError::AdminCannotGrant { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(can_login(env, user.as_str())?, Some(false));
+    assert_eq!(memberships(env, user.as_str())?, set(&[MARKER_ROLE]));
+
+    // The preflight names the missing grant on every PostgreSQL version.
+    let findings = provisioner
+        .preflight(&target, &roles(&["reader", &plain, MARKER_ROLE]))
+        .await?;
+    let fixes: Vec<&str> = findings.iter().map(|f| f.fix.as_str()).collect();
+    assert_eq!(
+        fixes,
+        vec![
+            format!("remove \"{MARKER_ROLE}\" from the db_roles of dbward roles"),
+            format!("GRANT \"{plain}\" TO \"{ADMIN}\" WITH ADMIN OPTION;"),
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn marker_members_with_admin_option_and_the_admin_itself_are_not_managed() -> Result<()> {
+    let env = env();
+    // A dedicated admin that, like the admin on PostgreSQL 16+, holds the marker WITH ADMIN
+    // OPTION, and a DBA who administers the marker as well.
+    let admin = unique_name("marker_admin");
+    let dba = unique_name("dba");
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE {dba} LOGIN; \
+         GRANT reader TO {admin} WITH ADMIN OPTION; GRANT reader TO {dba};"
+    ))?;
+    grant_marker_to(env, &admin)?;
+    grant_marker_to(env, &dba)?;
+    let provisioner = quick();
+    let target = target_for(env, &admin, &env.db);
+    // A real user for the reconciler to find.
+    let user = db_user_name(&unique_name("managed"));
+    provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await?;
+
+    let listed = provisioner.list_active_managed(&target).await?;
+    assert!(listed.contains(&user.as_str().to_owned()), "{listed:?}");
+    assert!(!listed.contains(&dba), "{listed:?}");
+    assert!(!listed.contains(&admin), "{listed:?}");
+
+    for name in [dba.as_str(), admin.as_str()] {
+        let before = (can_login(env, name)?, memberships(env, name)?);
+        let other = DbUserName::new(name);
+        let state = provisioner
+            .user_state(&target, &other)
+            .await?
+            .context("exists")?;
+        assert!(!state.managed, "{name}");
+        let refused = provisioner
+            .activate(&target, &other, &roles(&["reader"]))
+            .await;
+        assert!(
+            matches!(refused, Err(ProvisionError::UserNotManaged { .. })),
+            "{name}: {refused:?}"
+        );
+        for mode in [TeardownMode::Keep, TeardownMode::Drop] {
+            let refused = provisioner.deactivate(&target, &other, mode).await;
+            assert!(
+                matches!(refused, Err(ProvisionError::UserNotManaged { .. })),
+                "{name}: {refused:?}"
+            );
+        }
+        assert_eq!((can_login(env, name)?, memberships(env, name)?), before);
+    }
+    // Neither may be granted as a db role either.
+    assert_forbidden(&provisioner, &target, &[&dba], &dba).await?;
     Ok(())
 }

@@ -677,6 +677,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
             .tls,
         admin_user: w.admin.clone(),
         database: "postgres".into(),
+        allowed_predefined_roles: Vec::new(),
     };
     h.block_on(h.gw.pg_provisioner.activate(
         &admin,

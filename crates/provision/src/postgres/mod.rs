@@ -5,6 +5,11 @@
 //! `pg_temp` (see `sql/functions.sql`), so one activation is one statement, one transaction
 //! and, on a warm connection, one round trip. Conditions are told apart by SQLSTATE only.
 //!
+//! The users provisioned here are adversaries of the admin (PROVISIONING.md §8): nothing they
+//! create is ever resolved by a statement the admin runs (pinned `search_path`, qualified
+//! built-ins), whatever they do to their own role is undone at reactivation and teardown, and
+//! roles that would lift them above their db roles are never granted.
+//!
 //! This module does not lock: the caller holds the per-(database, user) lock around each
 //! activation and teardown.
 
@@ -52,6 +57,9 @@ pub struct AdminTarget {
     pub admin_user: String,
     /// `admin_user.default_database`, else the session's database.
     pub database: String,
+    /// PostgreSQL predefined roles (`pg_*`) the `db` resource allows as db roles (label
+    /// `dbward.dev/allow-predefined-roles`); every other predefined role is refused.
+    pub allowed_predefined_roles: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminTarget {
@@ -62,6 +70,7 @@ impl std::fmt::Debug for AdminTarget {
             .field("server_name", &self.server_name)
             .field("admin_user", &self.admin_user)
             .field("database", &self.database)
+            .field("allowed_predefined_roles", &self.allowed_predefined_roles)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +164,11 @@ impl PgProvisioner {
 
     /// Makes `user` able to log in with exactly `roles`, creating it when it does not exist.
     /// One transaction: on any error nothing has changed.
+    ///
+    /// Refused before anything changes: a role that does not exist, that may never be granted
+    /// ([`ProvisionError::RoleForbidden`]), or that the admin does not hold WITH ADMIN OPTION.
+    /// A reactivated user is first put back to a clean slate (no password, attributes,
+    /// settings or memberships of its own making).
     pub async fn activate(
         &self,
         target: &AdminTarget,
@@ -168,16 +182,18 @@ impl PgProvisioner {
         let mut requested: Vec<String> = roles.to_vec();
         requested.sort();
         requested.dedup();
+        let allowed = target.allowed_predefined_roles.clone();
         let admin = target.admin_user.clone();
         let database = target.database.clone();
         let user = user.as_str().to_owned();
         let outcome = self
             .with_conn(target, move |conn| {
-                let (admin, database, user, requested) = (
+                let (admin, database, user, requested, allowed) = (
                     admin.clone(),
                     database.clone(),
                     user.clone(),
                     requested.clone(),
+                    allowed.clone(),
                 );
                 Box::pin(async move {
                     install_functions(conn, &admin, &database).await?;
@@ -185,7 +201,7 @@ impl PgProvisioner {
                     let statement = conn.statement(ACTIVATE_SQL).await.map_err(map)?;
                     let row = conn
                         .client()
-                        .query_one(&statement, &[&user, &requested, &MARKER_ROLE])
+                        .query_one(&statement, &[&user, &requested, &MARKER_ROLE, &allowed])
                         .await
                         .map_err(map)?;
                     let outcome: String = row.try_get(0).map_err(map)?;
@@ -358,9 +374,10 @@ impl PgProvisioner {
     ) -> Result<Vec<Finding>, ProvisionError> {
         let admin = target.admin_user.clone();
         let roles = roles_to_check.to_vec();
+        let allowed = target.allowed_predefined_roles.clone();
         self.with_conn(target, move |conn| {
-            let (admin, roles) = (admin.clone(), roles.clone());
-            Box::pin(async move { preflight::run(conn, &admin, &roles).await })
+            let (admin, roles, allowed) = (admin.clone(), roles.clone(), allowed.clone());
+            Box::pin(async move { preflight::run(conn, &admin, &roles, &allowed).await })
         })
         .await
     }
@@ -443,7 +460,18 @@ fn map_error(error: tokio_postgres::Error, admin: &str, user: &str) -> Provision
         Some("DWU02") => ProvisionError::RolesChanged {
             user: user.to_owned(),
         },
+        Some("DWU03") => ProvisionError::UserNotClean {
+            user: user.to_owned(),
+        },
         Some("DWR01") => ProvisionError::RoleMissing { role: detail() },
+        Some("DWR02") => ProvisionError::RoleForbidden {
+            role: detail(),
+            reason: error
+                .as_db_error()
+                .and_then(|db| db.hint())
+                .unwrap_or("it may never be granted")
+                .to_owned(),
+        },
         Some("DWP01") => ProvisionError::AdminLacksCreateRole {
             admin: admin.to_owned(),
             quoted_admin: quote_ident(admin),

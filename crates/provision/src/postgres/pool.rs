@@ -3,6 +3,10 @@
 //! Opening a TLS connection and installing the helper functions costs several round trips;
 //! keeping a few connections open makes an activation one round trip. A connection that the
 //! server or the network closed is noticed on checkout and replaced.
+//!
+//! Every connection pins its `search_path` to `pg_catalog, pg_temp` before anything else
+//! runs on it: the users the admin manages may create objects in schemas the admin's default
+//! search path would look in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,8 +20,22 @@ use super::tls::MakeRustlsConnect;
 use super::AdminTarget;
 use crate::error::ProvisionError;
 
-/// The helper functions, created in `pg_temp` once per connection.
-const FUNCTIONS_SQL: &str = include_str!("sql/functions.sql");
+/// The helper functions, created in `pg_temp` once per connection: `functions.sql`, then
+/// `forbidden_roles.sql` (shared with the preflight) wrapped as
+/// `pg_temp.dbward_forbidden_roles`.
+const FUNCTIONS_SQL: &str = concat!(
+    include_str!("sql/functions.sql"),
+    "\nCREATE OR REPLACE FUNCTION pg_temp.dbward_forbidden_roles(text[], text, text[])\n",
+    "RETURNS TABLE (role_name text, why text, reached text)\n",
+    "LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$\n",
+    include_str!("sql/forbidden_roles.sql"),
+    "\n$fn$;\n"
+);
+
+/// First statement on every admin connection: names resolve in `pg_catalog` (and relations
+/// in `pg_temp`) only, so no function, operator or table a database user created can be
+/// picked up by a statement the admin runs.
+const PIN_SEARCH_PATH_SQL: &str = "SET search_path = pg_catalog, pg_temp";
 
 /// What identifies interchangeable admin connections.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -88,12 +106,14 @@ impl AdminConn {
                 tracing::debug!(%address, %error, "admin connection closed");
             }
         });
-        Ok(AdminConn {
+        let conn = AdminConn {
             client,
             functions_installed: false,
             statements: HashMap::new(),
             task,
-        })
+        };
+        conn.client.batch_execute(PIN_SEARCH_PATH_SQL).await?;
+        Ok(conn)
     }
 
     pub(crate) fn is_closed(&self) -> bool {

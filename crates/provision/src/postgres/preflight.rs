@@ -12,14 +12,17 @@ use crate::MARKER_ROLE;
 
 const ADMIN_SQL: &str = include_str!("sql/preflight_admin.sql");
 const ROLES_SQL: &str = include_str!("sql/preflight_roles.sql");
+const FORBIDDEN_SQL: &str = include_str!("sql/forbidden_roles.sql");
 
 /// First PostgreSQL version where CREATEROLE alone no longer lets a role grant others.
 const PG16: i32 = 160_000;
 
+/// `allowed_predefined` is the list of predefined roles the `db` resource allows.
 pub(super) async fn run(
     conn: &mut AdminConn,
     admin_name: &str,
     roles_to_check: &[String],
+    allowed_predefined: &[String],
 ) -> Result<Vec<Finding>, ProvisionError> {
     let map = |e| map_error(e, admin_name, "");
     let mut findings = Vec::new();
@@ -81,6 +84,37 @@ pub(super) async fn run(
         });
     }
 
+    // Roles that activation would refuse whatever the admin's privileges.
+    let statement = conn.statement(FORBIDDEN_SQL).await.map_err(map)?;
+    let rows = conn
+        .client()
+        .query(
+            &statement,
+            &[&roles_to_check, &MARKER_ROLE, &allowed_predefined],
+        )
+        .await
+        .map_err(map)?;
+    let mut forbidden = Vec::new();
+    for row in &rows {
+        let name: String = row.try_get("role").map_err(map)?;
+        let reason: String = row.try_get("reason").map_err(map)?;
+        let reached: String = row.try_get("reached").map_err(map)?;
+        let fix = if reached.starts_with("pg_") {
+            format!(
+                "remove \"{name}\" from the db_roles of dbward roles, or allow \"{reached}\" with the db resource label dbward.dev/allow-predefined-roles"
+            )
+        } else {
+            format!("remove \"{name}\" from the db_roles of dbward roles")
+        };
+        findings.push(Finding {
+            problem: format!(
+                "database role \"{name}\" may not be granted to provisioned users: {reason}"
+            ),
+            fix,
+        });
+        forbidden.push(name);
+    }
+
     let mut names: Vec<String> = roles_to_check.to_vec();
     names.push(MARKER_ROLE.to_owned());
     let statement = conn.statement(ROLES_SQL).await.map_err(map)?;
@@ -93,7 +127,6 @@ pub(super) async fn run(
         let is_marker = index == names.len() - 1;
         let name: String = row.try_get("name").map_err(map)?;
         let exists: bool = row.try_get("role_exists").map_err(map)?;
-        let role_is_superuser: bool = row.try_get("superuser").map_err(map)?;
         let admin_option: bool = row.try_get("admin_option").map_err(map)?;
         let q_role = quote_ident(&name);
         if !exists {
@@ -106,20 +139,15 @@ pub(super) async fn run(
             }
             continue;
         }
-        if superuser {
+        if forbidden.contains(&name) {
             continue;
         }
-        if role_is_superuser {
+        // Every db role needs ADMIN OPTION (activation refuses the others); the marker from
+        // PostgreSQL 16 on, where CREATEROLE alone no longer lets the admin grant it.
+        if !admin_option && (!is_marker || version_num >= PG16) {
             findings.push(Finding {
                 problem: format!(
-                    "database role \"{name}\" is a superuser role; only a superuser admin may grant it"
-                ),
-                fix: format!("remove \"{name}\" from the db_roles of dbward roles"),
-            });
-        } else if version_num >= PG16 && !admin_option {
-            findings.push(Finding {
-                problem: format!(
-                    "admin user \"{admin}\" does not hold role \"{name}\" WITH ADMIN OPTION (needed from PostgreSQL 16)"
+                    "admin user \"{admin}\" does not hold role \"{name}\" WITH ADMIN OPTION"
                 ),
                 fix: format!("GRANT {q_role} TO {q_admin} WITH ADMIN OPTION;"),
             });

@@ -60,6 +60,7 @@ pub(crate) fn admin_target(
         client_config: target.tls,
         admin_user: admin.name,
         database,
+        allowed_predefined_roles: db.allowed_predefined_roles(),
     })
 }
 
