@@ -24,6 +24,11 @@ pub enum ProvisionError {
     #[error("database role \"{role}\" does not exist in the database; create it or remove it from the dbward role")]
     RoleMissing { role: String },
 
+    /// A requested database role is one dbward never grants: the admin, the marker role, a
+    /// provisioned user's all-in-one role, an account, or a role with superuser-like power.
+    #[error("database role \"{role}\" is never granted by dbward: {reason}")]
+    RoleNotGrantable { role: String, reason: String },
+
     /// The admin user may not create or alter roles.
     #[error("admin user \"{admin}\" lacks the CREATEROLE attribute; fix with: ALTER ROLE {quoted_admin} CREATEROLE;")]
     AdminLacksCreateRole { admin: String, quoted_admin: String },
