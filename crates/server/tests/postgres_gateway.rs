@@ -786,3 +786,67 @@ fn edited_db_resource_applies_to_the_next_connection() {
     assert!(!r.ok, "the old address must not be used: {r:?}");
     assert_eq!(h.can_login(&user), Some(false), "nothing was activated");
 }
+
+/// `PGOPTIONS='-c role=…'` or `options=…` in the connection string would make the session
+/// run as another role (the marker role is one the user belongs to) while the audit names
+/// the provisioned user: refused before anything reaches the database.
+#[test]
+fn startup_parameters_that_set_the_role_are_refused() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("pgoptions");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let probe = "select current_user || ' ' || session_user";
+
+    for options in [
+        "-c role=dbward-auto-user",
+        "-crole=dbward-auto-user",
+        "--role=dbward-auto-user",
+        "-c ROLE=dbward-auto-user",
+        "-c session_authorization=dbward-auto-user",
+        &format!("-c role={}", w.reader),
+    ] {
+        let out = h
+            .psql_command(&files, &user, "postgres", probe)
+            .env("PGOPTIONS", options)
+            .output()
+            .unwrap();
+        let r = PsqlResult::from(out);
+        assert!(!r.ok, "PGOPTIONS={options:?} was accepted: {r:?}");
+        assert!(
+            r.stderr.contains("startup parameter"),
+            "PGOPTIONS={options:?}: {}",
+            r.stderr
+        );
+    }
+    // The same through the connection string.
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "{} options='-c\\ role=dbward-auto-user'",
+            conninfo(h.pg_addr, &files, &user, "postgres")
+        ))
+        .args(["-X", "-A", "-t", "-c", probe])
+        .output()
+        .unwrap();
+    let r = PsqlResult::from(out);
+    assert!(!r.ok, "options in the connection string accepted: {r:?}");
+    assert!(r.stderr.contains("42501") || r.stderr.contains("startup parameter"));
+    // Nothing reached the database: the user was never even created.
+    assert_eq!(h.can_login(&user), None);
+
+    // An ordinary setting passes, and the session is the provisioned user's.
+    let out = h
+        .psql_command(
+            &files,
+            &user,
+            "postgres",
+            "select current_user || ' ' || session_user || ' ' || current_setting('statement_timeout')",
+        )
+        .env("PGOPTIONS", "-c statement_timeout=4321")
+        .output()
+        .unwrap();
+    let r = PsqlResult::from(out);
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, format!("{user} {user} 4321ms"));
+}
