@@ -726,3 +726,77 @@ fn replication_commands_get_an_error_from_the_gateway_and_the_session_goes_on() 
         .all(|name| events.iter().any(|e| e["db_query"] == *name))
     });
 }
+
+/// The relay takes only packets with sequence id 0 for commands (other packets continue one:
+/// LOAD DATA LOCAL contents). A COM_CHANGE_USER sent with another sequence id is relayed, and
+/// must then be refused by the server itself, never executed.
+#[test]
+fn change_user_with_a_nonzero_sequence_id_is_never_executed() {
+    use dbward_proxy::mysql::packet;
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("outoforder");
+    add_user(&user, &[&w.role]);
+    let target = unique("svc_ooo");
+    h.maria_sql(&format!(
+        "CREATE USER '{target}'@'%'; GRANT ALL ON *.* TO '{target}'@'%';"
+    ));
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let tls = dbward_pki::client_config(
+        Some(&std::fs::read_to_string(&files.ca).unwrap()),
+        dbward_pki::ServerVerification::Full,
+        Some((
+            &std::fs::read_to_string(&files.crt).unwrap(),
+            &std::fs::read_to_string(&files.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    h.block_on(async {
+        let login = dbward_proxy::mysql::UpstreamLogin {
+            user: &user,
+            database: None,
+            client_capabilities: dbward_proxy::mysql::GATEWAY_CAPABILITIES,
+            charset: 45,
+        };
+        let mut session = dbward_proxy::mysql::upstream::connect(
+            ("127.0.0.1", h.mysql_addr.port()),
+            tls,
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            &login,
+        )
+        .await
+        .expect("logs in through the gateway");
+        // COM_CHANGE_USER to a passwordless account: user, empty auth data, no database,
+        // utf8mb4, the native plugin.
+        let mut change = vec![0x11u8];
+        change.extend_from_slice(target.as_bytes());
+        change.extend_from_slice(&[0, 0, 0, 45, 0]);
+        change.extend_from_slice(b"mysql_native_password\0");
+        for seq in [1u8, 5, 255] {
+            let _ = packet::write_packet(&mut session.stream, seq, &change).await;
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                packet::read_packet(&mut session.stream, 1 << 20),
+            )
+            .await
+            .expect("an answer or a close");
+            match answer {
+                Ok(reply) => assert_eq!(
+                    reply.payload.first(),
+                    Some(&packet::ERR_HEADER),
+                    "sequence id {seq}: the server did not refuse it"
+                ),
+                // The server closed the connection: nothing was executed.
+                Err(_) => break,
+            }
+        }
+    });
+    assert_eq!(
+        h.maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {}",
+            lit(&target)
+        )),
+        "0",
+        "no session ever ran as the other account"
+    );
+}
