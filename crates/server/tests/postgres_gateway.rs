@@ -850,3 +850,54 @@ fn startup_parameters_that_set_the_role_are_refused() {
     assert!(r.ok, "{r:?}");
     assert_eq!(r.stdout, format!("{user} {user} 4321ms"));
 }
+
+/// Top-level startup parameters that psql cannot send (`role`, `session_authorization`,
+/// `replication`), from a client speaking the protocol itself: refused with 42501.
+#[test]
+fn top_level_identity_parameters_are_refused_with_42501() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("rawstartup");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let tls = dbward_pki::client_config(
+        Some(&std::fs::read_to_string(&files.ca).unwrap()),
+        dbward_pki::ServerVerification::Full,
+        Some((
+            &std::fs::read_to_string(&files.crt).unwrap(),
+            &std::fs::read_to_string(&files.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    for (name, value) in [
+        ("role", "dbward-auto-user"),
+        ("Session_Authorization", "postgres"),
+        ("replication", "database"),
+    ] {
+        let params: Vec<(String, String)> = [
+            ("user", user.as_str()),
+            ("database", "postgres"),
+            (name, value),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let connected = h.block_on(dbward_proxy::pg::upstream::connect(
+            ("127.0.0.1", h.pg_addr.port()),
+            tls.clone(),
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            &params,
+        ));
+        match connected {
+            Err(dbward_proxy::UpstreamError::Server {
+                sqlstate, message, ..
+            }) => {
+                assert_eq!(sqlstate, "42501", "{name}");
+                assert!(message.contains(&name.to_ascii_lowercase()), "{message}");
+            }
+            Err(other) => panic!("{name}: {other}"),
+            Ok(_) => panic!("{name}={value} was accepted"),
+        }
+    }
+    assert_eq!(h.can_login(&user), None, "nothing reached the database");
+}
