@@ -21,8 +21,9 @@
 //! only the marker and its all-in-one role. Some roles are never granted, whatever a dbward
 //! role or trait asks for (`sql/never_granted.sql`).
 //!
-//! Statements live in `sql/*.sql` beside this file where they are more than one line; their
-//! `{name}` placeholders are filled with hex literals or quoted identifiers only.
+//! Longer statements live in `sql/*.sql` beside this file (the rest move there as they are
+//! reworked); their `{name}` placeholders are filled with hex literals, quoted identifiers or
+//! numbers only, never with raw input.
 
 mod conn;
 mod preflight;
@@ -62,8 +63,8 @@ const NEVER_GRANTED_SQL: &str = include_str!("sql/never_granted.sql");
 /// in the `mysql.user` view.
 const SET_USER_ACCESS_BIT: u64 = 1 << 30;
 
-/// `template` with each `{name}` replaced by its value. Values are hex literals or quoted
-/// identifiers, never raw input.
+/// `template` with each `{name}` replaced by its value. Values are hex literals, quoted
+/// identifiers or numbers, never raw input.
 fn render(template: &str, values: &[(&str, &str)]) -> String {
     let mut sql = template.to_string();
     for (name, value) in values {
