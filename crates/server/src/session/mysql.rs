@@ -193,11 +193,27 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     }
     lifecycle::started(&gw, &authorized).await;
     let audit_query = lifecycle::query_audit(&gw, &authorized.fields);
+    let refusals = (gw.clone(), authorized.fields.clone());
     let tap = move |event: MysqlTap<'_>| match event {
         MysqlTap::Query { sql, .. } | MysqlTap::Prepare { sql, .. } => {
             audit_query(sql);
         }
         MysqlTap::Quit => {}
+        MysqlTap::Refused { command } => {
+            // Answered with an ERR by the relay, never forwarded; recorded as the query it was.
+            tracing::warn!(sid = %refusals.1.sid, command, "client command refused");
+            let (gw, fields) = refusals.clone();
+            tokio::spawn(async move {
+                let extra = serde_json::json!({
+                    "db_query": command,
+                    "success": false,
+                    "error": mysql::relay::refused_message(command),
+                });
+                gw.audit
+                    .emit(crate::audit::SESSION_QUERY, &fields, extra)
+                    .await;
+            });
+        }
     };
     let end = registration.end.clone();
     let mut server_stream = server.stream;
