@@ -81,9 +81,53 @@ pub struct LoginLimiter {
     policy: LoginPolicy,
     state: std::sync::Mutex<Counters>,
     verifications: Arc<Semaphore>,
+    checkers: CheckerThreads,
     /// Logins waiting for a verification slot, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
+}
+
+/// A hash of a random password, checked against when the user does not exist.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password(&generate_password()).unwrap_or_default());
+
+type CheckJob = Box<dyn FnOnce() + Send>;
+
+/// Threads that check passwords, as many as there are verification slots. Argon2 takes
+/// about 19 MiB per check; done always by the same few threads, that memory is reused
+/// instead of being left behind in the allocator arenas of every thread of the blocking pool.
+struct CheckerThreads {
+    jobs: std::sync::mpsc::Sender<CheckJob>,
+    threads: usize,
+}
+
+impl CheckerThreads {
+    fn spawn(wanted: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<CheckJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let mut threads = 0;
+        for i in 0..wanted.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("dbward-password-{i}"))
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        // The limiter is gone.
+                        Err(_) => return,
+                    }
+                });
+            match spawned {
+                Ok(_) => threads += 1,
+                Err(err) => tracing::error!(%err, "cannot start a password checking thread"),
+            }
+        }
+        CheckerThreads { jobs, threads }
+    }
 }
 
 /// The longest a login waits for a verification slot before it is answered 503.
@@ -213,12 +257,15 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
 impl LoginLimiter {
     /// `max_verifications` password checks may run at once (0: twice the number of CPUs).
     pub fn new(policy: LoginPolicy, max_verifications: usize) -> Self {
-        let max_verifications = if max_verifications == 0 {
+        let wanted = if max_verifications == 0 {
             2 * std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             max_verifications
         };
+        let checkers = CheckerThreads::spawn(wanted);
+        let max_verifications = checkers.threads;
         LoginLimiter {
+            checkers,
             policy,
             state: std::sync::Mutex::new(Counters {
                 pairs: Table::new(policy.per_pair, policy.max_keys),
@@ -294,6 +341,33 @@ impl LoginLimiter {
         .await
         .ok()?
         .ok()
+    }
+
+    /// Checks `password` against `hash` (against a dummy hash when the user is unknown, so
+    /// that timing does not tell which names exist) on one of the checker threads; `slot`
+    /// is held until the check is done.
+    pub async fn check_password(
+        &self,
+        slot: OwnedSemaphorePermit,
+        password: String,
+        hash: Option<String>,
+    ) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: CheckJob = Box::new(move || {
+            let _slot = slot;
+            let ok = match hash {
+                Some(h) => verify_password(&password, &h),
+                None => {
+                    let _ = verify_password(&password, &DUMMY_HASH);
+                    false
+                }
+            };
+            let _ = tx.send(ok);
+        });
+        if self.checkers.jobs.send(job).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Entries tracked (pairs, users, addresses), for tests and diagnostics.

@@ -203,20 +203,10 @@ async fn login(
         }
     };
     let user = snapshot.users.get(&req.user).cloned();
-    // Verify even when the user is unknown so timing does not reveal which names exist.
-    let password = req.password.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        match hash {
-            Some(h) => passwords::verify_password(&password, &h),
-            None => {
-                let _ = passwords::verify_password(&password, &DUMMY_HASH);
-                false
-            }
-        }
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let ok = gw
+        .limiter
+        .check_password(slot, req.password.clone(), hash)
+        .await;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(user = %req.user, addr = %peer.addr, "login failed");
         return Err(denied());
@@ -256,11 +246,6 @@ async fn login(
         expires: rfc3339(expires),
     }))
 }
-
-/// A hash of a random password, verified against when the user does not exist.
-static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    passwords::hash_password(&passwords::generate_password()).unwrap_or_default()
-});
 
 async fn create_resources(
     State(gw): Shared,
