@@ -852,6 +852,31 @@ fn absurd_parameters_and_bodies_are_refused_with_400_or_413() {
     let got = post("/v1/login", &login_body(&"z".repeat(300), "pw", "x"));
     println!("POST /v1/login with a 300-byte user name: {got:?}");
     assert_eq!(status(got), Ok(400));
+    // A logged-in user's certificate request: body and role list bounded.
+    let (cert, key) = gw.login_cert(
+        "erin",
+        CLUSTER,
+        OffsetDateTime::now_utc() + Duration::from_secs(600),
+    );
+    let user = Some((cert.as_str(), key.as_str()));
+    let (_, csr) = dbward_pki::new_key_and_csr("erin").expect("csr");
+    let db_cert = |roles: usize, padding: usize| {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "db": "fdpg",
+            "db_user": gw.pg_user,
+            "db_roles": (0..roles).map(|i| format!("r{i}")).collect::<Vec<_>>(),
+            "csr_pem": format!("{csr}{}", " ".repeat(padding)),
+        }))
+        .expect("json");
+        status(rt.block_on(https(&gw, loopback(1), user, "POST", "/v1/db-certs", &body)))
+    };
+    assert_eq!(db_cert(0, 0), Ok(200));
+    let got = db_cert(65, 0);
+    println!("POST /v1/db-certs with 65 roles: {got:?}");
+    assert_eq!(got, Ok(400));
+    let got = db_cert(0, 100 << 10);
+    println!("POST /v1/db-certs with a 100 KiB body: {got:?}");
+    assert_eq!(got, Ok(413));
     // A certificate lifetime that overflows any clock is capped, not a crash.
     let (_, csr) = dbward_pki::new_key_and_csr("erin").expect("csr");
     let body = serde_json::to_vec(&serde_json::json!({

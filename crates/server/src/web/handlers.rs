@@ -26,8 +26,11 @@ type Shared = State<Arc<Gateway>>;
 
 /// Largest JSON body of any request (a resource file for `dbward create -f` is the largest).
 pub const MAX_BODY_BYTES: usize = 4 << 20;
-/// Largest login body: a user name, a password and a CSR fit many times over.
-pub const MAX_LOGIN_BODY_BYTES: usize = 64 << 10;
+/// Largest body of a login or a database certificate request: names, a password or roles
+/// and a CSR fit many times over.
+pub const MAX_SMALL_BODY_BYTES: usize = 64 << 10;
+/// Most database roles one database certificate may ask for.
+pub const MAX_REQUESTED_DB_ROLES: usize = 64;
 /// Most audit events one search returns.
 pub const MAX_AUDIT_LIMIT: usize = 10_000;
 /// Farthest back an audit search may reach (100 years), so the arithmetic cannot overflow.
@@ -38,7 +41,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/v1/ping", get(ping))
         .route(
             "/v1/login",
-            post(login).layer(DefaultBodyLimit::max(MAX_LOGIN_BODY_BYTES)),
+            post(login).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
         )
         .route("/v1/resources", post(create_resources))
         .route("/v1/resources/{kind}", get(list_resources))
@@ -50,7 +53,10 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/v1/users/{name}", delete(remove_user))
         .route("/v1/dbs", get(list_dbs))
         .route("/v1/dbs/{name}/check", get(check_db))
-        .route("/v1/db-certs", post(issue_db_cert))
+        .route(
+            "/v1/db-certs",
+            post(issue_db_cert).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
+        )
         .route("/v1/audit", get(search_audit))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
@@ -449,6 +455,12 @@ async fn issue_db_cert(
     UserIdentity(identity): UserIdentity,
     Json(req): Json<DbCertRequest>,
 ) -> Result<Json<DbCertResponse>, GatewayError> {
+    // The roles end up in the certificate: keep it a certificate.
+    if req.db_roles.len() > MAX_REQUESTED_DB_ROLES {
+        return Err(GatewayError::BadRequest(format!(
+            "at most {MAX_REQUESTED_DB_ROLES} database roles may be requested at once"
+        )));
+    }
     let snapshot = gw.catalog.snapshot().await?;
     let user = snapshot
         .users
