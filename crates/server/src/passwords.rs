@@ -51,8 +51,10 @@ pub struct LoginPolicy {
     pub per_pair: (u32, Duration),
     /// Failures of one user from all addresses together: looser and slower, so that one
     /// attacker elsewhere cannot lock a user out, while a guesser with many addresses is
-    /// still slowed down.
+    /// still slowed down. Past it the user is not locked: one attempt per
+    /// `per_user_spacing` still goes through.
     pub per_user: (u32, Duration),
+    pub per_user_spacing: Duration,
     /// Failures from one address, whatever user names it tries.
     pub per_address: (u32, Duration),
     /// Keys tracked per kind; past it expired entries are pruned, then the oldest dropped.
@@ -64,6 +66,7 @@ impl Default for LoginPolicy {
         LoginPolicy {
             per_pair: (5, Duration::from_secs(300)),
             per_user: (30, Duration::from_secs(900)),
+            per_user_spacing: Duration::from_secs(10),
             per_address: (30, Duration::from_secs(300)),
             max_keys: 65_536,
         }
@@ -165,10 +168,12 @@ struct Counters {
     addresses: Table<IpAddr>,
 }
 
-/// Failures per key in fixed windows that start with a key's first failure.
+/// Failures per key in fixed windows that start with a key's first failure; past `max`, one
+/// attempt per `spacing` when there is one.
 struct Table<K> {
     max: u32,
     window: Duration,
+    spacing: Option<Duration>,
     max_keys: usize,
     entries: HashMap<K, Window>,
     last_prune: Instant,
@@ -178,13 +183,15 @@ struct Table<K> {
 struct Window {
     start: Instant,
     count: u32,
+    last: Instant,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Table<K> {
-    fn new((max, window): (u32, Duration), max_keys: usize) -> Self {
+    fn new((max, window): (u32, Duration), spacing: Option<Duration>, max_keys: usize) -> Self {
         Table {
             max,
             window,
+            spacing,
             max_keys: max_keys.max(1),
             entries: HashMap::new(),
             last_prune: Instant::now(),
@@ -199,7 +206,13 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
     }
 
     fn allows(&self, key: &K, now: Instant) -> bool {
-        self.live(key, now) < self.max
+        if self.live(key, now) < self.max {
+            return true;
+        }
+        match (self.spacing, self.entries.get(key)) {
+            (Some(spacing), Some(w)) => now.duration_since(w.last) >= spacing,
+            _ => false,
+        }
     }
 
     fn prune(&mut self, now: Instant) {
@@ -230,14 +243,17 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
         let entry = self.entries.entry(key.clone()).or_insert(Window {
             start: now,
             count: 0,
+            last: now,
         });
         if now.duration_since(entry.start) >= self.window {
             *entry = Window {
                 start: now,
                 count: 0,
+                last: now,
             };
         }
         entry.count = entry.count.saturating_add(1);
+        entry.last = now;
     }
 
     fn take_back(&mut self, key: &K) {
@@ -268,9 +284,13 @@ impl LoginLimiter {
             checkers,
             policy,
             state: std::sync::Mutex::new(Counters {
-                pairs: Table::new(policy.per_pair, policy.max_keys),
-                users: Table::new(policy.per_user, policy.max_keys),
-                addresses: Table::new(policy.per_address, policy.max_keys),
+                pairs: Table::new(policy.per_pair, None, policy.max_keys),
+                users: Table::new(
+                    policy.per_user,
+                    Some(policy.per_user_spacing),
+                    policy.max_keys,
+                ),
+                addresses: Table::new(policy.per_address, None, policy.max_keys),
             }),
             verifications: Arc::new(Semaphore::new(max_verifications)),
             waiting: AtomicUsize::new(0),
@@ -400,6 +420,7 @@ mod tests {
             LoginPolicy {
                 per_pair: (pair, window),
                 per_user: (user, window),
+                per_user_spacing: Duration::from_millis(200),
                 per_address: (address, window),
                 max_keys,
             },
@@ -435,13 +456,17 @@ mod tests {
     }
 
     #[test]
-    fn the_looser_per_user_limit_stops_guessing_from_many_addresses() {
+    fn past_the_looser_per_user_limit_guessing_is_slowed_not_locked() {
         let l = limiter(3, 10, 100, 100);
         for i in 0..10 {
             assert!(l.begin("alice", ip(&format!("10.0.1.{i}"))).is_some());
         }
+        // From a new address: refused right away, but one attempt per spacing goes through.
         assert!(l.begin("alice", ip("10.0.2.1")).is_none());
         assert!(l.begin("bob", ip("10.0.2.1")).is_some());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(l.begin("alice", ip("10.0.2.1")).is_some());
+        assert!(l.begin("alice", ip("10.0.2.2")).is_none());
     }
 
     #[test]
