@@ -39,9 +39,24 @@ pub struct Pending {
 }
 
 impl PendingGate {
+    /// The gate for `limits`, its overall cap kept below half the file descriptors this
+    /// process may open (after raising the soft limit to the hard one), so that pending
+    /// connections can never take the descriptors live sessions and the store need.
     pub fn new(limits: &Limits) -> Arc<PendingGate> {
+        let mut max_total = limits.max_pending_connections.max(1);
+        if let Some(fds) = raise_fd_limit() {
+            let room = usize::try_from(fds / 2).unwrap_or(usize::MAX).max(1);
+            if room < max_total {
+                tracing::warn!(
+                    max_pending_connections = max_total,
+                    open_files_limit = fds,
+                    "limits.max_pending_connections lowered to half the open files limit"
+                );
+                max_total = room;
+            }
+        }
         Arc::new(PendingGate {
-            max_total: limits.max_pending_connections.max(1),
+            max_total,
             max_per_address: limits.max_pending_per_address.max(1),
             state: Mutex::new(GateState::default()),
         })
@@ -83,6 +98,31 @@ impl Drop for Pending {
             }
         }
     }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (many systems start
+/// services at 1,024); returns the limit now in force, or `None` when it cannot be read.
+fn raise_fd_limit() -> Option<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
 }
 
 /// The address a client is counted under: IPv4 as is, IPv6 by its /64 (one host usually
