@@ -904,10 +904,11 @@ fn openssl_handshake(addr: SocketAddr, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let established = text.lines().any(|l| {
-        (l.starts_with("New, TLSv1.2, Cipher is") || l.starts_with("New, TLSv1.3, Cipher is"))
-            && !l.contains("(NONE)")
-    });
+    // "New, TLSv1.0, Cipher is ECDHE-RSA-AES256-SHA" (the label is not always the version
+    // negotiated) after a handshake, "New, (NONE), Cipher is (NONE)" without one.
+    let established = text
+        .lines()
+        .any(|l| l.starts_with("New, ") && l.contains("Cipher is ") && !l.contains("(NONE)"));
     (established, text)
 }
 
@@ -1072,4 +1073,97 @@ fn foreign_expired_and_other_cluster_certificates_are_refused_at_the_handshake()
     let got = web(&foreign);
     println!("web listener, certificate of another CA: {got:?}");
     assert!(got.is_err(), "{got:?}");
+}
+
+/// An `openssl s_server` on a free loopback port with a database server certificate of the
+/// test CA, restricted by `args`; killed on drop.
+struct OpensslServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl_server(dir: &Path, args: &[&str]) -> OpensslServer {
+    let cas = dbward_testkit::shared_cas().expect("test CAs");
+    let (cert, key) = dbward_pki::issue_db_server_cert(
+        &cas.db,
+        &["localhost".to_string()],
+        Duration::from_secs(3600),
+    )
+    .expect("server cert");
+    let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_file, cert).expect("cert");
+    dbward_pki::write_private_file(&key_file, key.as_bytes()).expect("key");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let child = Command::new("openssl")
+        .args(["s_server", "-accept"])
+        .arg(addr.to_string())
+        .arg("-cert")
+        .arg(&cert_file)
+        .arg("-key")
+        .arg(&key_file)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    OpensslServer { child, addr }
+}
+
+#[test]
+fn upstream_connections_refuse_old_tls_and_cbc_servers() {
+    let cas = dbward_testkit::shared_cas().expect("test CAs");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = runtime();
+    let handshake = |server: &OpensslServer| {
+        // What dbward uses towards a database (verify-full against its db CA).
+        let config = dbward_pki::client_config(
+            Some(&cas.db.cert_pem),
+            dbward_pki::ServerVerification::Full,
+            None,
+        )
+        .expect("client config");
+        rt.block_on(async {
+            let tcp = TcpStream::connect(server.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let name =
+                rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    };
+    // A server that speaks what the policy allows is reached, so refusals below are the policy.
+    let good = openssl_server(
+        dir.path(),
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+    );
+    assert_eq!(handshake(&good), Ok(()));
+    drop(good);
+    for args in [
+        &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"][..],
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384"][..],
+    ] {
+        let server = openssl_server(dir.path(), args);
+        let got = handshake(&server);
+        println!("upstream server with {args:?}: {got:?}");
+        assert!(got.is_err(), "dbward connected to a server offering only {args:?}");
+    }
 }
