@@ -30,12 +30,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let next_id = std::sync::atomic::AtomicU32::new(1);
-    super::accept_loop(listener, shutdown, "mysql", move |tcp, peer| {
-        let connection_id = next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .max(1);
-        handle(gw.clone(), tcp, peer, tls.clone(), connection_id)
-    })
+    let gate = gw.pending.clone();
+    crate::listen::accept_loop(
+        listener,
+        gate,
+        shutdown,
+        "mysql",
+        move |tcp, peer, pending| {
+            let connection_id = next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .max(1);
+            handle(gw.clone(), tcp, peer, tls.clone(), connection_id, pending)
+        },
+    )
     .await;
 }
 
@@ -45,6 +52,7 @@ async fn handle(
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     connection_id: u32,
+    pending: crate::listen::Pending,
 ) {
     let server_version = gw
         .mysql_version
@@ -55,7 +63,13 @@ async fn handle(
         server_version,
         connection_id,
     };
-    let client = match mysql::accept(tcp, tls, greeting, HandshakeLimits::default()).await {
+    let limits = HandshakeLimits {
+        timeout: gw.config.limits.handshake_timeout,
+        ..HandshakeLimits::default()
+    };
+    let client = mysql::accept(tcp, tls, greeting, limits).await;
+    drop(pending);
+    let client = match client {
         Ok(client) => client,
         Err(err) => {
             tracing::info!(%peer, %err, "mysql handshake failed");
