@@ -57,6 +57,30 @@ fn pg() -> &'static dbward_testkit::PgServer {
     dbward_testkit::shared_pg().expect("shared PostgreSQL")
 }
 
+fn maria() -> &'static dbward_testkit::MariaServer {
+    dbward_testkit::shared_maria().expect("shared MariaDB")
+}
+
+fn maria_sql(statement: &str) -> String {
+    maria()
+        .sql_root(statement)
+        .unwrap_or_else(|e| panic!("{statement}: {e:#}"))
+}
+
+/// `account_locked` of 'user'@'%': Some(true/false), None when the account does not exist.
+fn maria_locked(user: &str) -> Option<bool> {
+    match maria_sql(&format!(
+        "SELECT IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false') FROM mysql.global_priv WHERE User = {} AND Host = '%'",
+        lit(user)
+    ))
+    .as_str()
+    {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 fn sql(statement: &str) -> String {
     pg().psql_super(statement)
         .unwrap_or_else(|e| panic!("{statement}: {e:#}"))
@@ -110,6 +134,7 @@ struct Site {
     config: PathBuf,
     data: PathBuf,
     pg_port: u16,
+    mysql_port: u16,
     rt: tokio::runtime::Runtime,
     store: Store,
 }
@@ -141,12 +166,12 @@ impl Site {
             .tempdir_in("/tmp")
             .expect("temp dir");
         let data = dir.path().join("data");
-        let pg_port = free_port();
+        let (pg_port, mysql_port) = (free_port(), free_port());
         let config = dir.path().join("dbward.yaml");
         std::fs::write(
             &config,
             format!(
-                "version: v1\ncluster_name: {CLUSTER}\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:{}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: \"\"\n",
+                "version: v1\ncluster_name: {CLUSTER}\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:{}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: 127.0.0.1:{mysql_port}\n",
                 data.display(),
                 free_port(),
             ),
@@ -175,6 +200,7 @@ impl Site {
             config,
             data,
             pg_port,
+            mysql_port,
             rt,
             store,
         }
@@ -253,8 +279,34 @@ impl Site {
         )
     }
 
+    /// A `db` resource on the shared MariaDB.
+    fn maria_db_yaml(&self, name: &str, labels: &str, admin: &str) -> String {
+        format!(
+            "kind: db\nversion: v3\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  protocol: mysql\n  uri: 127.0.0.1:{}\n  admin_user: {{name: {admin:?}}}\n",
+            maria().port
+        )
+    }
+
+    fn mariadb(&self, files: &ClientFiles, user: &str, statement: &str) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.arg("--no-defaults")
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={}", self.mysql_port))
+            .arg(format!("--ssl-ca={}", files.ca.display()))
+            .arg(format!("--ssl-cert={}", files.crt.display()))
+            .arg(format!("--ssl-key={}", files.key.display()))
+            .arg("--ssl-verify-server-cert")
+            .arg(format!("--user={user}"))
+            .args(["-N", "-B", "-e", statement]);
+        cmd
+    }
+
     /// A database certificate for `user` routed to `service`.
     fn db_cert(&self, user: &str, service: &str) -> ClientFiles {
+        self.db_cert_for(user, service, Some("postgres"))
+    }
+
+    fn db_cert_for(&self, user: &str, service: &str, db_name: Option<&str>) -> ClientFiles {
         let dir = self.path(&format!("client-{user}-{service}"));
         std::fs::create_dir_all(&dir).expect("client dir");
         let cas = dbward_testkit::shared_cas().expect("shared CAs");
@@ -267,7 +319,7 @@ impl Site {
             route: Some(DbRoute {
                 service: service.to_string(),
                 db_user: Some(user.to_string()),
-                db_name: Some("postgres".to_string()),
+                db_name: db_name.map(str::to_string),
                 db_roles: Vec::new(),
             }),
         };
@@ -619,4 +671,62 @@ fn provisioning_failure_tells_the_client_only_the_session_id() {
             .any(|line| line.contains(&sid) && line.contains("GRANT TEMPORARY")),
         "the log has the detail with the session id {sid}: {log}"
     );
+}
+
+/// PROVISIONING §8, crashes, on MariaDB: a session busy in `SELECT SLEEP(240)` when the
+/// gateway is killed is ended (`KILL CONNECTION`) and its account locked after the restart.
+#[test]
+fn killed_gateway_ends_a_busy_mariadb_session_after_restart() {
+    let site = Site::new();
+    let n = unique("mb");
+    let (admin, reader, frank) = (format!("adm_{n}"), format!("rd_{n}"), format!("frank_{n}"));
+    maria_sql(&format!(
+        "CREATE USER '{a}'@'%' REQUIRE SUBJECT '/CN={a}';
+         GRANT PROCESS, CREATE USER, CONNECTION ADMIN ON *.* TO '{a}'@'%';
+         GRANT SELECT ON mysql.roles_mapping TO '{a}'@'%';
+         GRANT UPDATE ON mysql.* TO '{a}'@'%';
+         GRANT SELECT ON *.* TO '{a}'@'%';
+         CREATE ROLE IF NOT EXISTS `dbward-auto-user`;
+         GRANT `dbward-auto-user` TO '{a}'@'%' WITH ADMIN OPTION;
+         CREATE DATABASE IF NOT EXISTS dbward;
+         GRANT ALL ON dbward.* TO '{a}'@'%' WITH GRANT OPTION;
+         CREATE ROLE `{r}` WITH ADMIN '{a}'@'%';",
+        a = admin,
+        r = reader
+    ));
+    let db = format!("mbusy-{n}");
+    site.apply(&format!(
+        "{}---\n{}---\n{}",
+        site.maria_db_yaml(&db, &format!("{{t: {n}}}"), &admin),
+        role_yaml(&format!("keep-{n}"), "keep", &format!("{{t: {n}}}"), &reader),
+        user_yaml(&frank, &[&format!("keep-{n}")]),
+    ));
+
+    let gateway = site.start();
+    let files = site.db_cert_for(&frank, &db, None);
+    let mut busy = site
+        .mariadb(&files, &frank, "SELECT SLEEP(240)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mariadb");
+    let sleeping = || {
+        maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {}",
+            lit(&frank)
+        ))
+    };
+    within(Duration::from_secs(30), "SLEEP running", || sleeping() == "1");
+    assert_eq!(maria_locked(&frank), Some(false));
+
+    gateway.kill9();
+    let _gateway = site.start();
+    let took = within(
+        Duration::from_secs(30),
+        "connection killed and account locked after restart",
+        || sleeping() == "0" && maria_locked(&frank) == Some(true),
+    );
+    eprintln!("busy MariaDB session ended and account locked {took:?} after the restart");
+    let _ = busy.kill();
+    let _ = busy.wait();
 }
