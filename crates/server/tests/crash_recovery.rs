@@ -602,7 +602,9 @@ fn store_outage_delays_teardown_and_audit_but_loses_neither() {
         Some(marker.as_str())
     );
     session.close();
-    std::thread::sleep(Duration::from_secs(15));
+    // Store calls queue behind one another, each waiting up to the SQLite busy timeout
+    // (10 s): long enough for the audit write and then the teardown's lock to give up.
+    std::thread::sleep(Duration::from_secs(25));
     assert_eq!(
         can_login(&dave),
         Some(true),
