@@ -273,10 +273,7 @@ impl Site {
 
     /// A `db` resource on the shared PostgreSQL.
     fn db_yaml(&self, name: &str, labels: &str, admin: &str, admin_db: &str) -> String {
-        format!(
-            "kind: db\nversion: v3\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n  admin_user: {{name: {admin:?}, default_database: {admin_db}}}\n",
-            pg().port
-        )
+        db_yaml_on(pg().port, name, labels, admin, admin_db)
     }
 
     /// A `db` resource on the shared MariaDB.
@@ -359,6 +356,13 @@ impl Site {
     }
 }
 
+/// A `db` resource on the PostgreSQL at `port`.
+fn db_yaml_on(port: u16, name: &str, labels: &str, admin: &str, admin_db: &str) -> String {
+    format!(
+        "kind: db\nversion: v3\nmetadata: {{name: {name}, labels: {labels}}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{port}\n  admin_user: {{name: {admin:?}, default_database: {admin_db}}}\n"
+    )
+}
+
 /// An admin (LOGIN CREATEROLE) holding `reader` WITH ADMIN OPTION.
 fn create_admin(admin: &str, reader: &str) {
     sql(&format!(
@@ -402,9 +406,24 @@ fn killed_gateway_never_drops_a_user_activated_in_keep_mode() {
     let (drop_db, keep_db) = (format!("a-drop-{n}"), format!("b-keep-{n}"));
     site.apply(&format!(
         "{}---\n{}---\n{}---\n{}---\n{}",
-        site.db_yaml(&drop_db, &format!("{{tier: drop, t: {n}}}"), &admin, "postgres"),
-        site.db_yaml(&keep_db, &format!("{{tier: keep, t: {n}}}"), &admin, "postgres"),
-        role_yaml(&format!("keep-{n}"), "keep", &format!("{{tier: keep, t: {n}}}"), &reader),
+        site.db_yaml(
+            &drop_db,
+            &format!("{{tier: drop, t: {n}}}"),
+            &admin,
+            "postgres"
+        ),
+        site.db_yaml(
+            &keep_db,
+            &format!("{{tier: keep, t: {n}}}"),
+            &admin,
+            "postgres"
+        ),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{tier: keep, t: {n}}}"),
+            &reader
+        ),
         role_yaml(
             &format!("drop-{n}"),
             "best_effort_drop",
@@ -422,9 +441,11 @@ fn killed_gateway_never_drops_a_user_activated_in_keep_mode() {
     gateway.kill9();
     drop(session);
     let _gateway = site.start();
-    let took = within(Duration::from_secs(30), "alice locked after restart", || {
-        can_login(&alice) != Some(true)
-    });
+    let took = within(
+        Duration::from_secs(30),
+        "alice locked after restart",
+        || can_login(&alice) != Some(true),
+    );
     eprintln!("user locked {took:?} after the restart");
     assert_eq!(
         can_login(&alice),
@@ -448,7 +469,12 @@ fn killed_gateway_ends_a_busy_session_after_restart() {
     site.apply(&format!(
         "{}---\n{}---\n{}",
         site.db_yaml(&db, &format!("{{t: {n}}}"), &admin, "postgres"),
-        role_yaml(&format!("keep-{n}"), "keep", &format!("{{t: {n}}}"), &reader),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{t: {n}}}"),
+            &reader
+        ),
         user_yaml(&bob, &[&format!("keep-{n}")]),
     ));
 
@@ -493,7 +519,12 @@ fn two_resources_on_one_server_serialise_provisioning_of_a_user() {
         "{}---\n{}---\n{}---\n{}",
         site.db_yaml(&first, &format!("{{t: {n}}}"), &admin, "postgres"),
         site.db_yaml(&second, &format!("{{t: {n}}}"), &admin, "postgres"),
-        role_yaml(&format!("keep-{n}"), "keep", &format!("{{t: {n}}}"), &reader),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{t: {n}}}"),
+            &reader
+        ),
         user_yaml(&carol, &[&format!("keep-{n}")]),
     ));
     let _gateway = site.start();
@@ -504,21 +535,29 @@ fn two_resources_on_one_server_serialise_provisioning_of_a_user() {
         .psql(&files_first, &carol, "SELECT 1")
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     within(Duration::from_secs(20), "carol locked", || {
         can_login(&carol) == Some(false)
     });
 
     // Hold carol's catalog row so an activation blocks inside the database, with the
     // provisioning lock held.
-    let mut holder = Command::new(dbward_testkit::PgServer::bin_dir().expect("bin dir").join("psql"))
-        .arg(pg().super_conninfo("postgres"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("psql");
+    let mut holder = Command::new(
+        dbward_testkit::PgServer::bin_dir()
+            .expect("bin dir")
+            .join("psql"),
+    )
+    .arg(pg().super_conninfo("postgres"))
+    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("psql");
     let mut holder_in = holder.stdin.take().expect("stdin");
     writeln!(
         holder_in,
@@ -529,16 +568,16 @@ fn two_resources_on_one_server_serialise_provisioning_of_a_user() {
     holder_in.flush().expect("flush");
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut one = site
+    let one = site
         .psql(&files_first, &carol, "SELECT 1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("psql");
-    let mut two = site
+    let two = site
         .psql(&files_second, &carol, "SELECT 1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("psql");
     let waiting = || {
@@ -556,16 +595,23 @@ fn two_resources_on_one_server_serialise_provisioning_of_a_user() {
     std::thread::sleep(Duration::from_secs(3));
     let waiting_now = waiting();
 
-    writeln!(holder_in, "COMMIT;").expect("write");
+    // Rolled back: the blocked ALTER ROLE then proceeds (a commit would fail it).
+    writeln!(holder_in, "ROLLBACK;").expect("write");
     drop(holder_in);
     let _ = holder.wait();
-    let ok_one = one.wait().expect("psql").success();
-    let ok_two = two.wait().expect("psql").success();
+    let one = one.wait_with_output().expect("psql");
+    let two = two.wait_with_output().expect("psql");
     assert_eq!(
         waiting_now, 1,
         "the second activation waited for the provisioning lock instead of running beside the first"
     );
-    assert!(ok_one && ok_two, "both sessions ran afterwards");
+    assert!(
+        one.status.success() && two.status.success(),
+        "both sessions ran afterwards: {} / {}\n{}",
+        String::from_utf8_lossy(&one.stderr),
+        String::from_utf8_lossy(&two.stderr),
+        site.log()
+    );
 }
 
 /// PROVISIONING §8, outages: while the SQLite store is write-locked past the lock wait, a
@@ -573,15 +619,47 @@ fn two_resources_on_one_server_serialise_provisioning_of_a_user() {
 /// stored afterwards, none lost.
 #[test]
 fn store_outage_delays_teardown_and_audit_but_loses_neither() {
+    // A server of its own: the reconcilers of the other tests' gateways would lock the user
+    // while this gateway cannot.
+    let certs_dir = tempfile::tempdir().expect("temp dir");
+    let certs = dbward_testkit::DbServerCerts::from_cas(
+        dbward_testkit::shared_cas().expect("shared CAs"),
+        certs_dir.path(),
+    )
+    .expect("server certificates");
+    let own = dbward_testkit::PgServer::start(&certs).expect("PostgreSQL");
+    let own_sql = |statement: &str| {
+        own.psql_super(statement)
+            .unwrap_or_else(|e| panic!("{statement}: {e:#}"))
+    };
+    let can_login = |role: &str| match own_sql(&format!(
+        "SELECT rolcanlogin FROM pg_roles WHERE rolname = {}",
+        lit(role)
+    ))
+    .as_str()
+    {
+        "t" => Some(true),
+        "f" => Some(false),
+        _ => None,
+    };
     let site = Site::new();
     let n = unique("o");
     let (admin, reader, dave) = (format!("adm_{n}"), format!("rd_{n}"), format!("dave_{n}"));
-    create_admin(&admin, &reader);
+    own_sql(&format!(
+        "CREATE ROLE {a} LOGIN CREATEROLE; CREATE ROLE {r} NOLOGIN; GRANT {r} TO {a} WITH ADMIN OPTION;",
+        a = q(&admin),
+        r = q(&reader)
+    ));
     let db = format!("outage-{n}");
     site.apply(&format!(
         "{}---\n{}---\n{}",
-        site.db_yaml(&db, &format!("{{t: {n}}}"), &admin, "postgres"),
-        role_yaml(&format!("keep-{n}"), "keep", &format!("{{t: {n}}}"), &reader),
+        db_yaml_on(own.port, &db, &format!("{{t: {n}}}"), &admin, "postgres"),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{t: {n}}}"),
+            &reader
+        ),
         user_yaml(&dave, &[&format!("keep-{n}")]),
     ));
     let _gateway = site.start();
@@ -593,9 +671,7 @@ fn store_outage_delays_teardown_and_audit_but_loses_neither() {
     // gateway.
     let locker = rusqlite::Connection::open(site.data.join(dbward_store::DB_FILE_NAME))
         .expect("open the store file");
-    locker
-        .execute_batch("BEGIN EXCLUSIVE")
-        .expect("write lock");
+    locker.execute_batch("BEGIN EXCLUSIVE").expect("write lock");
     let marker = format!("during_outage_{n}");
     assert_eq!(
         session.query(&format!("SELECT '{marker}'")).as_deref(),
@@ -608,14 +684,17 @@ fn store_outage_delays_teardown_and_audit_but_loses_neither() {
     assert_eq!(
         can_login(&dave),
         Some(true),
-        "no teardown is possible while the store is locked"
+        "no teardown is possible while the store is locked: {}",
+        site.log()
     );
     locker.execute_batch("COMMIT").expect("unlock");
     drop(locker);
 
-    let took = within(Duration::from_secs(20), "dave locked after the outage", || {
-        can_login(&dave) == Some(false)
-    });
+    let took = within(
+        Duration::from_secs(20),
+        "dave locked after the outage",
+        || can_login(&dave) == Some(false),
+    );
     eprintln!("teardown done {took:?} after the store came back");
     within(
         Duration::from_secs(20),
@@ -649,19 +728,24 @@ fn provisioning_failure_tells_the_client_only_the_session_id() {
     site.apply(&format!(
         "{}---\n{}---\n{}",
         site.db_yaml(&db, &format!("{{t: {n}}}"), &admin, &admin_db),
-        role_yaml(&format!("keep-{n}"), "keep", &format!("{{t: {n}}}"), &reader),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{t: {n}}}"),
+            &reader
+        ),
         user_yaml(&erin, &[&format!("keep-{n}")]),
     ));
     let _gateway = site.start();
     let files = site.db_cert(&erin, &db);
-    let out = site
-        .psql(&files, &erin, "SELECT 1")
-        .output()
-        .expect("psql");
+    let out = site.psql(&files, &erin, "SELECT 1").output().expect("psql");
     let told = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
     assert!(!told.contains(&admin), "names the admin: {told}");
-    assert!(!told.to_uppercase().contains("GRANT"), "tells the fix: {told}");
+    assert!(
+        !told.to_uppercase().contains("GRANT"),
+        "tells the fix: {told}"
+    );
     let sid = told
         .split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
         .find(|word| word.len() == 36 && uuid::Uuid::parse_str(word).is_ok())
@@ -700,7 +784,12 @@ fn killed_gateway_ends_a_busy_mariadb_session_after_restart() {
     site.apply(&format!(
         "{}---\n{}---\n{}",
         site.maria_db_yaml(&db, &format!("{{t: {n}}}"), &admin),
-        role_yaml(&format!("keep-{n}"), "keep", &format!("{{t: {n}}}"), &reader),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{t: {n}}}"),
+            &reader
+        ),
         user_yaml(&frank, &[&format!("keep-{n}")]),
     ));
 
@@ -718,7 +807,9 @@ fn killed_gateway_ends_a_busy_mariadb_session_after_restart() {
             lit(&frank)
         ))
     };
-    within(Duration::from_secs(30), "SLEEP running", || sleeping() == "1");
+    within(Duration::from_secs(30), "SLEEP running", || {
+        sleeping() == "1"
+    });
     assert_eq!(maria_locked(&frank), Some(false));
 
     gateway.kill9();

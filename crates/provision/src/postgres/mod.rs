@@ -11,6 +11,7 @@
 mod pool;
 mod preflight;
 mod quote;
+mod terminate;
 mod tls;
 
 use std::collections::BTreeSet;
