@@ -226,8 +226,8 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
     if gw.sessions.count_for(&key) == 0 {
         let recorded: Vec<ProvisioningMode> =
             sessions.iter().map(|s| stored_mode(&s.mode)).collect();
-        let mode = leftover_mode(gw, snapshot, &key, Some(&first.dbward_user), &recorded).await;
-        let outcome = deactivate(gw, &admin, &key, mode).await;
+        let plan = leftover_plan(gw, snapshot, &key, Some(&first.dbward_user), &recorded).await;
+        let outcome = deactivate(gw, &admin, &key, plan.mode).await;
         match &outcome {
             Ok(DeactivateOutcome::Kept(_)) => {
                 tracing::info!(db_user = %key.db_user, "user of a dead instance's session is in use elsewhere; left active")
@@ -296,29 +296,46 @@ async fn deactivate(
     Ok(outcome)
 }
 
-/// The mode a user left active is torn down with: `best_effort_drop` only when its recorded
-/// activation, the `also` modes and every resource on its server that provisions its owner
-/// all say so; `keep` otherwise, also when the owner is unknown or the store unreadable.
-async fn leftover_mode(
+/// How a user left active is torn down.
+struct Plan<'a> {
+    /// `best_effort_drop` only when its recorded activation, the `also` modes and every
+    /// resource on its server that provisions its owner all say so; `keep` otherwise, also
+    /// when the owner is unknown or the store unreadable.
+    mode: ProvisioningMode,
+    /// The resource whose admin should do it: the one of the recorded activation, else one
+    /// that provisions the owner (another resource's admin may not hold the user's roles).
+    via: Option<&'a Db>,
+}
+
+async fn leftover_plan<'a>(
     gw: &Gateway,
-    snapshot: &Snapshot,
+    snapshot: &'a Snapshot,
     key: &DbUserKey,
     owner_hint: Option<&str>,
     also: &[ProvisioningMode],
-) -> ProvisioningMode {
+) -> Plan<'a> {
     let mut modes: Vec<ProvisioningMode> = also.to_vec();
+    let keep = |via| Plan {
+        mode: ProvisioningMode::Keep,
+        via,
+    };
     let recorded = match gw.store.get_activation(&key.store_key()).await {
         Ok(record) => record,
-        Err(_) => return ProvisioningMode::Keep,
+        Err(_) => return keep(None),
     };
-    if let Some(record) = &recorded {
-        modes.push(stored_mode(&record.mode));
-    }
-    let on_server: Vec<&Db> = snapshot
+    let on_server: Vec<&'a Db> = snapshot
         .dbs
         .values()
-        .filter(|db| DbUserKey::of(db, &key.db_user) == *key)
+        .filter(|db| db.admin_user().is_some() && DbUserKey::of(db, &key.db_user) == *key)
         .collect();
+    let mut via = None;
+    if let Some(record) = &recorded {
+        modes.push(stored_mode(&record.mode));
+        via = on_server
+            .iter()
+            .copied()
+            .find(|db| db.metadata.name == record.db_service);
+    }
     let owner_name = recorded
         .as_ref()
         .map(|r| r.dbward_user.as_str())
@@ -333,19 +350,21 @@ async fn leftover_mode(
         }),
     };
     let Some(owner) = owner else {
-        return ProvisioningMode::Keep;
+        return keep(via);
     };
     if let Ok(checker) = snapshot.checker(owner) {
-        for db in on_server {
+        for db in &on_server {
             if let Ok(Some(p)) = checker.provisioning(db) {
                 modes.push(p.mode);
+                via = via.or(Some(*db));
             }
         }
     }
-    match modes.split_first() {
+    let mode = match modes.split_first() {
         Some((first, rest)) => rest.iter().fold(*first, |a, b| weakest(a, *b)),
         None => ProvisioningMode::Keep,
-    }
+    };
+    Plan { mode, via }
 }
 
 /// One pass over every server that some `db` resource with an admin user points at.
@@ -388,8 +407,12 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             else {
                 continue;
             };
-            let mode = leftover_mode(gw, &snapshot, &key, None, &[]).await;
-            match deactivate(gw, &admin, &key, mode).await {
+            let plan = leftover_plan(gw, &snapshot, &key, None, &[]).await;
+            let via_admin = match plan.via {
+                Some(via) if via.metadata.name != db.metadata.name => engine_admin(gw, via).ok(),
+                _ => None,
+            };
+            match deactivate(gw, via_admin.as_ref().unwrap_or(&admin), &key, plan.mode).await {
                 Ok(outcome) => {
                     tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
                 }
