@@ -161,6 +161,12 @@ impl GatewayProcess {
 
 impl Site {
     fn new() -> Site {
+        Site::with_store(None)
+    }
+
+    /// A gateway whose store is the PostgreSQL database `dsn` names (shared with others), or
+    /// SQLite in its data directory.
+    fn with_store(dsn: Option<&str>) -> Site {
         let dir = tempfile::Builder::new()
             .prefix("dwcrash")
             .tempdir_in("/tmp")
@@ -168,10 +174,13 @@ impl Site {
         let data = dir.path().join("data");
         let (pg_port, mysql_port) = (free_port(), free_port());
         let config = dir.path().join("dbward.yaml");
+        let storage = dsn
+            .map(|dsn| format!("storage:\n  backend: postgres\n  dsn: {dsn:?}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "version: v1\ncluster_name: {CLUSTER}\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:{}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: 127.0.0.1:{mysql_port}\n",
+                "version: v1\ncluster_name: {CLUSTER}\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:{}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: 127.0.0.1:{mysql_port}\n{storage}",
                 data.display(),
                 free_port(),
             ),
@@ -183,7 +192,10 @@ impl Site {
             .expect("runtime");
         // The gateway finds the binary's shared CAs in its store, so the shared PostgreSQL
         // (whose certificates they signed) trusts it.
-        let store = Store::open_sqlite(&data).expect("store");
+        let store = match dsn {
+            Some(dsn) => Store::open_postgres(dsn).expect("store"),
+            None => Store::open_sqlite(&data).expect("store"),
+        };
         let cas = dbward_testkit::shared_cas().expect("shared CAs");
         rt.block_on(async {
             for kind in [CaKind::User, CaKind::Host, CaKind::Db, CaKind::DbClient] {
@@ -820,6 +832,60 @@ fn killed_gateway_ends_a_busy_mariadb_session_after_restart() {
         || sleeping() == "0" && maria_locked(&frank) == Some(true),
     );
     eprintln!("busy MariaDB session ended and account locked {took:?} after the restart");
+    let _ = busy.kill();
+    let _ = busy.wait();
+}
+
+/// PROVISIONING §8, crashes, several gateways: when one of two gateways sharing a store is
+/// killed, the other ends its busy session and locks the user within seconds, without any
+/// restart.
+#[test]
+fn surviving_gateway_ends_the_sessions_of_a_killed_one() {
+    let n = unique("sh");
+    let store_db = format!("store_{n}");
+    sql(&format!("CREATE DATABASE {}", q(&store_db)));
+    let dsn = format!("{} sslmode=disable", pg().super_conninfo(&store_db));
+    let (first, second) = (Site::with_store(Some(&dsn)), Site::with_store(Some(&dsn)));
+    let (admin, reader, gina) = (format!("adm_{n}"), format!("rd_{n}"), format!("gina_{n}"));
+    create_admin(&admin, &reader);
+    let db = format!("shared-{n}");
+    first.apply(&format!(
+        "{}---\n{}---\n{}",
+        first.db_yaml(&db, &format!("{{t: {n}}}"), &admin, "postgres"),
+        role_yaml(
+            &format!("keep-{n}"),
+            "keep",
+            &format!("{{t: {n}}}"),
+            &reader
+        ),
+        user_yaml(&gina, &[&format!("keep-{n}")]),
+    ));
+    let doomed = first.start();
+    let _survivor = second.start();
+    let files = first.db_cert(&gina, &db);
+    let mut busy = first
+        .psql(&files, &gina, "SELECT pg_sleep(240)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    within(Duration::from_secs(30), "pg_sleep running", || {
+        sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = {} AND query LIKE '%pg_sleep%'",
+            lit(&gina)
+        )) == "1"
+    });
+
+    doomed.kill9();
+    let took = within(
+        Duration::from_secs(30),
+        "backend terminated and user locked by the surviving gateway",
+        || backends_of(&gina) == 0 && can_login(&gina) == Some(false),
+    );
+    eprintln!(
+        "the surviving gateway ended the session and locked the user {took:?} after the kill"
+    );
+    assert_eq!(memberships(&gina), "dbward-auto-user");
     let _ = busy.kill();
     let _ = busy.wait();
 }
