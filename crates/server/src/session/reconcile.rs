@@ -39,6 +39,10 @@ const EVERY: Duration = Duration::from_secs(60);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// An instance silent for this long is dead: three missed heartbeats and some slack.
 const DEAD_AFTER: Duration = Duration::from_millis(7_000);
+/// This data directory's previous run is dead once silent for this long: a restart after a
+/// kill waits only for its last heartbeat to age, and a second process started on the same
+/// data directory by mistake does not take a live one for its predecessor.
+const PREVIOUS_DEAD_AFTER: Duration = Duration::from_millis(3_000);
 /// How long cleaning up one user waits for its lock before trying again next round.
 const CLEANUP_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// The file in `data_dir` that names the instance running from it, so a restart knows
@@ -115,8 +119,27 @@ pub async fn recover_once(
         return Ok(());
     }
     let now = gw.store.now_unix_ms().await?;
-    let since = now.saturating_sub(i64::try_from(DEAD_AFTER.as_millis()).unwrap_or(i64::MAX));
-    let live: HashSet<String> = gw.store.live_instances(since).await?.into_iter().collect();
+    let since =
+        |silence: Duration| now.saturating_sub(i64::try_from(silence.as_millis()).unwrap_or(0));
+    let live: HashSet<String> = gw
+        .store
+        .live_instances(since(DEAD_AFTER))
+        .await?
+        .into_iter()
+        .collect();
+    let previous = match previous {
+        Some(id)
+            if !gw
+                .store
+                .live_instances(since(PREVIOUS_DEAD_AFTER))
+                .await?
+                .iter()
+                .any(|l| l == id) =>
+        {
+            Some(id)
+        }
+        _ => None,
+    };
     let orphaned: Vec<SessionRecord> = gw
         .store
         .list_sessions()
@@ -191,6 +214,7 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
         return;
     };
     let user = DbUserName::new(first.db_user.clone());
+    let mut unended = false;
     for s in sessions {
         let Some(id) = s.backend_id else {
             continue;
@@ -213,6 +237,7 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
                 Err(_) => Ok(false),
             },
         };
+        unended |= ended.is_err();
         match ended {
             Ok(ended) => {
                 tracing::info!(sid = %s.sid, instance = %s.instance_id, db_user = %s.db_user, backend = id, ended, "ended a session whose gateway instance is gone")
@@ -222,7 +247,9 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
             }
         }
     }
-    let mut done = true;
+    // Kept for another round when a connection could not be ended and the user stays in
+    // use: it is torn down as soon as that connection is gone.
+    let mut done = !unended;
     if gw.sessions.count_for(&key) == 0 {
         let recorded: Vec<ProvisioningMode> =
             sessions.iter().map(|s| stored_mode(&s.mode)).collect();
@@ -230,9 +257,10 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
         let outcome = deactivate(gw, &admin, &key, plan.mode).await;
         match &outcome {
             Ok(DeactivateOutcome::Kept(_)) => {
-                tracing::info!(db_user = %key.db_user, "user of a dead instance's session is in use elsewhere; left active")
+                tracing::info!(db_user = %key.db_user, "user of a dead instance's session is still in use; left active")
             }
             Ok(outcome) => {
+                done = true;
                 tracing::info!(db_user = %key.db_user, ?outcome, "tore down the user of a dead instance's session");
                 let fields = SessionFields {
                     user: first.dbward_user.clone(),
