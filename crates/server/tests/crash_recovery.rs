@@ -23,8 +23,10 @@ const GATEWAY_CONFIG_ENV: &str = "DBWARD_CRASH_TEST_GATEWAY_CONFIG";
 /// The cluster name of the shared test CAs.
 const CLUSTER: &str = "dbward-test";
 
-/// Not a test: the entry point of a gateway child process. Does nothing in a normal run.
+/// Not a test: the entry point of a gateway child process, which the tests start with
+/// `--include-ignored`.
 #[test]
+#[ignore = "the gateway child process of the other tests"]
 fn gateway_child_process() {
     let Ok(config) = std::env::var(GATEWAY_CONFIG_ENV) else {
         return;
@@ -237,6 +239,7 @@ impl Site {
             .args([
                 "gateway_child_process",
                 "--exact",
+                "--include-ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
