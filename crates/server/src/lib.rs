@@ -164,7 +164,11 @@ impl Started {
         let audit_file: Option<PathBuf> = config.audit_file.clone();
         let gateway = Arc::new(Gateway {
             catalog: catalog::Catalog::new(store.clone(), static_dbs),
-            audit: audit::AuditLog::new(store.clone(), audit_file),
+            audit: audit::AuditLog::new(
+                store.clone(),
+                audit_file,
+                Some(config.data_dir.join(audit::SPOOL_DIR)),
+            ),
             limiter: passwords::LoginLimiter::new(
                 passwords::LoginPolicy::default(),
                 config.limits.max_concurrent_logins,
@@ -184,6 +188,11 @@ impl Started {
             store,
             config,
         });
+        // Alive in the store before any session can be recorded, so no other instance takes
+        // this one's first sessions for a dead instance's.
+        if let Err(err) = gateway.store.heartbeat_instance(&gateway.instance_id).await {
+            tracing::warn!(%err, "heartbeat could not be stored");
+        }
         Ok(Started {
             gateway,
             web,

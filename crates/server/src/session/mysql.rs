@@ -192,6 +192,10 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         }
     };
     provisioned.connected().await;
+    let connection_id = Some(i64::from(server.connection_id));
+    provisioned
+        .record_live(&gw, &authorized, connection_id)
+        .await;
     if let Ok(mut version) = gw.mysql_version.write() {
         if *version != server.server_version {
             *version = server.server_version.clone();

@@ -184,6 +184,8 @@ async fn run_session(
         }
     };
     provisioned.connected().await;
+    let backend_pid = server.backend_key.map(|key| i64::from(key.process_id));
+    provisioned.record_live(&gw, &authorized, backend_pid).await;
 
     let gateway_key = match server.backend_key {
         Some(key) => gw.sessions.add_cancel_key(
