@@ -284,7 +284,7 @@ async fn lifecycle_core(major: u32) -> Result<()> {
         run.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'owned'")?,
         owner.as_str()
     );
-    verified.push("drop; drop with owned objects falls back to lock");
+    verified.push("drop, and lock instead when the user owns objects");
 
     // A user that exists and is not managed is refused and left as it is.
     run.sql("CREATE ROLE carol LOGIN")?;
@@ -351,7 +351,7 @@ async fn lifecycle_core(major: u32) -> Result<()> {
         assert_eq!(run.can_login(dave.as_str())?, None, "nothing left behind");
         run.sql(&marker_fix)?;
         assert_eq!(p.preflight(&target2, &roles(&["reader"])).await?, vec![]);
-        verified.push("16+: preflight prints GRANT marker WITH ADMIN OPTION; the fix works");
+        verified.push("16+: preflight prints GRANT marker WITH ADMIN OPTION, which works");
     } else {
         assert_eq!(fixes, Vec::<String>::new());
         verified.push("13-15: a second CREATEROLE admin needs nothing more");
