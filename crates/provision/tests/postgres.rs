@@ -1044,6 +1044,58 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     Ok(())
 }
 
+/// A role a superuser granted to a managed user, although the admin holds it WITH ADMIN
+/// OPTION: PostgreSQL 15 and older let the admin revoke it; from 16 only the grantor (or a
+/// role with its privileges) can, so the user is refused as not clean, with no GRANT offered
+/// as a fix that would not help.
+#[tokio::test]
+async fn a_role_a_superuser_granted_is_stripped_before_16_and_refuses_the_user_from_16(
+) -> Result<()> {
+    let env = env();
+    let provisioner = quick();
+    let target = target(env);
+    let user = db_user_name(&unique_name("granted"));
+    let u = user.as_str();
+    let extra = ident(&unique_name("extra"));
+    provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await?;
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {extra}; GRANT {extra} TO {admin} WITH ADMIN OPTION; GRANT {extra} TO {u}",
+        admin = ident(ADMIN),
+        u = ident(u)
+    ))?;
+
+    let teardown = provisioner
+        .deactivate(&target, &user, TeardownMode::Keep)
+        .await;
+    let activation = provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await;
+    if env.pg.major_version() < 16 {
+        assert_eq!(teardown?, DeactivateOutcome::Locked);
+        assert_eq!(activation?, ActivateOutcome::Reactivated);
+        assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE, "reader"]));
+    } else {
+        for refused in [teardown.err(), activation.err()] {
+            let refused = refused.context("16+: the user must be refused")?;
+            assert!(
+                matches!(refused, ProvisionError::UserNotClean { .. }),
+                "{refused:?}"
+            );
+            assert!(!refused.to_string().contains("GRANT"), "{refused}");
+        }
+        assert_eq!(can_login(env, u)?, Some(false), "locked by the teardown");
+        // Locked; what the refused clean slate could not undo is left for a superuser.
+        assert!(memberships(env, u)?.contains(&unquote(&extra)));
+    }
+    Ok(())
+}
+
+fn unquote(quoted: &str) -> String {
+    quoted.trim_matches('"').replace("\"\"", "\"")
+}
+
 #[tokio::test]
 async fn a_user_with_an_attribute_the_admin_cannot_remove_is_refused_and_stays_locked() -> Result<()>
 {
