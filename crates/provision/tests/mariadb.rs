@@ -112,6 +112,7 @@ fn as_user(env: &Env, user: &str, sql: &str) -> Result<String> {
         .arg(format!("--ssl-cert={}", files.crt.display()))
         .arg(format!("--ssl-key={}", files.key.display()))
         .arg(format!("--user={user}"))
+        .arg("--default-character-set=utf8mb4")
         .args(["-N", "-B", "-e", sql])
         .output()?;
     if !out.status.success() {
@@ -413,6 +414,367 @@ async fn names_with_quotes_and_unicode_work_and_a_missing_role_is_reported() -> 
     assert!(
         matches!(&missing, Err(ProvisionError::RoleMissing { role }) if role == "no_such_role"),
         "{missing:?}"
+    );
+    Ok(())
+}
+
+/// A JSON field of `user`@`%` in mysql.global_priv ("" when absent).
+fn priv_field(env: &Env, user: &str, path: &str) -> String {
+    root(
+        env,
+        &format!(
+            "SELECT IFNULL(JSON_UNQUOTE(JSON_EXTRACT(Priv, '{path}')), '') FROM mysql.global_priv \
+             WHERE User = '{user}' AND Host = '%'"
+        ),
+    )
+}
+
+/// Privilege rows held directly by `grantee` (user or role, any host) in the grant tables.
+fn direct_privileges(env: &Env, grantee: &str) -> String {
+    root(
+        env,
+        &format!(
+            "SELECT (SELECT COUNT(*) FROM mysql.db WHERE User = '{grantee}') \
+             + (SELECT COUNT(*) FROM mysql.tables_priv WHERE User = '{grantee}') \
+             + (SELECT COUNT(*) FROM mysql.columns_priv WHERE User = '{grantee}') \
+             + (SELECT COUNT(*) FROM mysql.procs_priv WHERE User = '{grantee}') \
+             + (SELECT COUNT(*) FROM mysql.global_priv WHERE User = '{grantee}' \
+                AND JSON_VALUE(Priv, '$.access') <> 0)"
+        ),
+    )
+}
+
+/// Asserts the account is exactly what dbward makes of it: no password and one
+/// authentication method, `REQUIRE SUBJECT '/CN=<user>'` and nothing else, no resource
+/// limits, no privilege of its own or on its all-in-one role, the given roles.
+fn assert_clean_slate(env: &Env, user: &str, roles: &str) {
+    for (path, wanted) in [
+        ("$.plugin", "mysql_native_password"),
+        ("$.authentication_string", ""),
+        ("$.auth_or", ""),
+        ("$.ssl_type", "3"),
+        ("$.ssl_cipher", ""),
+        ("$.x509_issuer", ""),
+        ("$.x509_subject", &format!("/CN={user}")),
+        ("$.access", "0"),
+    ] {
+        assert_eq!(priv_field(env, user, path), wanted, "{path} of {user}");
+    }
+    for limit in [
+        "$.max_questions",
+        "$.max_updates",
+        "$.max_connections",
+        "$.max_user_connections",
+    ] {
+        assert!(
+            ["", "0"].contains(&priv_field(env, user, limit).as_str()),
+            "{limit} of {user} is {}",
+            priv_field(env, user, limit)
+        );
+    }
+    let statement_time = priv_field(env, user, "$.max_statement_time");
+    assert!(
+        statement_time.is_empty() || statement_time.parse::<f64>() == Ok(0.0),
+        "max_statement_time {statement_time}"
+    );
+    assert!(
+        ["", "false"].contains(&priv_field(env, user, "$.password_expired").as_str()),
+        "password expired"
+    );
+    assert_eq!(direct_privileges(env, user), "0", "privileges of {user}");
+    let role = format!("dw-role-{user}");
+    assert_eq!(direct_privileges(env, &role), "0", "privileges of {role}");
+    assert_eq!(granted(env, user, "%"), roles, "roles of {user}");
+}
+
+#[tokio::test]
+async fn what_a_user_did_to_its_account_never_survives_teardown_or_reactivation() -> Result<()> {
+    let env = env();
+    let provisioner = MariaProvisioner::new();
+    let target = target(env);
+    let name = unique_name("slate");
+    let user = mariadb_user_name(&name);
+    let role = all_in_one_role(&user);
+    provisioner
+        .activate(&target, &user, &name, &roles(&["reader"]))
+        .await?;
+    assert_clean_slate(env, &name, &format!("{MARKER_ROLE},{role}"));
+
+    // What the user may do to itself without any privilege...
+    as_user(
+        env,
+        &name,
+        "SET PASSWORD = PASSWORD('chosen by the user'); SET DEFAULT ROLE NONE",
+    )?;
+    // ...and what it could do with privileges gained through a role.
+    let extra = format!("extra_{name}");
+    root(
+        env,
+        &format!(
+            "CREATE ROLE `{extra}`;
+             GRANT `{extra}` TO '{name}'@'%';
+             GRANT SELECT, INSERT ON appdb.* TO '{name}'@'%';
+             GRANT RELOAD ON *.* TO '{name}'@'%';
+             GRANT SELECT ON appdb.t TO '{name}'@'%';
+             GRANT SELECT ON appdb.* TO `{role}`;
+             GRANT PROCESS ON *.* TO `{role}`;
+             ALTER USER '{name}'@'%' REQUIRE SUBJECT '/CN=someone-else' AND ISSUER '/CN=ca'
+               WITH MAX_QUERIES_PER_HOUR 7 MAX_USER_CONNECTIONS 2 MAX_STATEMENT_TIME 3;"
+        ),
+    );
+    assert!(
+        !priv_field(env, &name, "$.authentication_string").is_empty(),
+        "the user set a password"
+    );
+
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &user, TeardownMode::Keep)
+            .await?,
+        DeactivateOutcome::Locked
+    );
+    assert_clean_slate(env, &name, MARKER_ROLE);
+    assert_eq!(locked(env, &name), "true");
+    assert_eq!(priv_field(env, &name, "$.default_role"), "");
+
+    // The user gets its password and limits back before the next activation.
+    root(
+        env,
+        &format!(
+            "SET PASSWORD FOR '{name}'@'%' = PASSWORD('again');
+             GRANT DELETE ON appdb.* TO '{name}'@'%';
+             ALTER USER '{name}'@'%' WITH MAX_UPDATES_PER_HOUR 9;"
+        ),
+    );
+    assert_eq!(
+        provisioner
+            .activate(&target, &user, &name, &roles(&["reader"]))
+            .await?,
+        ActivateOutcome::Reactivated
+    );
+    assert_clean_slate(env, &name, &format!("{MARKER_ROLE},{role}"));
+    assert_eq!(priv_field(env, &name, "$.default_role"), role);
+    assert_eq!(granted(env, &role, ""), "reader");
+    // The certificate alone logs in again: no password is asked for.
+    assert_eq!(
+        as_user(env, &name, "SELECT current_user(), current_role()")?,
+        format!("{name}@%\t{role}")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn roles_dbward_must_never_grant_are_refused_by_name_and_nothing_is_created() -> Result<()> {
+    let env = env();
+    let provisioner = MariaProvisioner::new();
+    let target = target(env);
+    // Another person's user and all-in-one role.
+    let bob = unique_name("bob");
+    let bob_user = mariadb_user_name(&bob);
+    let bob_role = all_in_one_role(&bob_user);
+    provisioner
+        .activate(&target, &bob_user, &bob, &roles(&["reader"]))
+        .await?;
+    // Roles with superuser-like power, all administered by the admin.
+    let n = unique_name("r");
+    let superuser = format!("super_{n}");
+    let wrapper = format!("wrap_{n}");
+    let grant_tables = format!("grants_{n}");
+    let account_admin = format!("accounts_{n}");
+    root(
+        env,
+        &format!(
+            "CREATE ROLE `{superuser}`;
+             GRANT SUPER ON *.* TO `{superuser}`;
+             CREATE ROLE `{wrapper}`;
+             GRANT `{superuser}` TO `{wrapper}`;
+             CREATE ROLE `{grant_tables}`;
+             GRANT UPDATE ON mysql.* TO `{grant_tables}`;
+             CREATE ROLE `{account_admin}`;
+             GRANT CREATE USER ON *.* TO `{account_admin}`;
+             GRANT `{superuser}` TO '{ADMIN}'@'%' WITH ADMIN OPTION;
+             GRANT `{wrapper}` TO '{ADMIN}'@'%' WITH ADMIN OPTION;
+             GRANT `{grant_tables}` TO '{ADMIN}'@'%' WITH ADMIN OPTION;
+             GRANT `{account_admin}` TO '{ADMIN}'@'%' WITH ADMIN OPTION;"
+        ),
+    );
+    let alice = unique_name("alice");
+    let alice_user = mariadb_user_name(&alice);
+    for forbidden in [
+        bob_role.as_str(),
+        ADMIN,
+        MARKER_ROLE,
+        bob.as_str(),
+        superuser.as_str(),
+        wrapper.as_str(),
+        grant_tables.as_str(),
+        account_admin.as_str(),
+    ] {
+        let refused = provisioner
+            .activate(&target, &alice_user, &alice, &roles(&["reader", forbidden]))
+            .await;
+        assert!(
+            matches!(&refused, Err(ProvisionError::RoleForbidden { role, .. }) if role == forbidden),
+            "{forbidden}: {refused:?}"
+        );
+        assert!(
+            refused.unwrap_err().to_string().contains(forbidden),
+            "the error names the role"
+        );
+        assert_eq!(
+            root(
+                env,
+                &format!(
+                    "SELECT COUNT(*) FROM mysql.global_priv WHERE User IN ('{alice}', 'dw-role-{alice}')"
+                )
+            ),
+            "0",
+            "nothing created for {forbidden}"
+        );
+        assert_eq!(
+            root(
+                env,
+                &format!(
+                    "SELECT COUNT(*) FROM mysql.roles_mapping WHERE User IN ('{alice}', 'dw-role-{alice}')"
+                )
+            ),
+            "0",
+            "{forbidden} granted to nobody"
+        );
+    }
+    assert_eq!(granted(env, &bob_role, ""), "reader");
+    assert_eq!(granted(env, &bob, "%"), format!("{MARKER_ROLE},{bob_role}"));
+    // An ordinary role is still granted.
+    assert_eq!(
+        provisioner
+            .activate(&target, &alice_user, &alice, &roles(&["reader"]))
+            .await?,
+        ActivateOutcome::Created
+    );
+    Ok(())
+}
+
+/// A schema in latin1, the server default of many installations, holding a
+/// `user_attributes` table as earlier versions created it there.
+fn latin1_target(env: &Env) -> AdminTarget {
+    let schema = unique_name("dw_latin1");
+    root(
+        env,
+        &format!(
+            "CREATE DATABASE `{schema}` CHARACTER SET latin1;
+             GRANT ALL ON `{schema}`.* TO '{ADMIN}'@'%';
+             CREATE TABLE `{schema}`.user_attributes (
+               `User` VARCHAR(80) NOT NULL PRIMARY KEY, `Attributes` JSON NOT NULL);
+             INSERT INTO `{schema}`.user_attributes VALUES ('earlier', '{{\"user\": \"earlier\"}}');"
+        ),
+    );
+    AdminTarget {
+        default_schema: schema,
+        ..target(env)
+    }
+}
+
+#[tokio::test]
+async fn unicode_names_are_provisioned_and_log_in_with_a_latin1_default_schema() -> Result<()> {
+    let env = env();
+    let provisioner = MariaProvisioner::new();
+    let target = latin1_target(env);
+    let name = format!("jürgen 名前 {}", unique_name("u"));
+    let user = mariadb_user_name(&name);
+    assert_eq!(user.as_str(), name);
+    let activated = provisioner
+        .activate(&target, &user, &name, &roles(&["reader"]))
+        .await;
+    assert!(
+        matches!(activated, Ok(ActivateOutcome::Created)),
+        "{activated:?}"
+    );
+    assert_eq!(
+        as_user(env, &name, "SELECT current_user(), current_role()")?,
+        format!("{name}@%\t{}", all_in_one_role(&user))
+    );
+    let schema = &target.default_schema;
+    assert_eq!(
+        root(
+            env,
+            &format!(
+                "SELECT JSON_VALUE(Attributes, '$.user') FROM `{schema}`.user_attributes WHERE User = '{name}'"
+            )
+        ),
+        name
+    );
+    assert_eq!(
+        root(
+            env,
+            &format!(
+                "SELECT CONCAT(TABLE_COLLATION, ' ', (SELECT COUNT(*) FROM `{schema}`.user_attributes WHERE User = 'earlier')) \
+                 FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{schema}' AND TABLE_NAME = 'user_attributes'"
+            )
+        ),
+        "utf8mb4_bin 1",
+        "the table was converted, its rows kept"
+    );
+    assert_eq!(
+        provisioner
+            .deactivate(&target, &user, TeardownMode::Keep)
+            .await?,
+        DeactivateOutcome::Locked
+    );
+    assert_eq!(locked(env, &name), "true");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_activation_that_fails_midway_leaves_no_user_or_role_behind() -> Result<()> {
+    let env = env();
+    let provisioner = MariaProvisioner::new();
+    let schema = unique_name("dw_failing");
+    let name = unique_name("halfmade");
+    // Recording the name fails after the user was created.
+    root(
+        env,
+        &format!(
+            "CREATE DATABASE `{schema}`;
+             GRANT ALL ON `{schema}`.* TO '{ADMIN}'@'%';
+             CREATE TABLE `{schema}`.user_attributes (
+               `User` VARCHAR(80) NOT NULL PRIMARY KEY, `Attributes` JSON NOT NULL)
+               CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+             CREATE TRIGGER `{schema}`.refuse BEFORE INSERT ON `{schema}`.user_attributes
+               FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused';"
+        ),
+    );
+    let target = AdminTarget {
+        default_schema: schema.clone(),
+        ..target(env)
+    };
+    let user = mariadb_user_name(&name);
+    let failed = provisioner
+        .activate(&target, &user, &name, &roles(&["reader"]))
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        root(
+            env,
+            &format!(
+                "SELECT COUNT(*) FROM mysql.global_priv WHERE User IN ('{name}', 'dw-role-{name}')"
+            )
+        ),
+        "0",
+        "neither the user nor its role is left"
+    );
+    assert_eq!(
+        root(
+            env,
+            &format!("SELECT COUNT(*) FROM mysql.roles_mapping WHERE User IN ('{name}', 'dw-role-{name}')")
+        ),
+        "0"
+    );
+    assert_eq!(
+        root(
+            env,
+            &format!("SELECT COUNT(*) FROM `{schema}`.user_attributes WHERE User = '{name}'")
+        ),
+        "0"
     );
     Ok(())
 }

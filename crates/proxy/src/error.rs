@@ -41,6 +41,10 @@ pub enum ProxyError {
     /// The TLS handshake failed (including a rejected client certificate).
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(std::io::Error),
+    /// The client asked for a startup parameter that would change the session's identity;
+    /// it has been told so.
+    #[error("startup parameter refused: {0}")]
+    RefusedStartupParameter(String),
     /// A direct-TLS client did not negotiate the `postgresql` ALPN protocol.
     #[error("direct TLS connection without ALPN protocol \"postgresql\"")]
     DirectTlsWithoutAlpn,

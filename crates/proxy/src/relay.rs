@@ -1,6 +1,7 @@
 //! The engine-independent relay: copies an established session's bytes both ways, unchanged,
 //! through one reused buffer per direction, letting the engine's tap inspect what the client
-//! sends. `pg::relay` and `mysql::relay` add their protocol's framing tap on top.
+//! sends. `pg::relay` and `mysql::relay` add their protocol's framing tap on top; MySQL's
+//! tap is also a filter that keeps a few commands from the server and answers them itself.
 
 use std::time::Duration;
 
@@ -29,7 +30,39 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 pub(crate) async fn relay_inspecting<C, S>(
     client: &mut C,
     server: &mut S,
-    inspect: impl FnMut(&[u8]) -> Result<(), ProxyError>,
+    mut inspect: impl FnMut(&[u8]) -> Result<(), ProxyError>,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_filtering(client, server, |chunk, _| inspect(chunk)).await
+}
+
+/// What a client-side filter made of one chunk. Reused from chunk to chunk; the relay clears
+/// it after acting on it.
+#[derive(Debug, Default)]
+pub(crate) struct Filtered {
+    /// `false`: forward the chunk as read. `true`: forward [`Filtered::forward`] instead
+    /// (possibly nothing: the filter holds bytes back or drops them).
+    pub(crate) edited: bool,
+    /// The bytes to forward when `edited`.
+    pub(crate) forward: Vec<u8>,
+    /// Bytes the gateway answers the client itself (a refusal of a command it does not
+    /// forward). They are written between two writes of server bytes, never inside one.
+    pub(crate) reply: Vec<u8>,
+}
+
+/// Most gateway answers queued for the client; a client that sends refused commands
+/// without reading the answers is slowed down rather than buffered for.
+const QUEUED_REPLIES: usize = 8;
+
+/// [`relay_inspecting`] with a filter that may also hold back or drop client bytes and
+/// answer the client itself (through [`Filtered`]).
+pub(crate) async fn relay_filtering<C, S>(
+    client: &mut C,
+    server: &mut S,
+    filter: impl FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -39,21 +72,21 @@ where
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let mut client_to_server = 0u64;
     let mut server_to_client = 0u64;
+    let (replies, mut queued) = tokio::sync::mpsc::channel(QUEUED_REPLIES);
 
     let end = {
-        let upstream = copy(
+        let upstream = copy_filtered(
             &mut client_read,
             &mut server_write,
-            Side::Client,
             &mut client_to_server,
-            inspect,
+            filter,
+            replies,
         );
-        let downstream = copy(
+        let downstream = copy_answering(
             &mut server_read,
             &mut client_write,
-            Side::Server,
             &mut server_to_client,
-            |_| Ok(()),
+            &mut queued,
         );
         tokio::pin!(upstream, downstream);
         tokio::select! {
@@ -84,25 +117,23 @@ where
     }
 }
 
-/// Copies `from` (side `from_side`) to `to` until `from` ends, then shuts `to` down.
-/// `inspect` sees each chunk before it is forwarded and may stop the copy.
-async fn copy<R, W>(
+/// Copies the client to the server until the client ends, then shuts the server's side
+/// down. `filter` sees each chunk before anything of it is forwarded; what it answers
+/// itself goes to `replies`.
+async fn copy_filtered<R, W>(
     from: &mut R,
     to: &mut W,
-    from_side: Side,
     copied: &mut u64,
-    mut inspect: impl FnMut(&[u8]) -> Result<(), ProxyError>,
+    mut filter: impl FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
+    replies: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<(), RelayEnd>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let to_side = match from_side {
-        Side::Client => Side::Server,
-        Side::Server => Side::Client,
-    };
-    let failed_to = |err: std::io::Error| RelayEnd::Failed(to_side, ProxyError::Io(err));
+    let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Server, ProxyError::Io(err));
     let mut buf = vec![0u8; COPY_BUFFER];
+    let mut filtered = Filtered::default();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) => break,
@@ -110,11 +141,69 @@ where
             // A TLS peer that closes without close_notify: for a database session that is
             // how many clients end, not an attack on the data already relayed.
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(err) => return Err(RelayEnd::Failed(from_side, ProxyError::Io(err))),
+            Err(err) => return Err(RelayEnd::Failed(Side::Client, ProxyError::Io(err))),
         };
         let chunk = &buf[..n];
-        inspect(chunk).map_err(|err| RelayEnd::Failed(from_side, err))?;
-        to.write_all(chunk).await.map_err(failed_to)?;
+        filter(chunk, &mut filtered).map_err(|err| RelayEnd::Failed(Side::Client, err))?;
+        let forward = if filtered.edited {
+            &filtered.forward[..]
+        } else {
+            chunk
+        };
+        if !forward.is_empty() {
+            to.write_all(forward).await.map_err(failed_to)?;
+            to.flush().await.map_err(failed_to)?;
+            *copied += forward.len() as u64;
+        }
+        if !filtered.reply.is_empty() {
+            // Only fails once the other direction has ended, and then nobody reads it.
+            let _ = replies.send(std::mem::take(&mut filtered.reply)).await;
+        }
+        filtered.edited = false;
+        filtered.forward.clear();
+        if n == buf.len() && buf.len() < BULK_BUFFER {
+            buf.resize(BULK_BUFFER, 0);
+        }
+    }
+    to.shutdown().await.map_err(failed_to)?;
+    Ok(())
+}
+
+/// Copies the server to the client until the server ends, then shuts the client's side
+/// down, writing the gateway's own answers from `replies` between two server reads.
+async fn copy_answering<R, W>(
+    from: &mut R,
+    to: &mut W,
+    copied: &mut u64,
+    replies: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<(), RelayEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Client, ProxyError::Io(err));
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut answering = true;
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(err) => return Err(RelayEnd::Failed(Side::Server, ProxyError::Io(err))),
+            },
+            reply = replies.recv(), if answering => {
+                match reply {
+                    Some(reply) => {
+                        to.write_all(&reply).await.map_err(failed_to)?;
+                        to.flush().await.map_err(failed_to)?;
+                    }
+                    None => answering = false,
+                }
+                continue;
+            }
+        };
+        to.write_all(&buf[..n]).await.map_err(failed_to)?;
         to.flush().await.map_err(failed_to)?;
         *copied += n as u64;
         if n == buf.len() && buf.len() < BULK_BUFFER {

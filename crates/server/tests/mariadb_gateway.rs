@@ -361,15 +361,11 @@ fn greeting_reports_the_real_server_version_once_known() {
     );
 }
 
-/// A Rust driver (mysql_async) through the gateway. mysql_async reads only PKCS#1 RSA keys,
-/// so this client's key pair is RSA (the gateway accepts any key type the user CA signed).
-#[test]
-fn mysql_async_works_through_the_gateway() {
-    use mysql_async::prelude::*;
+/// Connection options for mysql_async through the gateway as `user` on `db`. mysql_async
+/// reads only PKCS#1 RSA keys, so this client's key pair is RSA (the gateway accepts any key
+/// type the user CA signed).
+fn driver_opts(db: &str, user: &str) -> mysql_async::OptsBuilder {
     let h = maria_harness();
-    let w = world("keep");
-    let user = unique("driver");
-    add_user(&user, &[&w.role]);
     let dir = h.dir.join(unique("rsa"));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key.pem");
@@ -394,11 +390,11 @@ fn mysql_async_works_through_the_gateway() {
         .success();
     assert!(ok, "openssl req");
     let identity = dbward_pki::Identity {
-        username: user.clone(),
+        username: user.to_string(),
         cluster: h.gw.cluster.clone(),
         usage: dbward_pki::CertUsage::Db,
         expires: time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(600),
-        route: Some(route(&w.db, &user, "", &[])),
+        route: Some(route(db, user, "", &[])),
     };
     let cert = dbward_pki::issue_user_cert(
         &h.gw.cas.user,
@@ -408,20 +404,31 @@ fn mysql_async_works_through_the_gateway() {
     .unwrap();
     let cert_path = dir.join("cert.pem");
     std::fs::write(&cert_path, cert).unwrap();
+    let ssl = mysql_async::SslOpts::default()
+        .with_root_certs(vec![h.host_ca.clone().into()])
+        .with_client_identity(Some(mysql_async::ClientIdentity::new(
+            cert_path.into(),
+            key.into(),
+        )));
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname("localhost")
+        .tcp_port(h.mysql_addr.port())
+        .user(Some(user.to_string()))
+        .ssl_opts(Some(ssl))
+}
+
+/// A Rust driver (mysql_async) through the gateway.
+#[test]
+fn mysql_async_works_through_the_gateway() {
+    use mysql_async::prelude::*;
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("driver");
+    add_user(&user, &[&w.role]);
+    let opts = driver_opts(&w.db, &user);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let ssl = mysql_async::SslOpts::default()
-            .with_root_certs(vec![h.host_ca.clone().into()])
-            .with_client_identity(Some(mysql_async::ClientIdentity::new(
-                cert_path.clone().into(),
-                key.clone().into(),
-            )));
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname("localhost")
-            .tcp_port(h.mysql_addr.port())
-            .user(Some(user.clone()))
-            .ssl_opts(Some(ssl));
         let mut conn = mysql_async::Conn::new(opts).await.expect("connects");
         let current: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
         assert_eq!(current, Some(format!("{user}@%")));
@@ -581,4 +588,215 @@ fn garbage_and_vanished_clients_leave_the_listener_serving() {
     let r = h.mariadb(&files, &user, "SELECT CURRENT_USER()");
     assert!(r.ok, "{r:?}");
     assert_eq!(r.stdout, format!("{user}@%"));
+}
+
+/// COM_CHANGE_USER would log the session in as another account while the audit still names
+/// the person: the gateway answers it with an error, never forwards it, and records it.
+#[test]
+fn change_user_is_refused_and_the_session_keeps_its_user() {
+    use mysql_async::prelude::*;
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("switcher");
+    add_user(&user, &[&w.role]);
+    // An account with a known password and every privilege: what a switch would reach.
+    let target = unique("svc_app");
+    h.maria_sql(&format!(
+        "CREATE USER '{target}'@'%' IDENTIFIED BY 'known'; GRANT ALL ON *.* TO '{target}'@'%';"
+    ));
+    let opts = driver_opts(&w.db, &user);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = mysql_async::Conn::new(opts).await.expect("connects");
+        let switched = conn
+            .change_user(
+                mysql_async::ChangeUserOpts::default()
+                    .with_user(Some(target.clone()))
+                    .with_pass(Some("known".into())),
+            )
+            .await;
+        let err = switched.expect_err("COM_CHANGE_USER is refused");
+        assert!(err.to_string().contains("COM_CHANGE_USER"), "{err}");
+        let current: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+        assert_eq!(
+            current,
+            Some(format!("{user}@%")),
+            "the session kept its user"
+        );
+        let _ = conn.disconnect().await;
+    });
+    assert_eq!(
+        h.maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {}",
+            lit(&target)
+        )),
+        "0"
+    );
+    h.eventually("the refusal is audited", || {
+        h.audit_events(&user).iter().any(|e| {
+            e["event"] == "db.session.query"
+                && e["db_query"] == "COM_CHANGE_USER"
+                && e["success"] == false
+        })
+    });
+}
+
+/// Replication commands sent raw are answered by the gateway with an ERR in sequence, and the
+/// session goes on.
+#[test]
+fn replication_commands_get_an_error_from_the_gateway_and_the_session_goes_on() {
+    use dbward_proxy::mysql::packet::{self, ErrPacket};
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("replica");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let tls = dbward_pki::client_config(
+        Some(&std::fs::read_to_string(&files.ca).unwrap()),
+        dbward_pki::ServerVerification::Full,
+        Some((
+            &std::fs::read_to_string(&files.crt).unwrap(),
+            &std::fs::read_to_string(&files.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    h.block_on(async {
+        let login = dbward_proxy::mysql::UpstreamLogin {
+            user: &user,
+            database: None,
+            client_capabilities: dbward_proxy::mysql::GATEWAY_CAPABILITIES,
+            charset: 45,
+        };
+        let mut session = dbward_proxy::mysql::upstream::connect(
+            ("127.0.0.1", h.mysql_addr.port()),
+            tls,
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            &login,
+        )
+        .await
+        .expect("logs in through the gateway");
+        let mut dump = vec![0x12u8];
+        dump.extend_from_slice(&4u32.to_le_bytes());
+        dump.extend_from_slice(&0u16.to_le_bytes());
+        dump.extend_from_slice(&4242u32.to_le_bytes());
+        dump.extend_from_slice(b"mysql-bin.000001");
+        let mut gtid = vec![0x1eu8, 0, 0];
+        gtid.extend_from_slice(&4243u32.to_le_bytes());
+        gtid.extend_from_slice(&[0; 12]);
+        let mut register = vec![0x15u8];
+        register.extend_from_slice(&4244u32.to_le_bytes());
+        register.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for (command, name) in [
+            (dump, "COM_BINLOG_DUMP"),
+            (gtid, "COM_BINLOG_DUMP_GTID"),
+            (register, "COM_REGISTER_SLAVE"),
+        ] {
+            packet::write_packet(&mut session.stream, 0, &command)
+                .await
+                .unwrap();
+            let answer = packet::read_packet(&mut session.stream, 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(answer.seq, 1, "{name}");
+            let err = ErrPacket::decode(&answer.payload).expect("an ERR packet");
+            assert!(
+                err.message.contains("dbward") && err.message.contains(name),
+                "{name} answered by the gateway, not the server: {}",
+                err.message
+            );
+        }
+        // COM_PING still reaches the server.
+        packet::write_packet(&mut session.stream, 0, &[0x0e])
+            .await
+            .unwrap();
+        let pong = packet::read_packet(&mut session.stream, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((pong.seq, pong.payload[0]), (1, 0), "OK to the ping");
+    });
+    h.eventually("the refusals are audited", || {
+        let events = h.audit_events(&user);
+        [
+            "COM_BINLOG_DUMP",
+            "COM_BINLOG_DUMP_GTID",
+            "COM_REGISTER_SLAVE",
+        ]
+        .iter()
+        .all(|name| events.iter().any(|e| e["db_query"] == *name))
+    });
+}
+
+/// The relay takes only packets with sequence id 0 for commands (other packets continue one:
+/// LOAD DATA LOCAL contents). A COM_CHANGE_USER sent with another sequence id is relayed, and
+/// must then be refused by the server itself, never executed.
+#[test]
+fn change_user_with_a_nonzero_sequence_id_is_never_executed() {
+    use dbward_proxy::mysql::packet;
+    let h = maria_harness();
+    let w = world("keep");
+    let user = unique("outoforder");
+    add_user(&user, &[&w.role]);
+    let target = unique("svc_ooo");
+    h.maria_sql(&format!(
+        "CREATE USER '{target}'@'%'; GRANT ALL ON *.* TO '{target}'@'%';"
+    ));
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let tls = dbward_pki::client_config(
+        Some(&std::fs::read_to_string(&files.ca).unwrap()),
+        dbward_pki::ServerVerification::Full,
+        Some((
+            &std::fs::read_to_string(&files.crt).unwrap(),
+            &std::fs::read_to_string(&files.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    h.block_on(async {
+        let login = dbward_proxy::mysql::UpstreamLogin {
+            user: &user,
+            database: None,
+            client_capabilities: dbward_proxy::mysql::GATEWAY_CAPABILITIES,
+            charset: 45,
+        };
+        let mut session = dbward_proxy::mysql::upstream::connect(
+            ("127.0.0.1", h.mysql_addr.port()),
+            tls,
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            &login,
+        )
+        .await
+        .expect("logs in through the gateway");
+        // COM_CHANGE_USER to a passwordless account: user, empty auth data, no database,
+        // utf8mb4, the native plugin.
+        let mut change = vec![0x11u8];
+        change.extend_from_slice(target.as_bytes());
+        change.extend_from_slice(&[0, 0, 0, 45, 0]);
+        change.extend_from_slice(b"mysql_native_password\0");
+        for seq in [1u8, 5, 255] {
+            let _ = packet::write_packet(&mut session.stream, seq, &change).await;
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                packet::read_packet(&mut session.stream, 1 << 20),
+            )
+            .await
+            .expect("an answer or a close");
+            match answer {
+                Ok(reply) => assert_eq!(
+                    reply.payload.first(),
+                    Some(&packet::ERR_HEADER),
+                    "sequence id {seq}: the server did not refuse it"
+                ),
+                // The server closed the connection: nothing was executed.
+                Err(_) => break,
+            }
+        }
+    });
+    assert_eq!(
+        h.maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {}",
+            lit(&target)
+        )),
+        "0",
+        "no session ever ran as the other account"
+    );
 }

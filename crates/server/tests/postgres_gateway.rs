@@ -787,3 +787,118 @@ fn edited_db_resource_applies_to_the_next_connection() {
     assert!(!r.ok, "the old address must not be used: {r:?}");
     assert_eq!(h.can_login(&user), Some(false), "nothing was activated");
 }
+
+/// `PGOPTIONS='-c role=…'` or `options=…` in the connection string would make the session
+/// run as another role (the marker role is one the user belongs to) while the audit names
+/// the provisioned user: refused before anything reaches the database.
+#[test]
+fn startup_parameters_that_set_the_role_are_refused() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("pgoptions");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let probe = "select current_user || ' ' || session_user";
+
+    for options in [
+        "-c role=dbward-auto-user",
+        "-crole=dbward-auto-user",
+        "--role=dbward-auto-user",
+        "-c ROLE=dbward-auto-user",
+        "-c session_authorization=dbward-auto-user",
+        &format!("-c role={}", w.reader),
+    ] {
+        let out = h
+            .psql_command(&files, &user, "postgres", probe)
+            .env("PGOPTIONS", options)
+            .output()
+            .unwrap();
+        let r = PsqlResult::from(out);
+        assert!(!r.ok, "PGOPTIONS={options:?} was accepted: {r:?}");
+        assert!(
+            r.stderr.contains("startup parameter"),
+            "PGOPTIONS={options:?}: {}",
+            r.stderr
+        );
+    }
+    // The same through the connection string.
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "{} options='-c\\ role=dbward-auto-user'",
+            conninfo(h.pg_addr, &files, &user, "postgres")
+        ))
+        .args(["-X", "-A", "-t", "-c", probe])
+        .output()
+        .unwrap();
+    let r = PsqlResult::from(out);
+    assert!(!r.ok, "options in the connection string accepted: {r:?}");
+    assert!(r.stderr.contains("42501") || r.stderr.contains("startup parameter"));
+    // Nothing reached the database: the user was never even created.
+    assert_eq!(h.can_login(&user), None);
+
+    // An ordinary setting passes, and the session is the provisioned user's.
+    let out = h
+        .psql_command(
+            &files,
+            &user,
+            "postgres",
+            "select current_user || ' ' || session_user || ' ' || current_setting('statement_timeout')",
+        )
+        .env("PGOPTIONS", "-c statement_timeout=4321")
+        .output()
+        .unwrap();
+    let r = PsqlResult::from(out);
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.stdout, format!("{user} {user} 4321ms"));
+}
+
+/// Top-level startup parameters that psql cannot send (`role`, `session_authorization`,
+/// `replication`), from a client speaking the protocol itself: refused with 42501.
+#[test]
+fn top_level_identity_parameters_are_refused_with_42501() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("rawstartup");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let tls = dbward_pki::client_config(
+        Some(&std::fs::read_to_string(&files.ca).unwrap()),
+        dbward_pki::ServerVerification::Full,
+        Some((
+            &std::fs::read_to_string(&files.crt).unwrap(),
+            &std::fs::read_to_string(&files.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    for (name, value) in [
+        ("role", "dbward-auto-user"),
+        ("Session_Authorization", "postgres"),
+        ("replication", "database"),
+    ] {
+        let params: Vec<(String, String)> = [
+            ("user", user.as_str()),
+            ("database", "postgres"),
+            (name, value),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let connected = h.block_on(dbward_proxy::pg::upstream::connect(
+            ("127.0.0.1", h.pg_addr.port()),
+            tls.clone(),
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            &params,
+        ));
+        match connected {
+            Err(dbward_proxy::UpstreamError::Server {
+                sqlstate, message, ..
+            }) => {
+                assert_eq!(sqlstate, "42501", "{name}");
+                assert!(message.contains(&name.to_ascii_lowercase()), "{message}");
+            }
+            Err(other) => panic!("{name}: {other}"),
+            Ok(_) => panic!("{name}={value} was accepted"),
+        }
+    }
+    assert_eq!(h.can_login(&user), None, "nothing reached the database");
+}

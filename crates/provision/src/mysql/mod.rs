@@ -8,8 +8,22 @@
 //! `<default schema>.user_attributes`. Conditions are told apart by error number only.
 //!
 //! MariaDB commits every account statement on its own, so an activation is a sequence of
-//! idempotent steps: repeating it after a failure repairs the user. This module does not
-//! lock: the caller holds the per-(database, user) lock around each activation and teardown.
+//! idempotent steps: repeating it after a failure repairs the user. An activation that fails
+//! part way undoes what it did before it returns: a user it created is dropped with its
+//! all-in-one role and its record, a user it was reactivating is locked again. This module
+//! does not lock: the caller holds the per-(database, user) lock around each activation and
+//! teardown.
+//!
+//! The user may have changed its own account during a session (`SET PASSWORD` needs no
+//! privilege) or been given privileges directly; activation and teardown put it back to a
+//! clean slate (`sql/clean_slate.sql`, `sql/revoke_privileges.sql`): no password, the
+//! `REQUIRE SUBJECT` dbward set, no resource limits, no privilege of its own, and roles
+//! only the marker and its all-in-one role. Some roles are never granted, whatever a dbward
+//! role or trait asks for (`sql/never_granted.sql`).
+//!
+//! Longer statements live in `sql/*.sql` beside this file (the rest move there as they are
+//! reworked); their `{name}` placeholders are filled with hex literals, quoted identifiers or
+//! numbers only, never with raw input.
 
 mod conn;
 mod preflight;
@@ -38,6 +52,27 @@ pub const ROLE_PREFIX: &str = "dw-role-";
 /// Default schema for `user_attributes` when the admin user names none.
 pub const DEFAULT_SCHEMA: &str = "dbward";
 
+const CLEAN_SLATE_SQL: &str = include_str!("sql/clean_slate.sql");
+const REVOKE_PRIVILEGES_SQL: &str = include_str!("sql/revoke_privileges.sql");
+const CREATE_ATTRIBUTES_SQL: &str = include_str!("sql/create_attributes.sql");
+const ATTRIBUTES_COLLATION_SQL: &str = include_str!("sql/attributes_collation.sql");
+const CONVERT_ATTRIBUTES_SQL: &str = include_str!("sql/convert_attributes.sql");
+const NEVER_GRANTED_SQL: &str = include_str!("sql/never_granted.sql");
+
+/// MariaDB's `SET USER` privilege bit in `mysql.global_priv` (`access`), which has no column
+/// in the `mysql.user` view.
+const SET_USER_ACCESS_BIT: u64 = 1 << 30;
+
+/// `template` with each `{name}` replaced by its value. Values are hex literals, quoted
+/// identifiers or numbers, never raw input.
+fn render(template: &str, values: &[(&str, &str)]) -> String {
+    let mut sql = template.to_string();
+    for (name, value) in values {
+        sql = sql.replace(&format!("{{{name}}}"), value);
+    }
+    sql
+}
+
 /// MariaDB error numbers the provisioning logic tells apart.
 pub mod errno {
     /// `ER_DBACCESS_DENIED_ERROR`.
@@ -52,6 +87,9 @@ pub mod errno {
     pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
     /// `ER_OPTION_PREVENTS_STATEMENT` (`--read-only`).
     pub const OPTION_PREVENTS_STATEMENT: u16 = 1290;
+    /// `ER_NONEXISTING_GRANT`: also what `REVOKE ALL PRIVILEGES` gives a role that holds
+    /// no privilege of its own.
+    pub const NONEXISTING_GRANT: u16 = 1141;
     /// `ER_CANNOT_USER`: the account operation failed (exists, missing, …).
     pub const CANNOT_USER: u16 = 1396;
     /// `ER_INVALID_ROLE`.
@@ -214,6 +252,9 @@ impl MariaProvisioner {
                     "",
                 )
                 .await?;
+                // The handshake asks for utf8mb4, but a server started with
+                // --skip-character-set-client-handshake ignores that: names are any Unicode.
+                exec(&mut conn, "SET NAMES utf8mb4", &target.admin_user, "").await?;
                 Ok(conn)
             }
         }
@@ -418,15 +459,35 @@ async fn settle_and_deactivate(
 async fn ensure_setup(conn: &mut Conn, target: &AdminTarget) -> Result<(), ProvisionError> {
     let admin = target.admin_user.as_str();
     let schema = quote_ident(&target.default_schema);
-    let statements = [
-        format!("CREATE ROLE IF NOT EXISTS {}", quote_ident(MARKER_ROLE)),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {schema}.user_attributes (\
-             `User` VARCHAR(80) NOT NULL PRIMARY KEY, `Attributes` JSON NOT NULL)"
-        ),
-    ];
-    for sql in statements {
-        exec(conn, &sql, admin, "").await?;
+    exec(
+        conn,
+        &format!("CREATE ROLE IF NOT EXISTS {}", quote_ident(MARKER_ROLE)),
+        admin,
+        "",
+    )
+    .await?;
+    exec(
+        conn,
+        &render(CREATE_ATTRIBUTES_SQL, &[("schema", &schema)]),
+        admin,
+        "",
+    )
+    .await?;
+    let collation = conn
+        .query_value(&render(
+            ATTRIBUTES_COLLATION_SQL,
+            &[("schema_name", &hex_literal(&target.default_schema))],
+        ))
+        .await
+        .map_err(|e| map_error(&e, admin, ""))?;
+    if collation.as_deref() != Some("utf8mb4_bin") {
+        exec(
+            conn,
+            &render(CONVERT_ATTRIBUTES_SQL, &[("schema", &schema)]),
+            admin,
+            "",
+        )
+        .await?;
     }
     Ok(())
 }
@@ -440,12 +501,10 @@ async fn activate(
 ) -> Result<ActivateOutcome, ProvisionError> {
     let admin = target.admin_user.as_str();
     let name = user.as_str();
-    let account = quote_account(name);
-    let role_name = all_in_one_role(user);
-    let role = quote_ident(&role_name);
-    // Every requested role must exist and be grantable by the admin before anything is
-    // created: MariaDB commits account statements one by one.
+    // Every requested role must be one dbward may grant, exist and be grantable by the admin
+    // before anything is created: MariaDB commits account statements one by one.
     for wanted in requested {
+        check_never_granted(conn, target, wanted, name).await?;
         check_grantable(conn, admin, wanted, name).await?;
     }
     // The same name on another host (`root`@`localhost`) or as a role is someone else's
@@ -464,20 +523,7 @@ async fn activate(
         return Err(ProvisionError::UserNotManaged { user: name.into() });
     }
     let outcome = match user_state(conn, user, admin).await? {
-        None => {
-            let subject = quote::subject_literal(name);
-            exec(
-                conn,
-                &format!("CREATE USER {account} REQUIRE SUBJECT {subject}"),
-                admin,
-                name,
-            )
-            .await?;
-            let marker = quote_ident(MARKER_ROLE);
-            exec(conn, &format!("GRANT {marker} TO {account}"), admin, name).await?;
-            record_name(conn, target, name, dbward_name).await?;
-            ActivateOutcome::Created
-        }
+        None => ActivateOutcome::Created,
         Some(state) if !state.managed => {
             return Err(ProvisionError::UserNotManaged { user: name.into() })
         }
@@ -500,7 +546,55 @@ async fn activate(
             ActivateOutcome::Reactivated
         }
     };
-    // Idle or new: strip, grant exactly the requested roles, unlock.
+    let mut created = false;
+    let made = make_active(
+        conn,
+        target,
+        user,
+        dbward_name,
+        requested,
+        outcome == ActivateOutcome::Created,
+        &mut created,
+    )
+    .await;
+    match made {
+        Ok(()) => Ok(outcome),
+        Err(err) => {
+            undo_activation(conn, target, user, created, outcome).await;
+            Err(err)
+        }
+    }
+}
+
+/// Creates the user when `create` (setting `created` once it exists), then gives it a clean
+/// slate, exactly the `requested` roles (through its all-in-one role) and login.
+async fn make_active(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &DbUserName,
+    dbward_name: &str,
+    requested: &BTreeSet<String>,
+    create: bool,
+    created: &mut bool,
+) -> Result<(), ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let name = user.as_str();
+    let account = quote_account(name);
+    let role_name = all_in_one_role(user);
+    let role = quote_ident(&role_name);
+    if create {
+        // Locked until the last step: a failure half way never leaves a user who can log in.
+        let subject = quote::subject_literal(name);
+        exec(
+            conn,
+            &format!("CREATE USER {account} REQUIRE SUBJECT {subject} ACCOUNT LOCK"),
+            admin,
+            name,
+        )
+        .await?;
+        *created = true;
+        record_name(conn, target, name, dbward_name).await?;
+    }
     exec(
         conn,
         &format!("CREATE ROLE IF NOT EXISTS {role}"),
@@ -508,16 +602,7 @@ async fn activate(
         name,
     )
     .await?;
-    for held in direct_roles(conn, name, "%", admin).await? {
-        if held != MARKER_ROLE && held != role_name {
-            let held = quote_ident(&held);
-            exec(conn, &format!("REVOKE {held} FROM {account}"), admin, name).await?;
-        }
-    }
-    for held in direct_roles(conn, &role_name, "", admin).await? {
-        let held = quote_ident(&held);
-        exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
-    }
+    clean_slate(conn, target, user).await?;
     for granted in requested {
         let granted = quote_ident(granted);
         exec(conn, &format!("GRANT {granted} TO {role}"), admin, name).await?;
@@ -537,7 +622,161 @@ async fn activate(
         name,
     )
     .await?;
-    Ok(outcome)
+    Ok(())
+}
+
+/// Puts the user back to what dbward made: no password, its `REQUIRE SUBJECT`, no resource
+/// limits, no privilege of its own, member of the marker role only, no default role; its
+/// all-in-one role (when it exists) holds nothing. Leaves login as it is.
+async fn clean_slate(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &DbUserName,
+) -> Result<(), ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let name = user.as_str();
+    let account = quote_account(name);
+    let role_name = all_in_one_role(user);
+    let role = quote_ident(&role_name);
+    exec(
+        conn,
+        &render(
+            CLEAN_SLATE_SQL,
+            &[
+                ("account", &account),
+                ("subject", &quote::subject_literal(name)),
+            ],
+        ),
+        admin,
+        name,
+    )
+    .await?;
+    // This also revokes every role the user holds (whoever administers them), the marker
+    // included: granted back at once.
+    revoke_privileges(conn, &account, admin, name).await?;
+    for held in direct_roles(conn, name, "%", admin).await? {
+        if held != MARKER_ROLE {
+            let held = quote_ident(&held);
+            exec(conn, &format!("REVOKE {held} FROM {account}"), admin, name).await?;
+        }
+    }
+    let marker = quote_ident(MARKER_ROLE);
+    exec(conn, &format!("GRANT {marker} TO {account}"), admin, name).await?;
+    exec(
+        conn,
+        &format!("SET DEFAULT ROLE NONE FOR {account}"),
+        admin,
+        name,
+    )
+    .await?;
+    if role_exists(conn, &role_name, admin, name).await? {
+        revoke_privileges(conn, &role, admin, name).await?;
+        for held in direct_roles(conn, &role_name, "", admin).await? {
+            let held = quote_ident(&held);
+            exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Revokes every privilege and role `grantee` (a quoted account or role) holds directly.
+/// MariaDB answers `ER_NONEXISTING_GRANT` for a role that holds roles but no privilege of its
+/// own, after revoking the roles; the caller revokes whatever is left one by one.
+async fn revoke_privileges(
+    conn: &mut Conn,
+    grantee: &str,
+    admin: &str,
+    user: &str,
+) -> Result<(), ProvisionError> {
+    let sql = render(REVOKE_PRIVILEGES_SQL, &[("grantee", grantee)]);
+    match conn.query(&sql).await {
+        Ok(_) => Ok(()),
+        Err(DbError::Server(err)) if err.code == errno::NONEXISTING_GRANT => Ok(()),
+        Err(err) => Err(map_error(&err, admin, user)),
+    }
+}
+
+/// After a failed activation: a user this activation created is dropped with its role and
+/// record; a user it was reactivating is locked and loses its all-in-one role. Best effort:
+/// the reconciler finds whatever a broken connection leaves.
+async fn undo_activation(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    user: &DbUserName,
+    created: bool,
+    outcome: ActivateOutcome,
+) {
+    let name = user.as_str();
+    let account = quote_account(name);
+    let role = quote_ident(&all_in_one_role(user));
+    let statements = if created {
+        vec![
+            format!("DROP USER IF EXISTS {account}"),
+            format!("DROP ROLE IF EXISTS {role}"),
+            format!(
+                "DELETE FROM {}.user_attributes WHERE `User` = {}",
+                quote_ident(&target.default_schema),
+                hex_literal(name)
+            ),
+        ]
+    } else if outcome == ActivateOutcome::Reactivated {
+        vec![
+            format!("ALTER USER {account} ACCOUNT LOCK"),
+            format!("REVOKE {role} FROM {account}"),
+        ]
+    } else {
+        // The failure came before anything was created.
+        Vec::new()
+    };
+    for sql in statements {
+        if let Err(err) = conn.query(&sql).await {
+            tracing::warn!(user = name, %err, "undoing a failed activation");
+        }
+    }
+}
+
+async fn role_exists(
+    conn: &mut Conn,
+    role: &str,
+    admin: &str,
+    user: &str,
+) -> Result<bool, ProvisionError> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND is_role = 'Y'",
+        hex_literal(role)
+    );
+    Ok(count(conn, &sql, admin, user).await? > 0)
+}
+
+/// Refuses a role dbward must never grant, naming the reason (`sql/never_granted.sql`).
+async fn check_never_granted(
+    conn: &mut Conn,
+    target: &AdminTarget,
+    role: &str,
+    user: &str,
+) -> Result<(), ProvisionError> {
+    let admin = target.admin_user.as_str();
+    let sql = render(
+        NEVER_GRANTED_SQL,
+        &[
+            ("role", &hex_literal(role)),
+            ("admin", &hex_literal(admin)),
+            ("marker", &hex_literal(MARKER_ROLE)),
+            ("role_prefix", &hex_literal(ROLE_PREFIX)),
+            ("set_user_bit", &SET_USER_ACCESS_BIT.to_string()),
+        ],
+    );
+    match conn
+        .query_value(&sql)
+        .await
+        .map_err(|e| map_error(&e, admin, user))?
+    {
+        Some(reason) => Err(ProvisionError::RoleForbidden {
+            role: role.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn deactivate(
@@ -549,8 +788,7 @@ async fn deactivate(
     let admin = target.admin_user.as_str();
     let name = user.as_str();
     let account = quote_account(name);
-    let role_name = all_in_one_role(user);
-    let role = quote_ident(&role_name);
+    let role = quote_ident(&all_in_one_role(user));
 
     // Close the race with a login: lock first, then look for sessions.
     exec(
@@ -599,24 +837,9 @@ async fn deactivate(
             }
         }
     }
-    for held in direct_roles(conn, &role_name, "", admin).await? {
-        let held = quote_ident(&held);
-        exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
-    }
-    // A locked user holds the marker role only; activation grants the all-in-one role back.
-    if direct_roles(conn, name, "%", admin)
-        .await?
-        .contains(&role_name)
-    {
-        exec(conn, &format!("REVOKE {role} FROM {account}"), admin, name).await?;
-        exec(
-            conn,
-            &format!("SET DEFAULT ROLE NONE FOR {account}"),
-            admin,
-            name,
-        )
-        .await?;
-    }
+    // A locked user holds the marker role only and nothing it gave itself; activation
+    // grants the all-in-one role back.
+    clean_slate(conn, target, user).await?;
     // A DEFINER is kept, locked like in `keep` mode, so its views and routines survive.
     Ok(if fell_back {
         DeactivateOutcome::DropFellBackToLock

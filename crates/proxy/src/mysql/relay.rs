@@ -1,24 +1,70 @@
-//! The relay for MySQL sessions: copies bytes both ways unchanged and taps the SQL the client
-//! sends.
+//! The relay for MySQL sessions: copies bytes both ways, taps the SQL the client sends, and
+//! keeps from the server the commands that would change who the session is.
 //!
 //! Bytes are forwarded as soon as they are read, through one reused buffer per direction.
 //! Client-to-server bytes also go through a packet tap that follows packet headers (3-byte
 //! length and sequence id, split across reads included). A packet with sequence id 0 starts
 //! a command; of those, `COM_QUERY`, `COM_STMT_PREPARE` and `COM_QUIT` are reported. Other
-//! client packets (LOAD DATA LOCAL contents, authentication during COM_CHANGE_USER) continue
+//! client packets (LOAD DATA LOCAL contents, whose sequence ids wrap from 255 to 0) continue
 //! a command and are never mistaken for one. The tap sees a command before its last byte is
 //! forwarded, so the audit record never trails the statement it describes.
+//!
+//! # Commands the gateway refuses
+//!
+//! The database user is the one dbward provisioned for the person; the session must stay
+//! that user. [`refused_command`] lists the commands that would change that or that have no
+//! business on a person's session, with the reason for each. Such a command is never
+//! forwarded (not one byte of it: the header of a packet that may start a command is held
+//! until its command byte is known); the client gets an ERR packet with the next sequence id,
+//! exactly where the server's answer would be, so its connection stays usable, and the tap
+//! reports [`MysqlTap::Refused`] for the audit. Every other command is relayed: the server
+//! checks the user's privileges (`COM_SHUTDOWN`, `COM_PROCESS_KILL`, ...) as for any SQL,
+//! and `COM_RESET_CONNECTION` keeps the user.
 
 use std::borrow::Cow;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::packet::{command, MAX_PAYLOAD};
+use super::packet::{command, frame, ErrPacket, MAX_PAYLOAD};
 use crate::pg::RelayStats;
+use crate::relay::Filtered;
 
 /// SQL text longer than this reaches the tap cut short (and marked `truncated`); the bytes
 /// themselves are always forwarded whole.
 pub const TAP_SQL_LIMIT: usize = 1 << 20;
+
+/// Error number of the gateway's refusal (`ER_SPECIFIC_ACCESS_DENIED_ERROR`): a plain
+/// access error, which clients report and survive (an `08S01` would make them drop the
+/// connection).
+pub const REFUSED_COMMAND_CODE: u16 = 1227;
+/// SQLSTATE of the gateway's refusal.
+pub const REFUSED_COMMAND_SQLSTATE: &str = "42000";
+
+/// The name of a command the gateway never forwards, or `None` for one it relays.
+///
+/// - `COM_CHANGE_USER` (0x11) would log the session in as another account.
+/// - `COM_BINLOG_DUMP` (0x12), `COM_BINLOG_DUMP_GTID` (0x1e), `COM_REGISTER_SLAVE` (0x15)
+///   and `COM_TABLE_DUMP` (0x13) make the session a replica: it would stream every change
+///   of the server, whatever the user's roles say about the data.
+/// - `COM_CONNECT_OUT` (0x14), `COM_DAEMON` (0x1d), `COM_CONNECT` (0x0b), `COM_TIME` (0x0f)
+///   and `COM_DELAYED_INSERT` (0x10) are the server's own internal commands; no client sends
+///   them. (`COM_SLEEP`, 0x00, is internal too but is relayed: the server answers it with an
+///   error anyway, and a first byte of 0 is common in the data packets of LOAD DATA LOCAL.)
+pub fn refused_command(command: u8) -> Option<&'static str> {
+    Some(match command {
+        0x0b => "COM_CONNECT",
+        0x0f => "COM_TIME",
+        0x10 => "COM_DELAYED_INSERT",
+        0x11 => "COM_CHANGE_USER",
+        0x12 => "COM_BINLOG_DUMP",
+        0x13 => "COM_TABLE_DUMP",
+        0x14 => "COM_CONNECT_OUT",
+        0x15 => "COM_REGISTER_SLAVE",
+        0x1d => "COM_DAEMON",
+        0x1e => "COM_BINLOG_DUMP_GTID",
+        _ => return None,
+    })
+}
 
 /// A client command the relay reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +85,21 @@ pub enum MysqlTap<'a> {
     },
     /// `COM_QUIT`: the client is ending the session.
     Quit,
+    /// A command in [`refused_command`]: it was not forwarded and the client got an ERR.
+    Refused {
+        /// The command's name (`COM_CHANGE_USER`, ...).
+        command: &'static str,
+    },
+}
+
+/// The message of the ERR packet that refuses `command`.
+pub fn refused_message(command: &str) -> String {
+    format!("dbward does not relay {command}: the session keeps the database user it was opened as")
 }
 
 /// Relays between `client` and `server` until one of them closes or fails, calling `tap` for
-/// every `COM_QUERY`, `COM_STMT_PREPARE` and `COM_QUIT` the client sends.
+/// every `COM_QUERY`, `COM_STMT_PREPARE` and `COM_QUIT` the client sends, and refusing the
+/// commands of [`refused_command`] (reported to `tap` as [`MysqlTap::Refused`]).
 ///
 /// When the client closes, the server's side is shut down and the server gets a few seconds
 /// to finish; when the server closes, the client's side is shut down at once. Either way both
@@ -54,8 +111,8 @@ where
     F: FnMut(MysqlTap<'_>),
 {
     let mut packets = PacketTap::new();
-    crate::relay::relay_inspecting(client, server, |chunk| {
-        packets.feed(chunk, &mut tap);
+    crate::relay::relay_filtering(client, server, |chunk, out| {
+        packets.feed(chunk, &mut tap, out);
         Ok(())
     })
     .await
@@ -79,6 +136,16 @@ pub(crate) struct PacketTap {
     command: Option<u8>,
     /// The current logical packet starts a command and its first byte is still to come.
     expect_command: bool,
+    /// The current logical packet is a refused command: none of it is forwarded.
+    dropping: bool,
+    /// Bytes of the current logical packet kept back until it is known whether it is a
+    /// refused command (its header, at most 4 bytes).
+    held: Vec<u8>,
+    /// The previous logical packet carried data with sequence id 255: a packet with
+    /// sequence id 0 continues that exchange (LOAD DATA LOCAL) rather than start a command.
+    wraps: bool,
+    /// Payload bytes seen of the current logical packet.
+    logical_len: usize,
     gathered: Vec<u8>,
     truncated: bool,
 }
@@ -92,80 +159,136 @@ impl PacketTap {
             full_packet: false,
             command: None,
             expect_command: false,
+            dropping: false,
+            held: Vec::new(),
+            wraps: false,
+            logical_len: 0,
             gathered: Vec::new(),
             truncated: false,
         }
     }
 
-    /// Consumes the next chunk of the client's byte stream.
-    pub(crate) fn feed<F>(&mut self, mut data: &[u8], tap: &mut F)
+    /// Consumes the next chunk of the client's byte stream; what is to be forwarded and what
+    /// the client is to be answered goes to `out`.
+    pub(crate) fn feed<F>(&mut self, chunk: &[u8], tap: &mut F, out: &mut Filtered)
     where
         F: FnMut(MysqlTap<'_>),
     {
-        while !data.is_empty() {
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let data = &chunk[pos..];
             if self.header_len < 4 {
-                if self.header_len == 0 && !self.continuing() && data.len() >= 4 {
+                if self.header_len == 0 && !self.full_packet && data.len() >= 4 {
                     let len = payload_len(&data[..3]);
                     if len < MAX_PAYLOAD && data.len() >= 4 + len {
-                        if data[3] == 0 && len > 0 {
-                            report(data[4], &data[5..4 + len], false, tap);
+                        // A whole packet in this chunk: decided and reported at once.
+                        let seq = data[3];
+                        let starts_command = seq == 0 && !self.wraps && len > 0;
+                        let refused = if starts_command {
+                            refused_command(data[4])
+                        } else {
+                            None
+                        };
+                        if let Some(name) = refused {
+                            edit(out, chunk, pos);
+                            refuse(name, seq, tap, out);
+                        } else {
+                            pass(out, chunk, pos, pos + 4 + len);
+                            if starts_command {
+                                report(data[4], &data[5..4 + len], false, tap);
+                            }
                         }
-                        data = &data[4 + len..];
+                        self.wraps = seq == 255 && len > 0;
+                        pos += 4 + len;
                         continue;
                     }
                 }
                 let take = (4 - self.header_len).min(data.len());
                 self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
                 self.header_len += take;
-                data = &data[take..];
-                if self.header_len == 4 && self.start_packet() {
-                    self.end_packet(tap);
+                if self.full_packet {
+                    // The header of a physical packet that continues the current one.
+                    if self.dropping {
+                        edit(out, chunk, pos);
+                    } else {
+                        pass(out, chunk, pos, pos + take);
+                    }
+                } else {
+                    edit(out, chunk, pos);
+                    self.held.extend_from_slice(&data[..take]);
+                }
+                pos += take;
+                if self.header_len == 4 && self.start_packet(chunk, pos, out) {
+                    self.end_packet(tap, out);
                 }
             } else {
-                let mut take = self.remaining.min(data.len());
+                let take = self.remaining.min(data.len());
+                let mut body = &data[..take];
                 if self.expect_command && take > 0 {
-                    self.command = Some(data[0]);
+                    let first = body[0];
+                    self.command = Some(first);
                     self.expect_command = false;
-                    data = &data[1..];
-                    self.remaining -= 1;
-                    take -= 1;
+                    body = &body[1..];
+                    if refused_command(first).is_some() {
+                        self.dropping = true;
+                        self.held.clear();
+                    } else {
+                        self.release(chunk, pos, out);
+                    }
                 }
+                if self.dropping {
+                    edit(out, chunk, pos);
+                } else {
+                    pass(out, chunk, pos, pos + take);
+                }
+                self.logical_len += take;
                 if matches!(self.command, Some(command::QUERY | command::STMT_PREPARE)) {
                     let room = TAP_SQL_LIMIT - self.gathered.len();
-                    self.gathered.extend_from_slice(&data[..take.min(room)]);
-                    self.truncated |= take > room;
+                    self.gathered
+                        .extend_from_slice(&body[..body.len().min(room)]);
+                    self.truncated |= body.len() > room;
                 }
                 self.remaining -= take;
-                data = &data[take..];
+                pos += take;
                 if self.remaining == 0 {
-                    self.end_packet(tap);
+                    self.end_packet(tap, out);
                 }
             }
         }
     }
 
-    /// Whether the next physical packet continues the current logical one.
-    fn continuing(&self) -> bool {
-        self.full_packet
+    /// Forwards the held header, now known not to start a refused command; `pos` is where
+    /// the chunk has got to.
+    fn release(&mut self, chunk: &[u8], pos: usize, out: &mut Filtered) {
+        if !self.held.is_empty() {
+            edit(out, chunk, pos);
+            out.forward.append(&mut self.held);
+        }
     }
 
     /// Takes in a complete header; `true` when the packet has no payload and so has ended.
-    fn start_packet(&mut self) -> bool {
+    fn start_packet(&mut self, chunk: &[u8], pos: usize, out: &mut Filtered) -> bool {
         let len = payload_len(&self.header[..3]);
         let seq = self.header[3];
         if !self.full_packet {
-            // A new logical packet: a command when its sequence id is 0.
+            // A new logical packet: a command when its sequence id is 0, unless it continues
+            // an exchange whose sequence ids wrapped.
             self.command = None;
-            self.expect_command = seq == 0;
+            self.expect_command = seq == 0 && !self.wraps && len > 0;
+            self.dropping = false;
+            self.logical_len = 0;
             self.gathered.clear();
             self.truncated = false;
+            if !self.expect_command {
+                self.release(chunk, pos, out);
+            }
         }
         self.full_packet = len == MAX_PAYLOAD;
         self.remaining = len;
         len == 0
     }
 
-    fn end_packet<F>(&mut self, tap: &mut F)
+    fn end_packet<F>(&mut self, tap: &mut F, out: &mut Filtered)
     where
         F: FnMut(MysqlTap<'_>),
     {
@@ -173,15 +296,52 @@ impl PacketTap {
         if self.full_packet {
             return;
         }
+        let seq = self.header[3];
+        self.wraps = seq == 255 && self.logical_len > 0;
         if let Some(command) = self.command.take() {
-            report(command, &self.gathered, self.truncated, tap);
+            match refused_command(command).filter(|_| self.dropping) {
+                Some(name) => refuse(name, seq, tap, out),
+                None => report(command, &self.gathered, self.truncated, tap),
+            }
         }
+        self.dropping = false;
         self.expect_command = false;
         // Keep the buffer for the next command, unless an unusually large one grew it.
         if self.gathered.capacity() > 64 * 1024 {
             self.gathered = Vec::new();
         }
     }
+}
+
+/// From `pos` on, the chunk is no longer forwarded as read: what came before is copied to
+/// `out.forward` and later bytes are added one by one with [`pass`].
+fn edit(out: &mut Filtered, chunk: &[u8], pos: usize) {
+    if !out.edited {
+        out.edited = true;
+        out.forward.extend_from_slice(&chunk[..pos]);
+    }
+}
+
+/// Forwards `chunk[from..to]`.
+fn pass(out: &mut Filtered, chunk: &[u8], from: usize, to: usize) {
+    if out.edited {
+        out.forward.extend_from_slice(&chunk[from..to]);
+    }
+}
+
+/// Answers a refused command whose last packet had sequence id `seq` and reports it.
+fn refuse<F>(name: &'static str, seq: u8, tap: &mut F, out: &mut Filtered)
+where
+    F: FnMut(MysqlTap<'_>),
+{
+    let err = ErrPacket {
+        code: REFUSED_COMMAND_CODE,
+        sqlstate: REFUSED_COMMAND_SQLSTATE.to_string(),
+        message: refused_message(name),
+    };
+    out.reply
+        .extend_from_slice(&frame(seq.wrapping_add(1), &err.encode()));
+    tap(MysqlTap::Refused { command: name });
 }
 
 fn payload_len(bytes: &[u8]) -> usize {
@@ -235,7 +395,29 @@ mod tests {
             MysqlTap::Query { sql, truncated } => format!("Q {sql} {truncated}"),
             MysqlTap::Prepare { sql, truncated } => format!("P {sql} {truncated}"),
             MysqlTap::Quit => "QUIT".into(),
+            MysqlTap::Refused { command } => format!("REFUSED {command}"),
         }
+    }
+
+    /// Feeds `bytes` in chunks of `size`; the events, the bytes forwarded and the bytes
+    /// answered to the client.
+    fn filter(bytes: &[u8], size: usize) -> (Vec<String>, Vec<u8>, Vec<u8>) {
+        let mut events = Vec::new();
+        let mut forwarded = Vec::new();
+        let mut replies = Vec::new();
+        let mut tap = PacketTap::new();
+        let mut out = Filtered::default();
+        for chunk in bytes.chunks(size) {
+            tap.feed(chunk, &mut |e| events.push(describe(e)), &mut out);
+            if out.edited {
+                forwarded.append(&mut out.forward);
+            } else {
+                forwarded.extend_from_slice(chunk);
+            }
+            replies.append(&mut out.reply);
+            out.edited = false;
+        }
+        (events, forwarded, replies)
     }
 
     fn command_packet(command: u8, body: &[u8]) -> Vec<u8> {
@@ -277,22 +459,109 @@ mod tests {
 
     #[test]
     fn tap_reports_commands_fed_whole() {
-        let mut events = Vec::new();
-        PacketTap::new().feed(&conversation(), &mut |e| events.push(describe(e)));
+        let bytes = conversation();
+        let (events, forwarded, replies) = filter(&bytes, bytes.len());
         assert_eq!(events, expected());
+        assert_eq!(forwarded, bytes);
+        assert!(replies.is_empty());
     }
 
     #[test]
     fn tap_reports_commands_fed_in_any_chunking() {
         let bytes = conversation();
         for size in [1, 2, 3, 4, 5, 7, 13] {
-            let mut events = Vec::new();
-            let mut tap = PacketTap::new();
-            for chunk in bytes.chunks(size) {
-                tap.feed(chunk, &mut |e| events.push(describe(e)));
-            }
+            let (events, forwarded, replies) = filter(&bytes, size);
             assert_eq!(events, expected(), "chunks of {size}");
+            assert_eq!(forwarded, bytes, "chunks of {size}");
+            assert!(replies.is_empty());
         }
+    }
+
+    /// COM_CHANGE_USER as a client library sends it: user, auth data, database, charset,
+    /// plugin.
+    fn change_user_packet() -> Vec<u8> {
+        let mut body = b"svc_app\0".to_vec();
+        body.push(20);
+        body.extend_from_slice(&[0x5a; 20]);
+        body.extend_from_slice(b"\0\x2d\0mysql_native_password\0");
+        command_packet(0x11, &body)
+    }
+
+    #[test]
+    fn identity_and_replication_commands_are_never_forwarded_in_any_chunking() {
+        for refused in [0x11u8, 0x12, 0x13, 0x14, 0x15, 0x1d, 0x1e] {
+            let mut bytes = command_packet(command::QUERY, b"select 1");
+            let forbidden = if refused == 0x11 {
+                change_user_packet()
+            } else {
+                command_packet(refused, &[4, 0, 0, 0, 0, 0, 1, 0, 0, 0])
+            };
+            bytes.extend_from_slice(&forbidden);
+            bytes.extend(command_packet(command::QUERY, b"select current_user()"));
+            let mut allowed = command_packet(command::QUERY, b"select 1");
+            allowed.extend(command_packet(command::QUERY, b"select current_user()"));
+            let name = refused_command(refused).unwrap();
+            for size in [1, 2, 3, 4, 5, 6, 7, 13, bytes.len()] {
+                let (events, forwarded, replies) = filter(&bytes, size);
+                assert_eq!(forwarded, allowed, "{name} in chunks of {size}");
+                assert_eq!(
+                    events,
+                    [
+                        "Q select 1 false".to_string(),
+                        format!("REFUSED {name}"),
+                        "Q select current_user() false".to_string()
+                    ],
+                    "{name} in chunks of {size}"
+                );
+                let mut reply = &replies[..];
+                let err = block_on(crate::mysql::packet::read_packet(&mut reply, 1 << 20))
+                    .expect("an ERR packet");
+                assert!(reply.is_empty(), "one answer");
+                assert_eq!(err.seq, 1, "answered where the server's answer would be");
+                let err = ErrPacket::decode(&err.payload).unwrap();
+                assert_eq!((err.code, err.sqlstate.as_str()), (1227, "42000"));
+                assert!(err.message.contains(name), "{}", err.message);
+            }
+        }
+    }
+
+    #[test]
+    fn load_data_packets_whose_sequence_wraps_are_not_taken_for_commands() {
+        let mut bytes = command_packet(command::QUERY, b"load data local infile 'f' into table t");
+        let mut load = Vec::new();
+        // The file's packets run from sequence id 2 past 255 to 0 and on; the one with id 0
+        // starts with the byte of COM_CHANGE_USER.
+        for seq in 2..=255u8 {
+            load.extend(frame(seq, b"1,2\n"));
+        }
+        load.extend(frame(0, b"\x11x,y\n"));
+        load.extend(frame(1, &[]));
+        bytes.extend_from_slice(&load);
+        // The next seq-0 packet is a command again.
+        bytes.extend(change_user_packet());
+        let mut allowed =
+            command_packet(command::QUERY, b"load data local infile 'f' into table t");
+        allowed.extend_from_slice(&load);
+        for size in [1, 3, 4, 5, 4096] {
+            let (events, forwarded, replies) = filter(&bytes, size);
+            assert_eq!(forwarded, allowed, "chunks of {size}");
+            assert_eq!(
+                events,
+                [
+                    "Q load data local infile 'f' into table t false",
+                    "REFUSED COM_CHANGE_USER"
+                ]
+            );
+            assert_eq!(replies[3], 1);
+        }
+    }
+
+    /// Runs a future that never waits (reading from a slice).
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -309,12 +578,25 @@ mod tests {
         wire.extend(command_packet(command::QUERY, b"select 2"));
         let mut seen = Vec::new();
         let mut tap = PacketTap::new();
+        let mut out = Filtered::default();
+        let mut forwarded = Vec::new();
         for chunk in wire.chunks(crate::relay::COPY_BUFFER) {
-            tap.feed(chunk, &mut |e| match e {
-                MysqlTap::Query { sql, truncated } => seen.push((sql.len(), truncated)),
-                other => panic!("unexpected {other:?}"),
-            });
+            tap.feed(
+                chunk,
+                &mut |e| match e {
+                    MysqlTap::Query { sql, truncated } => seen.push((sql.len(), truncated)),
+                    other => panic!("unexpected {other:?}"),
+                },
+                &mut out,
+            );
+            if out.edited {
+                forwarded.append(&mut out.forward);
+            } else {
+                forwarded.extend_from_slice(chunk);
+            }
+            out.edited = false;
         }
+        assert!(forwarded == wire, "every byte forwarded in order");
         assert_eq!(seen, [(TAP_SQL_LIMIT, true), (8, false)]);
     }
 
@@ -350,6 +632,50 @@ mod tests {
         assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
         assert_eq!(stats.client_to_server, sent.len() as u64);
         assert_eq!(stats.server_to_client, 3);
+    }
+
+    #[tokio::test]
+    async fn relay_answers_a_refused_command_itself_and_the_session_goes_on() {
+        let (mut app, mut client) = duplex(1024);
+        let (mut server, mut db) = duplex(1024);
+        let relay_task = tokio::spawn(async move {
+            let mut events = Vec::new();
+            let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
+            (stats, events)
+        });
+        app.write_all(&change_user_packet()).await.unwrap();
+        let answer = crate::mysql::packet::read_packet(&mut app, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(answer.seq, 1);
+        assert_eq!(ErrPacket::decode(&answer.payload).unwrap().code, 1227);
+        // The next command reaches the server and its answer the client.
+        let query = command_packet(command::QUERY, b"select current_user()");
+        app.write_all(&query).await.unwrap();
+        let mut received = vec![0u8; query.len()];
+        db.read_exact(&mut received).await.unwrap();
+        assert_eq!(
+            received, query,
+            "the refused command never reached the server"
+        );
+        db.write_all(&frame(1, &[0, 0, 0, 2, 0, 0, 0]))
+            .await
+            .unwrap();
+        let ok = crate::mysql::packet::read_packet(&mut app, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((ok.seq, ok.payload[0]), (1, 0));
+        drop(app);
+        let mut rest = Vec::new();
+        db.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(db);
+        let (stats, events) = relay_task.await.unwrap();
+        assert_eq!(
+            events,
+            ["REFUSED COM_CHANGE_USER", "Q select current_user() false"]
+        );
+        assert_eq!(stats.client_to_server, query.len() as u64);
     }
 
     #[tokio::test]

@@ -7,6 +7,30 @@
 //! let the session in, [`write_startup_reply`] tells the client it is ready, and
 //! [`send_error`] is how a refusal reaches it. Who the client is and what it may reach is not
 //! decided here.
+//!
+//! # Startup parameters that are refused
+//!
+//! The session must run as the database user the gateway chose, and the audit must say who
+//! that was. PostgreSQL applies startup parameters (top-level ones and the `-c name=value` /
+//! `--name=value` switches inside `options`) before the first query, so a few of them would
+//! change identity or the kind of session behind the gateway's back. They are refused with a
+//! FATAL `42501` naming the parameter, before the session is authorised or any database is
+//! contacted ([`refused_startup_parameter`]); silently dropping them would leave the client
+//! believing it runs as someone else.
+//!
+//! - `role` and `session_authorization`: switch the session to another role (a role the user
+//!   is a member of, such as the marker role, is accepted by PostgreSQL).
+//! - `is_superuser`: read-only in PostgreSQL; refused so that no version or fork can be
+//!   talked into it.
+//! - `replication` with any value other than false: a walsender session streams the whole
+//!   cluster's changes and skips the SQL privileges the user's roles define.
+//!
+//! Every other parameter is forwarded (a deny-list, not an allow-list): drivers send many
+//! (`DateStyle`, `TimeZone`, `extra_float_digits`, `search_path`, `application_name`, ...),
+//! and PostgreSQL applies each with the same privilege checks as a `SET` by that user, which
+//! refuses superuser-only settings. GUC names are compared the way PostgreSQL compares them:
+//! case-insensitively, with `-` read as `_` inside `options`, and `options` split at
+//! unescaped white space with `\` escaping the next character.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -215,6 +239,10 @@ where
         .params
         .into_iter()
         .partition(|(name, _)| name.starts_with(messages::PROTOCOL_EXTENSION_PREFIX));
+    if let Some(refused) = refused_startup_parameter(&params) {
+        send_error(&mut stream, "42501", &refused.to_string()).await?;
+        return Err(ProxyError::RefusedStartupParameter(refused.to_string()));
+    }
     // A newer minor version or protocol extensions are declined here, the way PostgreSQL
     // does it before authentication; the client then carries on with 3.0.
     if startup.minor_version > 0 || !extensions.is_empty() {
@@ -230,6 +258,144 @@ where
         client_certs,
         direct_tls,
     })))
+}
+
+/// A startup parameter the gateway refuses, as found in the startup packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedParameter {
+    /// The setting, as PostgreSQL would name it (`role`, `session_authorization`, ...).
+    pub name: String,
+    /// Whether it came inside the `options` parameter rather than on its own.
+    pub in_options: bool,
+}
+
+impl std::fmt::Display for RefusedParameter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.in_options { " (in options)" } else { "" };
+        write!(
+            f,
+            "dbward does not accept the startup parameter \"{}\"{place}: the session runs as the database user dbward chose",
+            self.name
+        )
+    }
+}
+
+/// Settings no client may make at startup; see the module documentation.
+const REFUSED_SETTINGS: [&str; 3] = ["role", "session_authorization", "is_superuser"];
+
+/// The first startup parameter of `params` that the gateway refuses, if any.
+pub fn refused_startup_parameter(params: &[(String, String)]) -> Option<RefusedParameter> {
+    for (name, value) in params {
+        let name = guc_name(name);
+        if name == "replication" && !is_false(value) {
+            return Some(RefusedParameter {
+                name,
+                in_options: false,
+            });
+        }
+        if name == "options" {
+            if let Some(name) = settings_in_options(value)
+                .into_iter()
+                .find(|setting| REFUSED_SETTINGS.contains(&setting.as_str()))
+            {
+                return Some(RefusedParameter {
+                    name,
+                    in_options: true,
+                });
+            }
+        } else if REFUSED_SETTINGS.contains(&name.as_str()) {
+            return Some(RefusedParameter {
+                name,
+                in_options: false,
+            });
+        }
+    }
+    None
+}
+
+/// A GUC name as PostgreSQL matches it: case-insensitive, `-` read as `_` (which is what
+/// `--name=value` and `-c name=value` do; a top-level name with `-` names nothing).
+fn guc_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
+}
+
+/// Whether PostgreSQL reads `value` as boolean false (`parse_bool`).
+fn is_false(value: &str) -> bool {
+    let value = value.to_ascii_lowercase();
+    matches!(value.as_str(), "0" | "of" | "off" | "n" | "no")
+        || (!value.is_empty() && "false".starts_with(value.as_str()))
+}
+
+/// The names of every setting the `options` string could make: the arguments of `-c` and
+/// `--`, found the way the server's `getopt` finds them (switches may be clustered, the
+/// argument may be attached or the next word). Every other word that looks like
+/// `name=value` is counted as well.
+fn settings_in_options(options: &str) -> Vec<String> {
+    // The server's switches that take an argument (postgres.c, process_postgres_switches).
+    const WITH_ARGUMENT: &str = "BCcDdfhkNprStvW-";
+    let words = split_options(options);
+    let mut names = Vec::new();
+    let mut setting = |argument: &str| {
+        if let Some((name, _)) = argument.split_once('=') {
+            names.push(guc_name(name));
+        }
+    };
+    let mut i = 0;
+    while i < words.len() {
+        let word = &words[i];
+        if let Some(switches) = word.strip_prefix('-') {
+            for (at, switch) in switches.char_indices() {
+                if WITH_ARGUMENT.contains(switch) {
+                    let attached = &switches[at + switch.len_utf8()..];
+                    let argument = if attached.is_empty() {
+                        i += 1;
+                        words.get(i).map(String::as_str).unwrap_or("")
+                    } else {
+                        attached
+                    };
+                    // Only `-c` and `--` set a named setting; the argument of any other
+                    // switch is looked at too, so that a switch whose meaning differs
+                    // between server versions cannot hide one.
+                    setting(argument);
+                    break;
+                }
+            }
+        } else {
+            setting(word);
+        }
+        i += 1;
+    }
+    names
+}
+
+/// `options` split into words as the server does (`pg_split_opts`): at white space, where a
+/// backslash makes the next character part of the word.
+fn split_options(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut escaped = false;
+    for c in options.chars() {
+        if escaped {
+            word.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+            in_word = true;
+        } else if c.is_ascii_whitespace() || c == '\u{0b}' {
+            if in_word {
+                words.push(std::mem::take(&mut word));
+                in_word = false;
+            }
+        } else {
+            word.push(c);
+            in_word = true;
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
 }
 
 /// Writes a FATAL ErrorResponse (fields `S`, `V`, `C`, `M`) and flushes it, so that psql
@@ -601,5 +767,132 @@ mod tests {
         assert_eq!(key_data.raw, messages::backend_key_data(77, 88));
         let ready = messages::read_message(&mut client, max).await.unwrap();
         assert_eq!((ready.tag, ready.body()), (b'Z', &b"I"[..]));
+    }
+
+    fn refused(params: &[(&str, &str)]) -> Option<String> {
+        refused_startup_parameter(&testing::params(params)).map(|r| r.name)
+    }
+
+    #[test]
+    fn identity_settings_are_refused_in_every_spelling() {
+        for options in [
+            "-c role=dbward-auto-user",
+            "-crole=dbward-auto-user",
+            "--role=dbward-auto-user",
+            "-c ROLE=x",
+            "--Role=x",
+            "-c session_authorization=postgres",
+            "--session-authorization=postgres",
+            "-c\tsession_authorization=postgres",
+            "-c statement_timeout=5 -c role=x",
+            "-Pcrole=x",
+            "-P -c role=x",
+            "-c application_name=a\\ b -c role=x",
+            "-c is_superuser=on",
+            "-- role=x",
+        ] {
+            assert!(
+                refused(&[("user", "alice"), ("options", options)]).is_some(),
+                "{options:?} was let through"
+            );
+        }
+        for (name, value) in [
+            ("role", "dbward-auto-user"),
+            ("ROLE", "x"),
+            ("session_authorization", "postgres"),
+            ("Session_Authorization", "postgres"),
+            ("is_superuser", "on"),
+            ("replication", "true"),
+            ("replication", "database"),
+            ("replication", "on"),
+            ("replication", "yes"),
+            ("REPLICATION", "1"),
+        ] {
+            assert_eq!(
+                refused(&[("user", "alice"), (name, value)]),
+                Some(name.to_ascii_lowercase()),
+                "{name}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_settings_pass() {
+        for options in [
+            "",
+            "-c statement_timeout=5000",
+            "-c search_path=role",
+            "-c application_name=role=x",
+            "-capplication_name=my\\ role=1",
+            "--search-path=public",
+            "-c DateStyle=ISO",
+        ] {
+            assert_eq!(
+                refused(&[("user", "alice"), ("options", options)]),
+                None,
+                "{options:?}"
+            );
+        }
+        assert_eq!(
+            refused(&[
+                ("user", "role"),
+                ("database", "session_authorization"),
+                ("application_name", "role=x"),
+                ("DateStyle", "ISO"),
+                ("extra_float_digits", "3"),
+                ("replication", "false"),
+                ("replication", "off"),
+                ("replication", "0"),
+                ("replication", "no"),
+            ]),
+            None
+        );
+    }
+
+    #[test]
+    fn options_are_split_like_the_server_does() {
+        assert_eq!(
+            split_options("  -c a=b\\ c\t--x=\\\\y \\"),
+            ["-c", "a=b c", "--x=\\y", ""]
+        );
+        assert_eq!(
+            settings_in_options("-c a=1 -cb=2 --c-d=3 -Pce=4 -d 5 f=6"),
+            ["a", "b", "c_d", "e", "f"]
+        );
+    }
+
+    #[tokio::test]
+    async fn startup_setting_role_is_refused_with_fatal_42501() {
+        let pki = testing::pki();
+        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
+        let (accepted, reply) = accept_with(&pki, |mut client| async move {
+            client.write_all(&messages::ssl_request()).await.unwrap();
+            read_byte(&mut client).await;
+            let mut tls = connector
+                .connect(testing::localhost(), client)
+                .await
+                .unwrap();
+            let params = testing::params(&[
+                ("user", "alice"),
+                ("database", "postgres"),
+                ("options", "-c role=dbward-auto-user"),
+            ]);
+            tls.write_all(&messages::startup_message(&params))
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            let mut reply = Vec::new();
+            let _ = tls.read_to_end(&mut reply).await;
+            reply
+        })
+        .await;
+        assert!(
+            matches!(accepted, Err(ProxyError::RefusedStartupParameter(_))),
+            "{accepted:?}"
+        );
+        assert_eq!(reply[0], b'E');
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains("C42501"), "{text}");
+        assert!(text.contains("\"role\" (in options)"), "{text}");
     }
 }

@@ -30,12 +30,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let next_id = std::sync::atomic::AtomicU32::new(1);
-    super::accept_loop(listener, shutdown, "mysql", move |tcp, peer| {
-        let connection_id = next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .max(1);
-        handle(gw.clone(), tcp, peer, tls.clone(), connection_id)
-    })
+    let gate = gw.pending.clone();
+    crate::listen::accept_loop(
+        listener,
+        gate,
+        shutdown,
+        "mysql",
+        move |tcp, peer, pending| {
+            let connection_id = next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .max(1);
+            handle(gw.clone(), tcp, peer, tls.clone(), connection_id, pending)
+        },
+    )
     .await;
 }
 
@@ -45,6 +52,7 @@ async fn handle(
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     connection_id: u32,
+    pending: crate::listen::Pending,
 ) {
     let server_version = gw
         .mysql_version
@@ -55,7 +63,13 @@ async fn handle(
         server_version,
         connection_id,
     };
-    let client = match mysql::accept(tcp, tls, greeting, HandshakeLimits::default()).await {
+    let limits = HandshakeLimits {
+        timeout: gw.config.limits.handshake_timeout,
+        ..HandshakeLimits::default()
+    };
+    let client = mysql::accept(tcp, tls, greeting, limits).await;
+    drop(pending);
+    let client = match client {
         Ok(client) => client,
         Err(err) => {
             tracing::info!(%peer, %err, "mysql handshake failed");
@@ -193,11 +207,27 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     }
     lifecycle::started(&gw, &authorized).await;
     let audit_query = lifecycle::query_audit(&gw, &authorized.fields);
+    let refusals = (gw.clone(), authorized.fields.clone());
     let tap = move |event: MysqlTap<'_>| match event {
         MysqlTap::Query { sql, .. } | MysqlTap::Prepare { sql, .. } => {
             audit_query(sql);
         }
         MysqlTap::Quit => {}
+        MysqlTap::Refused { command } => {
+            // Answered with an ERR by the relay, never forwarded; recorded as the query it was.
+            tracing::warn!(sid = %refusals.1.sid, command, "client command refused");
+            let (gw, fields) = refusals.clone();
+            tokio::spawn(async move {
+                let extra = serde_json::json!({
+                    "db_query": command,
+                    "success": false,
+                    "error": mysql::relay::refused_message(command),
+                });
+                gw.audit
+                    .emit(crate::audit::SESSION_QUERY, &fields, extra)
+                    .await;
+            });
+        }
     };
     let end = registration.end.clone();
     let mut server_stream = server.stream;

@@ -27,9 +27,14 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    super::accept_loop(listener, shutdown, "postgres", move |tcp, peer| {
-        handle(gw.clone(), tcp, peer, tls.clone())
-    })
+    let gate = gw.pending.clone();
+    crate::listen::accept_loop(
+        listener,
+        gate,
+        shutdown,
+        "postgres",
+        move |tcp, peer, pending| handle(gw.clone(), tcp, peer, tls.clone(), pending),
+    )
     .await;
 }
 
@@ -38,8 +43,15 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    pending: crate::listen::Pending,
 ) {
-    let accepted = match pg::accept(tcp, tls, pg::HandshakeLimits::default()).await {
+    let limits = pg::HandshakeLimits {
+        timeout: gw.config.limits.handshake_timeout,
+        ..pg::HandshakeLimits::default()
+    };
+    let accepted = pg::accept(tcp, tls, limits).await;
+    drop(pending);
+    let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(err) => {
             tracing::info!(%peer, %err, "postgres handshake failed");
