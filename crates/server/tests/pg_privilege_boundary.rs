@@ -84,10 +84,17 @@ fn session(files: &ClientFiles, user: &str, database: &str, sql: &str) -> PsqlRe
     let h = harness();
     let r = h.psql(files, user, database, sql);
     assert!(r.ok, "{user} runs {sql}: {r:?}");
-    h.eventually("teardown after the session", || {
-        h.can_login(user) == Some(false)
-    });
+    torn_down(user);
     r
+}
+
+/// Waits for both steps of teardown: login disabled, then (one transaction) the roles
+/// revoked and the role put back to a clean slate.
+fn torn_down(user: &str) {
+    let h = harness();
+    h.eventually("teardown after the session", || {
+        h.can_login(user) == Some(false) && h.memberships(user) == "dbward-auto-user"
+    });
 }
 
 /// `user`'s attributes in `pg_authid`:
@@ -264,9 +271,7 @@ fn a_password_and_settings_a_user_gives_itself_do_not_outlive_its_session() {
     );
     assert!(r.ok, "{r:?}");
     assert_eq!(r.stdout.lines().last(), Some("2"), "{r:?}");
-    h.eventually("teardown after the session", || {
-        h.can_login(&user) == Some(false)
-    });
+    torn_down(&user);
     assert_eq!(attributes(&user), clean(false), "after teardown");
     assert_eq!(settings(&user), "0", "after teardown");
 
@@ -292,9 +297,7 @@ fn a_password_and_settings_a_user_gives_itself_do_not_outlive_its_session() {
         Some("2")
     );
     s.close();
-    h.eventually("teardown after the next session", || {
-        h.can_login(&user) == Some(false)
-    });
+    torn_down(&user);
     assert_eq!(attributes(&user), clean(false), "after the next teardown");
     assert_eq!(settings(&user), "0", "after the next teardown");
 }
