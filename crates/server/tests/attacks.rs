@@ -1,0 +1,118 @@
+//! Attacks by a provisioned user on the privilege boundary (PROVISIONING.md §8), through the
+//! gateway against real PostgreSQL: each test is an attack that once worked, and asserts
+//! what the database catalogs show afterwards.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A db resource with an admin, one db role, and a dbward role that provisions with `mode`.
+struct World {
+    db: String,
+    reader: String,
+    role: String,
+}
+
+fn world(mode: &str) -> World {
+    let h = harness();
+    let n = unique("a");
+    let w = World {
+        db: format!("db-{n}"),
+        reader: format!("reader_{n}"),
+        role: format!("role-{n}"),
+    };
+    let admin = format!("adm_{n}");
+    h.create_admin(&admin, &[&w.reader]);
+    h.apply(&format!(
+        r#"kind: role
+version: v7
+metadata: {{name: {role}}}
+spec:
+  options: {{create_db_user_mode: {mode}}}
+  allow:
+    db_labels: {{test: "{n}"}}
+    db_names: ["*"]
+    db_roles: ["{reader}"]
+---
+{db}
+"#,
+        role = w.role,
+        reader = w.reader,
+        db = h.db_yaml(&w.db, &format!("{{test: \"{n}\"}}"), Some(&admin)),
+    ));
+    w
+}
+
+fn add_user(name: &str, roles: &[&str]) {
+    let roles = roles
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    harness().apply(&format!(
+        "kind: user\nversion: v2\nmetadata: {{name: {name:?}}}\nspec: {{roles: [{roles}]}}\n"
+    ));
+}
+
+/// Backends of `role` in the whole cluster.
+fn backends(role: &str) -> i64 {
+    harness()
+        .sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = {}",
+            lit(role)
+        ))
+        .parse()
+        .unwrap_or(-1)
+}
+
+/// Polls `check` for up to `limit`.
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// A statement that swallows cancel requests: the backend keeps running, with the user's
+/// roles, after the client is gone, unless the gateway terminates it.
+const CANCEL_PROOF: &str = "DO $$BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(3600); \
+     EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END$$";
+
+/// The client is killed while its statement ignores the cancel the gateway sends.
+#[test]
+fn backend_that_ignores_cancel_does_not_outlive_its_session() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("linger");
+    add_user(&user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[&w.reader]));
+    let mut child = h
+        .psql_command(&files, &user, "postgres", CANCEL_PROOF)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    h.eventually("session busy", || {
+        h.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = {} AND state = 'active'",
+            lit(&user)
+        )) == "1"
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        within(Duration::from_secs(30), || backends(&user) == 0
+            && h.can_login(&user) == Some(false)),
+        "backend still running ({}) and login {:?} after the session ended",
+        backends(&user),
+        h.can_login(&user)
+    );
+    assert_eq!(h.memberships(&user), "dbward-auto-user");
+}
