@@ -46,13 +46,13 @@ spec:
     w
 }
 
-fn add_user(name: &str, roles: &[&str]) {
+fn add_user(h: &Harness, name: &str, roles: &[&str]) {
     let roles = roles
         .iter()
         .map(|r| format!("{r:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    harness().apply(&format!(
+    h.apply(&format!(
         "kind: user\nversion: v2\nmetadata: {{name: {name:?}}}\nspec: {{roles: [{roles}]}}\n"
     ));
 }
@@ -91,7 +91,7 @@ fn backend_that_ignores_cancel_does_not_outlive_its_session() {
     let h = harness();
     let w = world("keep");
     let user = unique("linger");
-    add_user(&user, &[&w.role]);
+    add_user(h, &user, &[&w.role]);
     let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[&w.reader]));
     let mut child = h
         .psql_command(&files, &user, "postgres", CANCEL_PROOF)
@@ -115,4 +115,97 @@ fn backend_that_ignores_cancel_does_not_outlive_its_session() {
         h.can_login(&user)
     );
     assert_eq!(h.memberships(&user), "dbward-auto-user");
+}
+
+/// A MariaDB db resource whose admin has what provisioning and ending connections need.
+fn maria_world(mode: &str) -> World {
+    let h = maria_harness();
+    let n = unique("m");
+    let w = World {
+        db: format!("my-{n}"),
+        reader: format!("reader_{n}"),
+        role: format!("role-{n}"),
+    };
+    let admin = format!("adm_{n}");
+    h.maria_sql(&format!(
+        "CREATE USER '{a}'@'%' REQUIRE SUBJECT '/CN={a}';
+         GRANT PROCESS, CREATE USER, CONNECTION ADMIN ON *.* TO '{a}'@'%';
+         GRANT SELECT ON mysql.roles_mapping TO '{a}'@'%';
+         GRANT UPDATE ON mysql.* TO '{a}'@'%';
+         GRANT SELECT ON *.* TO '{a}'@'%';
+         CREATE ROLE IF NOT EXISTS `dbward-auto-user`;
+         GRANT `dbward-auto-user` TO '{a}'@'%' WITH ADMIN OPTION;
+         CREATE DATABASE IF NOT EXISTS dbward;
+         GRANT ALL ON dbward.* TO '{a}'@'%' WITH GRANT OPTION;
+         CREATE ROLE `{r}` WITH ADMIN '{a}'@'%';",
+        a = admin,
+        r = w.reader,
+    ));
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {role}}}\nspec:\n  options: {{create_db_user_mode: {mode}}}\n  allow:\n    db_labels: {{test: \"{n}\"}}\n    db_roles: [\"{reader}\"]\n---\n{db}\n",
+        role = w.role,
+        reader = w.reader,
+        db = h.maria_db_yaml(&w.db, &format!("{{test: \"{n}\"}}"), Some(&admin)),
+    ));
+    w
+}
+
+/// Connections of 'user' in MariaDB's process list.
+fn maria_connections(user: &str) -> i64 {
+    maria_harness()
+        .maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {}",
+            lit(user)
+        ))
+        .parse()
+        .unwrap_or(-1)
+}
+
+fn maria_locked(user: &str) -> Option<bool> {
+    let out = maria_harness().maria_sql(&format!(
+        "SELECT IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false') FROM mysql.global_priv WHERE User = {} AND Host = '%'",
+        lit(user)
+    ));
+    match out.as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A statement that never looks at its socket: MariaDB notices a vanished client only once
+/// the statement ends, so the connection runs on with the user's roles unless the gateway
+/// kills it.
+#[test]
+fn mariadb_busy_connection_does_not_outlive_its_session() {
+    let h = maria_harness();
+    let w = maria_world("keep");
+    let user = unique("mbusy");
+    add_user(h, &user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[&w.reader]));
+    let mut child = h
+        .mariadb_command(
+            &files,
+            &user,
+            "SELECT BENCHMARK(999999999999, SHA2(RAND(), 512))",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    h.eventually("session busy", || {
+        h.maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {} AND COMMAND = 'Query'",
+            lit(&user)
+        )) == "1"
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        within(Duration::from_secs(30), || maria_connections(&user) == 0
+            && maria_locked(&user) == Some(true)),
+        "connection still running ({}) and locked {:?} after the session ended",
+        maria_connections(&user),
+        maria_locked(&user)
+    );
 }

@@ -28,6 +28,7 @@
 mod conn;
 mod preflight;
 mod quote;
+mod terminate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
