@@ -3,7 +3,9 @@
 -- however deep: SUPER; CREATE USER (alter any account, the admin's included); the global
 -- grant option; FILE (read and write the server's files); SET USER (create routines that
 -- run as any definer); and writing the grant tables (INSERT, UPDATE or DELETE on *.* or
--- on the `mysql` schema).
+-- on the `mysql` schema). Nor a role that holds another role WITH ADMIN OPTION, itself or
+-- through a role granted to it: the user could grant that role to any account, and a grant
+-- it made is not its own, so no teardown undoes it.
 WITH RECURSIVE closure (role_name) AS (
   SELECT CAST({role} AS CHAR(128) CHARACTER SET utf8mb4)
   UNION
@@ -37,6 +39,11 @@ SELECT reason FROM (
     AND (d.Insert_priv = 'Y' OR d.Update_priv = 'Y' OR d.Delete_priv = 'Y'
          OR d.Grant_priv = 'Y' OR d.Drop_priv = 'Y' OR d.Alter_priv = 'Y'
          OR d.Create_priv = 'Y')
+  UNION ALL
+  SELECT 7, CONCAT('it may grant role ', m.`Role`, ' to others (ADMIN OPTION, through role ',
+                   m.`User`, ')')
+  FROM mysql.roles_mapping m JOIN closure c ON m.`User` = c.role_name
+  WHERE m.`Host` = '' AND m.Admin_option = 'Y'
 ) reasons
 ORDER BY ord
 LIMIT 1
