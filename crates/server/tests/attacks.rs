@@ -209,3 +209,81 @@ fn mariadb_busy_connection_does_not_outlive_its_session() {
         maria_locked(&user)
     );
 }
+
+/// A client packet with sequence id 255 makes the gateway take the next packet with id 0 for
+/// the continuation of a LOAD DATA LOCAL exchange; if the server took that packet for a
+/// command instead, a COM_CHANGE_USER would get through unseen.
+#[test]
+fn change_user_after_a_wrapped_sequence_id_is_never_executed() {
+    use dbward_proxy::mysql::packet;
+    let h = maria_harness();
+    let w = maria_world("keep");
+    let user = unique("wrap");
+    add_user(h, &user, &[&w.role]);
+    let target = unique("svc_wrap");
+    h.maria_sql(&format!(
+        "CREATE USER '{target}'@'%'; GRANT ALL ON *.* TO '{target}'@'%';"
+    ));
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+    let tls = dbward_pki::client_config(
+        Some(&std::fs::read_to_string(&files.ca).unwrap()),
+        dbward_pki::ServerVerification::Full,
+        Some((
+            &std::fs::read_to_string(&files.crt).unwrap(),
+            &std::fs::read_to_string(&files.key).unwrap(),
+        )),
+    )
+    .unwrap();
+    let mut answers = Vec::new();
+    h.block_on(async {
+        let login = dbward_proxy::mysql::UpstreamLogin {
+            user: &user,
+            database: None,
+            client_capabilities: dbward_proxy::mysql::GATEWAY_CAPABILITIES,
+            charset: 45,
+        };
+        let mut session = dbward_proxy::mysql::upstream::connect(
+            ("127.0.0.1", h.mysql_addr.port()),
+            tls,
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            &login,
+        )
+        .await
+        .expect("logs in through the gateway");
+        let mut change = vec![0x11u8];
+        change.extend_from_slice(target.as_bytes());
+        change.extend_from_slice(&[0, 0, 0, 45, 0]);
+        change.extend_from_slice(b"mysql_native_password\0");
+        // Sequence id 255 on a ping, then COM_CHANGE_USER with sequence id 0, in one write
+        // and in two.
+        let mut both = Vec::new();
+        for (seq, payload) in [(255u8, &[0x0eu8][..]), (0, &change[..])] {
+            let len = payload.len() as u32;
+            both.extend_from_slice(&len.to_le_bytes()[..3]);
+            both.push(seq);
+            both.extend_from_slice(payload);
+        }
+        use tokio::io::AsyncWriteExt;
+        let _ = session.stream.write_all(&both).await;
+        let _ = session.stream.flush().await;
+        for _ in 0..2 {
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                packet::read_packet(&mut session.stream, 1 << 20),
+            )
+            .await;
+            match answer {
+                Ok(Ok(reply)) => answers.push(reply.payload.first().copied()),
+                _ => break,
+            }
+        }
+    });
+    assert_eq!(
+        h.maria_sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = {}",
+            lit(&target)
+        )),
+        "0",
+        "a session ran as the other account (answers {answers:?})"
+    );
+}
