@@ -287,3 +287,35 @@ fn change_user_after_a_wrapped_sequence_id_is_never_executed() {
         "a session ran as the other account (answers {answers:?})"
     );
 }
+
+/// The fast-path `FunctionCall` message runs a function by OID without any SQL text (libpq's
+/// large-object calls use it): the audit must still record that something ran.
+#[test]
+fn fast_path_function_calls_are_audited() {
+    let h = harness();
+    let w = world("keep");
+    let user = unique("fastpath");
+    add_user(h, &user, &[&w.role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[&w.reader]));
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::write(&payload, b"written without a statement").unwrap();
+    let out = h.psql(
+        &files,
+        &user,
+        "postgres",
+        &format!("\\lo_import {}", payload.display()),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    h.eventually("session ended", || h.can_login(&user) == Some(false));
+    let queries: Vec<String> = h
+        .audit_events(&user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.query")
+        .filter_map(|e| e["db_query"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        queries.iter().any(|q| q.contains("FunctionCall")),
+        "no audit record of the fast-path calls in {queries:?}"
+    );
+}

@@ -211,6 +211,8 @@ async fn run_session(
             TapEvent::Query { sql, .. } | TapEvent::Parse { sql, .. } => {
                 audit_query(sql);
             }
+            // No SQL text: recorded by the function's OID (`pg_proc.oid`).
+            TapEvent::FunctionCall { oid } => audit_query(&format!("FunctionCall oid {oid}")),
             TapEvent::Terminate => terminated.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     };
