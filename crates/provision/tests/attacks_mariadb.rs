@@ -140,3 +140,72 @@ async fn a_role_that_can_grant_other_roles_is_never_granted() -> Result<()> {
     }
     Ok(())
 }
+
+/// A db role that may change the admin's schema lets the user rewrite dbward's record of
+/// which person each account belongs to (`user_attributes`), or put a trigger on it that
+/// runs whenever the admin records another user. Such a role is never granted.
+#[tokio::test]
+async fn a_role_that_can_change_the_admin_schema_is_never_granted() -> Result<()> {
+    let env = env();
+    let provisioner = MariaProvisioner::new();
+    let target = target(env);
+    let keeper = unique_name("keeper");
+    root(
+        env,
+        &format!(
+            "CREATE ROLE `{keeper}` WITH ADMIN '{ADMIN}'@'%';
+             GRANT SELECT, INSERT, UPDATE, DELETE ON `{DEFAULT_SCHEMA}`.* TO `{keeper}`;"
+        ),
+    );
+    let victim_name = unique_name("victim");
+    let victim = mariadb_user_name(&victim_name);
+    provisioner
+        .activate(&target, &victim, &victim_name, &[])
+        .await?;
+    let records = |env: &Env| {
+        root(
+            env,
+            &format!(
+                "SELECT COUNT(*) FROM `{DEFAULT_SCHEMA}`.user_attributes WHERE User = '{}'",
+                victim.as_str()
+            ),
+        )
+    };
+    assert_eq!(records(env), "1");
+
+    let name = unique_name("scribe");
+    let user = mariadb_user_name(&name);
+    let activated = provisioner
+        .activate(&target, &user, &name, &[keeper.clone()])
+        .await;
+    if activated.is_ok() {
+        let _ = as_user(
+            env,
+            user.as_str(),
+            &format!(
+                "UPDATE `{DEFAULT_SCHEMA}`.user_attributes SET Attributes = JSON_OBJECT('user', 'someone else'); \
+                 DELETE FROM `{DEFAULT_SCHEMA}`.user_attributes WHERE User = '{}'",
+                victim.as_str()
+            ),
+        );
+        provisioner
+            .deactivate(&target, &user, TeardownMode::Keep)
+            .await?;
+    }
+    assert_eq!(
+        records(env),
+        "1",
+        "the provisioned user deleted another user's record"
+    );
+    match activated {
+        Err(ProvisionError::RoleForbidden { role, reason }) => {
+            assert_eq!(role, keeper);
+            assert!(reason.contains(DEFAULT_SCHEMA), "{reason}");
+        }
+        other => panic!("{keeper} must be refused, got {other:?}"),
+    }
+    provisioner
+        .deactivate(&target, &victim, TeardownMode::Drop)
+        .await?;
+    Ok(())
+}
