@@ -108,7 +108,7 @@ async fn a_role_that_can_grant_other_roles_is_never_granted() -> Result<()> {
     let name = unique_name("granter");
     let user = mariadb_user_name(&name);
     let activated = provisioner
-        .activate(&target, &user, &name, &[lead.clone()])
+        .activate(&target, &user, &name, std::slice::from_ref(&lead))
         .await;
     if activated.is_ok() {
         // The attack the refusal prevents: a grant that outlives the session.
@@ -176,7 +176,7 @@ async fn a_role_that_can_change_the_admin_schema_is_never_granted() -> Result<()
     let name = unique_name("scribe");
     let user = mariadb_user_name(&name);
     let activated = provisioner
-        .activate(&target, &user, &name, &[keeper.clone()])
+        .activate(&target, &user, &name, std::slice::from_ref(&keeper))
         .await;
     if activated.is_ok() {
         let _ = as_user(

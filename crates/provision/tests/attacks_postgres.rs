@@ -133,7 +133,9 @@ async fn a_role_that_can_grant_other_roles_is_never_granted() -> Result<()> {
            GRANT {lead} TO "{ADMIN}" WITH ADMIN OPTION;"#
     ))?;
     let user = db_user_name(&unique_name("granter"));
-    let activated = provisioner.activate(&target, &user, &[lead.clone()]).await;
+    let activated = provisioner
+        .activate(&target, &user, std::slice::from_ref(&lead))
+        .await;
     if activated.is_ok() {
         // The attack the refusal prevents: a grant that outlives the session.
         let _ = as_user(
