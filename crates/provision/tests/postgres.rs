@@ -962,13 +962,14 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     let target = target(env);
     let user = db_user_name(&unique_name("tamper"));
     let u = user.as_str();
-    // `gate` holds `secret` WITH ADMIN OPTION: a member of gate may grant secret to itself.
+    // `secret` is a role the user was never granted. (A db role holding it WITH ADMIN OPTION,
+    // which would let the user grant it to itself, is never granted: attacks_postgres.rs.)
     let gate = unique_name("gate");
     let secret = unique_name("secret");
     let accomplice = unique_name("accomplice");
     env.pg.psql_super(&format!(
         "CREATE ROLE {gate}; CREATE ROLE {secret}; CREATE ROLE {accomplice} LOGIN; \
-         GRANT {secret} TO {gate} WITH ADMIN OPTION; \
+         GRANT {secret} TO {admin} WITH ADMIN OPTION; \
          GRANT {gate} TO {admin} WITH ADMIN OPTION;",
         admin = ident(ADMIN)
     ))?;
@@ -976,8 +977,7 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
         format!(
             "ALTER ROLE CURRENT_USER PASSWORD 'chosen by the user'; \
              ALTER ROLE CURRENT_USER SET search_path = evil, public; \
-             ALTER ROLE CURRENT_USER IN DATABASE {db} SET work_mem = '64MB'; \
-             GRANT {secret} TO CURRENT_USER;"
+             ALTER ROLE CURRENT_USER IN DATABASE {db} SET work_mem = '64MB';"
         )
     };
     // What only someone else could have given it (a superuser, or the admin tricked): since
@@ -990,7 +990,7 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     };
     let gained = format!(
         "ALTER ROLE {u} {createdb} CREATEROLE NOINHERIT CONNECTION LIMIT 3 VALID UNTIL '2031-01-01'; \
-         SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
+         GRANT {secret} TO {u}; SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
         u = ident(u),
         admin = ident(ADMIN)
     );

@@ -234,6 +234,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         }
     };
     let end = registration.end.clone();
+    let connection_id = server.connection_id;
     let mut server_stream = server.stream;
     let mut client_stream = client.stream;
     tokio::select! {
@@ -246,7 +247,40 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     }
     drop(server_stream);
     drop(client_stream);
+    end_connection(&gw, &authorized, &provisioned.db_user, connection_id).await;
     lifecycle::finish(&gw, registration, provisioned, &authorized).await;
+}
+
+/// Ends the session's server connection for good. MariaDB notices a closed socket only when
+/// the running statement looks at it (`SLEEP` does, `BENCHMARK` and most work do not), so a
+/// busy connection would go on with the user's roles, and keep the user active, after the
+/// session ended. Only for provisioned users: the admin kills nothing but a connection of
+/// the user this session used, and needs `CONNECTION ADMIN` for it.
+async fn end_connection(gw: &Gateway, authorized: &Authorized, db_user: &str, id: u32) {
+    if authorized.decision.mode == dbward_rbac::ProvisioningMode::Off {
+        return;
+    }
+    let Ok(super::provisioning::EngineAdmin::Mysql(admin)) =
+        super::provisioning::engine_admin(gw, &authorized.db)
+    else {
+        return;
+    };
+    let user = dbward_provision::DbUserName::new(db_user.to_owned());
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        gw.maria_provisioner
+            .kill_connection(&admin, &user, u64::from(id)),
+    )
+    .await;
+    let sid = &authorized.fields.sid;
+    match ended {
+        Ok(Ok(true)) => tracing::info!(%sid, id, "connection outlived its session; killed"),
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(%sid, id, %err, "could not kill the connection of an ended session")
+        }
+        Err(_) => tracing::warn!(%sid, id, "killing the connection of an ended session timed out"),
+    }
 }
 
 async fn send_error(stream: &mut ClientStream, seq: u8, err: &SessionError) {
