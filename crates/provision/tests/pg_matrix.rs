@@ -108,6 +108,31 @@ impl Run {
             .collect())
     }
 
+    /// Logs in as `user` and tries `SET ROLE role`: the SQLSTATE when refused, `None` when
+    /// it worked.
+    async fn set_role_error(&self, user: &str, role: &str) -> Result<Option<String>> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.pg.host)
+            .port(self.pg.port)
+            .user(user)
+            .dbname(DATABASE)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls = MakeRustlsConnect::new(client_config(user), "localhost");
+        let (client, connection) = config.connect(tls).await?;
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let outcome = client
+            .batch_execute(&format!("SET ROLE {}", ident(role)))
+            .await
+            .err()
+            .map(|e| e.code().map(|c| c.code().to_owned()).unwrap_or_default());
+        drop(client);
+        let _ = task.await;
+        Ok(outcome)
+    }
+
     /// Logs in as `user` with a db-client certificate and returns `current_user`.
     async fn login(&self, user: &str) -> Result<String> {
         let mut config = tokio_postgres::Config::new();
@@ -228,6 +253,15 @@ async fn lifecycle_core(major: u32) -> Result<()> {
         lit(ADMIN)
     ))?;
     assert_eq!(admin_holds_marker, if major >= 16 { "1" } else { "0" });
+    // From 16 on the marker membership carries no SET option: the user cannot act as the
+    // marker role (objects created under it would be shared by every managed user).
+    let set_marker = run.set_role_error(a, MARKER_ROLE).await?;
+    if major >= 16 {
+        assert_eq!(set_marker.as_deref(), Some("42501"));
+        verified.push("marker membership without SET: SET ROLE to the marker refused");
+    } else {
+        assert_eq!(set_marker, None);
+    }
     verified.push("marker created by a CREATEROLE admin");
     verified.push("create and log in");
 

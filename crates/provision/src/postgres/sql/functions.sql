@@ -122,6 +122,26 @@ BEGIN
 END
 $fn$;
 
+-- Makes `username` a member of the marker role. From PostgreSQL 16 on the membership carries
+-- neither INHERIT nor SET: it only marks the user as dbward's, and the user cannot SET ROLE to
+-- the marker (objects created under it would be shared by every managed user). Older versions
+-- have no such options.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_grant_marker(username text, marker text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  IF pg_catalog.current_setting('server_version_num')::int >= 160000 THEN
+    BEGIN
+      EXECUTE pg_catalog.format('GRANT %I TO %I WITH INHERIT FALSE, SET FALSE', marker, username);
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE EXCEPTION 'admin user may not grant the marker role'
+        USING ERRCODE = 'DWP02', DETAIL = marker;
+    END;
+  ELSE
+    PERFORM pg_temp.dbward_grant(username, ARRAY[marker]);
+  END IF;
+END
+$fn$;
+
 -- Revokes `granted_role` from `grantee`. PostgreSQL 16+ records one grant per grantor and
 -- REVOKE only removes the current user's, so grants made by others are named with GRANTED BY.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_revoke_one(granted_role text, grantee text,
@@ -304,7 +324,7 @@ BEGIN
     EXECUTE pg_catalog.format(
       'CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
       'INHERIT CONNECTION LIMIT -1 PASSWORD NULL', username);
-    PERFORM pg_temp.dbward_grant(username, ARRAY[marker]);
+    PERFORM pg_temp.dbward_grant_marker(username, marker);
     PERFORM pg_temp.dbward_grant(username, requested);
     RETURN 'created';
   END IF;
