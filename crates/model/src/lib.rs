@@ -29,5 +29,8 @@ pub use labels::{LabelValues, Labels};
 pub use metadata::Metadata;
 pub use permission::Permission;
 pub use resource::{parse_resources, ParsedResources, Resource};
-pub use role::{CreateDbUserMode, DbPermission, Role, RoleConditions, RoleOptions, RoleSpec};
+pub use role::{
+    CreateDbUserMode, DbPermission, RestrictionScope, Role, RoleConditions, RoleOptions, RoleSpec,
+    UnenforcedOption,
+};
 pub use user::{User, UserSpec};

@@ -273,6 +273,17 @@ fn parse_one(
     }
     if let Resource::Role(role) = &mut resource {
         role.normalize();
+        for option in role.spec.options.unenforced_restrictions() {
+            let line = line_of(&["spec", "options", option.field]);
+            let whom = match option.scope {
+                crate::RestrictionScope::User => "every database",
+                crate::RestrictionScope::Granted => "the databases it grants",
+            };
+            out.warnings.push(format!(
+                "{file}:{line}: role \"{}\": option \"{}: {}\" restricts access and dbward does not enforce it: access through this role to {whom} is refused",
+                role.metadata.name, option.field, option.value
+            ));
+        }
     }
     let line = line_of(&["metadata"]);
     resource
@@ -327,29 +338,25 @@ enum Field {
     Unknown,
 }
 
-/// Role options that Teleport role v5–v7 defines and dbward does not use.
+/// Role options that Teleport role v3–v8 defines, that cannot take access away in dbward
+/// (see the table in [`crate::role`]), and that dbward does not use.
 const TELEPORT_ROLE_OPTIONS: &[&str] = &[
     "forward_agent",
     "port_forwarding",
     "ssh_port_forwarding",
     "cert_format",
-    "client_idle_timeout",
-    "disconnect_expired_cert",
     "bpf",
     "enhanced_recording",
     "permit_x11_forwarding",
-    "max_connections",
     "max_sessions",
     "max_kubernetes_connections",
     "request_access",
     "request_prompt",
-    "require_session_mfa",
     "mfa_verification_interval",
     "lock",
     "record_session",
     "desktop_clipboard",
     "desktop_directory_sharing",
-    "pin_source_ip",
     "ssh_file_copy",
     "create_host_user",
     "create_host_user_mode",
@@ -357,11 +364,12 @@ const TELEPORT_ROLE_OPTIONS: &[&str] = &[
     "create_desktop_user",
     "cert_extensions",
     "idp",
-    "device_trust_mode",
 ];
 
-/// Allow/deny conditions that Teleport role v5–v7 defines for other resource types.
+/// Allow/deny conditions that Teleport role v3–v8 defines for other resource types.
 const TELEPORT_ROLE_CONDITIONS: &[&str] = &[
+    "require_session_join",
+    "mcp",
     "logins",
     "node_labels",
     "node_labels_expression",
@@ -725,12 +733,38 @@ version: v7
             "roles.yaml:36: field \"spec.options.enhanced_recording\" is not supported by dbward and is ignored",
             "roles.yaml:39: field \"spec.options.forward_agent\" is not supported by dbward and is ignored",
             "roles.yaml:40: field \"spec.options.idp\" is not supported by dbward and is ignored",
-            "roles.yaml:44: field \"spec.options.pin_source_ip\" is not supported by dbward and is ignored",
             "roles.yaml:45: field \"spec.options.port_forwarding\" is not supported by dbward and is ignored",
             "roles.yaml:46: field \"spec.options.record_session\" is not supported by dbward and is ignored",
             "roles.yaml:49: field \"spec.options.ssh_file_copy\" is not supported by dbward and is ignored",
         ];
         assert_eq!(parsed.warnings, expected);
+    }
+
+    #[test]
+    fn restricting_options_load_with_a_warning_and_survive_the_store() {
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: mfa\nspec:\n  options:\n    require_session_mfa: true\n    max_connections: 3\n    pin_source_ip: false\n  allow:\n    db_labels: {'*': '*'}\n";
+        let parsed = parse(text);
+        assert_eq!(
+            parsed.warnings,
+            [
+                "test.yaml:7: role \"mfa\": option \"require_session_mfa: true\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
+                "test.yaml:8: role \"mfa\": option \"max_connections: 3\" restricts access and dbward does not enforce it: access through this role to every database is refused",
+            ]
+        );
+        // What the store keeps (JSON) still carries the options.
+        let json = serde_json::to_string(&parsed.resources[0]).unwrap();
+        let stored: Resource = serde_json::from_str(&json).unwrap();
+        let Resource::Role(role) = stored else {
+            panic!("not a role")
+        };
+        let fields: Vec<_> = role
+            .spec
+            .options
+            .unenforced_restrictions()
+            .into_iter()
+            .map(|o| o.field)
+            .collect();
+        assert_eq!(fields, ["require_session_mfa", "max_connections"]);
     }
 
     #[test]

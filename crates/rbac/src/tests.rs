@@ -1238,6 +1238,135 @@ spec: {}
 }
 
 // ---------------------------------------------------------------------------------------
+// Options that restrict access in Teleport and that dbward does not enforce: fail closed
+
+#[test]
+fn unenforced_restricting_options_refuse_access_naming_the_field() {
+    const GRANT: &str = "
+metadata: {name: dev}
+spec:
+  options: {create_db_user_mode: keep}
+  allow: {db_labels: {env: dev}, db_names: ['*'], db_roles: [reader]}
+";
+    // (case, extra roles, database labels, field the server log must name; None = allowed)
+    let cases: &[(&str, &str, &[(&str, &str)], Option<&str>)] = &[
+        ("no option", "", &[("env", "dev")], None),
+        (
+            "per-session MFA on the granting role",
+            "options: {require_session_mfa: true}\n  allow: {db_labels: {env: dev}}",
+            &[("env", "dev")],
+            Some("require_session_mfa"),
+        ),
+        (
+            "hardware key MFA",
+            "options: {require_session_mfa: hardware_key_touch}\n  allow: {db_labels: {env: dev}}",
+            &[("env", "dev")],
+            Some("require_session_mfa"),
+        ),
+        (
+            "MFA on a role that grants another database only",
+            "options: {require_session_mfa: true}\n  allow: {db_labels: {env: prod}}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "MFA explicitly off",
+            "options: {require_session_mfa: false}\n  allow: {db_labels: {env: dev}}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "trusted device required",
+            "options: {device_trust_mode: required}\n  allow: {db_labels: {'*': '*'}}",
+            &[("env", "dev")],
+            Some("device_trust_mode"),
+        ),
+        (
+            "trusted device optional",
+            "options: {device_trust_mode: optional}\n  allow: {db_labels: {'*': '*'}}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "connection limit on a role granting nothing here",
+            "options: {max_connections: 1}",
+            &[("env", "dev")],
+            Some("max_connections"),
+        ),
+        (
+            "source IP pinning",
+            "options: {pin_source_ip: true}",
+            &[("env", "dev")],
+            Some("pin_source_ip"),
+        ),
+        (
+            "idle timeout",
+            "options: {client_idle_timeout: 15m}",
+            &[("env", "dev")],
+            Some("client_idle_timeout"),
+        ),
+        (
+            "zero limits restrict nothing",
+            "options: {max_connections: 0, client_idle_timeout: 0s, pin_source_ip: false}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "disconnect_expired_cert is always enforced",
+            "options: {disconnect_expired_cert: true}",
+            &[("env", "dev")],
+            None,
+        ),
+    ];
+    for (name, extra, labels, field) in cases {
+        let yaml = if extra.is_empty() {
+            GRANT.to_string()
+        } else {
+            format!("{GRANT}---\nmetadata: {{name: extra}}\nspec:\n  {extra}\n")
+        };
+        let got = checker(&yaml).authorize(&pg(labels), "alice", "appdb", &[]);
+        match (field, got) {
+            (None, Ok(d)) => assert_eq!(d.db_roles, ["reader"], "{name}"),
+            (Some(field), Err(e)) => {
+                assert_eq!(e.user_message(), GENERIC_DENIAL, "{name}");
+                assert!(e.reason().contains(field), "{name}: {}", e.reason());
+                assert!(
+                    e.reason().contains("does not enforce"),
+                    "{name}: {}",
+                    e.reason()
+                );
+            }
+            (field, got) => panic!("{name}: expected refusal naming {field:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_teleport_role_with_require_session_mfa_never_grants_silently() {
+    // A role as Teleport's per-session MFA guide sets it up, on the provisioning role itself.
+    let c = checker(
+        "
+kind: role
+version: v7
+metadata: {name: auto-db-users}
+spec:
+  options:
+    create_db_user_mode: keep
+    require_session_mfa: true
+  allow:
+    db_labels: {'*': '*'}
+    db_names: ['*']
+    db_roles: [reader]
+",
+    );
+    for db in [pg(&[]), my(&[])] {
+        let e = c.authorize(&db, "alice", "x", &[]).unwrap_err();
+        assert_eq!(e.user_message(), GENERIC_DENIAL);
+        assert!(e.reason().contains("require_session_mfa"), "{}", e.reason());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Allowed Users column of `db ls`
 
 #[test]
