@@ -127,22 +127,22 @@ pub struct RoleOptions {
     pub max_session_ttl: Option<Duration>,
     /// Sessions end when the certificate expires; dbward always does this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disconnect_expired_cert: Option<serde_json::Value>,
+    pub disconnect_expired_cert: Option<Box<serde_json::Value>>,
     /// Per-session MFA; not enforced: a restricting value refuses access (module docs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub require_session_mfa: Option<serde_json::Value>,
+    pub require_session_mfa: Option<Box<serde_json::Value>>,
     /// Trusted-device requirement; not enforced: `required` refuses access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_trust_mode: Option<serde_json::Value>,
+    pub device_trust_mode: Option<Box<serde_json::Value>>,
     /// Concurrent connections per user; not enforced: a limit refuses access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<serde_json::Value>,
+    pub max_connections: Option<Box<serde_json::Value>>,
     /// Idle timeout of client sessions; not enforced: a timeout refuses access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_idle_timeout: Option<serde_json::Value>,
+    pub client_idle_timeout: Option<Box<serde_json::Value>>,
     /// Certificates valid only from the login address; not enforced: `true` refuses access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin_source_ip: Option<serde_json::Value>,
+    pub pin_source_ip: Option<Box<serde_json::Value>>,
 }
 
 /// Whom an option that dbward does not enforce takes access from.
@@ -194,7 +194,7 @@ impl RoleOptions {
     pub fn unenforced_restrictions(&self) -> Vec<UnenforcedOption> {
         let mut out = Vec::new();
         let mut check = |field: &'static str,
-                         value: &Option<serde_json::Value>,
+                         value: &Option<Box<serde_json::Value>>,
                          scope: RestrictionScope,
                          restricts: fn(&serde_json::Value) -> bool| {
             if let Some(value) = value {

@@ -1249,7 +1249,8 @@ spec:
   allow: {db_labels: {env: dev}, db_names: ['*'], db_roles: [reader]}
 ";
     // (case, extra roles, database labels, field the server log must name; None = allowed)
-    let cases: &[(&str, &str, &[(&str, &str)], Option<&str>)] = &[
+    type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Row] = &[
         ("no option", "", &[("env", "dev")], None),
         (
             "per-session MFA on the granting role",
