@@ -580,3 +580,23 @@ pub fn validate_role(role: &Role) -> Result<(), RbacError> {
     }
     Ok(())
 }
+
+/// Reads a resource file as [`dbward_model::parse_resources`] does and also compiles what the
+/// access decision will use: every role's templates, selectors and permissions
+/// ([`validate_role`]) and every import rule. A broken template is refused here, at
+/// `dbward create`, with the file and line, instead of breaking every holder's connections
+/// later.
+pub fn parse_resources(
+    text: &str,
+    file_name: &str,
+) -> Result<dbward_model::ParsedResources, dbward_model::ModelError> {
+    dbward_model::parse_resources_with(text, file_name, &|resource| match resource {
+        dbward_model::Resource::Role(role) => validate_role(role).map_err(|e| e.to_string()),
+        dbward_model::Resource::DbObjectImportRule(rule) => {
+            crate::ImportRules::new(std::slice::from_ref(rule))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
+    })
+}

@@ -1368,6 +1368,83 @@ spec:
 }
 
 // ---------------------------------------------------------------------------------------
+// Files as Teleport users have them
+
+/// The role of the MariaDB provisioning guide, as printed there (the guide quotes the
+/// templates with a space on each side).
+const MARIADB_GUIDE_ROLE: &str = r#"kind: role
+version: v7
+metadata:
+  name: auto-db-users
+spec:
+  options:
+    create_db_user_mode: keep
+  allow:
+    db_labels:
+      "*": "*"
+    db_names:
+    - "*"
+    db_roles:
+    - reader
+    - " {{internal.db_roles}} "
+    - " {{external.db_roles}} "
+"#;
+
+#[test]
+fn the_mariadb_guide_role_grants_the_trait_roles_without_spaces() {
+    let parsed = parse_resources(MARIADB_GUIDE_ROLE, "mariadb-guide.yaml").unwrap();
+    let dbward_model::Resource::Role(role) = &parsed.resources[0] else {
+        panic!("not a role")
+    };
+    let checker = AccessChecker::new(&alice(), std::slice::from_ref(role)).unwrap();
+    let decision = checker.authorize(&my(&[]), "alice", "", &[]).unwrap();
+    assert_eq!(decision.db_roles, ["reader", "writer"]);
+    let requested = checker
+        .authorize(&my(&[]), "alice", "", &strings(&["writer"]))
+        .unwrap();
+    assert_eq!(requested.db_roles, ["writer"]);
+}
+
+#[test]
+fn broken_templates_and_patterns_are_refused_when_the_file_is_read() {
+    let cases: &[(&str, &str)] = &[
+        ("db_roles: ['{{internal.db_roles']", "allow.db_roles"),
+        ("db_users: ['{{secret.x}}']", "allow.db_users"),
+        (
+            "db_names: ['{{internal.a}}{{internal.b}}']",
+            "allow.db_names",
+        ),
+        ("db_labels: {env: '^(unclosed$'}", "allow.db_labels"),
+        (
+            "db_labels: {'{{nope.fn(internal.x)}}': dev}",
+            "allow.db_labels",
+        ),
+        (
+            "db_permissions: [{match: {name: '{{internal.x'}, permissions: [SELECT]}]",
+            "allow.db_permissions[0]",
+        ),
+    ];
+    for (allow, field) in cases {
+        let text = format!(
+            "kind: role\nversion: v7\nmetadata:\n  name: broken\nspec:\n  allow:\n    {allow}\n"
+        );
+        // The model alone accepts it; the full check refuses it with file and line.
+        dbward_model::parse_resources(&text, "roles.yaml").unwrap();
+        let err = parse_resources(&text, "roles.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("roles.yaml:3: role \"broken\": ") && err.contains(field),
+            "{allow}: {err}"
+        );
+    }
+    let rule = "kind: db_object_import_rule\nversion: v1\nmetadata:\n  name: r\nspec:\n  mappings:\n  - match: {table_names: ['*']}\n    add_labels: {owner: '{{obj.nope'}\n";
+    dbward_model::parse_resources(rule, "rules.yaml").unwrap();
+    let err = parse_resources(rule, "rules.yaml").unwrap_err().to_string();
+    assert!(err.starts_with("rules.yaml:3: "), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Allowed Users column of `db ls`
 
 #[test]

@@ -210,7 +210,9 @@ async fn create_resources(
     _admin: AdminIdentity,
     Json(req): Json<CreateResourcesRequest>,
 ) -> Result<Json<CreateResourcesResponse>, GatewayError> {
-    let parsed = dbward_model::parse_resources(&req.text, &req.file_name)?;
+    let parsed = dbward_rbac::parse_resources(&req.text, &req.file_name)?;
+    let snapshot = gw.catalog.snapshot().await?;
+    parsed.check_user_roles(&|role| snapshot.roles.contains_key(role))?;
     for r in &parsed.resources {
         r.validate()?;
     }
