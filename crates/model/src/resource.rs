@@ -849,7 +849,7 @@ version: v7
 
     #[test]
     fn teleport_db_loads_with_warnings_for_cloud_fields() {
-        let text = "kind: db\nversion: v3\nmetadata:\n  name: rds\n  expires: 2030-01-01T00:00:00Z\n  labels:\n    teleport.dev/db-admin: teleport-admin\nspec:\n  protocol: mysql\n  uri: rds.example.com:3306\n  aws:\n    region: us-east-1\n  dynamic_labels:\n    hostname: {command: [hostname], period: 1m}\n  tls:\n    mode: verify-ca\n    ca_cert: /etc/ca.pem\n    trust_system_cert_pool: true\n";
+        let text = "kind: db\nversion: v3\nmetadata:\n  name: rds\n  expires: 2030-01-01T00:00:00Z\n  labels:\n    teleport.dev/db-admin: teleport-admin\nspec:\n  protocol: mysql\n  uri: rds.example.com:3306\n  aws:\n    region: us-east-1\n  dynamic_labels:\n    hostname: {command: [hostname], period: 1m}\n  tls:\n    mode: verify-ca\n    ca_cert_file: /etc/ca.pem\n    trust_system_cert_pool: true\n";
         let parsed = parse_resources(text, "dbs.yaml").unwrap();
         assert_eq!(
             parsed.warnings,
@@ -866,6 +866,55 @@ version: v7
         assert_eq!(db.spec.tls.mode, crate::TlsMode::VerifyCa);
         assert_eq!(db.spec.tls.ca_cert_file.as_deref(), Some("/etc/ca.pem"));
         assert_eq!(db.admin_user().unwrap().name, "teleport-admin");
+    }
+
+    const PEM: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUKq\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn db_tls_ca_cert_is_pem_text_as_in_teleport() {
+        let indented: String = PEM.lines().map(|l| format!("      {l}\n")).collect();
+        let text = format!(
+            "kind: db\nversion: v3\nmetadata:\n  name: pg\nspec:\n  protocol: postgres\n  uri: db.internal:5432\n  tls:\n    mode: verify-full\n    ca_cert: |\n{indented}"
+        );
+        let parsed = parse(&text);
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        let Resource::Db(db) = &parsed.resources[0] else {
+            panic!("not a db")
+        };
+        assert_eq!(db.spec.tls.ca_cert.as_deref(), Some(PEM));
+        assert_eq!(db.spec.tls.ca_pem().unwrap().as_deref(), Some(PEM));
+        // Kept through the store.
+        let json = serde_json::to_string(&parsed.resources[0]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Resource>(&json).unwrap(),
+            parsed.resources[0]
+        );
+
+        // A path where Teleport expects PEM text is refused with the key to use instead.
+        let err = parse_err(
+            "kind: db\nversion: v3\nmetadata: {name: pg}\nspec:\n  protocol: postgres\n  uri: h\n  tls: {ca_cert: /etc/ca.pem}\n",
+            "dbs.yaml",
+        );
+        assert!(err.starts_with("dbs.yaml:3: "), "{err}");
+        assert!(err.contains("ca_cert_file"), "{err}");
+        let err = parse_err(
+            &text.replace("    mode: verify-full\n", "    ca_cert_file: /etc/ca.pem\n"),
+            "dbs.yaml",
+        );
+        assert!(err.contains("not both"), "{err}");
+
+        // dbward's file key still works.
+        let path = std::env::temp_dir().join(format!("dbward-model-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, PEM).unwrap();
+        let mut tls = crate::DbTls {
+            ca_cert_file: Some(path.display().to_string()),
+            ..crate::DbTls::default()
+        };
+        assert_eq!(tls.ca_pem().unwrap().as_deref(), Some(PEM));
+        tls.ca_cert_file = None;
+        assert_eq!(tls.ca_pem().unwrap(), None);
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
