@@ -1,5 +1,6 @@
-//! Teleport role options that restrict access and that dbward does not enforce never grant
-//! access silently: real PostgreSQL, real psql, the refusal observed by the client and in the
+//! Teleport files through the gateway: role options that restrict access and that dbward does
+//! not enforce never grant access silently, and a db resource's inline `tls.ca_cert` is the CA
+//! the database is verified with. Real PostgreSQL, real psql, observed by the client and in the
 //! catalogs.
 
 mod common;
@@ -100,4 +101,40 @@ fn a_role_gaining_require_session_mfa_ends_the_live_session() {
     });
     assert_eq!(s.query("select 1"), None, "the session was closed");
     s.close();
+}
+
+/// Teleport's `spec.tls.ca_cert` (PEM text) is the CA the gateway verifies the database with.
+#[test]
+fn db_tls_ca_cert_pem_text_is_used_to_verify_the_database() {
+    let h = harness();
+    let w = world();
+    let n = unique("ca");
+    let admin = format!("adm_{n}");
+    h.create_admin(&admin, &[&w.reader]);
+    let pem_block = |pem: &str| -> String { pem.lines().map(|l| format!("      {l}\n")).collect() };
+    let with_ca = |name: &str, pem: &str| {
+        format!(
+            "{}  tls:\n    mode: verify-ca\n    ca_cert: |\n{}",
+            h.db_yaml(name, &w.labels, Some(&admin)),
+            pem_block(pem)
+        )
+    };
+    let role = unique("ca-role");
+    w.role(&role, "");
+    let user = w.user(&role);
+
+    // The CA that signed the test server's certificate, given inline: connects.
+    let good = format!("good-{n}");
+    h.apply(&with_ca(&good, &h.gw.cas.db.cert_pem));
+    let files = h.db_cert(&user, route(&good, &user, "postgres", &[]));
+    let r = h.psql(&files, &user, "postgres", "select 1");
+    assert!(r.ok, "{}", r.stderr);
+
+    // Another CA inline: the gateway refuses the database's certificate.
+    let other = dbward_pki::CaSet::generate("elsewhere").expect("other CAs");
+    let bad = format!("bad-{n}");
+    h.apply(&with_ca(&bad, &other.db.cert_pem));
+    let files = h.db_cert(&user, route(&bad, &user, "postgres", &[]));
+    let r = h.psql(&files, &user, "postgres", "select 1");
+    assert!(!r.ok, "connected to a server the inline CA did not sign");
 }
