@@ -57,6 +57,9 @@ pub struct Config {
     /// Static databases; more can be created at run time as `db` resources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<StaticDb>,
+    /// Bounds on what clients that have not authenticated yet may hold.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_version() -> String {
@@ -100,6 +103,61 @@ impl Default for Config {
             storage: Storage::default(),
             audit_file: None,
             databases: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `limits:`: how long and how many connections may stay open before they authenticate,
+/// on every listener (web, postgres, mysql), and how many password checks run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Time from accepting a connection to a complete TLS handshake and the first request
+    /// (HTTP headers, PostgreSQL StartupMessage, MySQL handshake response).
+    #[serde(
+        default = "default_handshake_timeout",
+        with = "crate::duration::serde_duration"
+    )]
+    pub handshake_timeout: Duration,
+    /// An HTTPS connection with no request in flight and no bytes moving is closed after this.
+    #[serde(
+        default = "default_idle_timeout",
+        with = "crate::duration::serde_duration"
+    )]
+    pub idle_timeout: Duration,
+    /// Connections still in their handshake, over all listeners; more are closed at once.
+    #[serde(default = "default_max_pending_connections")]
+    pub max_pending_connections: usize,
+    /// Connections still in their handshake from one client address (IPv6: one /64).
+    #[serde(default = "default_max_pending_per_address")]
+    pub max_pending_per_address: usize,
+    /// Password verifications running at once; 0 means twice the number of CPUs. Logins
+    /// beyond it are answered 503 at once.
+    #[serde(default)]
+    pub max_concurrent_logins: usize,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_pending_connections() -> usize {
+    1024
+}
+fn default_max_pending_per_address() -> usize {
+    64
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_pending_connections: default_max_pending_connections(),
+            max_pending_per_address: default_max_pending_per_address(),
+            max_concurrent_logins: 0,
         }
     }
 }
@@ -265,6 +323,19 @@ impl Config {
             return Err(ModelError::invalid(
                 subject,
                 "web_listen_addr must not be empty",
+            ));
+        }
+        let limits = &self.limits;
+        if limits.handshake_timeout.is_zero() || limits.idle_timeout.is_zero() {
+            return Err(ModelError::invalid(
+                subject,
+                "limits.handshake_timeout and limits.idle_timeout must be positive",
+            ));
+        }
+        if limits.max_pending_connections == 0 || limits.max_pending_per_address == 0 {
+            return Err(ModelError::invalid(
+                subject,
+                "limits.max_pending_connections and limits.max_pending_per_address must be positive",
             ));
         }
         // A `dsn` next to `backend: sqlite` is left unused (the documented example has one).
@@ -482,6 +553,28 @@ databases:                             # static databases; more can be created a
             dbs[1].admin_user().unwrap().default_database.as_deref(),
             Some("teleport")
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_unknown_keys() {
+        let c = config("# nothing\n");
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_pending_connections, 1024);
+        assert_eq!(c.limits.max_pending_per_address, 64);
+        assert_eq!(c.limits.max_concurrent_logins, 0);
+        let c = config("limits:\n  handshake_timeout: 2s\n  max_pending_per_address: 8\n");
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_pending_per_address, 8);
+        let err = Config::from_yaml("limits:\n  idle_timout: 5s\n", "dbward.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dbward.yaml:2: unknown field \"idle_timout\""
+        );
+        let err =
+            Config::from_yaml("limits: {max_pending_connections: 0}\n", "dbward.yaml").unwrap_err();
+        assert!(err.to_string().contains("must be positive"), "{err}");
     }
 
     #[test]

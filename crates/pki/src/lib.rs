@@ -19,7 +19,10 @@ pub use issue::{
     issue_db_client_cert, issue_db_server_cert, issue_host_cert, issue_user_cert, new_key_and_csr,
     x509_oneline_subject,
 };
-pub use tls::{client_config, server_config, ClientAuth, ServerVerification};
+pub use tls::{
+    client_config, server_config, tls_provider, ClientAuth, ServerVerification, CIPHER_SUITES,
+    PROTOCOL_VERSIONS,
+};
 pub use verify::verify_user_cert;
 
 /// Re-exported so callers name the same DER types this crate takes and returns.

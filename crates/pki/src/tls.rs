@@ -1,5 +1,9 @@
 //! rustls configurations for dbward's listeners (server side) and for its connections to
 //! databases (client side), always with the `ring` provider.
+//!
+//! TLS policy, the same on every listener and upstream connection: TLS 1.3 and 1.2 only, and
+//! only ephemeral (EC)DHE key exchange with AEAD ciphers ([`CIPHER_SUITES`]). No RSA key
+//! exchange, no CBC, no SHA-1 MACs, whatever a peer offers.
 
 use std::sync::Arc;
 
@@ -7,11 +11,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
 
 use crate::error::{PkiError, Result};
 use crate::files::{parse_cert_pem, parse_key_pem};
+use crate::identity::read_identity;
 
 /// Whether a listener asks for client certificates, and which CA they must chain to.
 #[derive(Debug, Clone)]
@@ -22,6 +28,14 @@ pub enum ClientAuth {
     Optional(CertificateDer<'static>),
     /// The handshake fails unless the client sends a certificate chaining to this CA.
     Required(CertificateDer<'static>),
+    /// A dbward user certificate: it must chain to the user CA `ca` and carry an identity of
+    /// `cluster`, or the handshake fails. With `required: false` a client may also send no
+    /// certificate at all.
+    UserCert {
+        ca: CertificateDer<'static>,
+        cluster: String,
+        required: bool,
+    },
 }
 
 /// How a database server's certificate is checked (`tls.mode` of a database).
@@ -36,8 +50,39 @@ pub enum ServerVerification {
     Insecure,
 }
 
+/// The protocol versions dbward speaks.
+pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The cipher suites dbward accepts, in preference order: TLS 1.3's AEAD suites, and for
+/// TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305 (RSA certificates are allowed for
+/// databases that have them, RSA key exchange is not).
+pub static CIPHER_SUITES: &[rustls::SupportedCipherSuite] = {
+    use rustls::crypto::ring::cipher_suite as cs;
+    &[
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+};
+
+/// The `ring` provider restricted to [`CIPHER_SUITES`] and elliptic-curve key exchange.
+pub fn tls_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::kx_group;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = CIPHER_SUITES.to_vec();
+    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    Arc::new(provider)
+}
+
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    tls_provider()
 }
 
 /// A server configuration for a dbward listener: `cert_chain_pem` (leaf first) with its key,
@@ -52,7 +97,7 @@ pub fn server_config(
     let chain = parse_cert_pem(cert_chain_pem)?;
     let key = parse_key_pem(key_pem)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+        .with_protocol_versions(PROTOCOL_VERSIONS)?;
     let builder = match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional(ca) => {
@@ -67,6 +112,22 @@ pub fn server_config(
                 .build()
                 .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
             builder.with_client_cert_verifier(verifier)
+        }
+        ClientAuth::UserCert {
+            ca,
+            cluster,
+            required,
+        } => {
+            let inner = WebPkiClientVerifier::builder_with_provider(roots_of(ca)?, provider);
+            let inner = if required {
+                inner
+            } else {
+                inner.allow_unauthenticated()
+            };
+            let inner = inner
+                .build()
+                .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier { inner, cluster }))
         }
     };
     let mut config = builder.with_single_cert(chain, key)?;
@@ -86,7 +147,7 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+        .with_protocol_versions(PROTOCOL_VERSIONS)?;
     let builder = match mode {
         ServerVerification::Full => builder.with_root_certificates(root_store(roots)?),
         ServerVerification::CaOnly => {
@@ -133,6 +194,68 @@ fn root_store(roots_pem: Option<&str>) -> Result<RootCertStore> {
         None => Err(PkiError::Tls(rustls::Error::General(
             "verifying a database certificate needs a CA certificate".into(),
         ))),
+    }
+}
+
+/// A client certificate verified by `inner` (chain, validity, purpose) whose identity must
+/// also name this cluster: a certificate of another cluster fails the handshake.
+#[derive(Debug)]
+struct ClusterCertVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    cluster: String,
+}
+
+impl ClientCertVerifier for ClusterCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        // Read only after the chain verified, so the identity is covered by the signature.
+        match read_identity(end_entity.as_ref()) {
+            Ok(identity) if identity.cluster == self.cluster => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -343,6 +466,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn user_cert_auth_refuses_another_cluster_at_the_handshake() -> TestResult {
+        let cas = CaSet::generate("prod")?;
+        let auth = |required| ClientAuth::UserCert {
+            ca: cas.user.cert_der().expect("der"),
+            cluster: "prod".into(),
+            required,
+        };
+        for required in [true, false] {
+            let server = listener(&cas, auth(required))?;
+            for (cluster, accepted) in [("prod", true), ("staging", false)] {
+                let (cert, key) = user_cert(&cas.user, cluster)?;
+                let client = client_config(
+                    Some(&cas.host.cert_pem),
+                    ServerVerification::Full,
+                    Some((&cert, &key)),
+                )?;
+                let (server_result, client_result) =
+                    handshake(server.clone(), client, "localhost").await;
+                assert_eq!(server_result.is_ok(), accepted, "{cluster} {required}");
+                assert_eq!(client_result.is_ok(), accepted, "{cluster} {required}");
+            }
+        }
+        let optional = listener(&cas, auth(false))?;
+        let anonymous = client_config(Some(&cas.host.cert_pem), ServerVerification::Full, None)?;
+        let (server_result, _) = handshake(optional, anonymous, "localhost").await;
+        assert!(server_result?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn optional_client_auth_lets_anonymous_clients_in() -> TestResult {
         let cas = CaSet::generate("prod")?;
         let server = listener(&cas, ClientAuth::Optional(cas.user.cert_der()?))?;
@@ -396,6 +549,31 @@ mod tests {
             .is_err());
         assert!(connect(theirs, Insecure, "other.internal").await.is_ok());
         Ok(())
+    }
+
+    #[test]
+    fn policy_allows_only_tls12_and_13_with_ecdhe_aead_suites() {
+        let provider = tls_provider();
+        for suite in &provider.cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            assert!(
+                name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_"),
+                "{name}"
+            );
+            assert!(
+                name.contains("GCM") || name.contains("CHACHA20_POLY1305"),
+                "{name}"
+            );
+        }
+        assert_eq!(provider.cipher_suites.len(), CIPHER_SUITES.len());
+        let versions: Vec<_> = PROTOCOL_VERSIONS.iter().map(|v| v.version).collect();
+        assert_eq!(
+            versions,
+            [
+                rustls::ProtocolVersion::TLSv1_3,
+                rustls::ProtocolVersion::TLSv1_2
+            ]
+        );
     }
 
     #[test]

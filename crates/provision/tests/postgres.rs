@@ -258,12 +258,21 @@ async fn idle_reactivation_strips_roles_left_by_a_crash() -> Result<()> {
     provisioner
         .activate(&target(env), &user, &roles(&["reader", "writer"]))
         .await?;
-    // No teardown ran. A role granted by hand is stripped as well.
-    env.pg.psql_super(&format!(
-        "CREATE ROLE {extra}; GRANT {extra} TO {u}",
-        extra = ident(&unique_name("extra")),
-        u = ident(user.as_str())
-    ))?;
+    // No teardown ran. A role granted by hand is stripped as well. From PostgreSQL 16 a grant
+    // can only be revoked by its grantor (or a role with the grantor's privileges), so there
+    // the hand grant is one the admin made, of a role it holds WITH ADMIN OPTION.
+    let extra = ident(&unique_name("extra"));
+    let u = ident(user.as_str());
+    if env.pg.major_version() >= 16 {
+        env.pg.psql_super(&format!(
+            "CREATE ROLE {extra}; GRANT {extra} TO {admin} WITH ADMIN OPTION; \
+             SET ROLE {admin}; GRANT {extra} TO {u}; RESET ROLE",
+            admin = ident(ADMIN)
+        ))?;
+    } else {
+        env.pg
+            .psql_super(&format!("CREATE ROLE {extra}; GRANT {extra} TO {u}"))?;
+    }
 
     let outcome = provisioner
         .activate(&target(env), &user, &roles(&["reader"]))
@@ -526,12 +535,15 @@ async fn an_admin_without_createrole_gets_a_clear_error_and_a_preflight_fix() ->
         .contains(&format!("ALTER ROLE {} CREATEROLE;", ident(&admin))));
     assert_eq!(can_login(env, user.as_str())?, None);
 
+    ensure_marker(env).await?;
     let findings = provisioner.preflight(&target, &[]).await?;
     let fixes: Vec<&str> = findings.iter().map(|f| f.fix.as_str()).collect();
-    assert_eq!(
-        fixes,
-        vec![format!("ALTER ROLE {} CREATEROLE;", ident(&admin))]
-    );
+    let mut expected = vec![format!("ALTER ROLE {} CREATEROLE;", ident(&admin))];
+    // From PostgreSQL 16 CREATEROLE no longer lets an admin grant the marker another created.
+    if env.pg.major_version() >= 16 {
+        expected.push(marker_fix(&admin));
+    }
+    assert_eq!(fixes, expected);
     Ok(())
 }
 
@@ -559,6 +571,7 @@ async fn preflight_lists_missing_role_temporary_privilege_and_read_only_default(
     ))?;
     let target = target_for(env, &admin, &db);
     let provisioner = PgProvisioner::new();
+    ensure_marker(env).await?;
 
     let findings = provisioner
         .preflight(&target, &roles(&["reader", &missing]))
@@ -575,6 +588,7 @@ async fn preflight_lists_missing_role_temporary_privilege_and_read_only_default(
             format!("GRANT \"reader\" TO \"{admin}\" WITH ADMIN OPTION;"),
         ]
         .into_iter()
+        .chain((env.pg.major_version() >= 16).then(|| marker_fix(&admin)))
         .collect()
     );
 
@@ -624,6 +638,9 @@ async fn a_broken_admin_connection_is_replaced() -> Result<()> {
     let admin = unique_name("pool_admin");
     env.pg
         .psql_super(&format!("CREATE ROLE {admin} LOGIN CREATEROLE"))?;
+    if env.pg.major_version() >= 16 {
+        grant_marker_to(env, &admin)?;
+    }
     let target = target_for(env, &admin, &env.db);
     let provisioner = PgProvisioner::new();
     provisioner.warm_up(&target).await?;
@@ -799,6 +816,28 @@ fn grant_marker_to(env: &Env, admin: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes sure the marker role exists, created the documented way (by the admin, on first
+/// use), so that what the preflight reports about it does not depend on test order.
+async fn ensure_marker(env: &Env) -> Result<()> {
+    let provisioner = quick();
+    let user = db_user_name(&unique_name("first"));
+    provisioner.activate(&target(env), &user, &[]).await?;
+    provisioner
+        .deactivate(&target(env), &user, TeardownMode::Drop)
+        .await?;
+    Ok(())
+}
+
+/// The preflight's fix for an admin that does not hold the marker role WITH ADMIN OPTION
+/// (PostgreSQL 16+, where the marker was created by someone else).
+fn marker_fix(admin: &str) -> String {
+    format!(
+        "GRANT {} TO {} WITH ADMIN OPTION;",
+        ident(MARKER_ROLE),
+        ident(admin)
+    )
+}
+
 /// Roles that are direct members of `role`, without the admin (PostgreSQL 16+ makes the
 /// creator of a role its member WITH ADMIN OPTION).
 fn members_of(env: &Env, role: &str) -> Result<BTreeSet<String>> {
@@ -923,13 +962,14 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     let target = target(env);
     let user = db_user_name(&unique_name("tamper"));
     let u = user.as_str();
-    // `gate` holds `secret` WITH ADMIN OPTION: a member of gate may grant secret to itself.
+    // `secret` is a role the user was never granted. (A db role holding it WITH ADMIN OPTION,
+    // which would let the user grant it to itself, is never granted: attacks_postgres.rs.)
     let gate = unique_name("gate");
     let secret = unique_name("secret");
     let accomplice = unique_name("accomplice");
     env.pg.psql_super(&format!(
         "CREATE ROLE {gate}; CREATE ROLE {secret}; CREATE ROLE {accomplice} LOGIN; \
-         GRANT {secret} TO {gate} WITH ADMIN OPTION; \
+         GRANT {secret} TO {admin} WITH ADMIN OPTION; \
          GRANT {gate} TO {admin} WITH ADMIN OPTION;",
         admin = ident(ADMIN)
     ))?;
@@ -937,8 +977,7 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
         format!(
             "ALTER ROLE CURRENT_USER PASSWORD 'chosen by the user'; \
              ALTER ROLE CURRENT_USER SET search_path = evil, public; \
-             ALTER ROLE CURRENT_USER IN DATABASE {db} SET work_mem = '64MB'; \
-             GRANT {secret} TO CURRENT_USER;"
+             ALTER ROLE CURRENT_USER IN DATABASE {db} SET work_mem = '64MB';"
         )
     };
     // What only someone else could have given it (a superuser, or the admin tricked): since
@@ -951,7 +990,7 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     };
     let gained = format!(
         "ALTER ROLE {u} {createdb} CREATEROLE NOINHERIT CONNECTION LIMIT 3 VALID UNTIL '2031-01-01'; \
-         SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
+         GRANT {secret} TO {u}; SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
         u = ident(u),
         admin = ident(ADMIN)
     );
@@ -1003,6 +1042,58 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE, &gate]));
     assert_eq!(members_of(env, u)?, set(&[]));
     Ok(())
+}
+
+/// A role a superuser granted to a managed user, although the admin holds it WITH ADMIN
+/// OPTION: PostgreSQL 15 and older let the admin revoke it; from 16 only the grantor (or a
+/// role with its privileges) can, so the user is refused as not clean, with no GRANT offered
+/// as a fix that would not help.
+#[tokio::test]
+async fn a_role_a_superuser_granted_is_stripped_before_16_and_refuses_the_user_from_16(
+) -> Result<()> {
+    let env = env();
+    let provisioner = quick();
+    let target = target(env);
+    let user = db_user_name(&unique_name("granted"));
+    let u = user.as_str();
+    let extra = ident(&unique_name("extra"));
+    provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await?;
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {extra}; GRANT {extra} TO {admin} WITH ADMIN OPTION; GRANT {extra} TO {u}",
+        admin = ident(ADMIN),
+        u = ident(u)
+    ))?;
+
+    let teardown = provisioner
+        .deactivate(&target, &user, TeardownMode::Keep)
+        .await;
+    let activation = provisioner
+        .activate(&target, &user, &roles(&["reader"]))
+        .await;
+    if env.pg.major_version() < 16 {
+        assert_eq!(teardown?, DeactivateOutcome::Locked);
+        assert_eq!(activation?, ActivateOutcome::Reactivated);
+        assert_eq!(memberships(env, u)?, set(&[MARKER_ROLE, "reader"]));
+    } else {
+        for refused in [teardown.err(), activation.err()] {
+            let refused = refused.context("16+: the user must be refused")?;
+            assert!(
+                matches!(refused, ProvisionError::UserNotClean { .. }),
+                "{refused:?}"
+            );
+            assert!(!refused.to_string().contains("GRANT"), "{refused}");
+        }
+        assert_eq!(can_login(env, u)?, Some(false), "locked by the teardown");
+        // Locked; what the refused clean slate could not undo is left for a superuser.
+        assert!(memberships(env, u)?.contains(&unquote(&extra)));
+    }
+    Ok(())
+}
+
+fn unquote(quoted: &str) -> String {
+    quoted.trim_matches('"').replace("\"\"", "\"")
 }
 
 #[tokio::test]
@@ -1064,7 +1155,10 @@ async fn assert_forbidden(
     let text = refused.to_string();
     assert!(text.contains(&format!("\"{role}\"")), "{text}");
     assert_eq!(can_login(env, user.as_str())?, None, "{requested:?}");
-    assert_eq!(members_of(env, role)?, members_before, "{requested:?}");
+    // Other tests create managed users (members of the marker) meanwhile.
+    if role != MARKER_ROLE {
+        assert_eq!(members_of(env, role)?, members_before, "{requested:?}");
+    }
     Ok(text)
 }
 

@@ -27,6 +27,9 @@ pub enum GatewayError {
     Forbidden(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// Busy right now; the client may retry shortly (503).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bootstrap;
 pub mod catalog;
 pub mod error;
+pub mod listen;
 pub mod passwords;
 pub mod quickstart;
 pub mod sandbox;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub catalog: catalog::Catalog,
     pub audit: audit::AuditLog,
     pub limiter: passwords::LoginLimiter,
+    /// Pending (not yet authenticated) connections of all listeners.
+    pub pending: Arc<listen::PendingGate>,
     pub endpoints: RwLock<Endpoints>,
     pub sessions: session::LiveSessions,
     pub upstream: session::UpstreamCredentials,
@@ -108,20 +111,21 @@ impl Started {
         let (host_cert, host_key) =
             dbward_pki::issue_host_cert(&cas.host, &hosts, Duration::from_secs(365 * 24 * 3600))?;
         let user_ca = cas.user.cert_der()?;
+        // Certificates of another CA or cluster, or out of date, fail the handshake.
+        let user_cert = |required| ClientAuth::UserCert {
+            ca: user_ca.clone(),
+            cluster: cluster.clone(),
+            required,
+        };
         let web_tls = dbward_pki::server_config(
             &host_cert,
             &host_key,
-            ClientAuth::Optional(user_ca.clone()),
+            user_cert(false),
             &[b"h2", b"http/1.1"],
         )?;
-        let db_tls = dbward_pki::server_config(
-            &host_cert,
-            &host_key,
-            ClientAuth::Required(user_ca.clone()),
-            &[b"postgresql"],
-        )?;
-        let mysql_tls =
-            dbward_pki::server_config(&host_cert, &host_key, ClientAuth::Required(user_ca), &[])?;
+        let db_tls =
+            dbward_pki::server_config(&host_cert, &host_key, user_cert(true), &[b"postgresql"])?;
+        let mysql_tls = dbward_pki::server_config(&host_cert, &host_key, user_cert(true), &[])?;
 
         let web = TcpListener::bind(&config.web_listen_addr)
             .await
@@ -160,8 +164,16 @@ impl Started {
         let audit_file: Option<PathBuf> = config.audit_file.clone();
         let gateway = Arc::new(Gateway {
             catalog: catalog::Catalog::new(store.clone(), static_dbs),
-            audit: audit::AuditLog::new(store.clone(), audit_file),
-            limiter: passwords::LoginLimiter::new(5, Duration::from_secs(300)),
+            audit: audit::AuditLog::new(
+                store.clone(),
+                audit_file,
+                Some(config.data_dir.join(audit::SPOOL_DIR)),
+            ),
+            limiter: passwords::LoginLimiter::new(
+                passwords::LoginPolicy::default(),
+                config.limits.max_concurrent_logins,
+            ),
+            pending: listen::PendingGate::new(&config.limits),
             endpoints: RwLock::new(endpoints),
             sessions: session::LiveSessions::default(),
             upstream: session::UpstreamCredentials::default(),
@@ -176,6 +188,11 @@ impl Started {
             store,
             config,
         });
+        // Alive in the store before any session can be recorded, so no other instance takes
+        // this one's first sessions for a dead instance's.
+        if let Err(err) = gateway.store.heartbeat_instance(&gateway.instance_id).await {
+            tracing::warn!(%err, "heartbeat could not be stored");
+        }
         Ok(Started {
             gateway,
             web,

@@ -61,6 +61,33 @@ pub struct SessionRecord {
     pub mode: String,
     /// When the session started.
     pub started_unix_ms: i64,
+    /// The database engine (`postgres`, `mysql`).
+    #[serde(default)]
+    pub engine: String,
+    /// The database server as `host:port`.
+    #[serde(default)]
+    pub server: String,
+    /// The upstream connection in the database: PostgreSQL backend pid, MariaDB connection id.
+    #[serde(default)]
+    pub backend_id: Option<i64>,
+}
+
+/// The activation that made a database user active, keyed by the same (engine, server, db
+/// user) key as the provisioning lock. Teardown and the reconciler apply its mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationRecord {
+    /// `<engine>/<host:port>/<db user>`.
+    pub user_key: String,
+    /// Name of the `db` resource the activation went through.
+    pub db_service: String,
+    /// The person, by dbward user name.
+    pub dbward_user: String,
+    /// Provisioning mode (`keep`, `best_effort_drop`).
+    pub mode: String,
+    /// The gateway instance that activated the user.
+    pub instance_id: String,
+    /// When it was recorded (set by the backend's clock on write).
+    pub updated_unix_ms: i64,
 }
 
 /// A storage backend: SQLite for one process, PostgreSQL for several gateways.
@@ -151,6 +178,16 @@ pub trait Backend: Send + Sync + 'static {
     fn live_instances(&self, since_unix_ms: i64) -> Result<Vec<String>>;
     /// The backend's clock, the one heartbeats and leases are measured with.
     fn now_unix_ms(&self) -> Result<i64>;
+
+    // Activations.
+
+    /// Records (or replaces) the activation of one database user; `updated_unix_ms` is taken
+    /// from the backend's clock.
+    fn put_activation(&self, record: &ActivationRecord) -> Result<()>;
+    /// The recorded activation of one database user.
+    fn get_activation(&self, user_key: &str) -> Result<Option<ActivationRecord>>;
+    /// Forgets the activation of one database user (it was torn down); true when recorded.
+    fn delete_activation(&self, user_key: &str) -> Result<bool>;
 
     // Small values.
 

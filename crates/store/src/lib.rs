@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
+pub use backend::{ActivationRecord, AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 pub use error::{Result, StoreError};
 pub use lock::LockGuard;
 pub use postgres::PostgresBackend;
@@ -229,6 +229,25 @@ impl Store {
     /// See [`Backend::now_unix_ms`].
     pub async fn now_unix_ms(&self) -> Result<i64> {
         blocking!(self, |b| b.now_unix_ms())
+    }
+
+    // Activations.
+
+    /// See [`Backend::put_activation`].
+    pub async fn put_activation(&self, record: ActivationRecord) -> Result<()> {
+        blocking!(self, |b| b.put_activation(&record))
+    }
+
+    /// See [`Backend::get_activation`].
+    pub async fn get_activation(&self, user_key: &str) -> Result<Option<ActivationRecord>> {
+        let user_key = user_key.to_owned();
+        blocking!(self, |b| b.get_activation(&user_key))
+    }
+
+    /// See [`Backend::delete_activation`].
+    pub async fn delete_activation(&self, user_key: &str) -> Result<bool> {
+        let user_key = user_key.to_owned();
+        blocking!(self, |b| b.delete_activation(&user_key))
     }
 
     // Small values.
@@ -460,17 +479,17 @@ mod tests {
             dbward_user: "alice".into(),
             mode: "keep".into(),
             started_unix_ms: started,
+            engine: "postgres".into(),
+            server: "db1:5432".into(),
+            backend_id: Some(started * 10),
         };
         store.register_session(session("s2", "i1", 20)).await?;
         store.register_session(session("s1", "i2", 10)).await?;
         store.register_session(session("s3", "i1", 30)).await?;
-        let sids: Vec<String> = store
-            .list_sessions()
-            .await?
-            .into_iter()
-            .map(|s| s.sid)
-            .collect();
+        let listed = store.list_sessions().await?;
+        let sids: Vec<&str> = listed.iter().map(|s| s.sid.as_str()).collect();
         assert_eq!(sids, ["s1", "s2", "s3"]);
+        assert_eq!(listed[0], session("s1", "i2", 10));
         assert!(store.end_session("s1").await?);
         assert!(!store.end_session("s1").await?);
         assert_eq!(store.end_sessions_of_instance("i1").await?, 2);
@@ -487,6 +506,38 @@ mod tests {
         assert_eq!(store.kv_get("k").await?.as_deref(), Some("v2"));
         assert!(store.kv_delete("k").await?);
         assert!(!store.kv_delete("k").await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn activations_are_recorded_replaced_and_forgotten() -> TestResult {
+        let (_dir, store) = open()?;
+        let key = "postgres/db1:5432/alice";
+        let record = |mode: &str| ActivationRecord {
+            user_key: key.into(),
+            db_service: "orders".into(),
+            dbward_user: "alice".into(),
+            mode: mode.into(),
+            instance_id: "i1".into(),
+            updated_unix_ms: 0,
+        };
+        assert_eq!(store.get_activation(key).await?, None);
+        let before = store.now_unix_ms().await?;
+        store.put_activation(record("best_effort_drop")).await?;
+        store.put_activation(record("keep")).await?;
+        let stored = store.get_activation(key).await?.ok_or("no record")?;
+        assert_eq!(stored.mode, "keep");
+        assert!(stored.updated_unix_ms >= before);
+        assert_eq!(
+            ActivationRecord {
+                updated_unix_ms: 0,
+                ..stored
+            },
+            record("keep")
+        );
+        assert!(store.delete_activation(key).await?);
+        assert!(!store.delete_activation(key).await?);
+        assert_eq!(store.get_activation(key).await?, None);
         Ok(())
     }
 

@@ -282,7 +282,7 @@ async fn renew_until_released(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{AuditQuery, PutMode, SessionRecord};
+    use crate::backend::{ActivationRecord, AuditQuery, PutMode, SessionRecord};
     use crate::{SqliteBackend, Store};
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -368,6 +368,15 @@ mod tests {
         }
         fn now_unix_ms(&self) -> Result<i64> {
             self.inner.now_unix_ms()
+        }
+        fn put_activation(&self, record: &ActivationRecord) -> Result<()> {
+            self.inner.put_activation(record)
+        }
+        fn get_activation(&self, user_key: &str) -> Result<Option<ActivationRecord>> {
+            self.inner.get_activation(user_key)
+        }
+        fn delete_activation(&self, user_key: &str) -> Result<bool> {
+            self.inner.delete_activation(user_key)
         }
         fn kv_get(&self, key: &str) -> Result<Option<String>> {
             self.inner.kv_get(key)

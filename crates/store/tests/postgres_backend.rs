@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbward_store::{AuditQuery, AuditRecord, PutMode, SessionRecord, Store, StoreError};
+use dbward_store::{
+    ActivationRecord, AuditQuery, AuditRecord, PutMode, SessionRecord, Store, StoreError,
+};
 use dbward_testkit::{shared_cas, shared_pg, unique_name, ClientCertFiles};
 use tokio::time::Instant;
 
@@ -236,6 +238,37 @@ async fn audit_batch_keeps_its_order_and_is_all_or_nothing() -> TestResult {
 }
 
 #[tokio::test]
+async fn activations_are_recorded_replaced_and_forgotten() -> TestResult {
+    let store = open()?;
+    let key = "postgres/db1:5432/alice";
+    let record = |mode: &str| ActivationRecord {
+        user_key: key.into(),
+        db_service: "orders".into(),
+        dbward_user: "alice".into(),
+        mode: mode.into(),
+        instance_id: "i1".into(),
+        updated_unix_ms: 0,
+    };
+    assert_eq!(store.get_activation(key).await?, None);
+    let before = store.now_unix_ms().await?;
+    store.put_activation(record("best_effort_drop")).await?;
+    store.put_activation(record("keep")).await?;
+    let stored = store.get_activation(key).await?.ok_or("no record")?;
+    assert!(stored.updated_unix_ms >= before);
+    assert_eq!(
+        ActivationRecord {
+            updated_unix_ms: 0,
+            ..stored
+        },
+        record("keep")
+    );
+    assert!(store.delete_activation(key).await?);
+    assert!(!store.delete_activation(key).await?);
+    assert_eq!(store.get_activation(key).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
 async fn sessions_instances_and_values_round_trip() -> TestResult {
     let store = open()?;
     let session = |sid: &str, instance: &str, started| SessionRecord {
@@ -246,6 +279,9 @@ async fn sessions_instances_and_values_round_trip() -> TestResult {
         dbward_user: "alice".into(),
         mode: "keep".into(),
         started_unix_ms: started,
+        engine: "postgres".into(),
+        server: "db1:5432".into(),
+        backend_id: Some(started * 10),
     };
     store.register_session(session("s2", "i1", 20)).await?;
     store.register_session(session("s1", "i2", 10)).await?;
@@ -322,7 +358,7 @@ async fn reopening_keeps_everything_and_applies_migrations_once() -> TestResult 
         &name,
         "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
     )?;
-    assert_eq!(versions, "1");
+    assert_eq!(versions, "1,2");
     Ok(())
 }
 
@@ -346,7 +382,7 @@ fn instances_opening_an_empty_database_together_migrate_it_once() -> TestResult 
         result?;
     }
     let versions = shared_pg()?.psql_super_in(&name, "SELECT count(*) FROM schema_migrations")?;
-    assert_eq!(versions, "1");
+    assert_eq!(versions, "2");
     Ok(())
 }
 

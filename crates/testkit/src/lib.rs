@@ -29,11 +29,12 @@
 mod certs;
 mod maria;
 mod pg;
+pub mod pg_versions;
 mod process;
 mod shared;
 
 pub use certs::{ClientCertFiles, DbServerCerts};
 pub use maria::MariaServer;
-pub use pg::PgServer;
+pub use pg::{PgServer, PG_MAJOR_ENV};
 pub use process::require_binaries;
 pub use shared::{shared_cas, shared_maria, shared_pg, unique_name};

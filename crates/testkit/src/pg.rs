@@ -1,6 +1,9 @@
 //! An ephemeral PostgreSQL server: `initdb` into a temporary directory, TLS with the given
 //! certificates, client-certificate authentication over TCP, and the test's own superuser
 //! access over a Unix socket in that directory.
+//!
+//! Any major from 13 to 18 can be started ([`PgServer::start_major`]); [`PgServer::start`]
+//! starts the one `$DBWARD_PG_MAJOR` names, else the system's newest (Debian's 15).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,14 +15,19 @@ use anyhow::{bail, Context};
 use tempfile::TempDir;
 
 use crate::certs::DbServerCerts;
+use crate::pg_versions;
 use crate::process::{
-    free_port, log_tail, run, run_with_input, short_temp_dir, wait_until_gone, ServerAccount,
-    Watchdog, PACKAGES,
+    find_program, free_port, log_tail, run, run_with_input, short_temp_dir, wait_until_gone,
+    ServerAccount, Watchdog, PACKAGES,
 };
 
 /// Environment variable naming a PostgreSQL `bin` directory to use instead of the newest one
 /// under `/usr/lib/postgresql`.
 pub const PG_BIN_ENV: &str = "DBWARD_TEST_PG_BIN";
+
+/// Environment variable naming the PostgreSQL major [`PgServer::start`] (and so the shared
+/// server of every test binary) runs, e.g. `17`; see [`crate::pg_versions`].
+pub const PG_MAJOR_ENV: &str = "DBWARD_PG_MAJOR";
 
 /// How many times start is tried with a new port when another process took the port.
 const START_ATTEMPTS: usize = 5;
@@ -60,8 +68,29 @@ impl PgServer {
     /// '127.0.0.1'`, a free port, the socket directory and `max_connections = 200`;
     /// `pg_hba.conf` is exactly `local all all trust` and `hostssl all all 127.0.0.1/32 cert`.
     pub fn start(certs: &DbServerCerts) -> anyhow::Result<PgServer> {
-        let bin_dir = Self::bin_dir()?;
+        Self::start_in(certs, Self::bin_dir()?)
+    }
+
+    /// Like [`PgServer::start`], with PostgreSQL `major` (13–18): the system's binaries when
+    /// installed, else the pinned build cached by `scripts/lib/fetch-pg`.
+    pub fn start_major(certs: &DbServerCerts, major: u32) -> anyhow::Result<PgServer> {
+        let server = Self::start_in(certs, pg_versions::bin_dir_for_major(major)?)?;
+        if server.major_version != major {
+            bail!(
+                "asked for PostgreSQL {major}, the binaries are {}",
+                server.major_version
+            );
+        }
+        Ok(server)
+    }
+
+    fn start_in(certs: &DbServerCerts, bin_dir: PathBuf) -> anyhow::Result<PgServer> {
         let account = ServerAccount::for_service("postgres")?;
+        let bin_dir = if account.switch_to.is_some() {
+            pg_versions::runnable_by_others(&bin_dir)?
+        } else {
+            bin_dir
+        };
         let dir = short_temp_dir("dbwpg")?;
         let root = dir.path().to_path_buf();
         let data_dir = root.join("data");
@@ -189,7 +218,7 @@ impl PgServer {
     /// Like [`PgServer::psql_super`], in database `dbname`.
     pub fn psql_super_in(&self, dbname: &str, sql: &str) -> anyhow::Result<String> {
         let out = run_with_input(
-            Command::new(self.bin_dir.join("psql"))
+            Command::new(psql_program(&self.bin_dir)?)
                 .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
                 .arg(&self.socket_dir)
                 .args([
@@ -223,8 +252,9 @@ impl PgServer {
         self.major_version
     }
 
-    /// The directory of the PostgreSQL binaries: `$DBWARD_TEST_PG_BIN` if set, otherwise the
-    /// newest `/usr/lib/postgresql/<major>/bin` that holds `initdb`.
+    /// The directory of the PostgreSQL binaries: `$DBWARD_TEST_PG_BIN` if set, else the one
+    /// serving `$DBWARD_PG_MAJOR` if set, otherwise the newest
+    /// `/usr/lib/postgresql/<major>/bin` that holds `initdb`.
     pub fn bin_dir() -> anyhow::Result<PathBuf> {
         if let Some(dir) = std::env::var_os(PG_BIN_ENV) {
             let dir = PathBuf::from(dir);
@@ -232,6 +262,14 @@ impl PgServer {
                 return Ok(dir);
             }
             bail!("{PG_BIN_ENV}={} holds no initdb", dir.display());
+        }
+        if let Some(major) = std::env::var_os(PG_MAJOR_ENV) {
+            let text = major.to_string_lossy();
+            let major: u32 = text
+                .trim()
+                .parse()
+                .with_context(|| format!("{PG_MAJOR_ENV}={text:?} is not a major version"))?;
+            return pg_versions::bin_dir_for_major(major);
         }
         let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
             .into_iter()
@@ -277,6 +315,16 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// `psql` from the server's `bin` directory, else the system's (the npm builds ship none; a
+/// newer client talks to every older server).
+fn psql_program(bin_dir: &Path) -> anyhow::Result<PathBuf> {
+    let own = bin_dir.join("psql");
+    if own.is_file() {
+        return Ok(own);
+    }
+    find_program("psql")
 }
 
 /// Immediate shutdown, then waits for the postmaster to be gone: `pg_ctl -w` returns once the

@@ -26,10 +26,13 @@ pub fn require_binaries() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     match crate::pg::PgServer::bin_dir() {
         Ok(dir) => {
-            for tool in ["initdb", "pg_ctl", "postgres", "psql"] {
+            for tool in ["initdb", "pg_ctl", "postgres"] {
                 if !dir.join(tool).is_file() {
                     missing.push(format!("{}/{tool}", dir.display()));
                 }
+            }
+            if find_program("psql").is_err() && !dir.join("psql").is_file() {
+                missing.push("psql".to_string());
             }
         }
         Err(_) => missing.push("PostgreSQL server (initdb, pg_ctl, postgres)".to_string()),

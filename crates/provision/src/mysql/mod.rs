@@ -28,6 +28,7 @@
 mod conn;
 mod preflight;
 mod quote;
+mod terminate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -792,6 +793,7 @@ async fn check_never_granted(
             ("role", &hex_literal(role)),
             ("admin", &hex_literal(admin)),
             ("marker", &hex_literal(MARKER_ROLE)),
+            ("schema", &hex_literal(&target.default_schema)),
             ("role_prefix", &hex_literal(ROLE_PREFIX)),
             ("set_user_bit", &SET_USER_ACCESS_BIT.to_string()),
         ],

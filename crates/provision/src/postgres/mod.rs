@@ -16,6 +16,7 @@
 mod pool;
 mod preflight;
 mod quote;
+mod terminate;
 mod tls;
 
 use std::collections::BTreeSet;

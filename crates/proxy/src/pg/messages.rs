@@ -50,6 +50,8 @@ pub mod tag {
     pub const PARSE: u8 = b'P';
     /// Frontend: Terminate (`X`).
     pub const TERMINATE: u8 = b'X';
+    /// Frontend: fast-path FunctionCall (`F`).
+    pub const FUNCTION_CALL: u8 = b'F';
 }
 
 /// Severity of an ErrorResponse, as both the localized `S` and the stable `V` field.

@@ -4,7 +4,9 @@
 //! Bytes are forwarded as soon as they are read, through one reused buffer per direction;
 //! nothing is re-encoded. Client-to-server bytes also go through a frame tap, which follows
 //! message boundaries (type byte and length, frames split across reads included) only to
-//! report `Query`, `Parse` and `Terminate`. The tap sees a message before its last byte is
+//! report `Query`, `Parse`, `FunctionCall` and `Terminate`. A fast-path `FunctionCall` runs a
+//! function by OID with no SQL text (libpq's large-object calls use it); it is reported with
+//! that OID so that the audit records it too. The tap sees a message before its last byte is
 //! forwarded, so the audit record never trails the statement it describes.
 
 use std::borrow::Cow;
@@ -36,6 +38,11 @@ pub enum TapEvent<'a> {
         sql: &'a str,
         /// Whether the message was cut at [`TAP_SQL_LIMIT`].
         truncated: bool,
+    },
+    /// A fast-path `FunctionCall`.
+    FunctionCall {
+        /// The OID of the function called (0 when the message is too short to hold one).
+        oid: u32,
     },
     /// `Terminate`: the client is ending the session.
     Terminate,
@@ -73,7 +80,7 @@ pub struct RelayStats {
 }
 
 /// Relays between `client` and `server` until one of them closes or fails, calling `tap` for
-/// every `Query`, `Parse` and `Terminate` the client sends.
+/// every `Query`, `Parse`, `FunctionCall` and `Terminate` the client sends.
 ///
 /// When the client closes, the server's side is shut down and the server gets a few seconds
 /// to finish; when the server closes, the client's side is shut down at once. Either way both
@@ -91,8 +98,8 @@ where
 /// Follows the framing of frontend messages across arbitrary chunk boundaries.
 ///
 /// A message that arrives whole within one chunk is reported straight from that chunk; only
-/// a `Query` or `Parse` split across chunks is gathered, into a buffer reused from message to
-/// message.
+/// a `Query` or `Parse` split across chunks is gathered (of a `FunctionCall`, its OID), into
+/// a buffer reused from message to message.
 #[derive(Debug)]
 pub(crate) struct FrameTap {
     header: [u8; 5],
@@ -139,7 +146,8 @@ impl FrameTap {
                 if self.header_len == 5 {
                     let [message_tag, l0, l1, l2, l3] = self.header;
                     self.remaining = body_len([l0, l1, l2, l3])?;
-                    self.gathering = matches!(message_tag, tag::QUERY | tag::PARSE);
+                    self.gathering =
+                        matches!(message_tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL);
                     self.gathered.clear();
                     self.truncated = false;
                     if self.remaining == 0 {
@@ -149,7 +157,13 @@ impl FrameTap {
             } else {
                 let take = self.remaining.min(data.len());
                 if self.gathering {
-                    let room = TAP_SQL_LIMIT - self.gathered.len();
+                    // A FunctionCall is reported by its OID, its first 4 bytes.
+                    let limit = if self.header[0] == tag::FUNCTION_CALL {
+                        4
+                    } else {
+                        TAP_SQL_LIMIT
+                    };
+                    let room = limit.saturating_sub(self.gathered.len());
                     self.gathered.extend_from_slice(&data[..take.min(room)]);
                     self.truncated |= take > room;
                 }
@@ -210,6 +224,13 @@ where
                 truncated,
             });
         }
+        tag::FUNCTION_CALL => {
+            let oid = body
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            tap(TapEvent::FunctionCall { oid });
+        }
         tag::TERMINATE => tap(TapEvent::Terminate),
         _ => {}
     }
@@ -242,6 +263,7 @@ mod tests {
                 sql,
                 truncated,
             } => format!("P [{statement}] {sql} {truncated}"),
+            TapEvent::FunctionCall { oid } => format!("F {oid}"),
             TapEvent::Terminate => "X".into(),
         }
     }
@@ -292,6 +314,32 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(events, expected());
+    }
+
+    #[test]
+    fn fast_path_function_calls_are_reported_by_oid_in_any_chunking() {
+        // FunctionCall of OID 955 (lowrite) with two arguments, then a query.
+        let mut bytes = vec![b'F'];
+        let body: Vec<u8> = [
+            &955u32.to_be_bytes()[..],
+            &[0, 0],
+            &[0, 2],
+            &[0, 0, 0, 4, 0, 0, 0, 1],
+            &[0, 0, 0, 3, b'a', b'b', b'c'],
+            &[0, 0],
+        ]
+        .concat();
+        bytes.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&messages::query("select 1"));
+        for size in 1..=bytes.len() {
+            let mut tap = FrameTap::new();
+            let mut events = Vec::new();
+            for chunk in bytes.chunks(size) {
+                tap.feed(chunk, &mut |e| events.push(describe(e))).unwrap();
+            }
+            assert_eq!(events, ["F 955", "Q select 1 false"], "chunks of {size}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use dbward_proxy::pg::BackendKey;
 
+use super::provisioning::DbUserKey;
 use super::Authorized;
 use crate::Gateway;
 
@@ -26,8 +27,9 @@ pub struct CancelTarget {
 
 struct Entry {
     authorized: Arc<Authorized>,
-    /// The (database resource, in-database user) pair the session runs as.
-    db_user_key: (String, String),
+    /// The database user the session runs as, on its server: sessions through two `db`
+    /// resources that point at one server count together.
+    db_user_key: DbUserKey,
     end: CancellationToken,
     cancel_key: Option<BackendKey>,
     /// False once the relay has ended and only teardown is left.
@@ -92,10 +94,7 @@ impl LiveSessions {
     pub fn register(&self, authorized: Arc<Authorized>) -> Registration {
         let end = CancellationToken::new();
         let sid = authorized.fields.sid.clone();
-        let db_user_key = (
-            authorized.db.metadata.name.clone(),
-            authorized.fields.db_user.clone(),
-        );
+        let db_user_key = DbUserKey::of(&authorized.db, &authorized.fields.db_user);
         self.lock().sessions.insert(
             sid.clone(),
             Entry {
@@ -116,7 +115,7 @@ impl LiveSessions {
     /// Updates the in-database user name once provisioning has computed it.
     pub fn set_db_user(&self, sid: &str, db_user: &str) {
         if let Some(entry) = self.lock().sessions.get_mut(sid) {
-            entry.db_user_key.1 = db_user.to_string();
+            entry.db_user_key.db_user = db_user.to_string();
         }
     }
 
@@ -140,12 +139,13 @@ impl LiveSessions {
         self.lock().cancel.get(&key).cloned()
     }
 
-    /// How many sessions of this gateway run as (database resource, db user).
-    pub fn count_for(&self, db: &str, db_user: &str) -> usize {
+    /// How many sessions of this gateway run as this database user on its server, through
+    /// any `db` resource.
+    pub fn count_for(&self, key: &DbUserKey) -> usize {
         self.lock()
             .sessions
             .values()
-            .filter(|e| e.relaying && e.db_user_key.0 == db && e.db_user_key.1 == db_user)
+            .filter(|e| e.relaying && e.db_user_key == *key)
             .count()
     }
 

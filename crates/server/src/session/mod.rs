@@ -259,35 +259,6 @@ pub(crate) fn still_allowed(
     Ok(())
 }
 
-/// Accepts connections until `shutdown`, one task per connection; an accept error (out of
-/// file descriptors, say) is logged and retried after a short pause.
-pub(crate) async fn accept_loop<F, Fut>(
-    listener: tokio::net::TcpListener,
-    shutdown: tokio_util::sync::CancellationToken,
-    what: &'static str,
-    mut handle: F,
-) where
-    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(%err, listener = what, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small interactive messages both ways: do not hold them back.
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(handle(tcp, peer));
-    }
-}
-
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }

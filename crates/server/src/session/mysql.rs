@@ -30,12 +30,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let next_id = std::sync::atomic::AtomicU32::new(1);
-    super::accept_loop(listener, shutdown, "mysql", move |tcp, peer| {
-        let connection_id = next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .max(1);
-        handle(gw.clone(), tcp, peer, tls.clone(), connection_id)
-    })
+    let gate = gw.pending.clone();
+    crate::listen::accept_loop(
+        listener,
+        gate,
+        shutdown,
+        "mysql",
+        move |tcp, peer, pending| {
+            let connection_id = next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .max(1);
+            handle(gw.clone(), tcp, peer, tls.clone(), connection_id, pending)
+        },
+    )
     .await;
 }
 
@@ -45,6 +52,7 @@ async fn handle(
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     connection_id: u32,
+    pending: crate::listen::Pending,
 ) {
     let server_version = gw
         .mysql_version
@@ -55,7 +63,13 @@ async fn handle(
         server_version,
         connection_id,
     };
-    let client = match mysql::accept(tcp, tls, greeting, HandshakeLimits::default()).await {
+    let limits = HandshakeLimits {
+        timeout: gw.config.limits.handshake_timeout,
+        ..HandshakeLimits::default()
+    };
+    let client = mysql::accept(tcp, tls, greeting, limits).await;
+    drop(pending);
+    let client = match client {
         Ok(client) => client,
         Err(err) => {
             tracing::info!(%peer, %err, "mysql handshake failed");
@@ -178,6 +192,10 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         }
     };
     provisioned.connected().await;
+    let connection_id = Some(i64::from(server.connection_id));
+    provisioned
+        .record_live(&gw, &authorized, connection_id)
+        .await;
     if let Ok(mut version) = gw.mysql_version.write() {
         if *version != server.server_version {
             *version = server.server_version.clone();
@@ -216,6 +234,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
         }
     };
     let end = registration.end.clone();
+    let connection_id = server.connection_id;
     let mut server_stream = server.stream;
     let mut client_stream = client.stream;
     tokio::select! {
@@ -228,7 +247,40 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     }
     drop(server_stream);
     drop(client_stream);
+    end_connection(&gw, &authorized, &provisioned.db_user, connection_id).await;
     lifecycle::finish(&gw, registration, provisioned, &authorized).await;
+}
+
+/// Ends the session's server connection for good. MariaDB notices a closed socket only when
+/// the running statement looks at it (`SLEEP` does, `BENCHMARK` and most work do not), so a
+/// busy connection would go on with the user's roles, and keep the user active, after the
+/// session ended. Only for provisioned users: the admin kills nothing but a connection of
+/// the user this session used, and needs `CONNECTION ADMIN` for it.
+async fn end_connection(gw: &Gateway, authorized: &Authorized, db_user: &str, id: u32) {
+    if authorized.decision.mode == dbward_rbac::ProvisioningMode::Off {
+        return;
+    }
+    let Ok(super::provisioning::EngineAdmin::Mysql(admin)) =
+        super::provisioning::engine_admin(gw, &authorized.db)
+    else {
+        return;
+    };
+    let user = dbward_provision::DbUserName::new(db_user.to_owned());
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        gw.maria_provisioner
+            .kill_connection(&admin, &user, u64::from(id)),
+    )
+    .await;
+    let sid = &authorized.fields.sid;
+    match ended {
+        Ok(Ok(true)) => tracing::info!(%sid, id, "connection outlived its session; killed"),
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(%sid, id, %err, "could not kill the connection of an ended session")
+        }
+        Err(_) => tracing::warn!(%sid, id, "killing the connection of an ended session timed out"),
+    }
 }
 
 async fn send_error(stream: &mut ClientStream, seq: u8, err: &SessionError) {

@@ -27,9 +27,14 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    super::accept_loop(listener, shutdown, "postgres", move |tcp, peer| {
-        handle(gw.clone(), tcp, peer, tls.clone())
-    })
+    let gate = gw.pending.clone();
+    crate::listen::accept_loop(
+        listener,
+        gate,
+        shutdown,
+        "postgres",
+        move |tcp, peer, pending| handle(gw.clone(), tcp, peer, tls.clone(), pending),
+    )
     .await;
 }
 
@@ -38,8 +43,15 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    pending: crate::listen::Pending,
 ) {
-    let accepted = match pg::accept(tcp, tls, pg::HandshakeLimits::default()).await {
+    let limits = pg::HandshakeLimits {
+        timeout: gw.config.limits.handshake_timeout,
+        ..pg::HandshakeLimits::default()
+    };
+    let accepted = pg::accept(tcp, tls, limits).await;
+    drop(pending);
+    let accepted = match accepted {
         Ok(accepted) => accepted,
         Err(err) => {
             tracing::info!(%peer, %err, "postgres handshake failed");
@@ -172,6 +184,8 @@ async fn run_session(
         }
     };
     provisioned.connected().await;
+    let backend_pid = server.backend_key.map(|key| i64::from(key.process_id));
+    provisioned.record_live(&gw, &authorized, backend_pid).await;
 
     let gateway_key = match server.backend_key {
         Some(key) => gw.sessions.add_cancel_key(
@@ -199,6 +213,8 @@ async fn run_session(
             TapEvent::Query { sql, .. } | TapEvent::Parse { sql, .. } => {
                 audit_query(sql);
             }
+            // No SQL text: recorded by the function's OID (`pg_proc.oid`).
+            TapEvent::FunctionCall { oid } => audit_query(&format!("FunctionCall oid {oid}")),
             TapEvent::Terminate => terminated.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     };
@@ -232,7 +248,45 @@ async fn run_session(
             .await;
         }
     }
+    if let Some(key) = backend_key {
+        end_backend(&gw, &authorized, &provisioned.db_user, key.process_id).await;
+    }
     lifecycle::finish(&gw, registration, provisioned, &authorized).await;
+}
+
+/// Ends the session's backend for good. A cancel is not enough: a statement may swallow it
+/// (a PL/pgSQL handler for `query_canceled`), and a Terminate the client pipelined behind a
+/// statement is read only once that statement ends; either way the backend would go on
+/// running with the user's roles, and keep the user active, after the session ended.
+/// Only for provisioned users: the admin terminates nothing but a backend of the managed
+/// user this session used.
+async fn end_backend(gw: &Gateway, authorized: &Authorized, db_user: &str, pid: i32) {
+    if authorized.decision.mode == dbward_rbac::ProvisioningMode::Off {
+        return;
+    }
+    let Ok(admin) =
+        super::provisioning::admin_target(gw, &authorized.db, &authorized.decision.db_name)
+    else {
+        return;
+    };
+    let user = dbward_provision::DbUserName::new(db_user.to_owned());
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        gw.pg_provisioner.terminate_backend(&admin, &user, pid),
+    )
+    .await;
+    match ended {
+        Ok(Ok(true)) => {
+            tracing::info!(sid = %authorized.fields.sid, pid, "backend outlived its session; terminated")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(sid = %authorized.fields.sid, pid, %err, "could not terminate the backend of an ended session")
+        }
+        Err(_) => {
+            tracing::warn!(sid = %authorized.fields.sid, pid, "terminating the backend of an ended session timed out")
+        }
+    }
 }
 
 async fn fail_start(

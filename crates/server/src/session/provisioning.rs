@@ -1,8 +1,19 @@
 //! Step 3 of the pipeline: make the database user ready (PROVISIONING.md §3).
 //!
 //! `authorize → lock(D, db user) → activate → connect as the user → unlock → relay … → close →
-//! lock → deactivate or drop → unlock`. The lock is the store's cross-instance lease, so two
-//! gateways sharing a store never activate and tear down the same user at once.
+//! lock → deactivate or drop → unlock`. The lock is the store's cross-instance lease, keyed by
+//! (engine, server host:port, db user) ([`DbUserKey`]), so two gateways sharing a store, or
+//! two `db` resources pointing at one server, never activate and tear down the same user at
+//! once.
+//!
+//! What survives a crash of this process is in the store: the activation that made a user
+//! active (its mode, for teardown and the reconciler) and each live session with its upstream
+//! connection (for the instance that cleans up after this one, see `reconcile`). A teardown
+//! that cannot reach the store waits for it, with backoff, until it can.
+//!
+//! Clients are told only what PROVISIONING.md writes for them ([`UserFacing`]); every other
+//! provisioning failure reaches them as a generic message with the session id, and its detail
+//! (admin name, missing grant) goes to the log and to `dbward db check`.
 
 use std::time::Duration;
 
@@ -12,7 +23,7 @@ use dbward_provision::{
     ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode,
 };
 use dbward_rbac::ProvisioningMode;
-use dbward_store::LockGuard;
+use dbward_store::{ActivationRecord, LockGuard, SessionRecord};
 use serde_json::json;
 
 use super::{Authorized, SessionError};
@@ -20,6 +31,122 @@ use crate::{audit, Gateway};
 
 /// How long a connection waits for another session's activation or teardown of the same user.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// First and longest pause of a teardown that waits for the store.
+const STORE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long recording a live session may hold up its start.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// A database user as every gateway and every `db` resource sees it: the engine, the server
+/// (`host:port`) and the in-database name. Two resources that point at one server name the
+/// same user, so they share its provisioning lock, its live-session count and its activation
+/// record. The only place these keys are built.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DbUserKey {
+    pub engine: &'static str,
+    pub server: String,
+    pub db_user: String,
+}
+
+impl DbUserKey {
+    pub fn of(db: &Db, db_user: &str) -> DbUserKey {
+        DbUserKey {
+            engine: engine_name(db.spec.protocol),
+            server: server_of(db),
+            db_user: db_user.to_string(),
+        }
+    }
+
+    /// `<engine>/<host:port>/<db user>`: the key of the user's activation record.
+    pub fn store_key(&self) -> String {
+        format!("{}/{}/{}", self.engine, self.server, self.db_user)
+    }
+
+    /// The key of the user's provisioning lock.
+    pub fn lock_key(&self) -> String {
+        format!("provision/{}", self.store_key())
+    }
+}
+
+fn engine_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Postgres => "postgres",
+        Protocol::Mysql => "mysql",
+    }
+}
+
+/// The server a `db` resource points at, as `host:port` (host in lower case, default port
+/// filled in).
+pub(crate) fn server_of(db: &Db) -> String {
+    match db.host_port() {
+        Ok((host, port)) => format!("{}:{port}", host.to_ascii_lowercase()),
+        Err(_) => db.spec.uri.trim().to_ascii_lowercase(),
+    }
+}
+
+/// `keep` wins over `best_effort_drop`: a user is dropped only when every activation and
+/// resource that applies asks for it.
+pub(crate) fn weakest(a: ProvisioningMode, b: ProvisioningMode) -> ProvisioningMode {
+    if a == ProvisioningMode::BestEffortDrop && b == ProvisioningMode::BestEffortDrop {
+        ProvisioningMode::BestEffortDrop
+    } else {
+        ProvisioningMode::Keep
+    }
+}
+
+/// A mode as stored (`keep`, `best_effort_drop`); anything else counts as `keep`.
+pub(crate) fn stored_mode(text: &str) -> ProvisioningMode {
+    if text == ProvisioningMode::BestEffortDrop.as_str() {
+        ProvisioningMode::BestEffortDrop
+    } else {
+        ProvisioningMode::Keep
+    }
+}
+
+pub(crate) fn teardown_mode(mode: ProvisioningMode) -> TeardownMode {
+    match mode {
+        ProvisioningMode::BestEffortDrop => TeardownMode::Drop,
+        _ => TeardownMode::Keep,
+    }
+}
+
+/// What a client may read about an error: the texts PROVISIONING.md writes for users, or
+/// `None`, and then the client gets the generic message with its session id.
+pub(crate) trait UserFacing {
+    fn user_facing(&self) -> Option<String>;
+}
+
+impl UserFacing for ProvisionError {
+    fn user_facing(&self) -> Option<String> {
+        // No wildcard: a new error kind must be decided on here.
+        match self {
+            // About the person's own name and roles; PROVISIONING §2, §3.
+            ProvisionError::UserNotManaged { .. }
+            | ProvisionError::RolesChanged { .. }
+            | ProvisionError::RoleMissing { .. }
+            | ProvisionError::InvalidName { .. } => Some(self.to_string()),
+            // The role is named (it came from the person's roles or traits); why it is
+            // refused (it is the admin, a superuser role, ...) is for the log only.
+            ProvisionError::RoleForbidden { role, .. } => Some(format!(
+                "database role \"{role}\" may not be granted to provisioned users"
+            )),
+            // The admin, its privileges, the server: for the operator only.
+            ProvisionError::AdminLacksCreateRole { .. }
+            | ProvisionError::AdminCannotGrant { .. }
+            | ProvisionError::AdminLacksTemporary { .. }
+            | ProvisionError::AdminLacksPrivilege { .. }
+            | ProvisionError::ReadOnly
+            | ProvisionError::UserNotClean { .. }
+            | ProvisionError::UserMissing { .. }
+            | ProvisionError::AdminConnect { .. }
+            | ProvisionError::Timeout(_)
+            | ProvisionError::UnexpectedAnswer(_)
+            | ProvisionError::Postgres(_) => None,
+        }
+    }
+}
 
 /// The admin connection of one engine.
 #[derive(Clone)]
@@ -34,11 +161,10 @@ pub struct Provisioned {
     pub db_user: String,
     mode: ProvisioningMode,
     admin: Option<EngineAdmin>,
+    key: Option<DbUserKey>,
     lock: Option<LockGuard>,
-}
-
-fn lock_key(db: &str, db_user: &str) -> String {
-    format!("provision/{db}/{db_user}")
+    /// The session was recorded in the store's live sessions.
+    recorded: bool,
 }
 
 /// The PostgreSQL admin connection target of a database, or the PROVISIONING §1.5 error.
@@ -130,7 +256,9 @@ pub async fn provision(
             db_user: authorized.decision.db_user.clone(),
             mode,
             admin: None,
+            key: None,
             lock: None,
+            recorded: false,
         });
     }
     let dbward_name = authorized.decision.db_user.clone();
@@ -150,7 +278,7 @@ pub async fn provision(
                 .maria_provisioner
                 .server_version(&target)
                 .await
-                .map_err(provision_error)?;
+                .map_err(|err| provision_error(authorized, err))?;
             let flavor = dbward_proxy::mysql::parse_server_version(&version);
             dbward_proxy::mysql::provisioning_supported(&flavor)
                 .map_err(SessionError::Provisioning)?;
@@ -166,7 +294,8 @@ pub async fn provision(
     authorized.fields.db_user = db_user.clone();
     gw.sessions.set_db_user(&authorized.fields.sid, &db_user);
 
-    let lock = take_lock(gw, &authorized.db.metadata.name, &db_user).await?;
+    let key = DbUserKey::of(&authorized.db, &db_user);
+    let lock = take_lock(gw, &key).await?;
     let user = DbUserName::new(db_user.clone());
     let roles = &authorized.decision.db_roles;
     let outcome = match &admin {
@@ -177,10 +306,8 @@ pub async fn provision(
                 .await
         }
     }
-    .map_err(|err| {
-        tracing::info!(user = %authorized.fields.user, db = %authorized.db.metadata.name, %err, "activation failed");
-        provision_error(err)
-    })?;
+    .map_err(|err| provision_error(authorized, err))?;
+    record_activation(gw, authorized, &key, mode, outcome).await;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
             .emit(
@@ -194,8 +321,43 @@ pub async fn provision(
         db_user,
         mode,
         admin: Some(admin),
+        key: Some(key),
         lock: Some(lock),
+        recorded: false,
     })
+}
+
+/// Records the activation's mode under the user's key (the lock is held). When the user was
+/// already active through another session, the weaker of the two modes is kept, so a user
+/// that some session activated in `keep` mode is never dropped.
+async fn record_activation(
+    gw: &Gateway,
+    authorized: &Authorized,
+    key: &DbUserKey,
+    mode: ProvisioningMode,
+    outcome: ActivateOutcome,
+) {
+    let store_key = key.store_key();
+    let mode = if outcome == ActivateOutcome::AlreadyActive {
+        match gw.store.get_activation(&store_key).await {
+            Ok(Some(existing)) => weakest(mode, stored_mode(&existing.mode)),
+            // Active, but nobody recorded how: assume the weakest.
+            Ok(None) | Err(_) => ProvisioningMode::Keep,
+        }
+    } else {
+        mode
+    };
+    let record = ActivationRecord {
+        user_key: store_key,
+        db_service: authorized.db.metadata.name.clone(),
+        dbward_user: authorized.fields.user.clone(),
+        mode: mode.as_str().to_string(),
+        instance_id: gw.instance_id.clone(),
+        updated_unix_ms: 0,
+    };
+    if let Err(err) = gw.store.put_activation(record).await {
+        tracing::warn!(sid = %authorized.fields.sid, %err, "activation could not be recorded");
+    }
 }
 
 impl Provisioned {
@@ -212,65 +374,119 @@ impl Provisioned {
         }
     }
 
-    /// Teardown after the server connection closed: lock → deactivate or drop → unlock.
-    /// Never fails the caller; problems are logged and left to the reconciler.
-    pub async fn teardown(mut self, gw: &Gateway, authorized: &Authorized) {
-        self.connected().await;
-        let Some(admin) = self.admin.take() else {
+    /// The upstream connection is up: records the session in the store with its upstream
+    /// connection (PostgreSQL backend pid, MariaDB connection id), so that, should this
+    /// gateway die, another instance (or this one restarted) can end it and tear the user
+    /// down. Only provisioned sessions are recorded: there is nothing to undo for others.
+    pub async fn record_live(
+        &mut self,
+        gw: &Gateway,
+        authorized: &Authorized,
+        backend_id: Option<i64>,
+    ) {
+        let Some(key) = &self.key else {
             return;
         };
-        let teardown_mode = match self.mode {
-            ProvisioningMode::BestEffortDrop => TeardownMode::Drop,
-            _ => TeardownMode::Keep,
+        let record = SessionRecord {
+            sid: authorized.fields.sid.clone(),
+            instance_id: gw.instance_id.clone(),
+            db_service: authorized.db.metadata.name.clone(),
+            db_user: self.db_user.clone(),
+            dbward_user: authorized.fields.user.clone(),
+            mode: self.mode.as_str().to_string(),
+            started_unix_ms: unix_ms_now(),
+            engine: key.engine.to_string(),
+            server: key.server.clone(),
+            backend_id,
         };
-        // Another session of this gateway still uses the user: its own teardown, the last
-        // one, deactivates it. Checking the database here would only wait for that session.
-        if gw
-            .sessions
-            .count_for(&authorized.db.metadata.name, &self.db_user)
-            > 0
-        {
+        // Removed at the end even when this write failed or timed out: it may still land.
+        self.recorded = true;
+        match tokio::time::timeout(RECORD_WAIT, gw.store.register_session(record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(sid = %authorized.fields.sid, %err, "live session could not be recorded")
+            }
+            Err(_) => {
+                tracing::warn!(sid = %authorized.fields.sid, "recording the live session timed out")
+            }
+        }
+    }
+
+    /// Teardown after the server connection closed: lock → deactivate or drop → unlock, then
+    /// the session's record is removed from the store. Never fails the caller: problems are
+    /// logged; a store that cannot be reached is waited for, with backoff.
+    pub async fn teardown(mut self, gw: &Gateway, authorized: &Authorized) {
+        self.connected().await;
+        if let (Some(admin), Some(key)) = (self.admin.take(), self.key.clone()) {
+            self.deactivate(gw, authorized, &admin, &key).await;
+        }
+        if self.recorded {
+            forget_live_session(gw, &authorized.fields.sid).await;
+        }
+    }
+
+    async fn deactivate(
+        &self,
+        gw: &Gateway,
+        authorized: &Authorized,
+        admin: &EngineAdmin,
+        key: &DbUserKey,
+    ) {
+        let sid = &authorized.fields.sid;
+        // Another session of this gateway still uses the user (through any resource on the
+        // same server): its own teardown, the last one, deactivates it. Checking the database
+        // here would only wait for that session.
+        if gw.sessions.count_for(key) > 0 {
             return;
         }
         // A backend that is still finishing (a cancelled statement, a killed client's
         // socket not yet noticed) counts as live. When no session of this gateway uses the
         // user any more, look again a few times before leaving it to the reconciler.
         for pause in [0u64, 1, 3, 8] {
-            tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
-            let lock = match take_lock(gw, &authorized.db.metadata.name, &self.db_user).await {
-                Ok(lock) => lock,
-                Err(err) => {
-                    tracing::warn!(user = %self.db_user, %err, "teardown skipped: lock not available; the reconciler will retry");
-                    return;
-                }
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+            let lock = take_lock_patiently(gw, key, sid).await;
+            if gw.sessions.count_for(key) > 0 {
+                release(lock).await;
+                return;
+            }
+            let mode = match gw.store.get_activation(&key.store_key()).await {
+                Ok(Some(record)) => weakest(self.mode, stored_mode(&record.mode)),
+                Ok(None) => self.mode,
+                // Unknown: never drop on a guess.
+                Err(_) => ProvisioningMode::Keep,
             };
             let user = DbUserName::new(self.db_user.clone());
-            let result = match &admin {
+            let result = match admin {
                 EngineAdmin::Postgres(target) => {
                     gw.pg_provisioner
-                        .deactivate(target, &user, teardown_mode)
+                        .deactivate(target, &user, teardown_mode(mode))
                         .await
                 }
                 EngineAdmin::Mysql(target) => {
                     gw.maria_provisioner
-                        .deactivate(target, &user, teardown_mode)
+                        .deactivate(target, &user, teardown_mode(mode))
                         .await
                 }
             };
-            if let Err(err) = lock.release().await {
-                tracing::warn!(%err, "provisioning lock release failed");
+            if matches!(
+                result,
+                Ok(DeactivateOutcome::Missing
+                    | DeactivateOutcome::Locked
+                    | DeactivateOutcome::Dropped
+                    | DeactivateOutcome::DropFellBackToLock)
+            ) {
+                if let Err(err) = gw.store.delete_activation(&key.store_key()).await {
+                    tracing::warn!(%sid, %err, "activation record could not be removed");
+                }
             }
+            release(lock).await;
             match result {
                 Ok(DeactivateOutcome::Kept(_)) => {
-                    if gw
-                        .sessions
-                        .count_for(&authorized.db.metadata.name, &self.db_user)
-                        > 0
-                    {
-                        tracing::debug!(user = %self.db_user, "user still has live sessions; left active");
+                    if gw.sessions.count_for(key) > 0 {
+                        tracing::debug!(%sid, user = %self.db_user, "user still has live sessions; left active");
                         return;
                     }
-                    tracing::debug!(user = %self.db_user, "backend still listed; checking again");
+                    tracing::debug!(%sid, user = %self.db_user, "backend still listed; checking again");
                 }
                 Ok(DeactivateOutcome::Missing) => return,
                 Ok(outcome) => {
@@ -285,7 +501,7 @@ impl Provisioned {
                     return;
                 }
                 Err(err) => {
-                    tracing::warn!(user = %self.db_user, %err, "teardown failed; the reconciler will retry");
+                    tracing::warn!(%sid, user = %self.db_user, %err, "teardown failed; the reconciler will retry");
                     gw.audit
                         .emit(
                             audit::USER_DEACTIVATE,
@@ -300,24 +516,101 @@ impl Provisioned {
     }
 }
 
-async fn take_lock(gw: &Gateway, db: &str, db_user: &str) -> Result<LockGuard, SessionError> {
+fn unix_ms_now() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
+}
+
+async fn release(lock: LockGuard) {
+    if let Err(err) = lock.release().await {
+        tracing::warn!(%err, "provisioning lock release failed");
+    }
+}
+
+async fn take_lock(gw: &Gateway, key: &DbUserKey) -> Result<LockGuard, SessionError> {
     gw.store
-        .lock(&lock_key(db, db_user), &gw.instance_id, LOCK_WAIT)
+        .lock(&key.lock_key(), &gw.instance_id, LOCK_WAIT)
         .await
         .map_err(|err| match err {
             dbward_store::StoreError::LockTimeout { .. } => SessionError::Busy(format!(
-                "timed out waiting for another connection of database user \"{db_user}\" to finish provisioning; try again"
+                "timed out waiting for another connection of database user \"{}\" to finish provisioning; try again",
+                key.db_user
             )),
             other => SessionError::Internal(other.to_string()),
         })
 }
 
-fn provision_error(err: ProvisionError) -> SessionError {
-    match err {
-        ProvisionError::Postgres(_)
-        | ProvisionError::Timeout(_)
-        | ProvisionError::UnexpectedAnswer(_) => SessionError::Internal(err.to_string()),
-        other => SessionError::Provisioning(other.to_string()),
+/// The lock for a teardown: waits for it however long the store is unreachable or the lock
+/// is held (a teardown skipped would leave the user able to log in), retrying with backoff.
+async fn take_lock_patiently(gw: &Gateway, key: &DbUserKey, sid: &str) -> LockGuard {
+    let mut pause = STORE_RETRY_FIRST;
+    loop {
+        match take_lock(gw, key).await {
+            Ok(lock) => return lock,
+            Err(err) => {
+                tracing::warn!(%sid, user = %key.db_user, %err, retry_in = ?pause, "teardown waits for the provisioning lock");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(STORE_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Removes a session's record from the store, retrying with backoff in the background while
+/// the store is unreachable: a record left behind would make the session look alive.
+async fn forget_live_session(gw: &Gateway, sid: &str) {
+    if gw.store.end_session(sid).await.is_ok() {
+        return;
+    }
+    let store = gw.store.clone();
+    let sid = sid.to_string();
+    tokio::spawn(async move {
+        let mut pause = STORE_RETRY_FIRST;
+        loop {
+            tokio::time::sleep(pause).await;
+            match store.end_session(&sid).await {
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(%sid, %err, retry_in = ?pause, "live session record could not be removed")
+                }
+            }
+            pause = (pause * 2).min(STORE_RETRY_MAX);
+        }
+    });
+}
+
+/// An error with its causes, for the log (the driver's own message is often just "db error").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// The error a client gets for a failed activation: a documented user-facing text, or the
+/// generic one with the session id. The detail is logged with the session id either way.
+fn provision_error(authorized: &Authorized, err: ProvisionError) -> SessionError {
+    let sid = &authorized.fields.sid;
+    let db = &authorized.db.metadata.name;
+    let detail = error_chain(&err);
+    match err.user_facing() {
+        Some(text) => {
+            tracing::info!(%sid, user = %authorized.fields.user, %db, error = %detail, "activation refused");
+            SessionError::Provisioning(text)
+        }
+        None => {
+            tracing::warn!(%sid, user = %authorized.fields.user, %db, error = %detail, "database user provisioning failed");
+            SessionError::Provisioning(format!(
+                "database user provisioning failed (session {sid}); ask an administrator to run `dbward db check {db}`"
+            ))
+        }
     }
 }
 

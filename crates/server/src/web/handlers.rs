@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,10 +24,25 @@ use crate::Gateway;
 
 type Shared = State<Arc<Gateway>>;
 
+/// Largest JSON body of any request (a resource file for `dbward create -f` is the largest).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+/// Largest body of a login or a database certificate request: names, a password or roles
+/// and a CSR fit many times over.
+pub const MAX_SMALL_BODY_BYTES: usize = 64 << 10;
+/// Most database roles one database certificate may ask for.
+pub const MAX_REQUESTED_DB_ROLES: usize = 64;
+/// Most audit events one search returns.
+pub const MAX_AUDIT_LIMIT: usize = 10_000;
+/// Farthest back an audit search may reach (100 years), so the arithmetic cannot overflow.
+pub const MAX_AUDIT_SINCE_SECS: u64 = 100 * 365 * 24 * 3600;
+
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/v1/ping", get(ping))
-        .route("/v1/login", post(login))
+        .route(
+            "/v1/login",
+            post(login).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
+        )
         .route("/v1/resources", post(create_resources))
         .route("/v1/resources/{kind}", get(list_resources))
         .route(
@@ -39,8 +54,12 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/v1/users/{name}/password", post(reset_password))
         .route("/v1/dbs", get(list_dbs))
         .route("/v1/dbs/{name}/check", get(check_db))
-        .route("/v1/db-certs", post(issue_db_cert))
+        .route(
+            "/v1/db-certs",
+            post(issue_db_cert).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
+        )
         .route("/v1/audit", get(search_audit))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 impl IntoResponse for GatewayError {
@@ -52,6 +71,7 @@ impl IntoResponse for GatewayError {
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -146,34 +166,59 @@ async fn login(
     Extension(peer): Extension<Peer>,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, GatewayError> {
-    let user_key = format!("user:{}", req.user);
-    let keys = vec![user_key.clone(), format!("addr:{}", peer.addr.ip())];
-    if !gw.limiter.allowed(&keys).await {
+    // Refused before the name is looked up, counted or hashed.
+    if req.user.is_empty() || req.user.len() > passwords::MAX_USER_NAME_LEN {
+        return Err(GatewayError::BadRequest(format!(
+            "a user name has 1 to {} bytes",
+            passwords::MAX_USER_NAME_LEN
+        )));
+    }
+    if req.password.len() > passwords::MAX_PASSWORD_LEN {
+        return Err(GatewayError::BadRequest(format!(
+            "a password has at most {} bytes",
+            passwords::MAX_PASSWORD_LEN
+        )));
+    }
+    // Counted as a failure now, before the password is checked, so that simultaneous
+    // attempts cannot all pass the limit.
+    let Some(attempt) = gw.limiter.begin(&req.user, peer.addr.ip()) else {
+        tracing::info!(user = %req.user, addr = %peer.addr, "login refused: too many failed attempts");
         return Err(GatewayError::TooManyRequests(
             "too many failed login attempts; try again later".into(),
         ));
-    }
+    };
+    // Each check takes tens of MiB: a bounded number run at once, a bounded queue waits
+    // briefly, the rest are answered now.
+    let Some(slot) = gw.limiter.verification_slot().await else {
+        gw.limiter.not_checked(&attempt);
+        return Err(GatewayError::Unavailable(
+            "the gateway is busy checking other logins; try again in a moment".into(),
+        ));
+    };
     let denied = || GatewayError::Unauthorized("invalid user name or password".into());
-    let hash = gw.store.get_password_hash(&req.user).await?;
-    let snapshot = gw.catalog.snapshot().await?;
-    let user = snapshot.users.get(&req.user).cloned();
-    // Verify even when the user is unknown so timing does not reveal which names exist.
-    let password = req.password.clone();
-    let ok = tokio::task::spawn_blocking(move || match hash {
-        Some(h) => passwords::verify_password(&password, &h),
-        None => {
-            let _ = passwords::verify_password(&password, &DUMMY_HASH);
-            false
+    let looked_up = async {
+        let hash = gw.store.get_password_hash(&req.user).await?;
+        let snapshot = gw.catalog.snapshot().await?;
+        Ok::<_, GatewayError>((hash, snapshot))
+    }
+    .await;
+    let (hash, snapshot) = match looked_up {
+        Ok(found) => found,
+        Err(err) => {
+            gw.limiter.not_checked(&attempt);
+            return Err(err);
         }
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    };
+    let user = snapshot.users.get(&req.user).cloned();
+    let ok = gw
+        .limiter
+        .check_password(slot, req.password.clone(), hash)
+        .await;
     let Some(user) = user.filter(|_| ok) else {
-        gw.limiter.record_failure(&keys).await;
         tracing::info!(user = %req.user, addr = %peer.addr, "login failed");
         return Err(denied());
     };
-    gw.limiter.record_success(&user_key).await;
+    gw.limiter.succeeded(&attempt);
     let checker = snapshot
         .checker(&user)
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
@@ -181,8 +226,16 @@ async fn login(
     if let Some(requested) = req.ttl_secs {
         ttl = ttl.min(Duration::from_secs(requested));
     }
+    if ttl.is_zero() {
+        return Err(GatewayError::BadRequest(
+            "a certificate lifetime must be positive".into(),
+        ));
+    }
     let ttl = checker.cap_ttl(ttl);
-    let expires = OffsetDateTime::now_utc() + ttl;
+    let expires = time::Duration::try_from(ttl)
+        .ok()
+        .and_then(|ttl| OffsetDateTime::now_utc().checked_add(ttl))
+        .ok_or_else(|| GatewayError::BadRequest("certificate lifetime out of range".into()))?;
     let identity = Identity {
         username: user.metadata.name.clone(),
         cluster: gw.cluster.clone(),
@@ -200,11 +253,6 @@ async fn login(
         expires: rfc3339(expires),
     }))
 }
-
-/// A hash of a random password, verified against when the user does not exist.
-static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    passwords::hash_password(&passwords::generate_password()).unwrap_or_default()
-});
 
 async fn create_resources(
     State(gw): Shared,
@@ -441,6 +489,12 @@ async fn issue_db_cert(
     UserIdentity(identity): UserIdentity,
     Json(req): Json<DbCertRequest>,
 ) -> Result<Json<DbCertResponse>, GatewayError> {
+    // The roles end up in the certificate: keep it a certificate.
+    if req.db_roles.len() > MAX_REQUESTED_DB_ROLES {
+        return Err(GatewayError::BadRequest(format!(
+            "at most {MAX_REQUESTED_DB_ROLES} database roles may be requested at once"
+        )));
+    }
     let snapshot = gw.catalog.snapshot().await?;
     let user = snapshot
         .users
@@ -533,17 +587,33 @@ async fn search_audit(
 ) -> Result<Json<AuditSearchResponse>, GatewayError> {
     // Events are stored in batches: make everything emitted so far visible.
     gw.audit.flush().await;
-    let since = q.since_secs.map(|s| {
-        let now = OffsetDateTime::now_utc();
-        ((now - Duration::from_secs(s)).unix_timestamp_nanos() / 1_000_000) as i64
-    });
+    let since = match q.since_secs {
+        None => None,
+        Some(secs) if secs > MAX_AUDIT_SINCE_SECS => {
+            return Err(GatewayError::BadRequest(format!(
+                "since_secs is at most {MAX_AUDIT_SINCE_SECS} (100 years)"
+            )))
+        }
+        Some(secs) => {
+            let since = OffsetDateTime::now_utc()
+                .checked_sub(time::Duration::seconds(secs as i64))
+                .ok_or_else(|| GatewayError::BadRequest("since_secs is too far back".into()))?;
+            Some(since.unix_timestamp().saturating_mul(1000))
+        }
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if limit > MAX_AUDIT_LIMIT {
+        return Err(GatewayError::BadRequest(format!(
+            "limit is at most {MAX_AUDIT_LIMIT}"
+        )));
+    }
     let rows = gw
         .store
         .search_audit(dbward_store::AuditQuery {
             event_type: q.event_type,
             user: q.user,
             since_unix_ms: since,
-            limit: q.limit.unwrap_or(1000),
+            limit,
         })
         .await?;
     let events = rows

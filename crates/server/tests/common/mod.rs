@@ -216,6 +216,14 @@ impl Harness {
                 a = q(admin)
             ));
         }
+        // PostgreSQL 16+: CREATEROLE no longer grants a role someone else created, so every
+        // admin but the marker's creator holds the marker WITH ADMIN OPTION (setup guide).
+        if self.pg().major_version() >= 16 {
+            sql.push_str(&format!(
+                "DO $$BEGIN CREATE ROLE \"dbward-auto-user\"; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$; GRANT \"dbward-auto-user\" TO {} WITH ADMIN OPTION;",
+                q(admin)
+            ));
+        }
         self.sql(&sql);
     }
 

@@ -21,13 +21,16 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
+use crate::backend::{ActivationRecord, AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 use crate::error::{Result, StoreError};
 
 use dbward_pgtls::MakeRustlsConnect;
 
 /// Schema migrations in order; a migration's version is its position plus one. Append only.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_crash_recovery.sql"),
+];
 
 /// Key of the advisory lock that serializes migrations across instances ("dbwardmg").
 const MIGRATION_LOCK_KEY: i64 = 0x6462_7761_7264_6d67;
@@ -582,15 +585,19 @@ impl Backend for PostgresBackend {
             client
                 .execute(
                     "INSERT INTO live_sessions
-                         (sid, instance_id, db_service, db_user, dbward_user, mode, started_unix_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         (sid, instance_id, db_service, db_user, dbward_user, mode, started_unix_ms,
+                          engine, server, backend_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                      ON CONFLICT (sid) DO UPDATE SET
                          instance_id = excluded.instance_id,
                          db_service = excluded.db_service,
                          db_user = excluded.db_user,
                          dbward_user = excluded.dbward_user,
                          mode = excluded.mode,
-                         started_unix_ms = excluded.started_unix_ms",
+                         started_unix_ms = excluded.started_unix_ms,
+                         engine = excluded.engine,
+                         server = excluded.server,
+                         backend_id = excluded.backend_id",
                     &[
                         &session.sid,
                         &session.instance_id,
@@ -599,6 +606,9 @@ impl Backend for PostgresBackend {
                         &session.dbward_user,
                         &session.mode,
                         &session.started_unix_ms,
+                        &session.engine,
+                        &session.server,
+                        &session.backend_id,
                     ],
                 )
                 .await?;
@@ -622,7 +632,7 @@ impl Backend for PostgresBackend {
             let rows = client
                 .query(
                     "SELECT sid, instance_id, db_service, db_user, dbward_user, mode,
-                            started_unix_ms
+                            started_unix_ms, engine, server, backend_id
                      FROM live_sessions ORDER BY started_unix_ms, sid",
                     &[],
                 )
@@ -637,6 +647,9 @@ impl Backend for PostgresBackend {
                         dbward_user: row.try_get(4)?,
                         mode: row.try_get(5)?,
                         started_unix_ms: row.try_get(6)?,
+                        engine: row.try_get(7)?,
+                        server: row.try_get(8)?,
+                        backend_id: row.try_get(9)?,
                     })
                 })
                 .collect()
@@ -695,6 +708,70 @@ impl Backend for PostgresBackend {
                 .query_one(&format!("SELECT {NOW_MS}"), &[])
                 .await?
                 .try_get(0)?)
+        })
+    }
+
+    fn put_activation(&self, record: &ActivationRecord) -> Result<()> {
+        let client = self.client()?;
+        self.block_on(async {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO activations
+                             (user_key, db_service, dbward_user, mode, instance_id,
+                              updated_unix_ms)
+                         VALUES ($1, $2, $3, $4, $5, {NOW_MS})
+                         ON CONFLICT (user_key) DO UPDATE SET
+                             db_service = excluded.db_service,
+                             dbward_user = excluded.dbward_user,
+                             mode = excluded.mode,
+                             instance_id = excluded.instance_id,
+                             updated_unix_ms = excluded.updated_unix_ms"
+                    ),
+                    &[
+                        &record.user_key,
+                        &record.db_service,
+                        &record.dbward_user,
+                        &record.mode,
+                        &record.instance_id,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn get_activation(&self, user_key: &str) -> Result<Option<ActivationRecord>> {
+        let client = self.client()?;
+        self.block_on(async {
+            let row = client
+                .query_opt(
+                    "SELECT user_key, db_service, dbward_user, mode, instance_id, updated_unix_ms
+                     FROM activations WHERE user_key = $1",
+                    &[&user_key],
+                )
+                .await?;
+            row.map(|row| {
+                Ok(ActivationRecord {
+                    user_key: row.try_get(0)?,
+                    db_service: row.try_get(1)?,
+                    dbward_user: row.try_get(2)?,
+                    mode: row.try_get(3)?,
+                    instance_id: row.try_get(4)?,
+                    updated_unix_ms: row.try_get(5)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn delete_activation(&self, user_key: &str) -> Result<bool> {
+        let client = self.client()?;
+        self.block_on(async {
+            let deleted = client
+                .execute("DELETE FROM activations WHERE user_key = $1", &[&user_key])
+                .await?;
+            Ok(deleted > 0)
         })
     }
 

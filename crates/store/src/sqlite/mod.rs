@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::backend::{AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
+use crate::backend::{ActivationRecord, AuditQuery, AuditRecord, Backend, PutMode, SessionRecord};
 use crate::error::{Result, StoreError};
 
 /// File name of the database inside the data directory.
@@ -24,7 +24,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema migrations in order; a migration's version is its position plus one. Append only:
 /// an applied migration is never edited.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_crash_recovery.sql"),
+];
 
 /// The SQLite backend. One connection, serialized by a mutex: SQLite allows one writer at a
 /// time anyway, and the store's calls are short.
@@ -393,15 +396,19 @@ impl Backend for SqliteBackend {
     fn register_session(&self, session: &SessionRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO live_sessions
-                 (sid, instance_id, db_service, db_user, dbward_user, mode, started_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 (sid, instance_id, db_service, db_user, dbward_user, mode, started_unix_ms,
+                  engine, server, backend_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (sid) DO UPDATE SET
                  instance_id = excluded.instance_id,
                  db_service = excluded.db_service,
                  db_user = excluded.db_user,
                  dbward_user = excluded.dbward_user,
                  mode = excluded.mode,
-                 started_unix_ms = excluded.started_unix_ms",
+                 started_unix_ms = excluded.started_unix_ms,
+                 engine = excluded.engine,
+                 server = excluded.server,
+                 backend_id = excluded.backend_id",
             params![
                 session.sid,
                 session.instance_id,
@@ -409,7 +416,10 @@ impl Backend for SqliteBackend {
                 session.db_user,
                 session.dbward_user,
                 session.mode,
-                session.started_unix_ms
+                session.started_unix_ms,
+                session.engine,
+                session.server,
+                session.backend_id
             ],
         )?;
         Ok(())
@@ -425,7 +435,8 @@ impl Backend for SqliteBackend {
     fn list_sessions(&self) -> Result<Vec<SessionRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT sid, instance_id, db_service, db_user, dbward_user, mode, started_unix_ms
+            "SELECT sid, instance_id, db_service, db_user, dbward_user, mode, started_unix_ms,
+                    engine, server, backend_id
              FROM live_sessions ORDER BY started_unix_ms, sid",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -437,6 +448,9 @@ impl Backend for SqliteBackend {
                 dbward_user: row.get(4)?,
                 mode: row.get(5)?,
                 started_unix_ms: row.get(6)?,
+                engine: row.get(7)?,
+                server: row.get(8)?,
+                backend_id: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -469,6 +483,58 @@ impl Backend for SqliteBackend {
 
     fn now_unix_ms(&self) -> Result<i64> {
         Ok(system_now_unix_ms())
+    }
+
+    fn put_activation(&self, record: &ActivationRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO activations
+                 (user_key, db_service, dbward_user, mode, instance_id, updated_unix_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (user_key) DO UPDATE SET
+                 db_service = excluded.db_service,
+                 dbward_user = excluded.dbward_user,
+                 mode = excluded.mode,
+                 instance_id = excluded.instance_id,
+                 updated_unix_ms = excluded.updated_unix_ms",
+            params![
+                record.user_key,
+                record.db_service,
+                record.dbward_user,
+                record.mode,
+                record.instance_id,
+                system_now_unix_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_activation(&self, user_key: &str) -> Result<Option<ActivationRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT user_key, db_service, dbward_user, mode, instance_id, updated_unix_ms
+                 FROM activations WHERE user_key = ?1",
+                params![user_key],
+                |row| {
+                    Ok(ActivationRecord {
+                        user_key: row.get(0)?,
+                        db_service: row.get(1)?,
+                        dbward_user: row.get(2)?,
+                        mode: row.get(3)?,
+                        instance_id: row.get(4)?,
+                        updated_unix_ms: row.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn delete_activation(&self, user_key: &str) -> Result<bool> {
+        let deleted = self.conn().execute(
+            "DELETE FROM activations WHERE user_key = ?1",
+            params![user_key],
+        )?;
+        Ok(deleted > 0)
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<String>> {

@@ -3,7 +3,12 @@
 -- however deep: SUPER; CREATE USER (alter any account, the admin's included); the global
 -- grant option; FILE (read and write the server's files); SET USER (create routines that
 -- run as any definer); and writing the grant tables (INSERT, UPDATE or DELETE on *.* or
--- on the `mysql` schema).
+-- on the `mysql` schema). Nor a role that holds another role WITH ADMIN OPTION, itself or
+-- through a role granted to it: the user could grant that role to any account, and a grant
+-- it made is not its own, so no teardown undoes it. Nor a role that may change the admin's
+-- schema (write, create, alter, drop, index, trigger, grant, on the schema or on a table or
+-- column in it): it holds `user_attributes`, dbward's record of whose each account
+-- is, which the admin writes and trusts.
 WITH RECURSIVE closure (role_name) AS (
   SELECT CAST({role} AS CHAR(128) CHARACTER SET utf8mb4)
   UNION
@@ -37,6 +42,30 @@ SELECT reason FROM (
     AND (d.Insert_priv = 'Y' OR d.Update_priv = 'Y' OR d.Delete_priv = 'Y'
          OR d.Grant_priv = 'Y' OR d.Drop_priv = 'Y' OR d.Alter_priv = 'Y'
          OR d.Create_priv = 'Y')
+  UNION ALL
+  SELECT 7, CONCAT('it may grant role ', m.`Role`, ' to others (ADMIN OPTION, through role ',
+                   m.`User`, ')')
+  FROM mysql.roles_mapping m JOIN closure c ON m.`User` = c.role_name
+  WHERE m.`Host` = '' AND m.Admin_option = 'Y'
+  UNION ALL
+  SELECT 8, CONCAT('it may change the schema ', CONVERT({schema} USING utf8mb4),
+                   ' of the admin user (through role ', d.`User`, ')')
+  FROM mysql.db d JOIN closure c ON d.`User` = c.role_name
+  WHERE d.`Host` = '' AND {schema} LIKE d.`Db`
+    AND (d.Insert_priv = 'Y' OR d.Update_priv = 'Y' OR d.Delete_priv = 'Y'
+         OR d.Create_priv = 'Y' OR d.Drop_priv = 'Y' OR d.Alter_priv = 'Y'
+         OR d.Index_priv = 'Y' OR d.Trigger_priv = 'Y' OR d.Grant_priv = 'Y')
+  UNION ALL
+  SELECT 8, CONCAT('it may change the schema ', CONVERT({schema} USING utf8mb4),
+                   ' of the admin user (through role ', t.`User`, ')')
+  FROM mysql.tables_priv t JOIN closure c ON t.`User` = c.role_name
+  WHERE t.`Host` = '' AND t.`Db` = {schema}
+    AND (FIND_IN_SET('Insert', t.Table_priv) OR FIND_IN_SET('Update', t.Table_priv)
+         OR FIND_IN_SET('Delete', t.Table_priv) OR FIND_IN_SET('Create', t.Table_priv)
+         OR FIND_IN_SET('Drop', t.Table_priv) OR FIND_IN_SET('Alter', t.Table_priv)
+         OR FIND_IN_SET('Index', t.Table_priv) OR FIND_IN_SET('Trigger', t.Table_priv)
+         OR FIND_IN_SET('Grant', t.Table_priv) OR FIND_IN_SET('Insert', t.Column_priv)
+         OR FIND_IN_SET('Update', t.Column_priv))
 ) reasons
 ORDER BY ord
 LIMIT 1

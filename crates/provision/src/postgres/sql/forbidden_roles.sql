@@ -5,7 +5,9 @@
 -- A role is refused when it is, or is a member of (and so can SET ROLE to or inherit from),
 -- any of: the admin user; the marker role; a user managed by dbward (member of the marker
 -- without ADMIN OPTION); a dw-role-* role; a role with SUPERUSER, CREATEROLE, REPLICATION or
--- BYPASSRLS; a predefined pg_* role that no allowed predefined role includes.
+-- BYPASSRLS; a predefined pg_* role that no allowed predefined role includes; a role that
+-- holds some role WITH ADMIN OPTION (the user could grant that role to anyone, and a grant it
+-- made is not its own membership: no teardown undoes it, it outlives the user).
 -- pg_database_owner is left out: its only member is the owner of the current database, and
 -- granting that owner is judged by the owner role itself.
 --
@@ -27,7 +29,13 @@ CROSS JOIN LATERAL (
          WHEN x.rolreplication THEN 'a role with REPLICATION'
          WHEN x.rolbypassrls THEN 'a role with BYPASSRLS'
          WHEN pg_catalog.starts_with(x.rolname::text, 'pg_')
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles a
+                           WHERE a.rolname = ANY ($3::text[])
+                             AND pg_catalog.pg_has_role(a.oid, x.oid, 'MEMBER'))
            THEN 'a PostgreSQL predefined role that the db resource does not allow'
+         WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                      WHERE m.member = x.oid AND m.admin_option)
+           THEN 'a role that may grant other roles (ADMIN OPTION)'
          ELSE 'a user managed by dbward'
        END AS text,
     x.rolname::text AS reached
@@ -38,6 +46,8 @@ CROSS JOIN LATERAL (
          OR x.rolname = $2::text
          OR x.rolsuper OR x.rolcreaterole OR x.rolreplication OR x.rolbypassrls
          OR pg_catalog.starts_with(x.rolname::text, 'dw-role-')
+         OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                    WHERE m.member = x.oid AND m.admin_option)
          OR (pg_catalog.starts_with(x.rolname::text, 'pg_')
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles a
                              WHERE a.rolname = ANY ($3::text[])

@@ -214,13 +214,23 @@ BEGIN
     EXECUTE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET ALL', username, d);
   END LOOP;
 
-  -- Roles the user is a member of, however it got them, except the marker.
+  -- Roles the user is a member of, however it got them, except the marker. A role the admin
+  -- holds WITH ADMIN OPTION and still cannot revoke was granted by someone whose grants only
+  -- they can revoke (PostgreSQL 16+: a superuser or another role): refused below (DWU03), as
+  -- no privilege of the admin would help. Other roles need ADMIN OPTION (DWP02 names it).
   FOR grant_row IN SELECT g.rolname::text AS role, gr.rolname::text AS grantor
                    FROM pg_catalog.pg_auth_members m
                    JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
                    LEFT JOIN pg_catalog.pg_roles gr ON gr.oid = m.grantor
                    WHERE m.member = u.oid AND g.rolname <> marker LOOP
-    PERFORM pg_temp.dbward_revoke_one(grant_row.role, username, grant_row.grantor);
+    BEGIN
+      PERFORM pg_temp.dbward_revoke_one(grant_row.role, username, grant_row.grantor);
+    EXCEPTION WHEN SQLSTATE 'DWP02' THEN
+      IF NOT pg_catalog.pg_has_role(current_user, grant_row.role::name,
+                                    'MEMBER WITH ADMIN OPTION') THEN
+        RAISE;
+      END IF;
+    END;
   END LOOP;
   -- Roles the user made members of itself: they would inherit its next session's roles. The
   -- admin's own membership (PostgreSQL 16+ grants it to the creator) stays.
