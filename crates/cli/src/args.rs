@@ -102,6 +102,14 @@ pub enum Command {
 pub enum UsersCommand {
     /// Add a user
     Add(UsersAddArgs),
+    /// Set a new password for a user (users created from files have none)
+    Reset {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Read the password from stdin instead of generating one
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Remove a user
     Rm {
         #[arg(value_name = "NAME")]
@@ -301,6 +309,24 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn users_reset_takes_a_name_and_an_optional_password_from_stdin() {
+        let cli = parse(&["users", "reset", "bob", "--password-stdin"]);
+        assert!(matches!(
+            &cli.command,
+            Command::Users(UsersCommand::Reset { name, password_stdin: true }) if name == "bob"
+        ));
+        let cli = parse(&["users", "reset", "bob"]);
+        assert!(matches!(
+            &cli.command,
+            Command::Users(UsersCommand::Reset {
+                password_stdin: false,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["dbward", "users", "reset"]).is_err());
     }
 
     #[test]

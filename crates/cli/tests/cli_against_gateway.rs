@@ -451,3 +451,89 @@ fn create_reports_file_and_line_and_stores_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.yaml:"), "{stderr}");
 }
+
+#[test]
+fn teleport_exports_load_checked_and_users_from_files_get_a_password() {
+    let sandbox = Sandbox::new();
+    let _gateway = sandbox.start();
+    let create = |name: &str, text: &str| {
+        let path = sandbox.path(name);
+        std::fs::write(&path, text).unwrap();
+        sandbox.run("admin-home", &["create", "-f", path.to_str().unwrap()], "")
+    };
+
+    // A user naming a role that exists nowhere is refused, as `users add` refuses it.
+    let out = create(
+        "users.yaml",
+        "kind: user\nversion: v2\nmetadata:\n  name: bob\nspec:\n  roles: [ghost]\n",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("users.yaml:3: user \"bob\": role \"ghost\" does not exist"),
+        "{stderr}"
+    );
+
+    // A broken template is refused at create time, with file and line.
+    let out = create(
+        "broken.yaml",
+        "kind: role\nversion: v7\nmetadata:\n  name: broken\nspec:\n  allow:\n    db_roles: ['{{internal.db_roles']\n",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.yaml:3:"), "{stderr}");
+    assert!(stderr.contains("allow.db_roles"), "{stderr}");
+
+    // A `tctl get all`-style export: known kinds load, the others are skipped with a warning.
+    let out = create(
+        "all.yaml",
+        "kind: cluster_auth_preference\nversion: v2\nmetadata: {name: cluster-auth-preference}\nspec: {type: local}\n---\nkind: role\nversion: v7\nmetadata: {name: dev}\nspec:\n  allow:\n    db_labels: {'*': '*'}\n    db_users: ['*']\n---\nkind: user\nversion: v2\nmetadata: {name: bob}\nspec:\n  roles: [dev]\n  traits: {logins: null, db_users: [app]}\n",
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("kind \"cluster_auth_preference\" is not supported by dbward"),
+        "{all}"
+    );
+
+    // bob came from a file: he has no password until an admin resets it.
+    let host_ca = sandbox.path("host-ca.pem");
+    let ca_pem = sandbox.ok("admin-home", &["auth", "export", "--type", "host"], "");
+    std::fs::write(&host_ca, &ca_pem).unwrap();
+    let ca_arg = host_ca.display().to_string();
+    let login = [
+        "login",
+        "--proxy",
+        sandbox.web.as_str(),
+        "--user",
+        "bob",
+        "--password-stdin",
+        "--ca",
+        ca_arg.as_str(),
+    ];
+    let reset = sandbox.ok("admin-home", &["users", "reset", "bob"], "");
+    let generated = reset
+        .lines()
+        .find_map(|l| l.strip_prefix("Password (shown only once): "))
+        .unwrap_or_else(|| panic!("no generated password printed: {reset}"))
+        .to_string();
+    sandbox.ok("bob-home", &login, &format!("{generated}\n"));
+    assert!(has_file(&sandbox.path("bob-home"), "cert.pem"));
+
+    sandbox.ok(
+        "admin-home",
+        &["users", "reset", "bob", "--password-stdin"],
+        "battery staple\n",
+    );
+    assert!(!sandbox
+        .run("bob2-home", &login, &format!("{generated}\n"))
+        .status
+        .success());
+    sandbox.ok("bob3-home", &login, "battery staple\n");
+    let out = sandbox.run("admin-home", &["users", "reset", "nobody"], "");
+    assert!(!out.status.success());
+}

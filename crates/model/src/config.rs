@@ -184,7 +184,9 @@ pub enum StorageBackend {
     Postgres,
 }
 
-/// One entry of `databases:`, the flat form of a `db` resource.
+/// One entry of `databases:`, the flat form of a `db` resource. An entry of Teleport's
+/// `db_service.databases` (`name`, `description`, `protocol`, `uri`, `static_labels`,
+/// `admin_user`, `tls`) can be pasted as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaticDb {
     /// Resource name.
@@ -193,9 +195,10 @@ pub struct StaticDb {
     pub protocol: Protocol,
     /// `host:port`.
     pub uri: String,
-    /// Labels roles select on.
+    /// Labels roles select on (`static_labels` in Teleport's `db_service.databases`).
     #[serde(
         default,
+        alias = "static_labels",
         deserialize_with = "string_map",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
@@ -502,6 +505,54 @@ databases:                             # static databases; more can be created a
         assert!(err.to_string().starts_with("dbward.yaml:1: "), "{err}");
         let err = Config::from_yaml("a: [\n", "dbward.yaml").unwrap_err();
         assert!(err.to_string().starts_with("dbward.yaml:"), "{err}");
+    }
+
+    /// The `db_service.databases` entry of the PostgreSQL provisioning guide, verbatim, plus
+    /// the `static_labels` and `tls` keys of Teleport's static configuration.
+    const GUIDE_STATIC_DATABASES: &str = r#"databases:
+  - name: "example"
+    protocol: "postgres"
+    uri: "localhost:5432"
+    admin_user:
+      name: "teleport-admin"
+      # Optional default database the admin user logs into. Default is
+      # the same database that the user is accessing, if not specified.
+      # default_database: teleport
+  - name: "maria"
+    description: "MariaDB"
+    protocol: "mysql"
+    uri: "localhost:3306"
+    static_labels:
+      env: "dev"
+    admin_user:
+      name: "teleport-admin"
+      default_database: "teleport"
+    tls:
+      mode: "verify-ca"
+      ca_cert_file: "/etc/teleport/maria-ca.pem"
+"#;
+
+    #[test]
+    fn teleport_static_databases_can_be_pasted() {
+        let c = config(GUIDE_STATIC_DATABASES);
+        let dbs = c.static_dbs().unwrap();
+        assert_eq!(dbs.len(), 2);
+        assert_eq!(dbs[0].metadata.name, "example");
+        assert_eq!(dbs[0].spec.protocol, Protocol::Postgres);
+        let admin = dbs[0].admin_user().unwrap();
+        assert_eq!(admin.name, "teleport-admin");
+        assert_eq!(admin.default_database, None);
+        assert_eq!(dbs[1].metadata.labels["env"], "dev");
+        assert_eq!(dbs[1].metadata.description, "MariaDB");
+        assert_eq!(dbs[1].spec.tls.mode, TlsMode::VerifyCa);
+        assert_eq!(
+            dbs[1].spec.tls.ca_cert_file.as_deref(),
+            Some("/etc/teleport/maria-ca.pem")
+        );
+        assert_eq!(
+            dbs[1].admin_user().unwrap().default_database.as_deref(),
+            Some("teleport")
+        );
     }
 
     #[test]

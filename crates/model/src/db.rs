@@ -120,8 +120,11 @@ pub struct DbTls {
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM file of the CA that signed the database's certificate; default: dbward's db CA.
-    #[serde(default, alias = "ca_cert", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_file: Option<String>,
+    /// The same CA as PEM text (Teleport's `tls.ca_cert`); at most one of the two is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
     /// Name checked in the server certificate; default: the host part of the uri.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
@@ -130,6 +133,43 @@ pub struct DbTls {
 impl DbTls {
     fn is_default(&self) -> bool {
         self == &DbTls::default()
+    }
+
+    /// The CA certificate(s) to verify the database with, as PEM: the text of `ca_cert`, or
+    /// the content of `ca_cert_file`; `None` when neither is set (dbward's db CA applies).
+    pub fn ca_pem(&self) -> Result<Option<String>, ModelError> {
+        if let Some(pem) = self.ca_cert.as_ref().filter(|p| !p.trim().is_empty()) {
+            return Ok(Some(pem.clone()));
+        }
+        match self.ca_cert_file.as_ref().filter(|p| !p.is_empty()) {
+            Some(path) => std::fs::read_to_string(path)
+                .map(Some)
+                .map_err(|err| ModelError::File {
+                    file: path.clone(),
+                    message: format!("reading tls.ca_cert_file: {err}"),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    fn validate(&self, subject: &str) -> Result<(), ModelError> {
+        let Some(pem) = self.ca_cert.as_ref().filter(|p| !p.trim().is_empty()) else {
+            return Ok(());
+        };
+        if self.ca_cert_file.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(ModelError::invalid(
+                subject,
+                "spec.tls: set ca_cert (PEM text) or ca_cert_file (a path), not both",
+            ));
+        }
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ModelError::invalid(
+                subject,
+                "spec.tls.ca_cert must hold the CA certificate as PEM text \
+                 (-----BEGIN CERTIFICATE-----); for a file path use spec.tls.ca_cert_file",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +332,7 @@ impl Db {
             return Err(ModelError::invalid(subject, "spec.uri must not be empty"));
         }
         self.host_port()?;
+        self.spec.tls.validate(&subject)?;
         if let Some(admin) = &self.spec.admin_user {
             if admin.name.trim().is_empty() {
                 return Err(ModelError::invalid(

@@ -236,16 +236,16 @@ pub(crate) fn string_map<'de, D: Deserializer<'de>>(
 pub(crate) fn string_list_map<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
-    let labels = Labels::deserialize(deserializer)?;
-    Ok(labels
-        .0
+    // `tctl get users` writes traits without values as `null`: they hold nothing.
+    let map = BTreeMap::<String, Option<LabelValues>>::deserialize(deserializer)?;
+    Ok(map
         .into_iter()
-        .map(|(k, v)| {
-            let values = match v {
+        .filter_map(|(k, v)| {
+            let values = match v? {
                 LabelValues::One(v) => vec![v],
                 LabelValues::Many(vs) => vs,
             };
-            (k, values)
+            Some((k, values))
         })
         .collect())
 }

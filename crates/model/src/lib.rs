@@ -28,6 +28,11 @@ pub use import_rule::{
 pub use labels::{LabelValues, Labels};
 pub use metadata::Metadata;
 pub use permission::Permission;
-pub use resource::{parse_resources, ParsedResources, Resource};
-pub use role::{CreateDbUserMode, DbPermission, Role, RoleConditions, RoleOptions, RoleSpec};
+pub use resource::{
+    parse_resources, parse_resources_with, ParsedResources, Resource, ResourceCheck,
+};
+pub use role::{
+    CreateDbUserMode, DbPermission, RestrictionScope, Role, RoleConditions, RoleOptions, RoleSpec,
+    UnenforcedOption,
+};
 pub use user::{User, UserSpec};

@@ -164,14 +164,70 @@ pub struct ParsedResources {
     pub resources: Vec<Resource>,
     /// `file:line: field "x" is not supported by dbward and is ignored` lines.
     pub warnings: Vec<String>,
+    /// The file name as given, and for each resource the line its errors are reported at.
+    pub file: String,
+    /// Line of each resource of `resources` (same order).
+    pub lines: Vec<usize>,
 }
 
+impl ParsedResources {
+    /// Refuses a user whose `spec.roles` names a role that neither `exists` (already stored)
+    /// nor is defined in the same file, as `users add` does.
+    pub fn check_user_roles(&self, exists: &dyn Fn(&str) -> bool) -> Result<(), ModelError> {
+        let in_file = |name: &str| {
+            self.resources
+                .iter()
+                .any(|r| matches!(r, Resource::Role(role) if role.metadata.name == name))
+        };
+        for (resource, line) in self.resources.iter().zip(&self.lines) {
+            let Resource::User(user) = resource else {
+                continue;
+            };
+            if let Some(missing) = user
+                .spec
+                .roles
+                .iter()
+                .find(|r| !in_file(r.as_str()) && !exists(r.as_str()))
+            {
+                return Err(ModelError::Parse {
+                    file: self.file.clone(),
+                    line: *line,
+                    message: format!(
+                        "user \"{}\": role \"{missing}\" does not exist; create it first",
+                        user.metadata.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An extra check run on every resource after its own validation (the rbac crate compiles
+/// templates, selectors and permissions this way); its message is reported at the
+/// resource's `file:line`.
+pub type ResourceCheck<'a> = &'a dyn Fn(&Resource) -> Result<(), String>;
+
 /// Reads every resource of a file: multi-document YAML (`---`), a YAML list of resources, one
-/// JSON object or a JSON array. Each resource is normalised and validated.
+/// JSON object or a JSON array. Each resource is normalised and validated. Resources of kinds
+/// dbward does not know (other parts of a `tctl get all` export) are skipped with one warning
+/// each.
 ///
 /// Errors name the file and line: `roles.yaml:7: unknown field "db_lables"`.
 pub fn parse_resources(text: &str, file_name: &str) -> Result<ParsedResources, ModelError> {
-    let mut out = ParsedResources::default();
+    parse_resources_with(text, file_name, &|_| Ok(()))
+}
+
+/// [`parse_resources`] with an extra check per resource.
+pub fn parse_resources_with(
+    text: &str,
+    file_name: &str,
+    check: ResourceCheck<'_>,
+) -> Result<ParsedResources, ModelError> {
+    let mut out = ParsedResources {
+        file: file_name.to_string(),
+        ..ParsedResources::default()
+    };
     for doc in source::split_documents(text) {
         if doc.is_empty() {
             continue;
@@ -187,10 +243,10 @@ pub fn parse_resources(text: &str, file_name: &str) -> Result<ParsedResources, M
             serde_yaml_ng::Value::Null => continue,
             serde_yaml_ng::Value::Sequence(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    parse_one(&doc, Some(i), item, file_name, &mut out)?;
+                    parse_one(&doc, Some(i), item, file_name, check, &mut out)?;
                 }
             }
-            item => parse_one(&doc, None, &item, file_name, &mut out)?,
+            item => parse_one(&doc, None, &item, file_name, check, &mut out)?,
         }
     }
     Ok(out)
@@ -202,6 +258,7 @@ fn parse_one(
     index: Option<usize>,
     shape: &serde_yaml_ng::Value,
     file: &str,
+    check: ResourceCheck<'_>,
     out: &mut ParsedResources,
 ) -> Result<(), ModelError> {
     let prefix: Vec<source::Seg> = index.map(source::Seg::Index).into_iter().collect();
@@ -241,7 +298,19 @@ fn parse_one(
         Db::KIND => decode::<Db>(doc, index, file).map(|(d, i)| (Resource::Db(d), i))?,
         DbObjectImportRule::KIND => decode::<DbObjectImportRule>(doc, index, file)
             .map(|(r, i)| (Resource::DbObjectImportRule(r), i))?,
-        other => return Err(parse_error(line_of(&["kind"]), unknown_kind(other))),
+        other => {
+            let name = map
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(serde_yaml_ng::Value::as_str)
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default();
+            out.warnings.push(format!(
+                "{file}:{}: kind \"{other}\" is not supported by dbward; resource{name} skipped",
+                line_of(&["kind"])
+            ));
+            return Ok(());
+        }
     };
     for path in ignored {
         let mut relative = path.clone();
@@ -272,12 +341,33 @@ fn parse_one(
         }
     }
     if let Resource::Role(role) = &mut resource {
+        // Teleport role v3: a missing (or null) `allow.db_labels` selects every database.
+        let db_labels_written = map
+            .get("spec")
+            .and_then(|s| s.get("allow"))
+            .and_then(|a| a.get("db_labels"))
+            .is_some_and(|l| !l.is_null());
+        if role.version == "v3" && !db_labels_written {
+            role.spec.allow.db_labels = crate::Labels::wildcard();
+        }
         role.normalize();
+        for option in role.spec.options.unenforced_restrictions() {
+            let line = line_of(&["spec", "options", option.field]);
+            let whom = match option.scope {
+                crate::RestrictionScope::User => "every database",
+                crate::RestrictionScope::Granted => "the databases it grants",
+            };
+            out.warnings.push(format!(
+                "{file}:{line}: role \"{}\": option \"{}: {}\" restricts access and dbward does not enforce it: access through this role to {whom} is refused",
+                role.metadata.name, option.field, option.value
+            ));
+        }
     }
     let line = line_of(&["metadata"]);
     resource
         .validate()
         .map_err(|err| parse_error(line, err.to_string()))?;
+    check(&resource).map_err(|message| parse_error(line, message))?;
     if out
         .resources
         .iter()
@@ -293,6 +383,7 @@ fn parse_one(
         ));
     }
     out.resources.push(resource);
+    out.lines.push(line);
     Ok(())
 }
 
@@ -327,29 +418,25 @@ enum Field {
     Unknown,
 }
 
-/// Role options that Teleport role v5–v7 defines and dbward does not use.
+/// Role options that Teleport role v3–v8 defines, that cannot take access away in dbward
+/// (see the table in [`crate::role`]), and that dbward does not use.
 const TELEPORT_ROLE_OPTIONS: &[&str] = &[
     "forward_agent",
     "port_forwarding",
     "ssh_port_forwarding",
     "cert_format",
-    "client_idle_timeout",
-    "disconnect_expired_cert",
     "bpf",
     "enhanced_recording",
     "permit_x11_forwarding",
-    "max_connections",
     "max_sessions",
     "max_kubernetes_connections",
     "request_access",
     "request_prompt",
-    "require_session_mfa",
     "mfa_verification_interval",
     "lock",
     "record_session",
     "desktop_clipboard",
     "desktop_directory_sharing",
-    "pin_source_ip",
     "ssh_file_copy",
     "create_host_user",
     "create_host_user_mode",
@@ -357,11 +444,12 @@ const TELEPORT_ROLE_OPTIONS: &[&str] = &[
     "create_desktop_user",
     "cert_extensions",
     "idp",
-    "device_trust_mode",
 ];
 
-/// Allow/deny conditions that Teleport role v5–v7 defines for other resource types.
+/// Allow/deny conditions that Teleport role v3–v8 defines for other resource types.
 const TELEPORT_ROLE_CONDITIONS: &[&str] = &[
+    "require_session_join",
+    "mcp",
     "logins",
     "node_labels",
     "node_labels_expression",
@@ -725,7 +813,6 @@ version: v7
             "roles.yaml:36: field \"spec.options.enhanced_recording\" is not supported by dbward and is ignored",
             "roles.yaml:39: field \"spec.options.forward_agent\" is not supported by dbward and is ignored",
             "roles.yaml:40: field \"spec.options.idp\" is not supported by dbward and is ignored",
-            "roles.yaml:44: field \"spec.options.pin_source_ip\" is not supported by dbward and is ignored",
             "roles.yaml:45: field \"spec.options.port_forwarding\" is not supported by dbward and is ignored",
             "roles.yaml:46: field \"spec.options.record_session\" is not supported by dbward and is ignored",
             "roles.yaml:49: field \"spec.options.ssh_file_copy\" is not supported by dbward and is ignored",
@@ -734,8 +821,35 @@ version: v7
     }
 
     #[test]
+    fn restricting_options_load_with_a_warning_and_survive_the_store() {
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: mfa\nspec:\n  options:\n    require_session_mfa: true\n    max_connections: 3\n    pin_source_ip: false\n  allow:\n    db_labels: {'*': '*'}\n";
+        let parsed = parse(text);
+        assert_eq!(
+            parsed.warnings,
+            [
+                "test.yaml:7: role \"mfa\": option \"require_session_mfa: true\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
+                "test.yaml:8: role \"mfa\": option \"max_connections: 3\" restricts access and dbward does not enforce it: access through this role to every database is refused",
+            ]
+        );
+        // What the store keeps (JSON) still carries the options.
+        let json = serde_json::to_string(&parsed.resources[0]).unwrap();
+        let stored: Resource = serde_json::from_str(&json).unwrap();
+        let Resource::Role(role) = stored else {
+            panic!("not a role")
+        };
+        let fields: Vec<_> = role
+            .spec
+            .options
+            .unenforced_restrictions()
+            .into_iter()
+            .map(|o| o.field)
+            .collect();
+        assert_eq!(fields, ["require_session_mfa", "max_connections"]);
+    }
+
+    #[test]
     fn teleport_db_loads_with_warnings_for_cloud_fields() {
-        let text = "kind: db\nversion: v3\nmetadata:\n  name: rds\n  expires: 2030-01-01T00:00:00Z\n  labels:\n    teleport.dev/db-admin: teleport-admin\nspec:\n  protocol: mysql\n  uri: rds.example.com:3306\n  aws:\n    region: us-east-1\n  dynamic_labels:\n    hostname: {command: [hostname], period: 1m}\n  tls:\n    mode: verify-ca\n    ca_cert: /etc/ca.pem\n    trust_system_cert_pool: true\n";
+        let text = "kind: db\nversion: v3\nmetadata:\n  name: rds\n  expires: 2030-01-01T00:00:00Z\n  labels:\n    teleport.dev/db-admin: teleport-admin\nspec:\n  protocol: mysql\n  uri: rds.example.com:3306\n  aws:\n    region: us-east-1\n  dynamic_labels:\n    hostname: {command: [hostname], period: 1m}\n  tls:\n    mode: verify-ca\n    ca_cert_file: /etc/ca.pem\n    trust_system_cert_pool: true\n";
         let parsed = parse_resources(text, "dbs.yaml").unwrap();
         assert_eq!(
             parsed.warnings,
@@ -752,6 +866,55 @@ version: v7
         assert_eq!(db.spec.tls.mode, crate::TlsMode::VerifyCa);
         assert_eq!(db.spec.tls.ca_cert_file.as_deref(), Some("/etc/ca.pem"));
         assert_eq!(db.admin_user().unwrap().name, "teleport-admin");
+    }
+
+    const PEM: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUKq\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn db_tls_ca_cert_is_pem_text_as_in_teleport() {
+        let indented: String = PEM.lines().map(|l| format!("      {l}\n")).collect();
+        let text = format!(
+            "kind: db\nversion: v3\nmetadata:\n  name: pg\nspec:\n  protocol: postgres\n  uri: db.internal:5432\n  tls:\n    mode: verify-full\n    ca_cert: |\n{indented}"
+        );
+        let parsed = parse(&text);
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        let Resource::Db(db) = &parsed.resources[0] else {
+            panic!("not a db")
+        };
+        assert_eq!(db.spec.tls.ca_cert.as_deref(), Some(PEM));
+        assert_eq!(db.spec.tls.ca_pem().unwrap().as_deref(), Some(PEM));
+        // Kept through the store.
+        let json = serde_json::to_string(&parsed.resources[0]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Resource>(&json).unwrap(),
+            parsed.resources[0]
+        );
+
+        // A path where Teleport expects PEM text is refused with the key to use instead.
+        let err = parse_err(
+            "kind: db\nversion: v3\nmetadata: {name: pg}\nspec:\n  protocol: postgres\n  uri: h\n  tls: {ca_cert: /etc/ca.pem}\n",
+            "dbs.yaml",
+        );
+        assert!(err.starts_with("dbs.yaml:3: "), "{err}");
+        assert!(err.contains("ca_cert_file"), "{err}");
+        let err = parse_err(
+            &text.replace("    mode: verify-full\n", "    ca_cert_file: /etc/ca.pem\n"),
+            "dbs.yaml",
+        );
+        assert!(err.contains("not both"), "{err}");
+
+        // dbward's file key still works.
+        let path = std::env::temp_dir().join(format!("dbward-model-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, PEM).unwrap();
+        let mut tls = crate::DbTls {
+            ca_cert_file: Some(path.display().to_string()),
+            ..crate::DbTls::default()
+        };
+        assert_eq!(tls.ca_pem().unwrap().as_deref(), Some(PEM));
+        tls.ca_cert_file = None;
+        assert_eq!(tls.ca_pem().unwrap(), None);
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
@@ -798,14 +961,195 @@ version: v7
     }
 
     #[test]
-    fn unknown_kind_and_missing_kind_are_errors() {
-        let err = parse_err("kind: node\nversion: v2\nmetadata: {name: a}\n", "x.yaml");
+    fn unknown_kinds_are_skipped_with_a_warning_and_a_missing_kind_is_an_error() {
+        let parsed = parse("kind: node\nversion: v2\nmetadata: {name: a}\n");
+        assert!(parsed.resources.is_empty());
         assert_eq!(
-            err,
-            "x.yaml:1: unknown kind \"node\", expected role, user, db or db_object_import_rule"
+            parsed.warnings,
+            ["test.yaml:1: kind \"node\" is not supported by dbward; resource \"a\" skipped"]
         );
         let err = parse_err("---\nversion: v2\nmetadata: {name: a}\n", "x.yaml");
         assert!(err.contains("missing field \"kind\""), "{err}");
+    }
+
+    /// What `tctl get all` prints, abridged: several kinds, Teleport's own fields, users with
+    /// null traits, status and created_by.
+    const TCTL_GET_ALL: &str = r#"kind: cluster_auth_preference
+metadata:
+  name: cluster-auth-preference
+  revision: 3d1a7f8e-1b7c-4d44-9d1f-1f3f0a6a1b1e
+spec:
+  second_factor: "on"
+  type: local
+version: v2
+---
+kind: role
+metadata:
+  name: auto-db-users
+  revision: 9f8e7d6c-5b4a-3c2d-1e0f-a1b2c3d4e5f6
+spec:
+  allow:
+    db_labels:
+      '*': '*'
+    db_names:
+    - '*'
+    db_roles:
+    - reader
+    - '{{internal.db_roles}}'
+  deny: {}
+  options:
+    create_db_user_mode: keep
+    max_session_ttl: 30h0m0s
+version: v7
+---
+kind: user
+metadata:
+  name: alice
+  revision: 0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d
+spec:
+  created_by:
+    connector: null
+    time: "2024-05-02T10:11:12.123456Z"
+    user:
+      name: admin
+  expires: "0001-01-01T00:00:00Z"
+  roles:
+  - auto-db-users
+  status:
+    is_locked: false
+    lock_expires: "0001-01-01T00:00:00Z"
+    locked_time: "0001-01-01T00:00:00Z"
+    recovery_attempt_lock_expires: "0001-01-01T00:00:00Z"
+  traits:
+    aws_role_arns: null
+    db_names: null
+    db_roles:
+    - writer
+    db_users: null
+    kubernetes_groups: null
+    logins: null
+version: v2
+---
+kind: node
+metadata:
+  name: 5e6f7a8b-host
+spec:
+  addr: 10.0.0.5:3022
+  hostname: host
+version: v2
+"#;
+
+    #[test]
+    fn tctl_get_all_loads_known_kinds_and_skips_the_others_once_each() {
+        let parsed = parse(TCTL_GET_ALL);
+        let names: Vec<_> = parsed
+            .resources
+            .iter()
+            .map(|r| format!("{}/{}", r.kind(), r.name()))
+            .collect();
+        assert_eq!(names, ["role/auto-db-users", "user/alice"]);
+        let skipped: Vec<_> = parsed
+            .warnings
+            .iter()
+            .filter(|w| w.contains("skipped"))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                "test.yaml:1: kind \"cluster_auth_preference\" is not supported by dbward; resource \"cluster-auth-preference\" skipped",
+                "test.yaml:57: kind \"node\" is not supported by dbward; resource \"5e6f7a8b-host\" skipped",
+            ]
+        );
+        let Resource::User(alice) = &parsed.resources[1] else {
+            panic!("not a user")
+        };
+        assert_eq!(alice.spec.roles, ["auto-db-users"]);
+        // Null traits hold nothing; the others keep their values.
+        assert_eq!(alice.spec.traits.len(), 1, "{:?}", alice.spec.traits);
+        assert_eq!(alice.spec.traits["db_roles"], ["writer"]);
+        for field in ["spec.created_by", "spec.expires", "spec.status"] {
+            assert!(
+                parsed.warnings.iter().any(|w| w.contains(field)),
+                "{field}: {:?}",
+                parsed.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_naming_a_missing_role_is_refused_with_its_line() {
+        let parsed = parse(TCTL_GET_ALL);
+        parsed.check_user_roles(&|_| false).unwrap();
+        let text = "kind: user\nversion: v2\nmetadata: {name: bob}\nspec:\n  roles: [auto-db-users, ghost]\n";
+        let parsed = parse(text);
+        let err = parsed
+            .check_user_roles(&|r| r == "auto-db-users")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test.yaml:3: user \"bob\": role \"ghost\" does not exist; create it first"
+        );
+        parsed
+            .check_user_roles(&|r| r == "auto-db-users" || r == "ghost")
+            .unwrap();
+    }
+
+    #[test]
+    fn role_versions_apply_teleports_defaults() {
+        let role = |version: &str, allow: &str| {
+            let text = format!(
+                "kind: role\nversion: {version}\nmetadata: {{name: r}}\nspec:\n  allow: {allow}\n"
+            );
+            let parsed = parse(&text);
+            let Resource::Role(role) = parsed.resources[0].clone() else {
+                panic!("not a role")
+            };
+            role
+        };
+        // v3: no db_labels means every database.
+        assert_eq!(
+            role("v3", "{db_users: [app]}").spec.allow.db_labels,
+            crate::Labels::wildcard()
+        );
+        assert_eq!(
+            role("v3", "{db_labels: null}").spec.allow.db_labels,
+            crate::Labels::wildcard()
+        );
+        // An explicit empty selector stays empty, and written labels are kept.
+        assert!(role("v3", "{db_labels: {}}")
+            .spec
+            .allow
+            .db_labels
+            .is_empty());
+        assert_eq!(
+            role("v3", "{db_labels: {env: dev}}").spec.allow.db_labels,
+            crate::Labels::new().with("env", "dev")
+        );
+        // v4 and later: no db_labels selects nothing.
+        for v in ["v4", "v5", "v6", "v7", "v8"] {
+            assert!(
+                role(v, "{db_users: [app]}").spec.allow.db_labels.is_empty(),
+                "{v}"
+            );
+        }
+        assert!(
+            parse_err("kind: role\nversion: v9\nmetadata: {name: r}\n", "r.yaml")
+                .contains("v3 to v8")
+        );
+    }
+
+    #[test]
+    fn an_extra_check_failing_names_file_and_line() {
+        let text = "kind: role\nversion: v7\nmetadata: {name: a}\n---\nkind: role\nversion: v7\nmetadata:\n  name: broken\n";
+        let err = parse_resources_with(text, "r.yaml", &|r| {
+            if r.name() == "broken" {
+                Err("role \"broken\": bad template".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "r.yaml:7: role \"broken\": bad template");
     }
 
     #[test]

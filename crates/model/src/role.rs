@@ -1,7 +1,49 @@
 //! The `role` resource: what a dbward user may reach, as whom, with which database roles.
 //!
-//! The field names follow Teleport's role v7 so that existing role files load unchanged;
-//! fields dbward does not use are reported as warnings by the resource parser.
+//! The field names follow Teleport's role (v3 to v8) so that existing role files load
+//! unchanged; fields dbward does not use are reported as warnings by the resource parser.
+//!
+//! # Teleport fields that restrict access
+//!
+//! A role file must never grant more in dbward than it does in Teleport. Every Teleport role
+//! field that can take access away is listed here with what dbward does with it. "Refuses"
+//! means the role loads (with a warning naming the field) and every access decision that uses
+//! the role refuses the connection; the user sees the generic denial text and the server log
+//! names the field ([`RoleOptions::unenforced_restrictions`]).
+//!
+//! | field | value that restricts | dbward |
+//! |---|---|---|
+//! | `options.max_session_ttl` | any | enforced: caps the lifetime of the user certificate issued at login (the smallest of the user's roles wins); a database certificate never outlives it |
+//! | `options.disconnect_expired_cert` | `true` | enforced, always on: sessions end when their certificate expires (checked every 2 s) |
+//! | `options.require_session_mfa` | anything but `false`/`off` | refuses, for databases the role's `allow.db_labels` select |
+//! | `options.device_trust_mode` | `required`, `required-for-humans` (anything but `off`/`optional`) | refuses, for databases the role's `allow.db_labels` select |
+//! | `options.max_connections` | above 0 | refuses every database of the user |
+//! | `options.client_idle_timeout` | above 0 | refuses every database of the user |
+//! | `options.pin_source_ip` | `true` | refuses every database of the user |
+//! | `allow`/`deny.db_labels_expression` | any | the file is refused at load: expressions are not evaluated |
+//! | `options.lock` | `strict` | warning: dbward reads roles and users from its store at every connect and refuses when it cannot, which is what strict locking asks |
+//! | `options.mfa_verification_interval` | any | warning: only meaningful with `require_session_mfa`, which refuses |
+//! | `options.record_session` | `strict` | warning: recording modes apply to SSH and desktop sessions; database sessions are audited |
+//! | `options.max_sessions`, `max_kubernetes_connections` | above 0 | warning: SSH channels per connection and Kubernetes sessions, which dbward does not serve |
+//! | `options.request_access`, `request_prompt` | any | warning: access requests; they never take away what the role grants |
+//! | `allow`/`deny.rules` | any | warning: Teleport API permissions on resources; dbward roles grant no API access, so a deny there takes nothing dbward gives |
+//! | `allow`/`deny.db_service_labels` | any | warning: Teleport database agents, which dbward does not have |
+//! | `allow`/`deny.require_session_join`, `join_sessions` | any | warning: moderated SSH and Kubernetes sessions |
+//! | other `options` and conditions (SSH, Kubernetes, apps, desktops, clouds, `request`, `impersonate`, …) | any | warning: they concern resources dbward does not serve |
+//!
+//! # Role versions
+//!
+//! `v3` to `v8` load. Teleport's per-version defaults for the fields dbward uses:
+//!
+//! - `v3`: a missing `allow.db_labels` means `"*": "*"` (every database); an explicit empty
+//!   one stays empty. Applied when the file is read, so the stored role shows it.
+//! - `v4` to `v8`: a missing `allow.db_labels` selects nothing.
+//! - Every version: `create_db_user_mode` unspecified and `create_db_user: false`, which is
+//!   provisioning off. Teleport's default `max_session_ttl` (30h) is not applied: dbward's
+//!   `cert_ttl` (12h by default) is the default lifetime and a role's `max_session_ttl` only
+//!   shortens it.
+//!
+//! The differences between v5, v6, v7 and v8 concern Kubernetes and SSH fields only.
 
 use std::time::Duration;
 
@@ -10,8 +52,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::labels::string_list;
 use crate::{Labels, Metadata, ModelError, Permission};
 
-/// Role versions accepted from files. Their semantics are the same in dbward.
-pub const ROLE_VERSIONS: [&str; 3] = ["v5", "v6", "v7"];
+/// Role versions accepted from files; see the module documentation for how they differ.
+pub const ROLE_VERSIONS: [&str; 6] = ["v3", "v4", "v5", "v6", "v7", "v8"];
 
 /// The role every user dbward creates is a member of (both engines); never a db role to grant.
 pub const RESERVED_MARKER_ROLE: &str = "dbward-auto-user";
@@ -38,7 +80,7 @@ fn reserved_db_role(role: &str) -> Option<&'static str> {
 /// A role: options plus allow and deny conditions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Role {
-    /// `v7` (also `v5`, `v6`).
+    /// `v7` (also `v3` to `v8`).
     #[serde(default = "default_role_version")]
     pub version: String,
     /// Name and labels.
@@ -83,11 +125,119 @@ pub struct RoleOptions {
         with = "crate::duration::serde_opt_duration"
     )]
     pub max_session_ttl: Option<Duration>,
+    /// Sessions end when the certificate expires; dbward always does this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect_expired_cert: Option<Box<serde_json::Value>>,
+    /// Per-session MFA; not enforced: a restricting value refuses access (module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_session_mfa: Option<Box<serde_json::Value>>,
+    /// Trusted-device requirement; not enforced: `required` refuses access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_trust_mode: Option<Box<serde_json::Value>>,
+    /// Concurrent connections per user; not enforced: a limit refuses access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Box<serde_json::Value>>,
+    /// Idle timeout of client sessions; not enforced: a timeout refuses access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_idle_timeout: Option<Box<serde_json::Value>>,
+    /// Certificates valid only from the login address; not enforced: `true` refuses access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_source_ip: Option<Box<serde_json::Value>>,
+}
+
+/// Whom an option that dbward does not enforce takes access from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestrictionScope {
+    /// Every database of every holder of the role (limits on the user's connections,
+    /// certificates and sessions).
+    User,
+    /// The databases the role's `allow.db_labels` select (what the role grants).
+    Granted,
+}
+
+/// A restricting option that dbward does not enforce, as set in one role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnenforcedOption {
+    /// The option name, e.g. `require_session_mfa`.
+    pub field: &'static str,
+    /// The value as written, in JSON form.
+    pub value: String,
+    /// Which decisions it refuses.
+    pub scope: RestrictionScope,
+}
+
+/// False, zero, empty or off in any of the spellings Teleport accepts.
+fn is_off(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::Bool(b) => !b,
+        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+        serde_json::Value::String(s) => {
+            let s = s.trim().to_ascii_lowercase();
+            matches!(
+                s.as_str(),
+                "" | "false" | "no" | "off" | "0" | "0s" | "0m" | "0h" | "never"
+            )
+        }
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+    }
 }
 
 impl RoleOptions {
     fn is_empty(&self) -> bool {
         self == &RoleOptions::default()
+    }
+
+    /// The options set in this role that would restrict access in Teleport and that dbward
+    /// does not enforce. A decision that uses the role must refuse while any is set.
+    pub fn unenforced_restrictions(&self) -> Vec<UnenforcedOption> {
+        let mut out = Vec::new();
+        let mut check = |field: &'static str,
+                         value: &Option<Box<serde_json::Value>>,
+                         scope: RestrictionScope,
+                         restricts: fn(&serde_json::Value) -> bool| {
+            if let Some(value) = value {
+                if restricts(value) {
+                    out.push(UnenforcedOption {
+                        field,
+                        value: value.to_string(),
+                        scope,
+                    });
+                }
+            }
+        };
+        check(
+            "require_session_mfa",
+            &self.require_session_mfa,
+            RestrictionScope::Granted,
+            |v| !is_off(v),
+        );
+        check(
+            "device_trust_mode",
+            &self.device_trust_mode,
+            RestrictionScope::Granted,
+            |v| !is_off(v) && v.as_str().map(str::trim) != Some("optional"),
+        );
+        check(
+            "max_connections",
+            &self.max_connections,
+            RestrictionScope::User,
+            |v| !is_off(v),
+        );
+        check(
+            "client_idle_timeout",
+            &self.client_idle_timeout,
+            RestrictionScope::User,
+            |v| !is_off(v),
+        );
+        check(
+            "pin_source_ip",
+            &self.pin_source_ip,
+            RestrictionScope::User,
+            |v| !is_off(v),
+        );
+        out
     }
 
     /// The provisioning mode this role asks for, after applying the legacy
@@ -244,7 +394,7 @@ impl Role {
             return Err(ModelError::invalid(
                 subject,
                 format!(
-                    "unsupported version \"{}\", expected v5, v6 or v7",
+                    "unsupported version \"{}\", expected one of v3 to v8",
                     self.version
                 ),
             ));
@@ -388,10 +538,45 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_versions_are_refused() {
+    fn versions_v3_to_v8_are_accepted_and_others_refused() {
         let mut r = Role::new("a");
-        r.validate().unwrap();
-        r.version = "v8".into();
-        assert!(r.validate().is_err());
+        for v in ["v3", "v4", "v5", "v6", "v7", "v8"] {
+            r.version = v.into();
+            r.validate().unwrap();
+        }
+        for v in ["v2", "v9", "7", ""] {
+            r.version = v.into();
+            assert!(r.validate().is_err(), "{v}");
+        }
+    }
+
+    #[test]
+    fn restricting_options_are_reported_and_off_values_are_not() {
+        let cases: &[(&str, &[&str])] = &[
+            ("{}", &[]),
+            ("{require_session_mfa: false, device_trust_mode: optional, max_connections: 0, client_idle_timeout: 0s, pin_source_ip: false, disconnect_expired_cert: true}", &[]),
+            ("{require_session_mfa: 'off', device_trust_mode: 'off', client_idle_timeout: '0', pin_source_ip: 'no'}", &[]),
+            ("{require_session_mfa: true}", &["require_session_mfa"]),
+            ("{require_session_mfa: hardware_key_touch}", &["require_session_mfa"]),
+            ("{device_trust_mode: required}", &["device_trust_mode"]),
+            ("{device_trust_mode: required-for-humans}", &["device_trust_mode"]),
+            ("{max_connections: 2}", &["max_connections"]),
+            ("{client_idle_timeout: 30m}", &["client_idle_timeout"]),
+            ("{pin_source_ip: true}", &["pin_source_ip"]),
+            ("{pin_source_ip: 'yes', max_connections: '3'}", &["max_connections", "pin_source_ip"]),
+        ];
+        for (options, expected) in cases {
+            let r = role(&format!(
+                "metadata: {{name: a}}\nspec:\n  options: {options}\n"
+            ));
+            let fields: Vec<&str> = r
+                .spec
+                .options
+                .unenforced_restrictions()
+                .iter()
+                .map(|o| o.field)
+                .collect();
+            assert_eq!(fields, *expected, "{options}");
+        }
     }
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use dbward_model::{CreateDbUserMode, Db, Protocol, Role, RoleConditions, User};
+use dbward_model::{
+    CreateDbUserMode, Db, Protocol, RestrictionScope, Role, RoleConditions, UnenforcedOption, User,
+};
 
 use crate::error::{AccessDenied, DenialKind, RbacError};
 use crate::permissions::{PermissionEffect, PermissionRule};
@@ -98,6 +100,9 @@ struct CompiledRole {
     /// whole database is denied. Decided on the role as written, so a template that
     /// expands to nothing narrows the deny instead of widening it to the whole database.
     deny_is_total: bool,
+    /// Options that restrict access in Teleport and that dbward does not enforce: while one
+    /// applies, every connection this role takes part in is refused.
+    unenforced: Vec<UnenforcedOption>,
 }
 
 /// Access decisions for one dbward user holding a set of roles.
@@ -231,6 +236,15 @@ impl AccessChecker {
         };
 
         self.reach(db)?;
+        if let Some((role, option)) = self.unenforced_restriction(db) {
+            return Err(AccessDenied::generic(format!(
+                "{}: role \"{}\" sets option \"{}: {}\", which restricts access and which dbward does not enforce",
+                target(),
+                role,
+                option.field,
+                option.value
+            )));
+        }
         for role in self.applying_denies(db) {
             if names_match(&role.deny.db_users, db_user) {
                 return Err(AccessDenied::generic(format!(
@@ -372,6 +386,21 @@ impl AccessChecker {
         rules
     }
 
+    /// The first option that dbward does not enforce and that takes part in a decision about
+    /// `db`: user-wide options of any role, grant options of roles whose allow labels select
+    /// `db`.
+    fn unenforced_restriction<'a>(&'a self, db: &Db) -> Option<(&'a str, &'a UnenforcedOption)> {
+        self.roles.iter().find_map(|role| {
+            role.unenforced
+                .iter()
+                .find(|o| match o.scope {
+                    RestrictionScope::User => true,
+                    RestrictionScope::Granted => role.allow.labels.matches(&db.metadata.labels),
+                })
+                .map(|o| (role.name.as_str(), o))
+        })
+    }
+
     /// Fails when no role's allow labels select `db` or an applying deny names all of it.
     fn reach(&self, db: &Db) -> Result<(), AccessDenied> {
         let labels = &db.metadata.labels;
@@ -471,6 +500,7 @@ fn compile_role(role: &Role, traits: &Traits) -> Result<CompiledRole, RbacError>
         allow,
         deny,
         deny_is_total,
+        unenforced: role.spec.options.unenforced_restrictions(),
     })
 }
 
@@ -549,4 +579,24 @@ pub fn validate_role(role: &Role) -> Result<(), RbacError> {
         }
     }
     Ok(())
+}
+
+/// Reads a resource file as [`dbward_model::parse_resources`] does and also compiles what the
+/// access decision will use: every role's templates, selectors and permissions
+/// ([`validate_role`]) and every import rule. A broken template is refused here, at
+/// `dbward create`, with the file and line, instead of breaking every holder's connections
+/// later.
+pub fn parse_resources(
+    text: &str,
+    file_name: &str,
+) -> Result<dbward_model::ParsedResources, dbward_model::ModelError> {
+    dbward_model::parse_resources_with(text, file_name, &|resource| match resource {
+        dbward_model::Resource::Role(role) => validate_role(role).map_err(|e| e.to_string()),
+        dbward_model::Resource::DbObjectImportRule(rule) => {
+            crate::ImportRules::new(std::slice::from_ref(rule))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
+    })
 }

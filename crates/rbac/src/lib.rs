@@ -19,7 +19,9 @@ pub mod permissions;
 pub mod selector;
 pub mod template;
 
-pub use checker::{validate_role, AccessChecker, Decision, Provisioning, ProvisioningMode};
+pub use checker::{
+    parse_resources, validate_role, AccessChecker, Decision, Provisioning, ProvisioningMode,
+};
 pub use error::{AccessDenied, DenialKind, RbacError, GENERIC_DENIAL};
 pub use permissions::{
     object_permissions, permissions_for_objects, DbObject, ImportRules, PermissionEffect,

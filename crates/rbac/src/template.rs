@@ -1,6 +1,7 @@
 //! Trait templates: `{{internal.db_roles}}`, `{{external.email}}`,
 //! `{{email.local(external.email)}}`, `{{regexp.replace(external.groups, "^db-(.*)$", "$1")}}`,
-//! with literal text before and after the braces (`dev-{{internal.team}}-rw`).
+//! with literal text before and after the braces (`dev-{{internal.team}}-rw`). Whitespace
+//! at the very start and end of a value with braces is dropped, as Teleport does.
 //!
 //! A template expands to zero or more values: one per value of the trait it reads. A missing
 //! trait, an empty value, an address `email.local` cannot read and a value `regexp.replace`
@@ -61,10 +62,13 @@ impl Template {
             .expr()
             .and_then(|e| parser.end().map(|()| e))
             .map_err(|e| format!("{text:?}: {e}"))?;
+        // As in Teleport: whitespace before the literal prefix and after the literal suffix
+        // of a template is not part of the value (`" {{internal.db_roles}} "` is `writer`).
+        // Values without braces are kept as written.
         Ok(Template {
-            prefix: text[..open].to_string(),
+            prefix: text[..open].trim_start().to_string(),
             expr: Some(expr),
-            suffix: suffix.to_string(),
+            suffix: suffix.trim_end().to_string(),
         })
     }
 
@@ -342,6 +346,13 @@ mod tests {
             ("{{internal.db_roles}}", &["reader", "writer"]),
             ("{{external.db_roles}}", &["reader", "writer"]),
             ("{{ internal.db_roles }}", &["reader", "writer"]),
+            (" {{internal.db_roles}} ", &["reader", "writer"]),
+            ("\t {{internal.db_roles}}\n", &["reader", "writer"]),
+            (
+                " app-{{internal.db_roles}} -rw ",
+                &["app-reader -rw", "app-writer -rw"],
+            ),
+            (" plain ", &[" plain "]),
             ("{{internal[\"team-name\"]}}", &["core"]),
             ("{{internal.team-name}}", &["core"]),
             (

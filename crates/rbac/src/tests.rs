@@ -1238,6 +1238,213 @@ spec: {}
 }
 
 // ---------------------------------------------------------------------------------------
+// Options that restrict access in Teleport and that dbward does not enforce: fail closed
+
+#[test]
+fn unenforced_restricting_options_refuse_access_naming_the_field() {
+    const GRANT: &str = "
+metadata: {name: dev}
+spec:
+  options: {create_db_user_mode: keep}
+  allow: {db_labels: {env: dev}, db_names: ['*'], db_roles: [reader]}
+";
+    // (case, extra roles, database labels, field the server log must name; None = allowed)
+    type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Row] = &[
+        ("no option", "", &[("env", "dev")], None),
+        (
+            "per-session MFA on the granting role",
+            "options: {require_session_mfa: true}\n  allow: {db_labels: {env: dev}}",
+            &[("env", "dev")],
+            Some("require_session_mfa"),
+        ),
+        (
+            "hardware key MFA",
+            "options: {require_session_mfa: hardware_key_touch}\n  allow: {db_labels: {env: dev}}",
+            &[("env", "dev")],
+            Some("require_session_mfa"),
+        ),
+        (
+            "MFA on a role that grants another database only",
+            "options: {require_session_mfa: true}\n  allow: {db_labels: {env: prod}}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "MFA explicitly off",
+            "options: {require_session_mfa: false}\n  allow: {db_labels: {env: dev}}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "trusted device required",
+            "options: {device_trust_mode: required}\n  allow: {db_labels: {'*': '*'}}",
+            &[("env", "dev")],
+            Some("device_trust_mode"),
+        ),
+        (
+            "trusted device optional",
+            "options: {device_trust_mode: optional}\n  allow: {db_labels: {'*': '*'}}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "connection limit on a role granting nothing here",
+            "options: {max_connections: 1}",
+            &[("env", "dev")],
+            Some("max_connections"),
+        ),
+        (
+            "source IP pinning",
+            "options: {pin_source_ip: true}",
+            &[("env", "dev")],
+            Some("pin_source_ip"),
+        ),
+        (
+            "idle timeout",
+            "options: {client_idle_timeout: 15m}",
+            &[("env", "dev")],
+            Some("client_idle_timeout"),
+        ),
+        (
+            "zero limits restrict nothing",
+            "options: {max_connections: 0, client_idle_timeout: 0s, pin_source_ip: false}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "disconnect_expired_cert is always enforced",
+            "options: {disconnect_expired_cert: true}",
+            &[("env", "dev")],
+            None,
+        ),
+    ];
+    for (name, extra, labels, field) in cases {
+        let yaml = if extra.is_empty() {
+            GRANT.to_string()
+        } else {
+            format!("{GRANT}---\nmetadata: {{name: extra}}\nspec:\n  {extra}\n")
+        };
+        let got = checker(&yaml).authorize(&pg(labels), "alice", "appdb", &[]);
+        match (field, got) {
+            (None, Ok(d)) => assert_eq!(d.db_roles, ["reader"], "{name}"),
+            (Some(field), Err(e)) => {
+                assert_eq!(e.user_message(), GENERIC_DENIAL, "{name}");
+                assert!(e.reason().contains(field), "{name}: {}", e.reason());
+                assert!(
+                    e.reason().contains("does not enforce"),
+                    "{name}: {}",
+                    e.reason()
+                );
+            }
+            (field, got) => panic!("{name}: expected refusal naming {field:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_teleport_role_with_require_session_mfa_never_grants_silently() {
+    // A role as Teleport's per-session MFA guide sets it up, on the provisioning role itself.
+    let c = checker(
+        "
+kind: role
+version: v7
+metadata: {name: auto-db-users}
+spec:
+  options:
+    create_db_user_mode: keep
+    require_session_mfa: true
+  allow:
+    db_labels: {'*': '*'}
+    db_names: ['*']
+    db_roles: [reader]
+",
+    );
+    for db in [pg(&[]), my(&[])] {
+        let e = c.authorize(&db, "alice", "x", &[]).unwrap_err();
+        assert_eq!(e.user_message(), GENERIC_DENIAL);
+        assert!(e.reason().contains("require_session_mfa"), "{}", e.reason());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files as Teleport users have them
+
+/// The role of the MariaDB provisioning guide, as printed there (the guide quotes the
+/// templates with a space on each side).
+const MARIADB_GUIDE_ROLE: &str = r#"kind: role
+version: v7
+metadata:
+  name: auto-db-users
+spec:
+  options:
+    create_db_user_mode: keep
+  allow:
+    db_labels:
+      "*": "*"
+    db_names:
+    - "*"
+    db_roles:
+    - reader
+    - " {{internal.db_roles}} "
+    - " {{external.db_roles}} "
+"#;
+
+#[test]
+fn the_mariadb_guide_role_grants_the_trait_roles_without_spaces() {
+    let parsed = parse_resources(MARIADB_GUIDE_ROLE, "mariadb-guide.yaml").unwrap();
+    let dbward_model::Resource::Role(role) = &parsed.resources[0] else {
+        panic!("not a role")
+    };
+    let checker = AccessChecker::new(&alice(), std::slice::from_ref(role)).unwrap();
+    let decision = checker.authorize(&my(&[]), "alice", "", &[]).unwrap();
+    assert_eq!(decision.db_roles, ["reader", "writer"]);
+    let requested = checker
+        .authorize(&my(&[]), "alice", "", &strings(&["writer"]))
+        .unwrap();
+    assert_eq!(requested.db_roles, ["writer"]);
+}
+
+#[test]
+fn broken_templates_and_patterns_are_refused_when_the_file_is_read() {
+    let cases: &[(&str, &str)] = &[
+        ("db_roles: ['{{internal.db_roles']", "allow.db_roles"),
+        ("db_users: ['{{secret.x}}']", "allow.db_users"),
+        (
+            "db_names: ['{{internal.a}}{{internal.b}}']",
+            "allow.db_names",
+        ),
+        ("db_labels: {env: '^(unclosed$'}", "allow.db_labels"),
+        (
+            "db_labels: {'{{nope.fn(internal.x)}}': dev}",
+            "allow.db_labels",
+        ),
+        (
+            "db_permissions: [{match: {name: '{{internal.x'}, permissions: [SELECT]}]",
+            "allow.db_permissions[0]",
+        ),
+    ];
+    for (allow, field) in cases {
+        let text = format!(
+            "kind: role\nversion: v7\nmetadata:\n  name: broken\nspec:\n  allow:\n    {allow}\n"
+        );
+        // The model alone accepts it; the full check refuses it with file and line.
+        dbward_model::parse_resources(&text, "roles.yaml").unwrap();
+        let err = parse_resources(&text, "roles.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("roles.yaml:3: role \"broken\": ") && err.contains(field),
+            "{allow}: {err}"
+        );
+    }
+    let rule = "kind: db_object_import_rule\nversion: v1\nmetadata:\n  name: r\nspec:\n  mappings:\n  - match: {table_names: ['*']}\n    add_labels: {owner: '{{obj.nope'}\n";
+    dbward_model::parse_resources(rule, "rules.yaml").unwrap();
+    let err = parse_resources(rule, "rules.yaml").unwrap_err().to_string();
+    assert!(err.starts_with("rules.yaml:3: "), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Allowed Users column of `db ls`
 
 #[test]

@@ -67,6 +67,15 @@ pub struct AddUserRequest {
     pub password: Option<String>,
 }
 
+/// `POST /v1/users/{name}/password` (`dbward users reset`); answered with an
+/// [`AddUserResponse`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResetPasswordRequest {
+    /// When absent the server generates one and returns it once.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddUserResponse {
     pub name: String,

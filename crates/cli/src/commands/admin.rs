@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use dbward_model::Config;
 use dbward_server::api::{
     AddUserRequest, AddUserResponse, AuditSearchResponse, CreateResourcesRequest,
-    CreateResourcesResponse, DbCheckResponse, ResourceList,
+    CreateResourcesResponse, DbCheckResponse, ResetPasswordRequest, ResourceList,
 };
 use dbward_server::{AdminFiles, Endpoints};
 use serde_json::Value;
@@ -92,6 +92,28 @@ pub fn parse_traits(flags: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
         }
     }
     Ok(traits)
+}
+
+/// `dbward users reset NAME [--password-stdin]`: prints a generated password once unless one
+/// is read from stdin.
+pub async fn users_reset(config: &Config, name: &str, password_stdin: bool) -> Result<()> {
+    let password = if password_stdin {
+        Some(prompt::password_from_stdin()?)
+    } else {
+        None
+    };
+    let client = admin_client(config)?;
+    let response: AddUserResponse = client
+        .post(
+            &format!("/v1/users/{}/password", encode_component(name)),
+            &ResetPasswordRequest { password },
+        )
+        .await?;
+    println!("The password of user \"{}\" has been reset.", response.name);
+    if let Some(password) = response.generated_password {
+        println!("Password (shown only once): {password}");
+    }
+    Ok(())
 }
 
 pub async fn users_rm(config: &Config, name: &str) -> Result<()> {

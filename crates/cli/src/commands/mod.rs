@@ -27,6 +27,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Users(UsersCommand::Add(add)) => {
             admin::users_add(&load_config(&config_path)?, add).await?
         }
+        Command::Users(UsersCommand::Reset {
+            name,
+            password_stdin,
+        }) => admin::users_reset(&load_config(&config_path)?, &name, password_stdin).await?,
         Command::Users(UsersCommand::Rm { name }) => {
             admin::users_rm(&load_config(&config_path)?, &name).await?
         }

@@ -61,6 +61,7 @@ pub(crate) type Row = Vec<Option<String>>;
 /// An authenticated admin session.
 pub(crate) struct AdminConn {
     stream: TlsStream<TcpStream>,
+    opened_at: std::time::Instant,
 }
 
 impl AdminConn {
@@ -84,6 +85,7 @@ impl AdminConn {
         match upstream::connect((host, port), tls, server_name, &login).await {
             Ok(session) => Ok(AdminConn {
                 stream: session.stream,
+                opened_at: std::time::Instant::now(),
             }),
             Err(dbward_proxy::UpstreamError::MysqlServer {
                 code,
@@ -97,6 +99,11 @@ impl AdminConn {
             })),
             Err(other) => Err(DbError::Connection(other.to_string())),
         }
+    }
+
+    /// True when the session was opened `max_lifetime` ago or earlier.
+    pub(crate) fn is_older_than(&self, max_lifetime: std::time::Duration) -> bool {
+        self.opened_at.elapsed() >= max_lifetime
     }
 
     /// Runs one statement and returns its rows (none for statements without a result set).

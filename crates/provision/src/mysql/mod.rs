@@ -180,6 +180,10 @@ pub struct MariaProvisionerSettings {
     pub operation_timeout: Duration,
     /// Most idle admin connections kept per target.
     pub max_idle_per_target: usize,
+    /// Longest time an admin connection is reused. A connection keeps the session state it
+    /// started with, so a fix made in the database reaches every warm connection within
+    /// this time.
+    pub max_connection_lifetime: Duration,
 }
 
 impl Default for MariaProvisionerSettings {
@@ -189,6 +193,7 @@ impl Default for MariaProvisionerSettings {
             settle_poll: Duration::from_millis(50),
             operation_timeout: Duration::from_secs(30),
             max_idle_per_target: 16,
+            max_connection_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -226,11 +231,19 @@ impl MariaProvisioner {
         }
     }
 
-    /// An idle warm connection to `target`, or a new one.
+    /// An idle warm connection to `target` younger than the maximum lifetime, or a new one.
     async fn conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
-        if let Some(conn) = self.lock_idle().get_mut(&target.key()).and_then(Vec::pop) {
-            return Ok(conn);
+        let max_lifetime = self.inner.settings.max_connection_lifetime;
+        while let Some(conn) = self.lock_idle().get_mut(&target.key()).and_then(Vec::pop) {
+            if !conn.is_older_than(max_lifetime) {
+                return Ok(conn);
+            }
         }
+        self.fresh_conn(target).await
+    }
+
+    /// A new admin connection to `target`.
+    async fn fresh_conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
         let timeout = self.inner.settings.operation_timeout;
         let connecting = Conn::connect(
             &target.host,
@@ -261,13 +274,35 @@ impl MariaProvisioner {
         }
     }
 
-    /// Keeps a connection that finished an operation cleanly for the next one.
+    /// Keeps a connection that finished an operation cleanly for the next one, unless it
+    /// reached the maximum lifetime.
     fn give_back(&self, target: &AdminTarget, conn: Conn) {
+        if conn.is_older_than(self.inner.settings.max_connection_lifetime) {
+            return;
+        }
         let mut idle = self.lock_idle();
         let conns = idle.entry(target.key()).or_default();
         if conns.len() < self.inner.settings.max_idle_per_target.max(1) {
             conns.push(conn);
         }
+    }
+
+    /// After an operation: a connection that succeeded goes back to the pool; after a
+    /// failure it is dropped together with every idle connection to `target`, whose session
+    /// state (settings changed in the database since they started) may share the cause.
+    fn finish<T>(
+        &self,
+        target: &AdminTarget,
+        conn: Conn,
+        outcome: Result<T, ProvisionError>,
+    ) -> Result<T, ProvisionError> {
+        if outcome.is_ok() {
+            self.give_back(target, conn);
+        } else {
+            drop(conn);
+            self.lock_idle().remove(&target.key());
+        }
+        outcome
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Conn>>> {
@@ -309,15 +344,11 @@ impl MariaProvisioner {
         let timeout = self.inner.settings.operation_timeout;
         let work = async {
             let mut conn = self.conn(target).await?;
-            ensure_setup(&mut conn, target).await?;
-            let outcome = activate(&mut conn, target, user, dbward_name, &requested).await;
-            if !matches!(
-                outcome,
-                Err(ProvisionError::Timeout(_) | ProvisionError::UnexpectedAnswer(_))
-            ) {
-                self.give_back(target, conn);
+            if let Err(error) = ensure_setup(&mut conn, target).await {
+                return self.finish(target, conn, Err(error));
             }
-            outcome
+            let outcome = activate(&mut conn, target, user, dbward_name, &requested).await;
+            self.finish(target, conn, outcome)
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -342,10 +373,7 @@ impl MariaProvisioner {
         let work = async {
             let mut conn = self.conn(target).await?;
             let outcome = settle_and_deactivate(&mut conn, target, user, mode, settle).await;
-            if outcome.is_ok() {
-                self.give_back(target, conn);
-            }
-            outcome
+            self.finish(target, conn, outcome)
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -412,10 +440,12 @@ impl MariaProvisioner {
         target: &AdminTarget,
         roles_to_check: &[String],
     ) -> Result<Vec<crate::Finding>, ProvisionError> {
-        let mut conn = self.conn(target).await?;
-        let findings = preflight::preflight(&mut conn, target, roles_to_check).await?;
-        self.give_back(target, conn);
-        Ok(findings)
+        // The operator runs the check after changing something in the database: look with a
+        // new session, and let no warm connection keep the state from before.
+        self.lock_idle().remove(&target.key());
+        let mut conn = self.fresh_conn(target).await?;
+        let findings = preflight::preflight(&mut conn, target, roles_to_check).await;
+        self.finish(target, conn, findings)
     }
 
     /// The server's version string (`SELECT VERSION()`), for the version gate.

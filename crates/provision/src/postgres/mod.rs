@@ -90,6 +90,10 @@ pub struct PgProvisionerSettings {
     pub operation_timeout: Duration,
     /// Idle admin connections kept per (server, admin user, database).
     pub max_idle_per_target: usize,
+    /// Longest time an admin connection is reused. A connection keeps the settings it
+    /// started with, so a fix made in the database (`ALTER ROLE … SET …`) reaches every
+    /// warm connection within this time.
+    pub max_connection_lifetime: Duration,
 }
 
 impl Default for PgProvisionerSettings {
@@ -100,6 +104,7 @@ impl Default for PgProvisionerSettings {
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(30),
             max_idle_per_target: 16,
+            max_connection_lifetime: Duration::from_secs(300),
         }
     }
 }
@@ -132,7 +137,10 @@ impl PgProvisioner {
     pub fn with_settings(settings: PgProvisionerSettings) -> Self {
         PgProvisioner {
             inner: Arc::new(Inner {
-                pool: Pool::new(settings.max_idle_per_target.max(1)),
+                pool: Pool::new(
+                    settings.max_idle_per_target.max(1),
+                    settings.max_connection_lifetime,
+                ),
                 settings,
             }),
         }
@@ -373,19 +381,34 @@ impl PgProvisioner {
         target: &AdminTarget,
         roles_to_check: &[String],
     ) -> Result<Vec<Finding>, ProvisionError> {
-        let admin = target.admin_user.clone();
-        let roles = roles_to_check.to_vec();
-        let allowed = target.allowed_predefined_roles.clone();
-        self.with_conn(target, move |conn| {
-            let (admin, roles, allowed) = (admin.clone(), roles.clone(), allowed.clone());
-            Box::pin(async move { preflight::run(conn, &admin, &roles, &allowed).await })
-        })
-        .await
+        // The operator runs the check after changing something in the database: look with a
+        // new session, and let no warm connection keep the state from before.
+        let key = PoolKey::of(target);
+        self.inner.pool.discard(&key);
+        let settings = &self.inner.settings;
+        let mut conn = AdminConn::open(target, settings.connect_timeout).await?;
+        let checking = preflight::run(
+            &mut conn,
+            &target.admin_user,
+            roles_to_check,
+            &target.allowed_predefined_roles,
+        );
+        match tokio::time::timeout(settings.operation_timeout, checking).await {
+            Err(_) => Err(ProvisionError::Timeout(settings.operation_timeout)),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(findings)) => {
+                self.inner.pool.put(key, conn);
+                Ok(findings)
+            }
+        }
     }
 
-    /// Runs `op` on a warm connection to `target`, opening one when none is idle. An
-    /// operation that fails because a pooled connection turned out to be closed is retried
-    /// once on a fresh connection; every operation is safe to repeat.
+    /// Runs `op` on a warm connection to `target`, opening one when none is idle.
+    ///
+    /// A failed operation discards its connection and every idle one of the same key: the
+    /// cause (a closed connection, a setting changed in the database since the connection
+    /// started) is likely shared. When the failed connection came from the pool, the
+    /// operation is retried once on a fresh connection; every operation is safe to repeat.
     async fn with_conn<T, F>(&self, target: &AdminTarget, mut op: F) -> Result<T, ProvisionError>
     where
         F: for<'c> FnMut(&'c mut AdminConn) -> OpFuture<'c, T>,
@@ -405,13 +428,19 @@ impl PgProvisioner {
             match result {
                 // A timed-out connection may be stuck mid-statement: never reuse it.
                 Err(_) => return Err(ProvisionError::Timeout(settings.operation_timeout)),
-                Ok(Err(error)) if conn.is_closed() && reused && !retried => {
-                    tracing::debug!(%error, "pooled admin connection was closed; retrying");
-                    retried = true;
+                Ok(Err(error)) => {
+                    drop(conn);
+                    self.inner.pool.discard(&key);
+                    if reused && !retried {
+                        tracing::debug!(%error, "operation failed on a warm admin connection; retrying on a new one");
+                        retried = true;
+                        continue;
+                    }
+                    return Err(error);
                 }
-                Ok(result) => {
+                Ok(Ok(value)) => {
                     self.inner.pool.put(key, conn);
-                    return result;
+                    return Ok(value);
                 }
             }
         }

@@ -4,13 +4,18 @@
 //! keeping a few connections open makes an activation one round trip. A connection that the
 //! server or the network closed is noticed on checkout and replaced.
 //!
+//! A warm connection keeps the session settings it started with (`ALTER ROLE … SET …` only
+//! reaches new sessions), so it must not live forever: connections older than the pool's
+//! maximum lifetime are dropped on checkout and on return, and after a failed operation the
+//! provisioner drops the connection and every idle one of the same key.
+//!
 //! Every connection pins its `search_path` to `pg_catalog, pg_temp` before anything else
 //! runs on it: the users the admin manages may create objects in schemas the admin's default
 //! search path would look in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
@@ -65,6 +70,7 @@ pub(crate) struct AdminConn {
     functions_installed: bool,
     statements: HashMap<&'static str, Statement>,
     task: JoinHandle<()>,
+    opened_at: Instant,
 }
 
 impl Drop for AdminConn {
@@ -111,6 +117,7 @@ impl AdminConn {
             functions_installed: false,
             statements: HashMap::new(),
             task,
+            opened_at: Instant::now(),
         };
         conn.client.batch_execute(PIN_SEARCH_PATH_SQL).await?;
         Ok(conn)
@@ -118,6 +125,11 @@ impl AdminConn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// True when the connection was opened `max_lifetime` ago or earlier.
+    fn is_older_than(&self, max_lifetime: Duration) -> bool {
+        self.opened_at.elapsed() >= max_lifetime
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -151,17 +163,24 @@ impl AdminConn {
 pub(crate) struct Pool {
     idle: Mutex<HashMap<PoolKey, Vec<AdminConn>>>,
     max_idle_per_key: usize,
+    max_lifetime: Duration,
 }
 
 impl Pool {
-    pub(crate) fn new(max_idle_per_key: usize) -> Self {
+    pub(crate) fn new(max_idle_per_key: usize, max_lifetime: Duration) -> Self {
         Pool {
             idle: Mutex::new(HashMap::new()),
             max_idle_per_key,
+            max_lifetime,
         }
     }
 
-    /// An idle connection that still looks open, if any; closed ones are discarded.
+    fn usable(&self, conn: &AdminConn) -> bool {
+        !conn.is_closed() && !conn.is_older_than(self.max_lifetime)
+    }
+
+    /// An idle connection that is still open and younger than the maximum lifetime, if any;
+    /// the others are discarded.
     pub(crate) fn take(&self, key: &PoolKey) -> Option<AdminConn> {
         let mut idle = self
             .idle
@@ -169,16 +188,26 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let conns = idle.get_mut(key)?;
         while let Some(conn) = conns.pop() {
-            if !conn.is_closed() {
+            if self.usable(&conn) {
                 return Some(conn);
             }
         }
         None
     }
 
-    /// Returns a connection after a successful use; closed or surplus ones are dropped.
+    /// Drops every idle connection of `key` (their session state may be stale).
+    pub(crate) fn discard(&self, key: &PoolKey) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        idle.remove(key);
+    }
+
+    /// Returns a connection after a successful use; closed, too old or surplus ones are
+    /// dropped.
     pub(crate) fn put(&self, key: PoolKey, conn: AdminConn) {
-        if conn.is_closed() {
+        if !self.usable(&conn) {
             return;
         }
         let mut idle = self

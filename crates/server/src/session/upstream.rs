@@ -70,15 +70,12 @@ fn build_target(cas: &CaSet, db: &Db, db_user: &str) -> Result<UpstreamTarget, S
     let (host, port) = db
         .host_port()
         .map_err(|e| SessionError::Internal(format!("db {}: {e}", db.metadata.name)))?;
-    let roots = match &db.spec.tls.ca_cert_file {
-        Some(path) if !path.is_empty() => std::fs::read_to_string(path).map_err(|e| {
-            SessionError::Internal(format!(
-                "db {}: reading ca_cert_file {path}: {e}",
-                db.metadata.name
-            ))
-        })?,
-        _ => cas.db.cert_pem.clone(),
-    };
+    let roots = db
+        .spec
+        .tls
+        .ca_pem()
+        .map_err(|e| SessionError::Internal(format!("db {}: {e}", db.metadata.name)))?
+        .unwrap_or_else(|| cas.db.cert_pem.clone());
     let verification = match db.spec.tls.mode {
         TlsMode::VerifyFull => ServerVerification::Full,
         TlsMode::VerifyCa => ServerVerification::CaOnly,

@@ -51,6 +51,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
         )
         .route("/v1/users", post(add_user))
         .route("/v1/users/{name}", delete(remove_user))
+        .route("/v1/users/{name}/password", post(reset_password))
         .route("/v1/dbs", get(list_dbs))
         .route("/v1/dbs/{name}/check", get(check_db))
         .route(
@@ -258,7 +259,9 @@ async fn create_resources(
     _admin: AdminIdentity,
     Json(req): Json<CreateResourcesRequest>,
 ) -> Result<Json<CreateResourcesResponse>, GatewayError> {
-    let parsed = dbward_model::parse_resources(&req.text, &req.file_name)?;
+    let parsed = dbward_rbac::parse_resources(&req.text, &req.file_name)?;
+    let snapshot = gw.catalog.snapshot().await?;
+    parsed.check_user_roles(&|role| snapshot.roles.contains_key(role))?;
     for r in &parsed.resources {
         r.validate()?;
     }
@@ -398,6 +401,37 @@ async fn add_user(
     gw.store.set_password_hash(&req.name, &hash).await?;
     Ok(Json(AddUserResponse {
         name: req.name,
+        generated_password: generated,
+    }))
+}
+
+/// `dbward users reset`: a new password for an existing user (users created from files have
+/// none); generated and returned once unless given.
+async fn reset_password(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Path(name): Path<String>,
+    Json(req): Json<crate::api::ResetPasswordRequest>,
+) -> Result<Json<AddUserResponse>, GatewayError> {
+    let snapshot = gw.catalog.snapshot().await?;
+    if !snapshot.users.contains_key(&name) {
+        return Err(GatewayError::NotFound(format!("user \"{name}\" not found")));
+    }
+    let (password, generated) = match req.password {
+        Some(p) if !p.is_empty() => (p, None),
+        Some(_) => return Err(GatewayError::BadRequest("empty password".into())),
+        None => {
+            let p = passwords::generate_password();
+            (p.clone(), Some(p))
+        }
+    };
+    let hash = tokio::task::spawn_blocking(move || passwords::hash_password(&password))
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+        .map_err(GatewayError::Internal)?;
+    gw.store.set_password_hash(&name, &hash).await?;
+    Ok(Json(AddUserResponse {
+        name,
         generated_password: generated,
     }))
 }
