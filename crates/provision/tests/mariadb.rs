@@ -39,7 +39,7 @@ fn env() -> &'static Env {
         maria
             .sql_root(&format!(
                 "CREATE USER '{ADMIN}'@'%' REQUIRE SUBJECT '/CN={ADMIN}';
-                 GRANT PROCESS, CREATE USER ON *.* TO '{ADMIN}'@'%';
+                 GRANT PROCESS, CREATE USER, CONNECTION ADMIN ON *.* TO '{ADMIN}'@'%';
                  GRANT SELECT ON mysql.roles_mapping TO '{ADMIN}'@'%';
                  GRANT UPDATE ON mysql.* TO '{ADMIN}'@'%';
                  GRANT SELECT ON *.* TO '{ADMIN}'@'%';

@@ -230,7 +230,7 @@ GRANT reader, writer TO "{ADMIN_USER}" WITH ADMIN OPTION;
 fn mariadb_setup_sql() -> String {
     format!(
         "CREATE USER IF NOT EXISTS '{ADMIN_USER}'@'%' REQUIRE SUBJECT '/CN={ADMIN_USER}';
-GRANT PROCESS, CREATE USER ON *.* TO '{ADMIN_USER}'@'%';
+GRANT PROCESS, CREATE USER, CONNECTION ADMIN ON *.* TO '{ADMIN_USER}'@'%';
 GRANT SELECT ON mysql.roles_mapping TO '{ADMIN_USER}'@'%';
 GRANT UPDATE ON mysql.* TO '{ADMIN_USER}'@'%';
 GRANT SELECT ON *.* TO '{ADMIN_USER}'@'%';

@@ -27,7 +27,7 @@ fn world(mode: &str) -> World {
     };
     h.maria_sql(&format!(
         "CREATE USER '{a}'@'%' REQUIRE SUBJECT '/CN={a}';
-         GRANT PROCESS, CREATE USER ON *.* TO '{a}'@'%';
+         GRANT PROCESS, CREATE USER, CONNECTION ADMIN ON *.* TO '{a}'@'%';
          GRANT SELECT ON mysql.roles_mapping TO '{a}'@'%';
          GRANT UPDATE ON mysql.* TO '{a}'@'%';
          GRANT SELECT ON *.* TO '{a}'@'%';
@@ -514,7 +514,27 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
             .any(|f| f.problem.contains(word) || f.fix.contains(word))
     };
     assert!(!mentions("PROCESS"), "{findings:?}");
+    assert!(!mentions("CONNECTION ADMIN"), "{findings:?}");
     assert!(!mentions(&w.reader) && !mentions(&w.writer), "{findings:?}");
+
+    // Without CONNECTION ADMIN the admin cannot end a dead gateway's sessions: reported.
+    h.maria_sql(&format!(
+        "REVOKE CONNECTION ADMIN ON *.* FROM '{}'@'%'",
+        w.admin
+    ));
+    h.gw.upstream.forget_db(&w.db);
+    let findings = h
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .unwrap();
+    let kill = findings
+        .iter()
+        .find(|f| f.fix.contains("CONNECTION ADMIN"))
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(
+        kill.fix,
+        format!("GRANT CONNECTION ADMIN ON *.* TO `{}`@`%`;", w.admin)
+    );
+    h.maria_sql(&kill.fix);
 
     // Take PROCESS away, and let the dbward role grant a role the admin is not ADMIN of.
     let foreign = format!("{}_foreign", w.reader);

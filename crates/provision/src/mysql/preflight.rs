@@ -40,6 +40,27 @@ pub(super) async fn preflight(
         });
     }
 
+    // Ending the connection of a session whose gateway died (or whose backend ignores the
+    // client going away) is `KILL CONNECTION` on another account's connection.
+    let version = conn
+        .query_value("SELECT VERSION()")
+        .await
+        .map_err(|e| map_error(&e, admin, ""))?
+        .unwrap_or_default();
+    let connection_admin = if version.contains("MariaDB") {
+        "CONNECTION ADMIN"
+    } else {
+        "CONNECTION_ADMIN"
+    };
+    if !global.iter().any(|g| g == connection_admin || g == "SUPER") {
+        findings.push(Finding {
+            problem: format!(
+                "admin user \"{admin}\" cannot end the connections of sessions that outlive their client or gateway ({connection_admin})"
+            ),
+            fix: format!("GRANT {connection_admin} ON *.* TO {account};"),
+        });
+    }
+
     let on_mysql = privileges(
         conn,
         admin,
