@@ -340,6 +340,44 @@ fn parse_one(
             }
         }
     }
+    // Fields Teleport enforces by their value and dbward does not keep: a user or role they
+    // would restrict is refused rather than loaded with more access than its source gave. (A
+    // db's expiry only warns: a db resource grants nothing by itself.)
+    let grants_access = kind == User::KIND || kind == Role::KIND;
+    for (keys, value) in [
+        (
+            &["metadata", "expires"][..],
+            map.get("metadata").and_then(|m| m.get("expires")),
+        ),
+        (
+            &["spec", "expires"][..],
+            map.get("spec").and_then(|s| s.get("expires")),
+        ),
+    ] {
+        if grants_access && value.is_some_and(|v| !is_unset_time(v)) {
+            return Err(parse_error(
+                line_of(keys),
+                format!(
+                    "field \"{}\" sets an expiry, which dbward does not enforce; remove it to load the resource without one",
+                    keys.join(".")
+                ),
+            ));
+        }
+    }
+    if kind == User::KIND {
+        let locked = map
+            .get("spec")
+            .and_then(|s| s.get("status"))
+            .and_then(|s| s.get("is_locked"))
+            .and_then(serde_yaml_ng::Value::as_bool)
+            .unwrap_or(false);
+        if locked {
+            return Err(parse_error(
+                line_of(&["spec", "status", "is_locked"]),
+                "the user is locked (spec.status.is_locked), which dbward does not enforce; unlock it or remove the field to load it".into(),
+            ));
+        }
+    }
     if let Resource::Role(role) = &mut resource {
         // Teleport role v3: a missing (or null) `allow.db_labels` selects every database.
         let db_labels_written = map
@@ -516,6 +554,17 @@ const TELEPORT_USER_SPEC: &[&str] = &[
 
 /// Metadata fields Teleport writes that dbward does not keep.
 const TELEPORT_METADATA: &[&str] = &["namespace", "expires", "revision", "id"];
+
+/// Whether a Teleport time field means "not set": absent, null, empty or Go's zero time.
+fn is_unset_time(value: &serde_yaml_ng::Value) -> bool {
+    match value {
+        serde_yaml_ng::Value::Null => true,
+        serde_yaml_ng::Value::String(text) => {
+            text.is_empty() || text.starts_with("0001-01-01T00:00:00")
+        }
+        _ => false,
+    }
+}
 
 fn classify(kind: &str, keys: &[&str]) -> Field {
     match keys {
@@ -1074,6 +1123,32 @@ version: v2
                 parsed.warnings
             );
         }
+    }
+
+    #[test]
+    fn locked_users_and_expiring_resources_are_refused_not_loaded_with_more_access() {
+        let locked = TCTL_GET_ALL.replace("is_locked: false", "is_locked: true");
+        let err = parse_resources(&locked, "test.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.yaml:") && err.contains("spec.status.is_locked"),
+            "{err}"
+        );
+        let expiring = TCTL_GET_ALL.replace(
+            "  expires: \"0001-01-01T00:00:00Z\"",
+            "  expires: \"2027-01-01T00:00:00Z\"",
+        );
+        let err = parse_resources(&expiring, "test.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.expires"), "{err}");
+        let text = "kind: role\nversion: v7\nmetadata: {name: r, expires: \"2027-01-01T00:00:00Z\"}\nspec: {}\n";
+        let err = parse_resources(text, "test.yaml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.yaml:3: field \"metadata.expires\" sets an expiry, which dbward does not enforce; remove it to load the resource without one"
+        );
     }
 
     #[test]
