@@ -75,8 +75,7 @@ fn split_der(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 fn pem_wrap(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut encoded = String::with_capacity(der.len() * 4 / 3 + 4);
     for group in der.chunks(3) {
         let bytes = [

@@ -66,7 +66,13 @@ pub fn pg_relay_tap(data: &[u8]) {
         let mut tap = FrameTap::new();
         let mut events = Vec::new();
         let mut record = |event: TapEvent<'_>| events.push(describe_pg(event));
-        let failed = chunks.any(|chunk| tap.feed(chunk, &mut record).is_err());
+        let mut failed = false;
+        for chunk in chunks {
+            if tap.feed(chunk, &mut record).is_err() {
+                failed = true;
+                break;
+            }
+        }
         (events, failed)
     };
     let whole = run(&mut std::iter::once(stream));

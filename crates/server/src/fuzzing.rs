@@ -19,7 +19,6 @@ use crate::api::{
 /// One API request body (also read as the audit search's query string).
 pub fn api_body(data: &[u8]) {
     if let Ok(Json(login)) = Json::<LoginRequest>::from_bytes(data) {
-        let _ = login.ttl_secs.map(std::time::Duration::from_secs);
         issue(None, &login.csr_pem);
     }
     if let Ok(Json(request)) = Json::<DbCertRequest>::from_bytes(data) {
