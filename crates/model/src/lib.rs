@@ -9,6 +9,8 @@ pub mod config;
 pub mod db;
 pub mod duration;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import_rule;
 pub mod labels;
 pub mod metadata;

@@ -6,6 +6,8 @@
 mod ca;
 mod error;
 mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod issue;
 mod tls;

@@ -6,6 +6,8 @@
 //! what a client is told.
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mysql;
 pub mod pg;
 mod relay;

@@ -10,6 +10,8 @@ pub mod audit;
 pub mod bootstrap;
 pub mod catalog;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listen;
 pub mod passwords;
 pub mod quickstart;
