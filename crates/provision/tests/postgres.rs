@@ -980,8 +980,9 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
              ALTER ROLE CURRENT_USER IN DATABASE {db} SET work_mem = '64MB';"
         )
     };
-    // What only someone else could have given it (a superuser, or the admin tricked): since
-    // PostgreSQL 15 a role cannot even grant itself to another.
+    // What only someone else could have given it (the admin tricked; a superuser's grants
+    // are a_role_a_superuser_granted_...'s case): since PostgreSQL 15 a role cannot even grant
+    // itself to another.
     // (From PostgreSQL 16 only a role with CREATEDB may take CREATEDB away; the admin has not.)
     let createdb = if env.pg.major_version() < 16 {
         "CREATEDB"
@@ -990,7 +991,7 @@ async fn what_a_user_does_to_its_own_role_does_not_outlive_its_session() -> Resu
     };
     let gained = format!(
         "ALTER ROLE {u} {createdb} CREATEROLE NOINHERIT CONNECTION LIMIT 3 VALID UNTIL '2031-01-01'; \
-         GRANT {secret} TO {u}; SET ROLE {admin}; GRANT {u} TO {accomplice}; RESET ROLE;",
+         SET ROLE {admin}; GRANT {secret} TO {u}; GRANT {u} TO {accomplice}; RESET ROLE;",
         u = ident(u),
         admin = ident(ADMIN)
     );

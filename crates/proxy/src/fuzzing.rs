@@ -19,6 +19,7 @@ use crate::mysql::relay::{MysqlTap, PacketTap};
 use crate::pg::messages::{self, ErrorFields, StartupPacket};
 use crate::pg::relay::{FrameTap, TapEvent, TAP_SQL_LIMIT};
 use crate::pg::HandshakeLimits;
+use crate::relay::Filtered;
 
 /// The PostgreSQL listener up to TLS, over `data` as the client's bytes: SSLRequest,
 /// GSSENCRequest, CancelRequest, a plaintext StartupMessage or the first bytes of a direct
@@ -113,9 +114,9 @@ pub fn mysql_handshake(data: &[u8]) {
     });
 }
 
-/// The MySQL relay's packet tap over `data[1..]` as the client's byte stream, fed once whole
-/// and once cut into chunks whose sizes follow from `data[0]`: both must report the same
-/// commands.
+/// The MySQL relay's packet filter over `data[1..]` as the client's byte stream, fed once
+/// whole and once cut into chunks whose sizes follow from `data[0]`: both must report the same
+/// commands, forward the same bytes to the server and answer the client the same bytes.
 pub fn mysql_relay_tap(data: &[u8]) {
     let Some((&seed, stream)) = data.split_first() else {
         return;
@@ -123,11 +124,22 @@ pub fn mysql_relay_tap(data: &[u8]) {
     let run = |chunks: &mut dyn Iterator<Item = &[u8]>| {
         let mut tap = PacketTap::new();
         let mut events = Vec::new();
+        let mut forwarded = Vec::new();
+        let mut replies = Vec::new();
+        let mut out = Filtered::default();
         let mut record = |event: MysqlTap<'_>| events.push(describe_mysql(event));
         for chunk in chunks {
-            tap.feed(chunk, &mut record);
+            tap.feed(chunk, &mut record, &mut out);
+            // What the relay does with the filter's verdict.
+            if out.edited {
+                forwarded.append(&mut out.forward);
+            } else {
+                forwarded.extend_from_slice(chunk);
+            }
+            replies.append(&mut out.reply);
+            out.edited = false;
         }
-        events
+        (events, forwarded, replies)
     };
     let whole = run(&mut std::iter::once(stream));
     let chunked = run(&mut Chunks::new(stream, seed));
@@ -142,6 +154,7 @@ fn describe_pg(event: TapEvent<'_>) -> String {
             sql,
             truncated,
         } => format!("P {truncated} {statement:?} {sql}"),
+        TapEvent::FunctionCall { oid } => format!("F {oid}"),
         TapEvent::Terminate => "X".into(),
     }
 }
@@ -151,6 +164,7 @@ fn describe_mysql(event: MysqlTap<'_>) -> String {
         MysqlTap::Query { sql, truncated } => format!("Q {truncated} {sql}"),
         MysqlTap::Prepare { sql, truncated } => format!("P {truncated} {sql}"),
         MysqlTap::Quit => "X".into(),
+        MysqlTap::Refused { command } => format!("R {command}"),
     }
 }
 
