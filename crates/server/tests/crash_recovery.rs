@@ -378,10 +378,16 @@ fn db_yaml_on(port: u16, name: &str, labels: &str, admin: &str, admin_db: &str) 
     )
 }
 
-/// An admin (LOGIN CREATEROLE) holding `reader` WITH ADMIN OPTION.
+/// An admin (LOGIN CREATEROLE) holding `reader` WITH ADMIN OPTION, and from PostgreSQL 16 on
+/// the marker role too (CREATEROLE no longer lets it grant a role another admin created).
 fn create_admin(admin: &str, reader: &str) {
     sql(&format!(
-        "CREATE ROLE {a} LOGIN CREATEROLE; CREATE ROLE {r} NOLOGIN; GRANT {r} TO {a} WITH ADMIN OPTION;",
+        "CREATE ROLE {a} LOGIN CREATEROLE; CREATE ROLE {r} NOLOGIN; GRANT {r} TO {a} WITH ADMIN OPTION; \
+         DO $$BEGIN IF pg_catalog.current_setting('server_version_num')::int >= 160000 THEN \
+           BEGIN CREATE ROLE \"dbward-auto-user\"; \
+           EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END; \
+           GRANT \"dbward-auto-user\" TO {a} WITH ADMIN OPTION; \
+         END IF; END$$;",
         a = q(admin),
         r = q(reader)
     ));
@@ -561,18 +567,14 @@ fn two_resources_on_one_server_serialise_provisioning_of_a_user() {
 
     // Hold carol's catalog row so an activation blocks inside the database, with the
     // provisioning lock held.
-    let mut holder = Command::new(
-        dbward_testkit::PgServer::bin_dir()
-            .expect("bin dir")
-            .join("psql"),
-    )
-    .arg(pg().super_conninfo("postgres"))
-    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("psql");
+    let mut holder = Command::new(pg().psql_bin().expect("psql"))
+        .arg(pg().super_conninfo("postgres"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
     let mut holder_in = holder.stdin.take().expect("stdin");
     writeln!(
         holder_in,

@@ -207,6 +207,11 @@ impl PgServer {
             .context("PostgreSQL could not bind a free port"))
     }
 
+    /// The `psql` to run against this server (its own, else the system's).
+    pub fn psql_bin(&self) -> anyhow::Result<PathBuf> {
+        psql_program(&self.bin_dir)
+    }
+
     /// Runs `sql` as the superuser `postgres` in database `postgres` through the Unix socket
     /// with `psql -X -A -t -q -v ON_ERROR_STOP=1`; returns stdout trimmed. Statements run one
     /// by one (so `CREATE DATABASE` may follow other statements) and the first error stops the
