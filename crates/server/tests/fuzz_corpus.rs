@@ -1,6 +1,7 @@
 //! Replays every input of the committed fuzz corpora (`fuzz/corpus/<target>/`) through the
 //! entry point its fuzz target calls, so that an input that once crashed a parser keeps
-//! passing on stable Rust. A missing or empty corpus fails the test.
+//! passing on stable Rust. A missing or empty corpus fails the test. All targets are replayed
+//! here, in the one crate that depends on every parser's owner (proxy, pki, model, server).
 
 use std::path::{Path, PathBuf};
 
@@ -29,4 +30,49 @@ fn replay(target: &str, entry: fn(&[u8])) {
 #[test]
 fn api_body_corpus_replays_without_a_panic() {
     replay("api_body", dbward_server::fuzzing::api_body);
+}
+
+#[test]
+fn pg_startup_corpus_replays_without_a_panic() {
+    replay("pg_startup", dbward_proxy::fuzzing::pg_startup);
+}
+
+#[test]
+fn pg_messages_corpus_replays_without_a_panic() {
+    replay("pg_messages", dbward_proxy::fuzzing::pg_messages);
+}
+
+#[test]
+fn pg_relay_tap_corpus_replays_without_a_panic() {
+    replay("pg_relay_tap", dbward_proxy::fuzzing::pg_relay_tap);
+}
+
+#[test]
+fn mysql_handshake_corpus_replays_without_a_panic() {
+    replay("mysql_handshake", dbward_proxy::fuzzing::mysql_handshake);
+}
+
+#[test]
+fn mysql_relay_tap_corpus_replays_without_a_panic() {
+    replay("mysql_relay_tap", dbward_proxy::fuzzing::mysql_relay_tap);
+}
+
+#[test]
+fn pki_identity_corpus_replays_without_a_panic() {
+    replay("pki_identity", dbward_pki::fuzzing::identity);
+}
+
+#[test]
+fn pki_csr_corpus_replays_without_a_panic() {
+    replay("pki_csr", dbward_pki::fuzzing::csr);
+}
+
+#[test]
+fn model_resources_corpus_replays_without_a_panic() {
+    replay("model_resources", dbward_model::fuzzing::resources);
+}
+
+#[test]
+fn model_config_corpus_replays_without_a_panic() {
+    replay("model_config", dbward_model::fuzzing::config);
 }
