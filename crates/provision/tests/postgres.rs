@@ -1400,7 +1400,9 @@ async fn marker_members_with_admin_option_and_the_admin_itself_are_not_managed()
 fn permissions_db(env: &Env) -> Result<String> {
     let db = unique_name("perms");
     let owner = unique_name("tables_owner");
-    env.pg.psql_super(&format!("CREATE ROLE {owner}; CREATE DATABASE {db} OWNER {owner};"))?;
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {owner}; CREATE DATABASE {db} OWNER {owner};"
+    ))?;
     env.pg.psql_super_in(
         &db,
         &format!(
@@ -1426,7 +1428,11 @@ fn table_privileges_in(env: &Env, db: &str, user: &str) -> Result<BTreeSet<Strin
             lit(user)
         ),
     )?;
-    Ok(out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+    Ok(out
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 fn privilege(schema: &str, table: &str, name: &str) -> dbward_provision::postgres::TablePrivilege {
@@ -1456,7 +1462,9 @@ async fn table_privileges_are_exactly_the_computed_set_and_revoked_before_drop()
     assert_eq!(names, set(&["public.orders", "sales.invoices"]));
 
     let select = BTreeSet::from([privilege("public", "orders", "SELECT")]);
-    provisioner.set_table_privileges(&target, &user, &select).await?;
+    provisioner
+        .set_table_privileges(&target, &user, &select)
+        .await?;
     assert_eq!(
         table_privileges_in(env, &db, user.as_str())?,
         set(&["public.orders:SELECT"])
@@ -1493,7 +1501,10 @@ async fn table_privileges_are_exactly_the_computed_set_and_revoked_before_drop()
     );
 
     // Revoked at teardown, the user has nothing that keeps DROP ROLE from working.
-    assert_eq!(provisioner.revoke_table_privileges(&target, &user).await?, 1);
+    assert_eq!(
+        provisioner.revoke_table_privileges(&target, &user).await?,
+        1
+    );
     assert!(table_privileges_in(env, &db, user.as_str())?.is_empty());
     let outcome = provisioner
         .deactivate(&target, &user, TeardownMode::Drop)
@@ -1512,7 +1523,9 @@ async fn a_privilege_the_admin_cannot_grant_fails_with_the_fix_and_changes_nothi
     let provisioner = quick();
     provisioner.activate(&target, &user, &[]).await?;
     let select = BTreeSet::from([privilege("public", "orders", "SELECT")]);
-    provisioner.set_table_privileges(&target, &user, &select).await?;
+    provisioner
+        .set_table_privileges(&target, &user, &select)
+        .await?;
 
     let wanted = BTreeSet::from([
         privilege("public", "orders", "UPDATE"),
@@ -1525,9 +1538,14 @@ async fn a_privilege_the_admin_cannot_grant_fails_with_the_fix_and_changes_nothi
     match &refused {
         ProvisionError::AdminCannotGrantPrivilege { fix, .. } => {
             assert!(
-                fix == &format!(r#"GRANT UPDATE ON TABLE public.orders TO "{ADMIN}" WITH GRANT OPTION;"#)
-                    || fix == &format!(r#"GRANT USAGE ON SCHEMA sales TO "{ADMIN}" WITH GRANT OPTION;"#)
-                    || fix == &format!(r#"GRANT SELECT ON TABLE sales.invoices TO "{ADMIN}" WITH GRANT OPTION;"#),
+                fix == &format!(
+                    r#"GRANT UPDATE ON TABLE public.orders TO "{ADMIN}" WITH GRANT OPTION;"#
+                ) || fix
+                    == &format!(r#"GRANT USAGE ON SCHEMA sales TO "{ADMIN}" WITH GRANT OPTION;"#)
+                    || fix
+                        == &format!(
+                            r#"GRANT SELECT ON TABLE sales.invoices TO "{ADMIN}" WITH GRANT OPTION;"#
+                        ),
                 "{fix}"
             );
         }

@@ -348,7 +348,10 @@ impl AccessChecker {
                 DenialKind::PermissionsUnsupported {
                     db: db.metadata.name.clone(),
                 },
-                format!("{}: db_permissions apply to a non-PostgreSQL database", target()),
+                format!(
+                    "{}: db_permissions apply to a non-PostgreSQL database",
+                    target()
+                ),
             ));
         }
         if !db_roles.is_empty() && !db_permissions.is_empty() {

@@ -1618,7 +1618,9 @@ fn db_permissions_on_mysql_are_refused_not_silently_ignored() {
         "{denied:?}"
     );
     assert!(
-        denied.user_message().contains("db_permissions are only supported on PostgreSQL"),
+        denied
+            .user_message()
+            .contains("db_permissions are only supported on PostgreSQL"),
         "{}",
         denied.user_message()
     );

@@ -44,7 +44,10 @@ const TABLE_PRIVILEGES: [&str; 7] = [
 impl PgProvisioner {
     /// The tables of the target's database that import rules may label (ordinary and
     /// partitioned tables outside the system schemas).
-    pub async fn list_tables(&self, target: &AdminTarget) -> Result<Vec<TableName>, ProvisionError> {
+    pub async fn list_tables(
+        &self,
+        target: &AdminTarget,
+    ) -> Result<Vec<TableName>, ProvisionError> {
         let admin = target.admin_user.clone();
         let database = target.database.clone();
         self.with_conn(target, move |conn| {
@@ -54,7 +57,10 @@ impl PgProvisioner {
                 let map = |e| map_error(e, &admin, "");
                 let rows = conn
                     .client()
-                    .query("SELECT schema_name, table_name FROM pg_temp.dbward_tables()", &[])
+                    .query(
+                        "SELECT schema_name, table_name FROM pg_temp.dbward_tables()",
+                        &[],
+                    )
                     .await
                     .map_err(map)?;
                 rows.iter()

@@ -11,6 +11,7 @@
 mod lifecycle;
 pub mod live;
 pub mod mysql;
+mod permissions;
 pub mod postgres;
 mod provisioning;
 mod reconcile;
