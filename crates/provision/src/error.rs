@@ -48,16 +48,6 @@ pub enum ProvisionError {
         fix: String,
     },
 
-    /// The admin user could not grant a table privilege (or USAGE on a schema) that
-    /// `db_permissions` give: it needs the privilege WITH GRANT OPTION, or to own the object.
-    #[error("admin user \"{admin}\" may not grant {privilege} on {object}; fix with: {fix}")]
-    AdminCannotGrantPrivilege {
-        admin: String,
-        privilege: String,
-        object: String,
-        fix: String,
-    },
-
     /// The admin user may not create temporary objects in the database it connects to.
     #[error("admin user \"{admin}\" lacks the TEMPORARY privilege on database \"{database}\"; fix with: {fix}")]
     AdminLacksTemporary {

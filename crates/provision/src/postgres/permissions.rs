@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{install_functions, map_error, quote_ident, sqlstate, AdminTarget, PgProvisioner};
+use super::{install_functions, map_error, sqlstate, AdminTarget, PgProvisioner};
 use crate::error::ProvisionError;
 use crate::names::DbUserName;
 use crate::postgres::quote::check_user_name;
@@ -116,16 +116,19 @@ impl PgProvisioner {
         .await
     }
 
-    /// Makes the table privileges of the managed `user` in the target's database exactly
-    /// `privileges` (plus USAGE on their schemas): everything it held there is revoked first.
-    /// One transaction; every privilege is verified in the catalog afterwards, so an admin
-    /// without the grant option fails the call instead of leaving the user with less.
+    /// Makes the table privileges of the managed `user` in the target's database
+    /// `privileges` (plus USAGE on their schemas) as far as the admin may give them:
+    /// everything it held there is revoked first, then each privilege the admin holds WITH
+    /// GRANT OPTION (or as owner) is granted. Returns what could not be given
+    /// (`SELECT on TABLE public.t`, `USAGE on SCHEMA s`), so the caller can say so: a table
+    /// the admin cannot share costs the session that table, not the session. One
+    /// transaction; each grant is verified in the catalog afterwards.
     pub async fn set_table_privileges(
         &self,
         target: &AdminTarget,
         user: &DbUserName,
         privileges: &BTreeSet<TablePrivilege>,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<Vec<String>, ProvisionError> {
         check_user_name(user.as_str())?;
         if let Some(bad) = privileges
             .iter()
@@ -147,17 +150,58 @@ impl PgProvisioner {
             let (schemas, tables, names) = (schemas.clone(), tables.clone(), names.clone());
             Box::pin(async move {
                 install(conn, &admin, &database).await?;
-                conn.client()
+                let row = conn
+                    .client()
                     .query_one(
-                        "SELECT pg_temp.dbward_set_table_privileges($1, $2, $3, $4, $5)::text",
+                        "SELECT pg_temp.dbward_set_table_privileges($1, $2, $3, $4, $5)",
                         &[&user, &MARKER_ROLE, &schemas, &tables, &names],
                     )
                     .await
                     .map_err(|e| grant_error(e, &admin, &user))?;
-                Ok(())
+                row.try_get::<_, Vec<String>>(0)
+                    .map_err(|e| map_error(e, &admin, &user))
             })
         })
         .await
+    }
+
+    /// The part of `privileges` the admin may grant (holds WITH GRANT OPTION, or owns the
+    /// table): what [`PgProvisioner::set_table_privileges`] gives.
+    pub async fn grantable_table_privileges(
+        &self,
+        target: &AdminTarget,
+        privileges: &BTreeSet<TablePrivilege>,
+    ) -> Result<BTreeSet<TablePrivilege>, ProvisionError> {
+        let list: Vec<TablePrivilege> = privileges.iter().cloned().collect();
+        let schemas: Vec<String> = list.iter().map(|p| p.table.schema.clone()).collect();
+        let tables: Vec<String> = list.iter().map(|p| p.table.name.clone()).collect();
+        let names: Vec<String> = list.iter().map(|p| p.privilege.clone()).collect();
+        let admin = target.admin_user.clone();
+        let database = target.database.clone();
+        let flags = self
+            .with_conn(target, move |conn| {
+                let (admin, database) = (admin.clone(), database.clone());
+                let (schemas, tables, names) = (schemas.clone(), tables.clone(), names.clone());
+                Box::pin(async move {
+                    install(conn, &admin, &database).await?;
+                    let map = |e| map_error(e, &admin, "");
+                    let row = conn
+                        .client()
+                        .query_one(
+                            "SELECT pg_temp.dbward_grantable($1, $2, $3)",
+                            &[&schemas, &tables, &names],
+                        )
+                        .await
+                        .map_err(map)?;
+                    row.try_get::<_, Vec<bool>>(0).map_err(map)
+                })
+            })
+            .await?;
+        Ok(list
+            .into_iter()
+            .zip(flags)
+            .filter_map(|(p, ok)| ok.then_some(p))
+            .collect())
     }
 
     /// Revokes every privilege `user` holds on relations of the target's database and USAGE
@@ -236,24 +280,13 @@ async fn install(
 
 fn grant_error(error: tokio_postgres::Error, admin: &str, user: &str) -> ProvisionError {
     if sqlstate(&error) == Some("DWP03") {
-        let db = error.as_db_error();
-        let object = db.and_then(|d| d.detail()).unwrap_or_default().to_owned();
-        let privilege = db.and_then(|d| d.hint()).unwrap_or_default().to_owned();
-        // DETAIL is "table s.t" or "schema s", identifiers already quoted as needed.
-        let on = match object.split_once(' ') {
-            Some((kind, name)) => format!("{} {name}", kind.to_uppercase()),
-            None => object.clone(),
-        };
-        let fix = format!(
-            "GRANT {privilege} ON {on} TO {} WITH GRANT OPTION;",
-            quote_ident(admin)
-        );
-        return ProvisionError::AdminCannotGrantPrivilege {
-            admin: admin.to_owned(),
-            privilege,
-            object,
-            fix,
-        };
+        let detail = error
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .unwrap_or_default();
+        return ProvisionError::UnexpectedAnswer(format!(
+            "granted {detail} to {user}, but the catalog does not show it"
+        ));
     }
     map_error(error, admin, user)
 }

@@ -75,8 +75,8 @@ async fn compute(
     Ok(privileges)
 }
 
-/// Applies the session's table privileges (the provisioning lock is held). Returns the
-/// number of tables the user may now use, after recording `db.session.permissions.update`.
+/// Applies the session's table privileges (the provisioning lock is held) and records
+/// `db.session.permissions.update` with what was granted and what the admin could not give.
 pub(crate) async fn apply(
     gw: &Gateway,
     authorized: &Authorized,
@@ -85,22 +85,38 @@ pub(crate) async fn apply(
     if !applies(authorized) {
         return Ok(());
     }
+    let map = |err| provision_error(authorized, err);
     let target = session_target(gw, authorized)?;
     let user = DbUserName::new(db_user.to_owned());
     let wanted = compute(gw, authorized, &target).await?;
+    // The computed set as far as the admin may give it: what a session gets.
+    let grantable = gw
+        .pg_provisioner
+        .grantable_table_privileges(&target, &wanted)
+        .await
+        .map_err(map)?;
+    let mut not_granted: Vec<String> = wanted
+        .difference(&grantable)
+        .map(|p| {
+            format!(
+                "{} on TABLE {}.{}",
+                p.privilege, p.table.schema, p.table.name
+            )
+        })
+        .collect();
     let live = gw
         .pg_provisioner
         .sessions_in_database(&target, &user)
         .await
-        .map_err(|err| provision_error(authorized, err))?;
+        .map_err(map)?;
     if live > 0 {
         let current = gw
             .pg_provisioner
             .table_privileges(&target, &user)
             .await
-            .map_err(|err| provision_error(authorized, err))?;
-        if current != wanted {
-            tracing::info!(sid = %authorized.fields.sid, held = current.len(), wanted = wanted.len(), "table permissions differ from those of a live session");
+            .map_err(map)?;
+        if current != grantable {
+            tracing::info!(sid = %authorized.fields.sid, held = current.len(), wanted = grantable.len(), "table permissions differ from those of a live session");
             return Err(SessionError::Provisioning(format!(
                 "database user \"{db_user}\" has another session in database \"{}\" with \
                  different permissions; end that session and connect again",
@@ -108,10 +124,25 @@ pub(crate) async fn apply(
             )));
         }
     } else {
-        gw.pg_provisioner
+        let skipped = gw
+            .pg_provisioner
             .set_table_privileges(&target, &user, &wanted)
             .await
-            .map_err(|err| provision_error(authorized, err))?;
+            .map_err(map)?;
+        // Tables were listed as skipped above already; schemas are only known here.
+        not_granted.extend(
+            skipped
+                .into_iter()
+                .filter(|s| s.starts_with("USAGE on SCHEMA")),
+        );
+    }
+    if !not_granted.is_empty() {
+        tracing::warn!(
+            sid = %authorized.fields.sid,
+            admin = %target.admin_user,
+            ?not_granted,
+            "db_permissions give privileges the admin user does not hold WITH GRANT OPTION; the session goes without them"
+        );
     }
     gw.audit
         .emit(
@@ -119,8 +150,9 @@ pub(crate) async fn apply(
             &authorized.fields,
             json!({
                 "success": true,
-                "permission_summary": summary(&wanted),
-                "affected_object_counts": { "table": tables_of(&wanted) },
+                "permission_summary": summary(&grantable),
+                "affected_object_counts": { "table": tables_of(&grantable) },
+                "not_granted": not_granted,
             }),
         )
         .await;

@@ -135,7 +135,6 @@ impl UserFacing for ProvisionError {
             // The admin, its privileges, the server: for the operator only.
             ProvisionError::AdminLacksCreateRole { .. }
             | ProvisionError::AdminCannotGrant { .. }
-            | ProvisionError::AdminCannotGrantPrivilege { .. }
             | ProvisionError::AdminLacksTemporary { .. }
             | ProvisionError::AdminLacksPrivilege { .. }
             | ProvisionError::ReadOnly

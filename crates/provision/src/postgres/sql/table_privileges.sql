@@ -5,7 +5,7 @@
 --
 -- Failures the caller tells apart, by SQLSTATE:
 --   DWU01  the user exists and is not managed by dbward
---   DWP03  the admin could not grant a privilege (DETAIL: table s.t or schema s, HINT: privilege)
+--   DWP03  a privilege granted is not in the table's ACL afterwards (DETAIL: which)
 --   DWP04  a privilege name outside the seven table privileges (DETAIL: name)
 
 -- Tables of this database that import rules may label: ordinary and partitioned tables
@@ -65,18 +65,41 @@ BEGIN
 END
 $fn$;
 
--- Makes the table privileges of `username` in this database exactly the given ones: revokes
--- what it holds, then grants privilege i on table schemas[i].tables[i], and USAGE on those
--- schemas. The user must be managed. Every privilege is checked afterwards in the table's
--- ACL: PostgreSQL only warns when the admin lacks the grant option, and a session must never
--- start with less (or other) than its computed set without anyone knowing.
+-- For each (schemas[i].tables[i], privileges[i]): whether the admin may grant it (holds it
+-- WITH GRANT OPTION, or owns the table, and may look it up: USAGE on its schema). Looked up
+-- by OID, so a schema the admin cannot enter is a `false`, not an error.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_grantable(
+  schemas text[], tables text[], privileges text[])
+RETURNS boolean[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT coalesce(pg_catalog.array_agg(
+           coalesce(pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                    AND pg_catalog.has_table_privilege(c.oid, t.p || ' WITH GRANT OPTION'),
+                    false)
+           ORDER BY t.n), '{}')
+  FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(tables),
+                 pg_catalog.unnest(privileges)) WITH ORDINALITY AS t(s, t, p, n)
+  LEFT JOIN pg_catalog.pg_namespace ns ON ns.nspname = t.s
+  LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = ns.oid AND c.relname = t.t
+$fn$;
+
+-- Makes the table privileges of `username` in this database the given ones, as far as the
+-- admin may give them: revokes what the user holds, then grants privilege i on table
+-- schemas[i].tables[i] where the admin holds it WITH GRANT OPTION (or owns the table), and
+-- USAGE on those schemas likewise. The user must be managed. Returns what was not given, as
+-- 'PRIVILEGE on TABLE s.t' / 'USAGE on SCHEMA s', for the caller to report: a table the
+-- admin cannot share (one another user created, say) costs the session that table only.
+-- Every privilege granted is checked afterwards in the table's ACL.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_set_table_privileges(
   username text, marker text, schemas text[], tables text[], privileges text[])
-RETURNS void
+RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   i integer;
   s text;
+  relation text;
+  granted boolean[] := '{}';
+  skipped text[] := '{}';
 BEGIN
   IF NOT pg_temp.dbward_is_managed(username, marker) THEN
     RAISE EXCEPTION 'user is not managed by dbward' USING ERRCODE = 'DWU01', DETAIL = username;
@@ -87,39 +110,36 @@ BEGIN
                                       'REFERENCES', 'TRIGGER']) THEN
       RAISE EXCEPTION 'not a table privilege' USING ERRCODE = 'DWP04', DETAIL = privileges[i];
     END IF;
-    BEGIN
-      EXECUTE pg_catalog.format('GRANT %s ON TABLE %I.%I TO %I',
-                                privileges[i], schemas[i], tables[i], username);
-    EXCEPTION WHEN insufficient_privilege THEN
-      RAISE EXCEPTION 'privilege not granted'
-        USING ERRCODE = 'DWP03', DETAIL = pg_catalog.format('table %I.%I', schemas[i], tables[i]),
-              HINT = privileges[i];
-    END;
+    relation := pg_catalog.format('%I.%I', schemas[i], tables[i]);
+    IF pg_temp.dbward_grantable(ARRAY[schemas[i]], ARRAY[tables[i]], ARRAY[privileges[i]]) = '{t}' THEN
+      EXECUTE pg_catalog.format('GRANT %s ON TABLE %s TO %I', privileges[i], relation, username);
+      granted := granted || true;
+    ELSE
+      skipped := skipped || pg_catalog.format('%s on TABLE %s', privileges[i], relation);
+      granted := granted || false;
+    END IF;
   END LOOP;
   FOR s IN SELECT DISTINCT x FROM pg_catalog.unnest(schemas) AS x LOOP
-    BEGIN
+    IF pg_catalog.has_schema_privilege(s, 'USAGE WITH GRANT OPTION') THEN
       EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', s, username);
-    EXCEPTION WHEN insufficient_privilege THEN
-      RAISE EXCEPTION 'privilege not granted'
-        USING ERRCODE = 'DWP03', DETAIL = pg_catalog.format('schema %I', s), HINT = 'USAGE';
-    END;
+    END IF;
+    -- USAGE may also come from PUBLIC (schema public) or a role of the user's.
+    IF NOT pg_catalog.has_schema_privilege(username, s, 'USAGE') THEN
+      skipped := skipped || pg_catalog.format('USAGE on SCHEMA %I', s);
+    END IF;
   END LOOP;
   FOR i IN 1 .. coalesce(pg_catalog.array_length(tables, 1), 0) LOOP
-    IF NOT EXISTS (
+    IF granted[i] AND NOT EXISTS (
       SELECT 1 FROM pg_temp.dbward_table_privileges(username) p
       WHERE p.schema_name = schemas[i] AND p.table_name = tables[i]
         AND p.privilege = privileges[i])
     THEN
-      RAISE EXCEPTION 'privilege not granted'
-        USING ERRCODE = 'DWP03', DETAIL = pg_catalog.format('table %I.%I', schemas[i], tables[i]),
-              HINT = privileges[i];
+      RAISE EXCEPTION 'privilege granted but not held'
+        USING ERRCODE = 'DWP03',
+              DETAIL = pg_catalog.format('%s on TABLE %I.%I', privileges[i], schemas[i], tables[i]);
     END IF;
   END LOOP;
-  FOR s IN SELECT DISTINCT x FROM pg_catalog.unnest(schemas) AS x LOOP
-    IF NOT pg_catalog.has_schema_privilege(username, s, 'USAGE') THEN
-      RAISE EXCEPTION 'privilege not granted'
-        USING ERRCODE = 'DWP03', DETAIL = pg_catalog.format('schema %I', s), HINT = 'USAGE';
-    END IF;
-  END LOOP;
+  RETURN skipped;
 END
 $fn$;
+
