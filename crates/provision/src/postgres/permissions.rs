@@ -206,7 +206,7 @@ impl PgProvisioner {
 
     /// Revokes every privilege `user` holds on relations of the target's database and USAGE
     /// on its schemas; returns on how many relations it held privileges. Nothing happens to a
-    /// user that does not exist.
+    /// user that does not exist or that dbward does not manage.
     pub async fn revoke_table_privileges(
         &self,
         target: &AdminTarget,
@@ -224,9 +224,9 @@ impl PgProvisioner {
                 let row = conn
                     .client()
                     .query_one(
-                        "SELECT CASE WHEN pg_temp.dbward_exists($1) \
+                        "SELECT CASE WHEN pg_temp.dbward_is_managed($1, $2) \
                          THEN pg_temp.dbward_revoke_table_privileges($1) ELSE 0 END",
-                        &[&user],
+                        &[&user, &MARKER_ROLE],
                     )
                     .await
                     .map_err(map)?;
