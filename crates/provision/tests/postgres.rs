@@ -1536,14 +1536,81 @@ async fn privileges_the_admin_cannot_grant_are_reported_and_the_rest_granted() -
         skipped,
         [
             "UPDATE on TABLE public.orders",
-            "SELECT on TABLE sales.invoices",
-            "USAGE on SCHEMA sales",
+            "SELECT on TABLE sales.invoices"
         ]
     );
     assert_eq!(
         table_privileges_in(env, &db, user.as_str())?,
         set(&["public.orders:SELECT"])
     );
+    // Nothing was granted in `sales`: no USAGE either (its functions and sequences stay shut).
+    let usage = env.pg.psql_super_in(
+        &db,
+        &format!(
+            "SELECT has_schema_privilege({}, 'sales', 'USAGE')",
+            lit(user.as_str())
+        ),
+    )?;
+    assert_eq!(usage, "f");
+    Ok(())
+}
+
+/// Grants other users made to a provisioned user (on a temporary table, on a table of their
+/// own) are not the admin's to revoke: they neither make setting nor revoking fail, and what
+/// the admin granted is still taken back in full.
+#[tokio::test]
+async fn grants_made_by_other_users_neither_block_nor_outlast_the_admins_revocation() -> Result<()>
+{
+    let env = env();
+    let db = permissions_db(env)?;
+    let target = target_for(env, ADMIN, &db);
+    let provisioner = quick();
+    let victim = db_user_name(&unique_name("victim"));
+    let attacker = db_user_name(&unique_name("attacker"));
+    provisioner.activate(&target, &victim, &[]).await?;
+    provisioner.activate(&target, &attacker, &[]).await?;
+    // The attacker owns a table (left from an earlier session) and makes grants on it and on
+    // a temporary table of its live session, to the victim and to itself.
+    env.pg.psql_super_in(
+        &db,
+        &format!(
+            "CREATE TABLE public.{t} (id int); ALTER TABLE public.{t} OWNER TO {a};",
+            t = ident(&format!("own_{}", attacker.as_str())),
+            a = ident(attacker.as_str())
+        ),
+    )?;
+    let session = login(env, attacker.as_str(), &db).await?;
+    session
+        .client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE x (i int); GRANT SELECT ON x TO {v};
+             GRANT SELECT ON public.{t} TO {v}; GRANT SELECT ON public.{t} TO {a};",
+            v = ident(victim.as_str()),
+            a = ident(attacker.as_str()),
+            t = ident(&format!("own_{}", attacker.as_str())),
+        ))
+        .await?;
+
+    let select = BTreeSet::from([privilege("public", "orders", "SELECT")]);
+    for user in [&victim, &attacker] {
+        let skipped = provisioner
+            .set_table_privileges(&target, user, &select)
+            .await?;
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(
+            provisioner.table_privileges(&target, user).await?,
+            select,
+            "only the admin's grants count as the user's table permissions"
+        );
+    }
+    for user in [&victim, &attacker] {
+        assert_eq!(provisioner.revoke_table_privileges(&target, user).await?, 1);
+        assert!(
+            !table_privileges_in(env, &db, user.as_str())?.contains("public.orders:SELECT"),
+            "the admin's grant is gone"
+        );
+    }
+    session.close().await;
     Ok(())
 }
 

@@ -398,3 +398,73 @@ spec:
     );
     assert_eq!(h.can_login(&user), None, "nothing was created");
 }
+
+/// TRIGGER lets a user run its code as everyone who writes to the table, and a trigger
+/// outlives the session: it is only granted where the `db` resource says so.
+#[test]
+fn trigger_is_granted_only_where_the_db_resource_allows_it() {
+    let h = harness();
+    let n = unique("t");
+    let admin = format!("adm_{n}");
+    h.create_admin(&admin, &[]);
+    let role = format!("trig-{n}");
+    h.apply(&format!(
+        r#"kind: role
+version: v7
+metadata: {{name: {role}}}
+spec:
+  options: {{create_db_user_mode: keep}}
+  allow:
+    db_labels: {{test: "{n}"}}
+    db_names: ["*"]
+    db_permissions:
+    - match: {{name: orders}}
+      permissions: [SELECT, TRIGGER]
+"#
+    ));
+    let user = unique("trig");
+    add_user(&user, &[&role]);
+    for (allowed, labels) in [
+        (false, format!("{{test: \"{n}\"}}")),
+        (
+            true,
+            format!("{{test: \"{n}\", dbward.dev/allow-trigger-permission: \"true\"}}"),
+        ),
+    ] {
+        let db = format!("db-{n}-{allowed}");
+        let database = format!("shop_{n}_{allowed}");
+        shop(h, &database, &admin);
+        h.apply(&h.db_yaml(&db, &labels, Some(&admin)));
+        let files = h.db_cert(&user, route(&db, &user, &database, &[]));
+        let mut s = open_psql(&files, &user, &database).expect("session starts");
+        let expected: &[&str] = if allowed {
+            &["public.orders:SELECT", "public.orders:TRIGGER"]
+        } else {
+            &["public.orders:SELECT"]
+        };
+        assert_eq!(
+            privileges(h, &database, &user),
+            expected,
+            "allowed: {allowed}"
+        );
+        s.close();
+        h.eventually("privileges revoked", || {
+            privileges(h, &database, &user).is_empty()
+        });
+    }
+    let events: Vec<serde_json::Value> = h
+        .audit_events(&user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.permissions.update")
+        .collect();
+    let withheld = events
+        .iter()
+        .find(|e| e["db_service"] == format!("db-{n}-false").as_str())
+        .expect("event of the first database");
+    assert!(
+        withheld["not_granted"][0]
+            .as_str()
+            .is_some_and(|t| t.starts_with("TRIGGER on TABLE public.orders")),
+        "{withheld}"
+    );
+}

@@ -13,7 +13,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dbward_model::Protocol;
+use dbward_model::db::DBWARD_LABEL_ALLOW_TRIGGER;
+use dbward_model::{Permission, Protocol};
 use dbward_provision::postgres::{AdminTarget, TableName, TablePrivilege};
 use dbward_provision::DbUserName;
 use dbward_rbac::{object_permissions, DbObject, ImportRules, ProvisioningMode};
@@ -38,12 +39,13 @@ fn session_target(gw: &Gateway, authorized: &Authorized) -> Result<AdminTarget, 
     Ok(target)
 }
 
-/// The privileges the session's rules give on the tables of its database.
+/// The privileges the session's rules give on the tables of its database, and those left out
+/// by policy (TRIGGER where the `db` resource does not allow it).
 async fn compute(
     gw: &Gateway,
     authorized: &Authorized,
     target: &AdminTarget,
-) -> Result<BTreeSet<TablePrivilege>, SessionError> {
+) -> Result<(BTreeSet<TablePrivilege>, Vec<String>), SessionError> {
     let tables = gw
         .pg_provisioner
         .list_tables(target)
@@ -57,12 +59,20 @@ async fn compute(
         ))
     })?;
     let mut privileges = BTreeSet::new();
+    let mut withheld = Vec::new();
+    let trigger_allowed = authorized.db.allows_trigger_permission();
     for TableName { schema, name } in tables {
         let object = DbObject::table(&authorized.decision.db_name, &schema, &name);
         let Some(labels) = rules.label(&authorized.db, &object) else {
             continue;
         };
         for permission in object_permissions(&authorized.decision.db_permissions, &labels) {
+            if permission == Permission::Trigger && !trigger_allowed {
+                withheld.push(format!(
+                    "TRIGGER on TABLE {schema}.{name} (not allowed by the db resource: label {DBWARD_LABEL_ALLOW_TRIGGER})"
+                ));
+                continue;
+            }
             privileges.insert(TablePrivilege {
                 table: TableName {
                     schema: schema.clone(),
@@ -72,7 +82,7 @@ async fn compute(
             });
         }
     }
-    Ok(privileges)
+    Ok((privileges, withheld))
 }
 
 /// Applies the session's table privileges (the provisioning lock is held) and records
@@ -88,7 +98,7 @@ pub(crate) async fn apply(
     let map = |err| provision_error(authorized, err);
     let target = session_target(gw, authorized)?;
     let user = DbUserName::new(db_user.to_owned());
-    let wanted = compute(gw, authorized, &target).await?;
+    let (wanted, withheld) = compute(gw, authorized, &target).await?;
     // The computed set as far as the admin may give it: what a session gets.
     let grantable = gw
         .pg_provisioner
@@ -103,6 +113,7 @@ pub(crate) async fn apply(
                 p.privilege, p.table.schema, p.table.name
             )
         })
+        .chain(withheld)
         .collect();
     let live = gw
         .pg_provisioner

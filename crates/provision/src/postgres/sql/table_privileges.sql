@@ -22,8 +22,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
   ORDER BY 1, 2
 $fn$;
 
--- Privileges granted to `username` itself (not through roles or PUBLIC) on relations of this
--- database, one row per privilege.
+-- Privileges on relations of this database that the admin granted to `username` itself (not
+-- through roles or PUBLIC), one row per privilege. Only grants the admin made, or made as a
+-- role it acts for (the owner it is a member of; a superuser's grants are recorded as the
+-- owner's): what dbward gives and takes back. Grants other users made to this user (on a
+-- table of their own, a temporary one) are theirs to revoke; listing them would make the
+-- admin try and fail. Temporary schemas are never looked at.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_table_privileges(username text)
 RETURNS TABLE (schema_name text, table_name text, privilege text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
@@ -34,32 +38,56 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
   JOIN pg_catalog.pg_roles u ON u.oid = a.grantee
   WHERE u.rolname = username
     AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    AND c.relpersistence <> 't'
+    AND NOT pg_catalog.starts_with(n.nspname::text, 'pg_temp_')
+    AND NOT pg_catalog.starts_with(n.nspname::text, 'pg_toast_temp_')
+    AND (a.grantor = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+         OR pg_catalog.pg_has_role(current_user, a.grantor, 'USAGE'))
   ORDER BY 1, 2, 3
 $fn$;
 
--- Revokes every privilege `username` holds on relations of this database, and USAGE on its
--- schemas. Returns the number of relations it held privileges on.
+-- USAGE on schemas that the admin granted to `username`, by the same rule.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_schema_usage(username text)
+RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT DISTINCT s.nspname::text
+  FROM pg_catalog.pg_namespace s
+  CROSS JOIN LATERAL pg_catalog.aclexplode(s.nspacl) a
+  JOIN pg_catalog.pg_roles u ON u.oid = a.grantee
+  WHERE u.rolname = username AND a.privilege_type = 'USAGE'
+    AND NOT pg_catalog.starts_with(s.nspname::text, 'pg_temp_')
+    AND NOT pg_catalog.starts_with(s.nspname::text, 'pg_toast_temp_')
+    AND (a.grantor = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+         OR pg_catalog.pg_has_role(current_user, a.grantor, 'USAGE'))
+$fn$;
+
+-- Revokes what the admin granted `username` on relations of this database, and USAGE on its
+-- schemas. A statement that fails (the table went away, the admin lost its rights) is
+-- skipped, not fatal: the rest is still revoked. Returns the number of relations revoked on.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_revoke_table_privileges(username text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   r record;
+  s text;
   n integer := 0;
 BEGIN
   FOR r IN
     SELECT DISTINCT p.schema_name, p.table_name FROM pg_temp.dbward_table_privileges(username) p
   LOOP
-    EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %I.%I FROM %I', r.schema_name, r.table_name, username);
-    n := n + 1;
+    BEGIN
+      EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %I.%I FROM %I', r.schema_name, r.table_name, username);
+      n := n + 1;
+    EXCEPTION WHEN insufficient_privilege OR undefined_table OR invalid_schema_name THEN
+      RAISE WARNING 'dbward: could not revoke on %.%', r.schema_name, r.table_name;
+    END;
   END LOOP;
-  FOR r IN
-    SELECT DISTINCT s.nspname::text AS schema_name
-    FROM pg_catalog.pg_namespace s
-    CROSS JOIN LATERAL pg_catalog.aclexplode(s.nspacl) a
-    JOIN pg_catalog.pg_roles u ON u.oid = a.grantee
-    WHERE u.rolname = username AND a.privilege_type = 'USAGE'
-  LOOP
-    EXECUTE pg_catalog.format('REVOKE USAGE ON SCHEMA %I FROM %I', r.schema_name, username);
+  FOR s IN SELECT x FROM pg_temp.dbward_schema_usage(username) AS x LOOP
+    BEGIN
+      EXECUTE pg_catalog.format('REVOKE USAGE ON SCHEMA %I FROM %I', s, username);
+    EXCEPTION WHEN insufficient_privilege OR invalid_schema_name THEN
+      RAISE WARNING 'dbward: could not revoke usage on %', s;
+    END;
   END LOOP;
   RETURN n;
 END
@@ -119,7 +147,12 @@ BEGIN
       granted := granted || false;
     END IF;
   END LOOP;
-  FOR s IN SELECT DISTINCT x FROM pg_catalog.unnest(schemas) AS x LOOP
+  -- USAGE only where a table privilege was granted: a schema whose tables the admin could
+  -- not share gives the user nothing, not its functions and sequences.
+  FOR s IN
+    SELECT DISTINCT t.s FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(granted))
+      AS t(s, g) WHERE t.g
+  LOOP
     IF pg_catalog.has_schema_privilege(s, 'USAGE WITH GRANT OPTION') THEN
       EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', s, username);
     END IF;
