@@ -436,7 +436,7 @@ spec:
         shop(h, &database, &admin);
         h.apply(&h.db_yaml(&db, &labels, Some(&admin)));
         let files = h.db_cert(&user, route(&db, &user, &database, &[]));
-        let mut s = open_psql(&files, &user, &database).expect("session starts");
+        let s = open_psql(&files, &user, &database).expect("session starts");
         let expected: &[&str] = if allowed {
             &["public.orders:SELECT", "public.orders:TRIGGER"]
         } else {
