@@ -2,11 +2,11 @@
 //! database engine.
 //!
 //! A connection moves through typed steps, each taking the previous step's value, one module
-//! a step; [`pipeline`] calls them in order and is the place to start reading:
+//! a step; `pipeline` calls them in order and is the place to start reading:
 //!
 //! | step | module | value |
 //! |---|---|---|
-//! | accept: TLS, startup packet | `postgres`, `mysql` (the [`engine::Engine`]) | `Hello` |
+//! | accept: TLS, startup packet | `postgres`, `mysql` (the `engine::Engine`) | `Hello` |
 //! | authenticate: certificate verified, identity read | `access` | [`Authenticated`] |
 //! | authorize: RBAC decision from the store's current roles | `access` | [`Authorized`] |
 //! | provision: database user active, lock held | `provisioning` | [`Provisioned`] |

@@ -18,7 +18,10 @@ use super::connect::connect;
 use super::engine::{Engine, Hello, Opening};
 use super::relay::relay;
 use super::teardown::{Ended, Teardown};
-use super::{authenticate, authorize, lifecycle, provision, Authorized, Requested, SessionError};
+use super::{
+    authenticate, authorize, lifecycle, provision, Authenticated, Authorized, Requested,
+    SessionError,
+};
 use crate::listen::Pending;
 use crate::Gateway;
 
@@ -51,12 +54,18 @@ pub(crate) async fn serve<E: Engine>(
 fn session_span(protocol: Protocol, sid: &str, peer: SocketAddr) -> tracing::Span {
     tracing::info_span!(
         "session",
-        sid,
+        %sid,
         %peer,
-        protocol = protocol.as_str(),
+        %protocol,
         user = Empty,
         db = Empty,
     )
+}
+
+/// Adds who the client is to its session's span.
+fn identify(span: &tracing::Span, auth: &Authenticated) {
+    span.record("user", tracing::field::display(&auth.identity.username));
+    span.record("db", tracing::field::display(&auth.route.service));
 }
 
 /// Accept, authenticate, authorize: nothing is provisioned yet, so a refusal only tells the
@@ -90,9 +99,7 @@ async fn accept<E: Engine>(
         Ok(auth) => auth,
         Err(err) => return E::send_error(&mut client, &err).await,
     };
-    let span = tracing::Span::current();
-    span.record("user", auth.identity.username.as_str());
-    span.record("db", auth.route.service.as_str());
+    identify(&tracing::Span::current(), &auth);
     let authenticated = auth.clone();
     let requested = Requested {
         db_user: &db_user,
@@ -175,4 +182,74 @@ async fn refuse<E: Engine>(
 ) {
     lifecycle::refused(gw, authorized, &err).await;
     E::send_error(client, &err).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use dbward_pki::{CertUsage, DbRoute, Identity};
+
+    use super::*;
+
+    /// The log as the gateway writes it (fmt, no colours), kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_log_line_of_a_session_names_its_id_peer_user_and_database() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let peer: SocketAddr = "192.0.2.7:50123".parse().unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = session_span(Protocol::Postgres, "sid-1", peer);
+            let _entered = span.enter();
+            tracing::info!("before authentication");
+            let route = DbRoute {
+                service: "orders".into(),
+                db_user: None,
+                db_name: None,
+                db_roles: Vec::new(),
+            };
+            let auth = Authenticated {
+                identity: Identity {
+                    username: "alice".into(),
+                    cluster: "test".into(),
+                    usage: CertUsage::Db,
+                    expires: time::OffsetDateTime::now_utc(),
+                    route: Some(route.clone()),
+                },
+                route,
+                peer,
+                sid: "sid-1".into(),
+            };
+            identify(&span, &auth);
+            tracing::info!("after authentication");
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert!(line.contains("sid=sid-1"), "{line}");
+            assert!(line.contains("peer=192.0.2.7:50123"), "{line}");
+            assert!(line.contains("protocol=postgres"), "{line}");
+        }
+        assert!(lines[1].contains("user=alice"), "{}", lines[1]);
+        assert!(lines[1].contains("db=orders"), "{}", lines[1]);
+    }
 }
