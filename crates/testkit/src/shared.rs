@@ -37,7 +37,6 @@ pub fn shared_cas() -> anyhow::Result<&'static CaSet> {
 /// [`shared_cas`]. Tests share it, so each must use its own names ([`unique_name`]).
 pub fn shared_pg() -> anyhow::Result<&'static PgServer> {
     let certs = shared_certs()?;
-    register_teardown();
     PG.get_or_init(|| PgServer::start(&certs.server).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow!("starting the shared PostgreSQL failed: {e}"))
@@ -46,7 +45,6 @@ pub fn shared_pg() -> anyhow::Result<&'static PgServer> {
 /// The MariaDB server of this test binary; see [`shared_pg`].
 pub fn shared_maria() -> anyhow::Result<&'static MariaServer> {
     let certs = shared_certs()?;
-    register_teardown();
     MARIA
         .get_or_init(|| MariaServer::start(&certs.server).map_err(|e| format!("{e:#}")))
         .as_ref()
@@ -63,6 +61,9 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 fn shared_certs() -> anyhow::Result<&'static SharedCerts> {
+    // Registered with the first shared thing of any kind: a test binary that only uses
+    // `shared_cas` must still delete the certificates' directory.
+    register_teardown();
     CERTS
         .get_or_init(|| {
             let make = || -> anyhow::Result<SharedCerts> {
