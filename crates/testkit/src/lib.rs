@@ -38,4 +38,4 @@ pub use dbward_localdb::pg_versions;
 pub use maria::MariaServer;
 pub use pg::{PgServer, PG_MAJOR_ENV};
 pub use process::require_binaries;
-pub use shared::{shared_cas, shared_maria, shared_pg, unique_name};
+pub use shared::{remove_at_exit, shared_cas, shared_maria, shared_pg, unique_name};
