@@ -14,8 +14,6 @@ pub mod error;
 pub mod fuzzing;
 pub mod listen;
 pub mod passwords;
-pub mod quickstart;
-pub mod sandbox;
 pub mod session;
 pub mod web;
 
