@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::mysql::packet::{self, AuthSwitch, ErrPacket, HandshakeResponse, HandshakeV10};
 use crate::mysql::relay::{MysqlTap, PacketTap};
 use crate::pg::messages::{self, ErrorFields, StartupPacket};
-use crate::pg::relay::{FrameTap, TapEvent, TAP_SQL_LIMIT};
-use crate::pg::HandshakeLimits;
-use crate::relay::Filtered;
+use crate::pg::relay::{FrameTap, TapEvent};
+use crate::relay::{Filtered, TAP_SQL_LIMIT};
+use crate::HandshakeLimits;
 
 /// The PostgreSQL listener up to TLS, over `data` as the client's bytes: SSLRequest,
 /// GSSENCRequest, CancelRequest, a plaintext StartupMessage or the first bytes of a direct

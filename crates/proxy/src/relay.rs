@@ -1,14 +1,51 @@
 //! The engine-independent relay: copies an established session's bytes both ways, unchanged,
 //! through one reused buffer per direction, letting the engine's tap inspect what the client
-//! sends. `pg::relay` and `mysql::relay` add their protocol's framing tap on top; MySQL's
-//! tap is also a filter that keeps a few commands from the server and answers them itself.
+//! sends, and says how the session ended ([`RelayStats`]).
+//!
+//! `pg::relay` and `mysql::relay` put their protocol's framing tap on top; MySQL's tap is
+//! also a filter that keeps a few commands from the server and answers them itself. Nothing
+//! here knows a protocol's framing.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ProxyError;
-use crate::pg::{RelayEnd, RelayStats, Side};
+
+/// SQL text longer than this reaches an engine's tap cut short (and marked `truncated`); the
+/// bytes themselves are always forwarded whole.
+pub const TAP_SQL_LIMIT: usize = 1 << 20;
+
+/// One end of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client connection.
+    Client,
+    /// The database server connection.
+    Server,
+}
+
+/// Why the relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// This side closed its connection first (an end of stream, with or without TLS
+    /// close_notify).
+    Closed(Side),
+    /// Reading from or writing to this side failed, or (client only) it broke the protocol's
+    /// framing.
+    Failed(Side, ProxyError),
+}
+
+/// What a finished relay did.
+#[derive(Debug)]
+pub struct RelayStats {
+    /// Bytes read from the client and forwarded to the server.
+    pub client_to_server: u64,
+    /// Bytes read from the server and forwarded to the client.
+    pub server_to_client: u64,
+    /// Why it ended.
+    pub end: RelayEnd,
+}
 
 /// Size each direction's copy buffer starts at: half a TLS record. Idle sessions hold two of
 /// these, so it stays small; a direction whose reads fill it (a bulk transfer) grows it once

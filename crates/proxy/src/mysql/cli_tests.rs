@@ -7,67 +7,21 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
-use rustls::crypto::ring::default_provider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 
 use super::packet::{self, command, ErrPacket};
 use super::*;
-use crate::pg::HandshakeLimits;
+use crate::testing;
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as PEM
-/// files in `dir`, and the gateway's TLS configuration.
+/// The test certificates as PEM files in `dir` (for the client), and the gateway's TLS
+/// configuration.
 fn pki(dir: &Path) -> Arc<ServerConfig> {
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name = name("test ca");
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issue = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(sans).expect("params");
-        params.distinguished_name = name(cn);
-        params.extended_key_usages = vec![usage];
-        (params.signed_by(&key, &ca, &ca_key).expect("cert"), key)
-    };
-    let (server, server_key) = issue(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client, client_key) = issue(Vec::new(), "alice", ExtendedKeyUsagePurpose::ClientAuth);
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.join("client.pem"), client.pem()).expect("write");
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write");
-
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("root");
-    let provider = Arc::new(default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .expect("verifier");
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![server.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )
-        .expect("server config");
-    Arc::new(config)
-}
-
-fn name(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn
+    let pki = testing::pki();
+    for (file, pem) in &pki.pem_files {
+        std::fs::write(dir.join(file), pem).expect("write");
+    }
+    testing::server_config(&pki, &[])
 }
 
 async fn run_mariadb(port: u16, args: Vec<String>) -> Output {

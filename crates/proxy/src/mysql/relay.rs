@@ -26,12 +26,8 @@ use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::packet::{command, frame, ErrPacket, MAX_PAYLOAD};
-use crate::pg::RelayStats;
 use crate::relay::Filtered;
-
-/// SQL text longer than this reaches the tap cut short (and marked `truncated`); the bytes
-/// themselves are always forwarded whole.
-pub const TAP_SQL_LIMIT: usize = 1 << 20;
+pub use crate::relay::{RelayEnd, RelayStats, Side, TAP_SQL_LIMIT};
 
 /// Error number of the gateway's refusal (`ER_SPECIFIC_ACCESS_DENIED_ERROR`): a plain
 /// access error, which clients report and survive (an `08S01` would make them drop the
@@ -386,7 +382,6 @@ fn text(bytes: &[u8]) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::mysql::packet::frame;
-    use crate::pg::{RelayEnd, Side};
     use std::time::Duration;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 

@@ -35,39 +35,20 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::messages::{self, Severity, StartupPacket};
 use super::BackendKey;
-use crate::error::ProxyError;
+use crate::error::{eof_as_truncated, ProxyError};
+use crate::handshake::{accept_tls, HandshakeLimits};
 
 /// The message a client gets when it tries to start a session without TLS.
 pub const TLS_REQUIRED_MESSAGE: &str =
     "dbward requires TLS: connect with sslmode=verify-full (or require)";
-
-/// Bounds on a client handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HandshakeLimits {
-    /// Time allowed from the first byte to a complete StartupMessage.
-    pub timeout: Duration,
-    /// Largest startup packet accepted.
-    pub max_startup_len: usize,
-}
-
-impl Default for HandshakeLimits {
-    fn default() -> Self {
-        HandshakeLimits {
-            timeout: Duration::from_secs(30),
-            max_startup_len: messages::MAX_STARTUP_PACKET_LEN,
-        }
-    }
-}
 
 /// What a client connection turned out to be.
 #[derive(Debug)]
@@ -120,10 +101,7 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    match tokio::time::timeout(limits.timeout, handshake(stream, tls, limits)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProxyError::HandshakeTimeout(limits.timeout)),
-    }
+    limits.within(handshake(stream, tls, limits)).await
 }
 
 async fn handshake<S>(
@@ -154,7 +132,7 @@ where
         stream
             .read_exact(&mut len[1..])
             .await
-            .map_err(messages::eof_as_truncated)?;
+            .map_err(eof_as_truncated)?;
         let body = messages::read_startup_body(&mut stream, len, limits.max_startup_len).await?;
         match messages::decode_startup_packet(&body) {
             Ok(StartupPacket::SslRequest) => {
@@ -201,20 +179,12 @@ async fn startup_inside_tls<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut stream = TlsAcceptor::from(tls)
-        .accept(stream)
-        .await
-        .map_err(ProxyError::TlsHandshake)?;
-    let (_, session) = stream.get_ref();
+    let (mut stream, client_certs) = accept_tls(stream, tls).await?;
     // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql", so that a TLS connection
     // meant for another protocol is never taken for a PostgreSQL session.
-    if direct_tls && session.alpn_protocol() != Some(messages::ALPN_POSTGRESQL) {
+    if direct_tls && stream.get_ref().1.alpn_protocol() != Some(messages::ALPN_POSTGRESQL) {
         return Err(ProxyError::DirectTlsWithoutAlpn);
     }
-    let client_certs = session
-        .peer_certificates()
-        .map(<[CertificateDer<'static>]>::to_vec)
-        .unwrap_or_default();
 
     let body = messages::read_startup_packet(&mut stream, limits.max_startup_len).await?;
     let startup = match messages::decode_startup_packet(&body) {
@@ -512,7 +482,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::testing::{self, Pki};
+    use crate::testing::{self, Pki};
+    use std::time::Duration;
     use tokio::io::{duplex, DuplexStream};
     use tokio_rustls::TlsConnector;
 
@@ -541,7 +512,7 @@ mod tests {
         Fut: std::future::Future<Output = T>,
     {
         let (client_end, gateway_end) = duplex(64 * 1024);
-        let config = testing::server_config(pki);
+        let config = testing::server_config(pki, &[messages::ALPN_POSTGRESQL]);
         tokio::join!(accept(gateway_end, config, limits()), client(client_end))
     }
 
@@ -741,7 +712,12 @@ mod tests {
             timeout: Duration::from_millis(50),
             ..limits()
         };
-        let accepted = accept(gateway_end, testing::server_config(&pki), limits).await;
+        let accepted = accept(
+            gateway_end,
+            testing::server_config(&pki, &[messages::ALPN_POSTGRESQL]),
+            limits,
+        )
+        .await;
         assert!(matches!(accepted, Err(ProxyError::HandshakeTimeout(_))));
     }
 

@@ -1,5 +1,5 @@
-//! Certificates and TLS configurations for the protocol tests: a throwaway CA, a server
-//! certificate for `localhost` and a client certificate for `alice`.
+//! Certificates and TLS configurations for both engines' protocol tests: a throwaway CA, a
+//! server certificate for `localhost` and `127.0.0.1`, and a client certificate for `alice`.
 
 use std::sync::Arc;
 
@@ -12,12 +12,14 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-use super::messages::ALPN_POSTGRESQL;
-
+/// DER certificates with their PKCS#8 keys, and the PEM files a command-line client reads.
+#[derive(Clone)]
 pub(crate) struct Pki {
     pub ca: CertificateDer<'static>,
     pub server: (CertificateDer<'static>, Vec<u8>),
     pub client: (CertificateDer<'static>, Vec<u8>),
+    /// `ca.pem`, `client.pem` and `client.key`, in that order.
+    pub pem_files: [(&'static str, String); 3],
 }
 
 pub(crate) fn pki() -> Pki {
@@ -32,17 +34,23 @@ pub(crate) fn pki() -> Pki {
         let mut params = CertificateParams::new(sans).expect("params");
         params.distinguished_name = name(cn);
         params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
-        (cert.der().clone(), key.serialize_der())
+        (params.signed_by(&key, &ca, &ca_key).expect("cert"), key)
     };
+    let (server, server_key) = issue(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        "localhost",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = issue(Vec::new(), "alice", ExtendedKeyUsagePurpose::ClientAuth);
     Pki {
-        server: issue(
-            vec!["localhost".into()],
-            "localhost",
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ),
-        client: issue(Vec::new(), "alice", ExtendedKeyUsagePurpose::ClientAuth),
         ca: ca.der().clone(),
+        server: (server.der().clone(), server_key.serialize_der()),
+        client: (client.der().clone(), client_key.serialize_der()),
+        pem_files: [
+            ("ca.pem", ca.pem()),
+            ("client.pem", client.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ],
     }
 }
 
@@ -62,9 +70,9 @@ fn roots(pki: &Pki) -> Arc<RootCertStore> {
     Arc::new(roots)
 }
 
-/// A listener configuration that requires a client certificate and offers ALPN
-/// `postgresql`, as the gateway's does.
-pub(crate) fn server_config(pki: &Pki) -> Arc<ServerConfig> {
+/// A listener configuration that requires a client certificate, as the gateway's does, and
+/// offers the given ALPN protocols.
+pub(crate) fn server_config(pki: &Pki, alpn: &[&[u8]]) -> Arc<ServerConfig> {
     let provider = Arc::new(default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(pki), provider.clone())
         .build()
@@ -75,7 +83,7 @@ pub(crate) fn server_config(pki: &Pki) -> Arc<ServerConfig> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![pki.server.0.clone()], key(&pki.server.1))
         .expect("server config");
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
 
@@ -100,13 +108,4 @@ pub(crate) fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// The same certificates, for a second party in a test.
-pub(crate) fn pki_clone(pki: &Pki) -> Pki {
-    Pki {
-        ca: pki.ca.clone(),
-        server: pki.server.clone(),
-        client: pki.client.clone(),
-    }
 }
