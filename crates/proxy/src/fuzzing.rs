@@ -130,14 +130,7 @@ pub fn mysql_relay_tap(data: &[u8]) {
         let mut record = |event: MysqlTap<'_>| events.push(describe_mysql(event));
         for chunk in chunks {
             tap.feed(chunk, &mut record, &mut out);
-            // What the relay does with the filter's verdict.
-            if out.edited {
-                forwarded.append(&mut out.forward);
-            } else {
-                forwarded.extend_from_slice(chunk);
-            }
-            replies.append(&mut out.reply);
-            out.edited = false;
+            out.settle(chunk, &mut forwarded, &mut replies);
         }
         (events, forwarded, replies)
     };

@@ -1,6 +1,7 @@
 //! Certificates and TLS configurations for both engines' protocol tests: a throwaway CA, a
 //! server certificate for `localhost` and `127.0.0.1`, and a client certificate for `alice`.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use rcgen::{
@@ -11,6 +12,9 @@ use rustls::crypto::ring::default_provider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use crate::relay::{RelayEnd, RelayStats, Side};
 
 /// DER certificates with their PKCS#8 keys, and the PEM files a command-line client reads.
 #[derive(Clone)]
@@ -108,4 +112,42 @@ pub(crate) fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// Runs `relay` (given the gateway's client end and server end) between a client that sends
+/// `sent` in pieces of `piece` bytes and then closes, and a server that reads everything,
+/// answers `bye` and closes. Checks that every byte arrived unchanged both ways and that the
+/// relay saw the client close first; returns what `relay` collected.
+pub(crate) async fn relay_round_trip<F, Fut, E>(sent: &[u8], piece: usize, relay: F) -> E
+where
+    F: FnOnce(DuplexStream, DuplexStream) -> Fut,
+    Fut: Future<Output = (RelayStats, E)> + Send + 'static,
+    E: Send + 'static,
+{
+    let (mut app, client) = duplex(64);
+    let (server, mut db) = duplex(64);
+    let relay_task = tokio::spawn(relay(client, server));
+    let db_side = tokio::spawn(async move {
+        let mut received = Vec::new();
+        db.read_to_end(&mut received).await.unwrap();
+        // The client has gone; the server answers its last words and leaves.
+        db.write_all(b"bye").await.unwrap();
+        received
+    });
+    for bytes in sent.chunks(piece) {
+        app.write_all(bytes).await.unwrap();
+        app.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    app.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    app.read_to_end(&mut answer).await.unwrap();
+
+    assert_eq!(db_side.await.unwrap(), sent, "the server got every byte");
+    assert_eq!(answer, b"bye");
+    let (stats, collected) = relay_task.await.unwrap();
+    assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
+    assert_eq!(stats.client_to_server, sent.len() as u64);
+    assert_eq!(stats.server_to_client, 3);
+    collected
 }

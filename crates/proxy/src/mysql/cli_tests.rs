@@ -2,26 +2,43 @@
 //! TLS with its certificate and the handshake without a password, and print the gateway's
 //! refusal when it does not use TLS.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use super::packet::{self, command, ErrPacket};
 use super::*;
 use crate::testing;
+use crate::ProxyError;
 
-/// The test certificates as PEM files in `dir` (for the client), and the gateway's TLS
-/// configuration.
-fn pki(dir: &Path) -> Arc<ServerConfig> {
+/// A gateway on a free port of 127.0.0.1 whose first connection is accepted and handed to
+/// `then`, in a task; the client's certificate and CA are written to `dir` as PEM files.
+async fn gateway<F, Fut>(dir: &Path, then: F) -> (u16, JoinHandle<Fut::Output>)
+where
+    F: FnOnce(Result<MysqlClient<TcpStream>, ProxyError>) -> Fut + Send + 'static,
+    Fut: Future + Send,
+    Fut::Output: Send + 'static,
+{
     let pki = testing::pki();
     for (file, pem) in &pki.pem_files {
         std::fs::write(dir.join(file), pem).expect("write");
     }
-    testing::server_config(&pki, &[])
+    let tls = testing::server_config(&pki, &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let greeting = Greeting {
+            server_version: "5.5.5-10.11.6-MariaDB".into(),
+            connection_id: 11,
+        };
+        then(accept(socket, tls, greeting, HandshakeLimits::default()).await).await
+    });
+    (port, task)
 }
 
 async fn run_mariadb(port: u16, args: Vec<String>) -> Output {
@@ -43,18 +60,8 @@ async fn run_mariadb(port: u16, args: Vec<String>) -> Output {
 #[tokio::test]
 async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_password() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = pki(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let gateway = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.expect("accept");
-        let greeting = Greeting {
-            server_version: "5.5.5-10.11.6-MariaDB".into(),
-            connection_id: 11,
-        };
-        let mut client = accept(socket, tls, greeting, HandshakeLimits::default())
-            .await
-            .expect("handshake");
+    let (port, gateway) = gateway(dir.path(), |client| async move {
+        let mut client = client.expect("handshake");
         send_ok(&mut client.stream, client.sequence_id, client.capabilities)
             .await
             .expect("ok");
@@ -83,7 +90,8 @@ async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_pass
             .await
             .expect("ok");
         }
-    });
+    })
+    .await;
     let files = |f: &str| dir.path().join(f).display().to_string();
     let output = run_mariadb(
         port,
@@ -111,17 +119,7 @@ async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_pass
 #[tokio::test]
 async fn mariadb_client_without_tls_prints_the_gateway_refusal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = pki(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let gateway = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.expect("accept");
-        let greeting = Greeting {
-            server_version: "5.5.5-10.11.6-MariaDB".into(),
-            connection_id: 12,
-        };
-        accept(socket, tls, greeting, HandshakeLimits::default()).await
-    });
+    let (port, gateway) = gateway(dir.path(), |client| async move { client.map(|_| ()) }).await;
     let output = run_mariadb(
         port,
         vec!["--skip-ssl".into(), "-e".into(), "select 1".into()],
@@ -135,6 +133,6 @@ async fn mariadb_client_without_tls_prints_the_gateway_refusal() {
     );
     assert!(matches!(
         gateway.await.expect("gateway"),
-        Err(crate::ProxyError::TlsRequired)
+        Err(ProxyError::TlsRequired)
     ));
 }

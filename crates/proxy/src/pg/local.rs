@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::messages::{self, ssl_request, StartupPacket, MAX_STARTUP_PACKET_LEN};
-use crate::error::{eof_as_truncated, ProxyError};
+use crate::error::ProxyError;
 use crate::relay::RelayStats;
 
 /// Bridges one local connection to the gateway at `gateway_addr`, returning when either side
@@ -51,19 +51,15 @@ async fn read_until_startup<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
 ) -> Result<Vec<u8>, ProxyError> {
     loop {
-        let mut len = [0u8; 4];
-        client
-            .read_exact(&mut len)
-            .await
-            .map_err(eof_as_truncated)?;
-        let body = messages::read_startup_body(client, len, MAX_STARTUP_PACKET_LEN).await?;
+        let body = messages::read_startup_packet(client, MAX_STARTUP_PACKET_LEN).await?;
         if let Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) =
             messages::decode_startup_packet(&body)
         {
             client.write_all(b"N").await?;
             continue;
         }
-        let mut packet = len.to_vec();
+        // The length field counts itself; the reader checked it fits.
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
         packet.extend_from_slice(&body);
         return Ok(packet);
     }

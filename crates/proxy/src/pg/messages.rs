@@ -219,8 +219,7 @@ where
     Ok(body)
 }
 
-/// A typed message read whole: `raw` holds the type byte, the length and the body, ready
-/// to be forwarded verbatim.
+/// A typed message read whole: `raw` holds the type byte, the length and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
     /// The type byte.

@@ -9,12 +9,11 @@
 //! that OID so that the audit records it too. The tap sees a message before its last byte is
 //! forwarded, so the audit record never trails the statement it describes.
 
-use std::borrow::Cow;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::messages::{self, tag};
 use crate::error::ProxyError;
+use crate::relay::sql_text;
 pub use crate::relay::{RelayEnd, RelayStats, Side, TAP_SQL_LIMIT};
 
 /// A client message the relay reports.
@@ -164,7 +163,7 @@ where
 {
     match message_tag {
         tag::QUERY => {
-            let sql = text(messages::decode_query(body));
+            let sql = sql_text(messages::decode_query(body));
             tap(TapEvent::Query {
                 sql: &sql,
                 truncated,
@@ -172,7 +171,7 @@ where
         }
         tag::PARSE => {
             let (statement, sql) = messages::decode_parse(body);
-            let (statement, sql) = (text(statement), text(sql));
+            let (statement, sql) = (sql_text(statement), sql_text(sql));
             tap(TapEvent::Parse {
                 statement: &statement,
                 sql: &sql,
@@ -187,13 +186,10 @@ where
     }
 }
 
-fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing;
     use std::time::Duration;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
@@ -328,67 +324,14 @@ mod tests {
 
     #[tokio::test]
     async fn relay_forwards_bytes_unchanged_and_taps_split_frames() {
-        let (mut app, mut client) = duplex(64);
-        let (mut server, mut db) = duplex(64);
-        let relay_task = tokio::spawn(async move {
-            let mut events = Vec::new();
-            let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
-            (stats, events)
-        });
-        let sent = conversation();
-        let db_side = tokio::spawn(async move {
-            let mut received = Vec::new();
-            db.read_to_end(&mut received).await.unwrap();
-            // The client has gone; the server answers its last words and leaves.
-            db.write_all(b"bye").await.unwrap();
-            received
-        });
-        for byte in &sent {
-            app.write_all(&[*byte]).await.unwrap();
-            app.flush().await.unwrap();
-            tokio::task::yield_now().await;
-        }
-        app.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        app.read_to_end(&mut answer).await.unwrap();
-
-        assert_eq!(db_side.await.unwrap(), sent);
-        let (stats, events) = relay_task.await.unwrap();
+        let events =
+            testing::relay_round_trip(&conversation(), 1, |mut client, mut server| async move {
+                let mut events = Vec::new();
+                let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
+                (stats, events)
+            })
+            .await;
         assert_eq!(events, expected());
-        assert_eq!(answer, b"bye");
-        assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
-        assert_eq!(stats.client_to_server, sent.len() as u64);
-        assert_eq!(stats.server_to_client, 3);
-    }
-
-    #[tokio::test]
-    async fn relay_ends_and_closes_the_client_when_the_server_goes() {
-        let (mut app, mut client) = duplex(1024);
-        let (mut server, mut db) = duplex(1024);
-        let relay_task = tokio::spawn(async move { relay(&mut client, &mut server, |_| {}).await });
-        app.write_all(&messages::query("select pg_sleep(1)"))
-            .await
-            .unwrap();
-        let mut query = [0u8; 5];
-        db.read_exact(&mut query).await.unwrap();
-        db.write_all(&messages::error_response(
-            messages::Severity::Fatal,
-            "57P01",
-            "terminating connection due to administrator command",
-        ))
-        .await
-        .unwrap();
-        drop(db);
-        // The client never closes by itself; the relay must still end and close it.
-        let stats = tokio::time::timeout(Duration::from_secs(5), relay_task)
-            .await
-            .expect("relay ended")
-            .unwrap();
-        assert!(matches!(stats.end, RelayEnd::Closed(Side::Server)));
-        let mut rest = Vec::new();
-        app.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest[0], b'E');
-        assert_eq!(stats.server_to_client, rest.len() as u64);
     }
 
     #[tokio::test]

@@ -522,22 +522,31 @@ mod tests {
         byte[0]
     }
 
+    /// The client's side from the TLS handshake on: TLS offering `alpn`, then `packet` (a
+    /// StartupMessage or a CancelRequest) inside it.
+    async fn send_inside_tls(
+        client: DuplexStream,
+        pki: &Pki,
+        alpn: &[&[u8]],
+        packet: &[u8],
+    ) -> tokio_rustls::client::TlsStream<DuplexStream> {
+        let mut tls = TlsConnector::from(testing::client_config(pki, alpn))
+            .connect(testing::localhost(), client)
+            .await
+            .unwrap();
+        tls.write_all(packet).await.unwrap();
+        tls.flush().await.unwrap();
+        tls
+    }
+
     #[tokio::test]
     async fn ssl_request_leads_to_tls_and_startup_params_with_client_certificate() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, answer) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, answer) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             let answer = read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            (answer, tls)
+            (answer, send_inside_tls(client, pki, &[], &startup).await)
         })
         .await;
         assert_eq!(answer.0, b'S');
@@ -553,17 +562,9 @@ mod tests {
     #[tokio::test]
     async fn direct_tls_with_postgresql_alpn_is_accepted() {
         let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[b"postgresql"]));
-        let (accepted, _client) = accept_with(&pki, |client| async move {
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            tls
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, _client) = accept_with(&pki, |client| {
+            send_inside_tls(client, &pki, &[messages::ALPN_POSTGRESQL], &startup)
         })
         .await;
         let Ok(Accepted::Startup(startup)) = accepted else {
@@ -576,40 +577,22 @@ mod tests {
     #[tokio::test]
     async fn direct_tls_without_alpn_is_refused() {
         let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, _client) = accept_with(&pki, |client| async move {
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            tls
-        })
-        .await;
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, _client) =
+            accept_with(&pki, |client| send_inside_tls(client, &pki, &[], &startup)).await;
         assert!(matches!(accepted, Err(ProxyError::DirectTlsWithoutAlpn)));
     }
 
     #[tokio::test]
     async fn gssenc_request_is_declined_then_ssl_request_proceeds() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, answers) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, answers) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::gssenc_request()).await.unwrap();
             let gss = read_byte(&mut client).await;
             client.write_all(&messages::ssl_request()).await.unwrap();
             let ssl = read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            (gss, ssl, tls)
+            (gss, ssl, send_inside_tls(client, pki, &[], &startup).await)
         })
         .await;
         assert_eq!((answers.0, answers.1), (b'N', b'S'));
@@ -681,20 +664,11 @@ mod tests {
 
     #[tokio::test]
     async fn cancel_request_inside_tls_is_returned() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, _client) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let (accepted, _client) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::cancel_request(1, 2))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            tls
+            send_inside_tls(client, pki, &[], &messages::cancel_request(1, 2)).await
         })
         .await;
         let key = BackendKey {
@@ -839,24 +813,16 @@ mod tests {
 
     #[tokio::test]
     async fn startup_setting_role_is_refused_with_fatal_42501() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, reply) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let startup = messages::startup_message(&testing::params(&[
+            ("user", "alice"),
+            ("database", "postgres"),
+            ("options", "-c role=dbward-auto-user"),
+        ]));
+        let (accepted, reply) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            let params = testing::params(&[
-                ("user", "alice"),
-                ("database", "postgres"),
-                ("options", "-c role=dbward-auto-user"),
-            ]);
-            tls.write_all(&messages::startup_message(&params))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
+            let mut tls = send_inside_tls(client, pki, &[], &startup).await;
             let mut reply = Vec::new();
             let _ = tls.read_to_end(&mut reply).await;
             reply

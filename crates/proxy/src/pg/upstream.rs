@@ -161,10 +161,10 @@ mod tests {
     use super::*;
     use crate::error::AuthenticationKind;
     use crate::pg::startup::{accept, write_startup_reply, Accepted};
-    use crate::testing;
+    use crate::testing::{self, Pki};
     use crate::HandshakeLimits;
     use bytes::Bytes;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, DuplexStream};
 
     fn startup_params() -> Vec<(String, String)> {
         testing::params(&[
@@ -175,12 +175,21 @@ mod tests {
         ])
     }
 
+    /// The gateway's side: its handshake with the `alice` certificate and [`startup_params`].
+    async fn handshake_as_alice(
+        stream: DuplexStream,
+        pki: &Pki,
+    ) -> Result<Upstream<DuplexStream>, UpstreamError> {
+        let config = testing::client_config(pki, &[]);
+        handshake(stream, config, testing::localhost(), &startup_params()).await
+    }
+
     /// Plays a database server on a pipe: the gateway's listener side stands in for it up to
     /// the StartupMessage, then `reply` is what the server answers.
     async fn against_server(
         reply: Bytes,
     ) -> (
-        Result<Upstream<tokio::io::DuplexStream>, UpstreamError>,
+        Result<Upstream<DuplexStream>, UpstreamError>,
         Vec<(String, String)>,
     ) {
         let pki = testing::pki();
@@ -201,13 +210,7 @@ mod tests {
             startup.stream.flush().await.unwrap();
             (startup.params, startup.stream)
         };
-        let params = startup_params();
-        let client = handshake(
-            gateway_end,
-            testing::client_config(&pki, &[]),
-            testing::localhost(),
-            &params,
-        );
+        let client = handshake_as_alice(gateway_end, &pki);
         let (upstream, (params, _server_stream)) = tokio::join!(client, server);
         (upstream, params)
     }
@@ -292,13 +295,7 @@ mod tests {
             server_end.write_all(b"N").await.unwrap();
             server_end
         };
-        let params = startup_params();
-        let client = handshake(
-            gateway_end,
-            testing::client_config(&pki, &[]),
-            testing::localhost(),
-            &params,
-        );
+        let client = handshake_as_alice(gateway_end, &pki);
         let (upstream, _server) = tokio::join!(client, server);
         assert!(matches!(upstream, Err(UpstreamError::TlsNotSupported)));
     }
