@@ -4,8 +4,6 @@
 //! the gateway's own connection to a database server. Neither carries policy: the session
 //! pipeline decides what a client is told.
 
-use bytes::Bytes;
-
 /// A failure on a client connection. It ends that connection only.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -93,8 +91,7 @@ pub enum UpstreamError {
     /// The server wants a password or another method instead of certificate auth.
     #[error("database asked for a password ({0}); dbward authenticates with client certificates")]
     AuthenticationRequired(AuthenticationKind),
-    /// The server refused the session with an ErrorResponse. `raw` is the whole message, to
-    /// forward verbatim to the client.
+    /// A PostgreSQL server refused the session with an ErrorResponse.
     #[error("database server error {severity} {sqlstate}: {message}")]
     Server {
         /// SQLSTATE code.
@@ -103,14 +100,11 @@ pub enum UpstreamError {
         severity: String,
         /// Primary message.
         message: String,
-        /// The ErrorResponse as received.
-        raw: Bytes,
     },
     /// The server sent something that does not follow the protocol.
     #[error("protocol violation from the database server: {0}")]
     Protocol(String),
-    /// A MySQL or MariaDB server refused the session with an ERR packet. `raw` is the
-    /// packet's payload, to forward to the client under its own sequence id.
+    /// A MySQL or MariaDB server refused the session with an ERR packet.
     #[error("database server error {code} ({sqlstate}): {message}")]
     MysqlServer {
         /// Error number (`1045`, `1040`, ...).
@@ -119,17 +113,27 @@ pub enum UpstreamError {
         sqlstate: String,
         /// Message text.
         message: String,
-        /// The ERR packet's payload as received.
-        raw: Bytes,
     },
 }
 
 impl From<ProxyError> for UpstreamError {
-    /// Framing errors from the shared readers, seen from the upstream side.
+    /// Errors of the message readers and decoders, which serve both directions, seen from
+    /// the upstream side.
     fn from(err: ProxyError) -> Self {
         match err {
             ProxyError::Io(io) => UpstreamError::Io(io),
+            ProxyError::Protocol(violation) => UpstreamError::Protocol(violation),
             other => UpstreamError::Protocol(other.to_string()),
         }
+    }
+}
+
+/// A failed read: the peer closing in the middle of a packet is [`ProxyError::Truncated`],
+/// anything else an I/O error.
+pub(crate) fn eof_as_truncated(err: std::io::Error) -> ProxyError {
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        ProxyError::Truncated
+    } else {
+        ProxyError::Io(err)
     }
 }

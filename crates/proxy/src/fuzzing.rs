@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::mysql::packet::{self, AuthSwitch, ErrPacket, HandshakeResponse, HandshakeV10};
 use crate::mysql::relay::{MysqlTap, PacketTap};
 use crate::pg::messages::{self, ErrorFields, StartupPacket};
-use crate::pg::relay::{FrameTap, TapEvent, TAP_SQL_LIMIT};
-use crate::pg::HandshakeLimits;
-use crate::relay::Filtered;
+use crate::pg::relay::{FrameTap, TapEvent};
+use crate::relay::{Filtered, TAP_SQL_LIMIT};
+use crate::HandshakeLimits;
 
 /// The PostgreSQL listener up to TLS, over `data` as the client's bytes: SSLRequest,
 /// GSSENCRequest, CancelRequest, a plaintext StartupMessage or the first bytes of a direct
@@ -130,14 +130,7 @@ pub fn mysql_relay_tap(data: &[u8]) {
         let mut record = |event: MysqlTap<'_>| events.push(describe_mysql(event));
         for chunk in chunks {
             tap.feed(chunk, &mut record, &mut out);
-            // What the relay does with the filter's verdict.
-            if out.edited {
-                forwarded.append(&mut out.forward);
-            } else {
-                forwarded.extend_from_slice(chunk);
-            }
-            replies.append(&mut out.reply);
-            out.edited = false;
+            out.settle(chunk, &mut forwarded, &mut replies);
         }
         (events, forwarded, replies)
     };

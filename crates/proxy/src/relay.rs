@@ -1,14 +1,51 @@
 //! The engine-independent relay: copies an established session's bytes both ways, unchanged,
 //! through one reused buffer per direction, letting the engine's tap inspect what the client
-//! sends. `pg::relay` and `mysql::relay` add their protocol's framing tap on top; MySQL's
-//! tap is also a filter that keeps a few commands from the server and answers them itself.
+//! sends, and says how the session ended ([`RelayStats`]).
+//!
+//! `pg::relay` and `mysql::relay` put their protocol's framing tap on top; MySQL's tap is
+//! also a filter that keeps a few commands from the server and answers them itself. Nothing
+//! here knows a protocol's framing.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ProxyError;
-use crate::pg::{RelayEnd, RelayStats, Side};
+
+/// SQL text longer than this reaches an engine's tap cut short (and marked `truncated`); the
+/// bytes themselves are always forwarded whole.
+pub const TAP_SQL_LIMIT: usize = 1 << 20;
+
+/// One end of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client connection.
+    Client,
+    /// The database server connection.
+    Server,
+}
+
+/// Why the relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// This side closed its connection first (an end of stream, with or without TLS
+    /// close_notify).
+    Closed(Side),
+    /// Reading from or writing to this side failed, or (client only) it broke the protocol's
+    /// framing.
+    Failed(Side, ProxyError),
+}
+
+/// What a finished relay did.
+#[derive(Debug)]
+pub struct RelayStats {
+    /// Bytes read from the client and forwarded to the server.
+    pub client_to_server: u64,
+    /// Bytes read from the server and forwarded to the client.
+    pub server_to_client: u64,
+    /// Why it ended.
+    pub end: RelayEnd,
+}
 
 /// Size each direction's copy buffer starts at: half a TLS record. Idle sessions hold two of
 /// these, so it stays small; a direction whose reads fill it (a bulk transfer) grows it once
@@ -51,6 +88,26 @@ pub(crate) struct Filtered {
     /// Bytes the gateway answers the client itself (a refusal of a command it does not
     /// forward). They are written between two writes of server bytes, never inside one.
     pub(crate) reply: Vec<u8>,
+}
+
+impl Filtered {
+    /// Does with the verdict on `chunk` what the relay does, into buffers instead of
+    /// sockets: what is forwarded goes to `forwarded`, the gateway's answers to `replies`.
+    /// For the fuzz targets and tests, which run a filter without a relay.
+    pub(crate) fn settle(&mut self, chunk: &[u8], forwarded: &mut Vec<u8>, replies: &mut Vec<u8>) {
+        if self.edited {
+            forwarded.append(&mut self.forward);
+        } else {
+            forwarded.extend_from_slice(chunk);
+        }
+        replies.append(&mut self.reply);
+        self.edited = false;
+    }
+}
+
+/// SQL text as the taps report it: invalid UTF-8 is replaced, never refused.
+pub(crate) fn sql_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// Most gateway answers queued for the client; a client that sends refused commands
@@ -212,4 +269,48 @@ where
     }
     to.shutdown().await.map_err(failed_to)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn relay_ends_and_closes_the_client_when_the_server_goes() {
+        let (mut app, mut client) = duplex(1024);
+        let (mut server, mut db) = duplex(1024);
+        let relay_task =
+            tokio::spawn(
+                async move { relay_inspecting(&mut client, &mut server, |_| Ok(())).await },
+            );
+        app.write_all(b"a long query").await.unwrap();
+        let mut query = [0u8; 12];
+        db.read_exact(&mut query).await.unwrap();
+        db.write_all(b"the server shuts down").await.unwrap();
+        drop(db);
+        // The client never closes by itself; the relay must still end and close it.
+        let stats = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("relay ended")
+            .unwrap();
+        assert!(matches!(stats.end, RelayEnd::Closed(Side::Server)));
+        let mut rest = Vec::new();
+        app.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"the server shuts down");
+        assert_eq!(stats.server_to_client, rest.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn relay_forwards_both_ways_and_ends_when_the_client_closes() {
+        crate::testing::relay_round_trip(
+            b"any bytes at all",
+            5,
+            |mut client, mut server| async move {
+                let stats = relay_inspecting(&mut client, &mut server, |_| Ok(())).await;
+                (stats, ())
+            },
+        )
+        .await;
+    }
 }

@@ -26,6 +26,7 @@
 //! numbers only, never with raw input.
 
 mod conn;
+mod flavor;
 mod preflight;
 mod quote;
 mod terminate;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
+pub use flavor::{parse_server_version, provisioning_supported, ServerFlavor};
 pub use quote::{quote_account, quote_ident, quote_string};
 
 use self::conn::{hex_literal, AdminConn as Conn, DbError};

@@ -13,14 +13,13 @@ use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::packet::{
     self, capability, ErrPacket, HandshakeResponse, HandshakeV10, NATIVE_PASSWORD_PLUGIN,
     SERVER_STATUS_AUTOCOMMIT, SSL_REQUEST_LEN,
 };
 use crate::error::ProxyError;
-use crate::pg::HandshakeLimits;
+use crate::handshake::{accept_tls, HandshakeLimits};
 
 /// The message a client gets when it starts a session without TLS.
 pub const TLS_REQUIRED_MESSAGE: &str =
@@ -112,10 +111,9 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    match tokio::time::timeout(limits.timeout, handshake(stream, tls, greeting, limits)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProxyError::HandshakeTimeout(limits.timeout)),
-    }
+    limits
+        .within(handshake(stream, tls, greeting, limits))
+        .await
 }
 
 async fn handshake<S>(
@@ -165,16 +163,7 @@ where
     }
 
     // Nothing past the SSLRequest has been read, so no plaintext reaches the TLS session.
-    let mut stream = TlsAcceptor::from(tls)
-        .accept(stream)
-        .await
-        .map_err(ProxyError::TlsHandshake)?;
-    let client_certs = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(<[CertificateDer<'static>]>::to_vec)
-        .unwrap_or_default();
+    let (mut stream, client_certs) = accept_tls(stream, tls).await?;
 
     let response = packet::read_packet(&mut stream, limits.max_startup_len).await?;
     let decoded = HandshakeResponse::decode(&response.payload)?;

@@ -2,72 +2,43 @@
 //! TLS with its certificate and the handshake without a password, and print the gateway's
 //! refusal when it does not use TLS.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
-use rustls::crypto::ring::default_provider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use super::packet::{self, command, ErrPacket};
 use super::*;
-use crate::pg::HandshakeLimits;
+use crate::testing;
+use crate::ProxyError;
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as PEM
-/// files in `dir`, and the gateway's TLS configuration.
-fn pki(dir: &Path) -> Arc<ServerConfig> {
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name = name("test ca");
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issue = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(sans).expect("params");
-        params.distinguished_name = name(cn);
-        params.extended_key_usages = vec![usage];
-        (params.signed_by(&key, &ca, &ca_key).expect("cert"), key)
-    };
-    let (server, server_key) = issue(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client, client_key) = issue(Vec::new(), "alice", ExtendedKeyUsagePurpose::ClientAuth);
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.join("client.pem"), client.pem()).expect("write");
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write");
-
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("root");
-    let provider = Arc::new(default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .expect("verifier");
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![server.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )
-        .expect("server config");
-    Arc::new(config)
-}
-
-fn name(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn
+/// A gateway on a free port of 127.0.0.1 whose first connection is accepted and handed to
+/// `then`, in a task; the client's certificate and CA are written to `dir` as PEM files.
+async fn gateway<F, Fut>(dir: &Path, then: F) -> (u16, JoinHandle<Fut::Output>)
+where
+    F: FnOnce(Result<MysqlClient<TcpStream>, ProxyError>) -> Fut + Send + 'static,
+    Fut: Future + Send,
+    Fut::Output: Send + 'static,
+{
+    let pki = testing::pki();
+    for (file, pem) in &pki.pem_files {
+        std::fs::write(dir.join(file), pem).expect("write");
+    }
+    let tls = testing::server_config(&pki, &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let greeting = Greeting {
+            server_version: "5.5.5-10.11.6-MariaDB".into(),
+            connection_id: 11,
+        };
+        then(accept(socket, tls, greeting, HandshakeLimits::default()).await).await
+    });
+    (port, task)
 }
 
 async fn run_mariadb(port: u16, args: Vec<String>) -> Output {
@@ -89,18 +60,8 @@ async fn run_mariadb(port: u16, args: Vec<String>) -> Output {
 #[tokio::test]
 async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_password() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = pki(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let gateway = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.expect("accept");
-        let greeting = Greeting {
-            server_version: "5.5.5-10.11.6-MariaDB".into(),
-            connection_id: 11,
-        };
-        let mut client = accept(socket, tls, greeting, HandshakeLimits::default())
-            .await
-            .expect("handshake");
+    let (port, gateway) = gateway(dir.path(), |client| async move {
+        let mut client = client.expect("handshake");
         send_ok(&mut client.stream, client.sequence_id, client.capabilities)
             .await
             .expect("ok");
@@ -129,7 +90,8 @@ async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_pass
             .await
             .expect("ok");
         }
-    });
+    })
+    .await;
     let files = |f: &str| dir.path().join(f).display().to_string();
     let output = run_mariadb(
         port,
@@ -157,17 +119,7 @@ async fn mariadb_client_completes_the_handshake_with_its_certificate_and_no_pass
 #[tokio::test]
 async fn mariadb_client_without_tls_prints_the_gateway_refusal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = pki(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let gateway = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.expect("accept");
-        let greeting = Greeting {
-            server_version: "5.5.5-10.11.6-MariaDB".into(),
-            connection_id: 12,
-        };
-        accept(socket, tls, greeting, HandshakeLimits::default()).await
-    });
+    let (port, gateway) = gateway(dir.path(), |client| async move { client.map(|_| ()) }).await;
     let output = run_mariadb(
         port,
         vec!["--skip-ssl".into(), "-e".into(), "select 1".into()],
@@ -181,6 +133,6 @@ async fn mariadb_client_without_tls_prints_the_gateway_refusal() {
     );
     assert!(matches!(
         gateway.await.expect("gateway"),
-        Err(crate::ProxyError::TlsRequired)
+        Err(ProxyError::TlsRequired)
     ));
 }

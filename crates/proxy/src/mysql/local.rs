@@ -20,12 +20,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::packet::{self, capability, HandshakeV10};
+use super::packet::{
+    self, capability, HandshakeResponse, HandshakeV10, MAX_HANDSHAKE_PACKET, SSL_REQUEST_LEN,
+};
 use crate::error::ProxyError;
-use crate::pg::RelayStats;
-
-/// Largest handshake packet accepted from either side.
-const MAX_HANDSHAKE_PACKET: usize = 64 * 1024;
+use crate::relay::{RelayEnd, RelayStats, Side};
 
 /// Bridges one local connection to the gateway at `gateway_addr`, returning when either side
 /// closes.
@@ -54,17 +53,16 @@ where
 
     // The client's handshake response, in the clear on the local leg.
     let response = packet::read_packet(&mut client, MAX_HANDSHAKE_PACKET).await?;
-    if response.payload.len() < 32 {
-        return Err(ProxyError::Protocol(
-            "the client sent a pre-4.1 handshake response".to_string(),
-        ));
-    }
-    let client_caps = u32::from_le_bytes([
-        response.payload[0],
-        response.payload[1],
-        response.payload[2],
-        response.payload[3],
-    ]) | capability::SSL;
+    let client_caps = match HandshakeResponse::peek_capabilities(&response.payload) {
+        Some(capabilities) if response.payload.len() >= SSL_REQUEST_LEN => {
+            capabilities | capability::SSL
+        }
+        _ => {
+            return Err(ProxyError::Protocol(
+                "the client sent a pre-4.1 handshake response".to_string(),
+            ))
+        }
+    };
     let charset = response.payload[8];
 
     // Upgrade the gateway leg, then forward the response inside TLS with SSL announced:
@@ -90,7 +88,7 @@ where
         return Ok(RelayStats {
             client_to_server: 0,
             server_to_client: 0,
-            end: crate::pg::RelayEnd::Closed(crate::pg::Side::Server),
+            end: RelayEnd::Closed(Side::Server),
         });
     }
     Ok(crate::relay::relay_inspecting(&mut client, &mut tls_stream, |_| Ok(())).await)

@@ -5,10 +5,15 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::error::ProxyError;
+use crate::error::{eof_as_truncated, ProxyError};
 
 /// Largest payload of one packet; a payload of exactly this length continues in the next.
 pub const MAX_PAYLOAD: usize = 0xff_ffff;
+
+/// Largest connection-phase packet read from a database server (or, by the local bridge,
+/// from either side). Handshake packets are small; this only keeps a misbehaving peer from
+/// making the reader allocate much.
+pub const MAX_HANDSHAKE_PACKET: usize = 64 * 1024;
 
 /// Capability flags (`CLIENT_*`) the gateway knows about.
 pub mod capability {
@@ -107,7 +112,10 @@ where
     let mut payload = Vec::new();
     loop {
         let mut header = [0u8; 4];
-        stream.read_exact(&mut header).await.map_err(eof)?;
+        stream
+            .read_exact(&mut header)
+            .await
+            .map_err(eof_as_truncated)?;
         let len =
             usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
         if payload.len() + len > max_len {
@@ -120,21 +128,13 @@ where
         stream
             .read_exact(&mut payload[start..])
             .await
-            .map_err(eof)?;
+            .map_err(eof_as_truncated)?;
         if len < MAX_PAYLOAD {
             return Ok(Packet {
                 seq: header[3],
                 payload,
             });
         }
-    }
-}
-
-fn eof(err: std::io::Error) -> ProxyError {
-    if err.kind() == std::io::ErrorKind::UnexpectedEof {
-        ProxyError::Truncated
-    } else {
-        ProxyError::Io(err)
     }
 }
 

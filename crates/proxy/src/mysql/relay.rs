@@ -21,17 +21,11 @@
 //! checks the user's privileges (`COM_SHUTDOWN`, `COM_PROCESS_KILL`, ...) as for any SQL,
 //! and `COM_RESET_CONNECTION` keeps the user.
 
-use std::borrow::Cow;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::packet::{command, frame, ErrPacket, MAX_PAYLOAD};
-use crate::pg::RelayStats;
-use crate::relay::Filtered;
-
-/// SQL text longer than this reaches the tap cut short (and marked `truncated`); the bytes
-/// themselves are always forwarded whole.
-pub const TAP_SQL_LIMIT: usize = 1 << 20;
+use crate::relay::{sql_text, Filtered};
+pub use crate::relay::{RelayEnd, RelayStats, Side, TAP_SQL_LIMIT};
 
 /// Error number of the gateway's refusal (`ER_SPECIFIC_ACCESS_DENIED_ERROR`): a plain
 /// access error, which clients report and survive (an `08S01` would make them drop the
@@ -360,14 +354,14 @@ where
     };
     match command {
         command::QUERY => {
-            let sql = text(body);
+            let sql = sql_text(body);
             tap(MysqlTap::Query {
                 sql: &sql,
                 truncated,
             });
         }
         command::STMT_PREPARE => {
-            let sql = text(body);
+            let sql = sql_text(body);
             tap(MysqlTap::Prepare {
                 sql: &sql,
                 truncated,
@@ -378,16 +372,11 @@ where
     }
 }
 
-fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mysql::packet::frame;
-    use crate::pg::{RelayEnd, Side};
-    use std::time::Duration;
+    use crate::testing;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     fn describe(event: MysqlTap<'_>) -> String {
@@ -409,13 +398,7 @@ mod tests {
         let mut out = Filtered::default();
         for chunk in bytes.chunks(size) {
             tap.feed(chunk, &mut |e| events.push(describe(e)), &mut out);
-            if out.edited {
-                forwarded.append(&mut out.forward);
-            } else {
-                forwarded.extend_from_slice(chunk);
-            }
-            replies.append(&mut out.reply);
-            out.edited = false;
+            out.settle(chunk, &mut forwarded, &mut replies);
         }
         (events, forwarded, replies)
     }
@@ -589,12 +572,7 @@ mod tests {
                 },
                 &mut out,
             );
-            if out.edited {
-                forwarded.append(&mut out.forward);
-            } else {
-                forwarded.extend_from_slice(chunk);
-            }
-            out.edited = false;
+            out.settle(chunk, &mut forwarded, &mut Vec::new());
         }
         assert!(forwarded == wire, "every byte forwarded in order");
         assert_eq!(seen, [(TAP_SQL_LIMIT, true), (8, false)]);
@@ -602,36 +580,14 @@ mod tests {
 
     #[tokio::test]
     async fn relay_forwards_bytes_unchanged_and_taps_split_packets() {
-        let (mut app, mut client) = duplex(64);
-        let (mut server, mut db) = duplex(64);
-        let relay_task = tokio::spawn(async move {
-            let mut events = Vec::new();
-            let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
-            (stats, events)
-        });
-        let sent = conversation();
-        let db_side = tokio::spawn(async move {
-            let mut received = Vec::new();
-            db.read_to_end(&mut received).await.unwrap();
-            db.write_all(b"bye").await.unwrap();
-            received
-        });
-        for chunk in sent.chunks(3) {
-            app.write_all(chunk).await.unwrap();
-            app.flush().await.unwrap();
-            tokio::task::yield_now().await;
-        }
-        app.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        app.read_to_end(&mut answer).await.unwrap();
-
-        assert_eq!(db_side.await.unwrap(), sent);
-        let (stats, events) = relay_task.await.unwrap();
+        let events =
+            testing::relay_round_trip(&conversation(), 3, |mut client, mut server| async move {
+                let mut events = Vec::new();
+                let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
+                (stats, events)
+            })
+            .await;
         assert_eq!(events, expected());
-        assert_eq!(answer, b"bye");
-        assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
-        assert_eq!(stats.client_to_server, sent.len() as u64);
-        assert_eq!(stats.server_to_client, 3);
     }
 
     #[tokio::test]
@@ -676,27 +632,5 @@ mod tests {
             ["REFUSED COM_CHANGE_USER", "Q select current_user() false"]
         );
         assert_eq!(stats.client_to_server, query.len() as u64);
-    }
-
-    #[tokio::test]
-    async fn relay_ends_and_closes_the_client_when_the_server_goes() {
-        let (mut app, mut client) = duplex(1024);
-        let (mut server, mut db) = duplex(1024);
-        let relay_task = tokio::spawn(async move { relay(&mut client, &mut server, |_| {}).await });
-        app.write_all(&command_packet(command::QUERY, b"select sleep(1)"))
-            .await
-            .unwrap();
-        let mut query = [0u8; 4];
-        db.read_exact(&mut query).await.unwrap();
-        db.write_all(&frame(1, &[0xff, 0x1d, 0x07])).await.unwrap();
-        drop(db);
-        let stats = tokio::time::timeout(Duration::from_secs(5), relay_task)
-            .await
-            .expect("relay ended")
-            .unwrap();
-        assert!(matches!(stats.end, RelayEnd::Closed(Side::Server)));
-        let mut rest = Vec::new();
-        app.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, frame(1, &[0xff, 0x1d, 0x07]));
     }
 }

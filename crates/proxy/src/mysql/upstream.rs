@@ -18,12 +18,9 @@ use tokio_rustls::TlsConnector;
 use super::accept::GATEWAY_CAPABILITIES;
 use super::packet::{
     self, capability, AuthSwitch, ErrPacket, HandshakeResponse, HandshakeV10,
-    AUTH_MORE_DATA_HEADER, AUTH_SWITCH_HEADER, ERR_HEADER, OK_HEADER,
+    AUTH_MORE_DATA_HEADER, AUTH_SWITCH_HEADER, ERR_HEADER, MAX_HANDSHAKE_PACKET, OK_HEADER,
 };
 use crate::error::UpstreamError;
-
-/// Largest handshake packet accepted from the server.
-const MAX_HANDSHAKE_PACKET: usize = 64 * 1024;
 
 /// `caching_sha2_password` fast-auth result: authenticated, OK follows.
 const FAST_AUTH_SUCCESS: u8 = 0x03;
@@ -57,8 +54,8 @@ pub struct UpstreamLogin<'a> {
 pub struct MysqlUpstream<S> {
     /// The TLS stream, positioned after the server's OK packet.
     pub stream: TlsStream<S>,
-    /// The server's version string as sent in its greeting (see
-    /// [`super::parse_server_version`]).
+    /// The server's version string as sent in its greeting (MariaDB 10 and 11 prefix theirs
+    /// with `5.5.5-`).
     pub server_version: String,
     /// The server's connection id.
     pub connection_id: u32,
@@ -82,13 +79,6 @@ pub async fn connect(
     // Queries and results are small interactive writes; do not hold them back.
     stream.set_nodelay(true)?;
     handshake(stream, tls, server_name, login).await
-}
-
-/// Reads the greeting of a server without logging in: its version decides whether
-/// provisioning is possible before anything is created.
-pub async fn probe_server_version(addr: impl ToSocketAddrs) -> Result<String, UpstreamError> {
-    let mut stream = TcpStream::connect(addr).await?;
-    Ok(read_greeting(&mut stream).await?.server_version)
 }
 
 async fn read_greeting<S>(stream: &mut S) -> Result<HandshakeV10, UpstreamError>
@@ -219,7 +209,6 @@ fn server_error(payload: &[u8]) -> UpstreamError {
             code: err.code,
             sqlstate: err.sqlstate,
             message: err.message,
-            raw: bytes::Bytes::copy_from_slice(payload),
         },
         Err(err) => err.into(),
     }

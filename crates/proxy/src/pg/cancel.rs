@@ -64,8 +64,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::startup::{accept, Accepted, HandshakeLimits};
-    use crate::pg::testing;
+    use crate::pg::startup::{accept, Accepted};
+    use crate::testing;
+    use crate::HandshakeLimits;
     use tokio::net::TcpListener;
 
     /// Listens once with the gateway's own listener logic and returns what arrived.
@@ -77,7 +78,7 @@ mod tests {
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = testing::server_config(pki);
+        let config = testing::server_config(pki, &[messages::ALPN_POSTGRESQL]);
         let task = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
             match accept(socket, config, HandshakeLimits::default()).await {

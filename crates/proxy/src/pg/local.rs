@@ -13,9 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::messages::{ssl_request, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_LEN, SSL_REQUEST_CODE};
-use super::RelayStats;
+use super::messages::{self, ssl_request, StartupPacket, MAX_STARTUP_PACKET_LEN};
 use crate::error::ProxyError;
+use crate::relay::RelayStats;
 
 /// Bridges one local connection to the gateway at `gateway_addr`, returning when either side
 /// closes.
@@ -46,27 +46,21 @@ where
 }
 
 /// Reads startup packets until one that is not an encryption request, declining those;
-/// returns the packet's bytes.
+/// returns the packet's bytes, length included, for the gateway to judge.
 async fn read_until_startup<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
 ) -> Result<Vec<u8>, ProxyError> {
     loop {
-        let mut header = [0u8; 8];
-        client.read_exact(&mut header).await?;
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let code = i32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        if len == 8 && (code == SSL_REQUEST_CODE || code == GSSENC_REQUEST_CODE) {
+        let body = messages::read_startup_packet(client, MAX_STARTUP_PACKET_LEN).await?;
+        if let Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) =
+            messages::decode_startup_packet(&body)
+        {
             client.write_all(b"N").await?;
             continue;
         }
-        if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
-            return Err(ProxyError::Protocol(
-                "not a PostgreSQL startup packet".to_string(),
-            ));
-        }
-        let mut packet = header.to_vec();
-        packet.resize(len, 0);
-        client.read_exact(&mut packet[8..]).await?;
+        // The length field counts itself; the reader checked it fits.
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
         return Ok(packet);
     }
 }

@@ -1,13 +1,16 @@
-//! PostgreSQL wire messages: one small encode or decode function per message the gateway
-//! speaks, plus the two framed readers (startup packets, backend messages).
+//! PostgreSQL wire messages: every encoder and decoder of the messages the gateway speaks,
+//! one small function each, and the framed readers (startup packets, typed messages).
 //!
 //! Everything here works on bytes and knows nothing about TLS, sessions or policy. Decoders
 //! take input from a peer and therefore never panic: malformed input is a `ProxyError`.
+//! The handshake (`startup`, `upstream`, `local`) and the relay's tap read messages only
+//! through this module.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::error::ProxyError;
+use super::BackendKey;
+use crate::error::{eof_as_truncated, AuthenticationKind, ProxyError};
 
 /// Protocol version 3.0, the only one the gateway speaks (`196608`).
 pub const PROTOCOL_3_0: i32 = 3 << 16;
@@ -157,10 +160,16 @@ fn utf8(bytes: &[u8]) -> Result<String, ProxyError> {
         .map_err(|_| ProxyError::Protocol("startup parameter is not UTF-8".into()))
 }
 
-/// Splits a NUL-terminated string off the front of `bytes`.
+/// Splits a NUL-terminated string off the front of `bytes`; `None` when there is no NUL.
 pub(crate) fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = bytes.iter().position(|&b| b == 0)?;
     Some((&bytes[..nul], &bytes[nul + 1..]))
+}
+
+/// Splits a C string off the front of a body that may have been cut short: without a NUL,
+/// the whole input is the string.
+fn split_cstr_lenient(bytes: &[u8]) -> (&[u8], &[u8]) {
+    split_cstr(bytes).unwrap_or((bytes, &[]))
 }
 
 fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
@@ -210,16 +219,7 @@ where
     Ok(body)
 }
 
-pub(crate) fn eof_as_truncated(err: std::io::Error) -> ProxyError {
-    if err.kind() == std::io::ErrorKind::UnexpectedEof {
-        ProxyError::Truncated
-    } else {
-        ProxyError::Io(err)
-    }
-}
-
-/// A typed message read whole: `raw` holds the type byte, the length and the body, ready
-/// to be forwarded verbatim.
+/// A typed message read whole: `raw` holds the type byte, the length and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
     /// The type byte.
@@ -246,13 +246,7 @@ where
         .read_exact(&mut header)
         .await
         .map_err(eof_as_truncated)?;
-    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if len < 4 {
-        return Err(ProxyError::Protocol(format!(
-            "invalid message length {len}"
-        )));
-    }
-    let len = len as usize;
+    let len = body_len([header[1], header[2], header[3], header[4]])? + 4;
     if len > max_len {
         return Err(ProxyError::Protocol(format!(
             "message of {len} bytes exceeds the limit of {max_len}"
@@ -269,6 +263,17 @@ where
         tag: header[0],
         raw: raw.freeze(),
     })
+}
+
+/// The body length of a typed message from its length field (which counts itself).
+pub(crate) fn body_len(len: [u8; 4]) -> Result<usize, ProxyError> {
+    let len = i32::from_be_bytes(len);
+    if len < 4 {
+        return Err(ProxyError::Protocol(format!(
+            "invalid message length {len}"
+        )));
+    }
+    Ok(len as usize - 4)
 }
 
 // ---- frontend packets and messages -------------------------------------------------------
@@ -331,6 +336,22 @@ pub fn parse(name: &str, sql: &str) -> Bytes {
 /// A Terminate message.
 pub fn terminate() -> Bytes {
     typed(tag::TERMINATE, |_| {})
+}
+
+/// The SQL text of a `Query` body, which may have been cut short.
+pub fn decode_query(body: &[u8]) -> &[u8] {
+    split_cstr_lenient(body).0
+}
+
+/// The statement name and SQL text of a `Parse` body, which may have been cut short.
+pub fn decode_parse(body: &[u8]) -> (&[u8], &[u8]) {
+    let (statement, rest) = split_cstr_lenient(body);
+    (statement, split_cstr_lenient(rest).0)
+}
+
+/// The function OID of a fast-path `FunctionCall` body; 0 when it is too short to hold one.
+pub fn decode_function_call_oid(body: &[u8]) -> u32 {
+    read_i32(body, 0).map_or(0, |oid| oid as u32)
 }
 
 // ---- backend messages --------------------------------------------------------------------
@@ -448,6 +469,51 @@ impl ErrorFields {
             fields.severity = localized_severity.unwrap_or_default();
         }
         Ok(fields)
+    }
+}
+
+/// Decodes an authentication request: `None` for AuthenticationOk, otherwise what the server
+/// asks for instead.
+pub fn decode_authentication(body: &[u8]) -> Result<Option<AuthenticationKind>, ProxyError> {
+    let code = read_i32(body, 0)
+        .ok_or_else(|| ProxyError::Protocol("short authentication message".into()))?;
+    Ok(match code {
+        0 => None,
+        3 => Some(AuthenticationKind::CleartextPassword),
+        5 => Some(AuthenticationKind::Md5Password),
+        7 | 9 => Some(AuthenticationKind::Gss),
+        10 => Some(AuthenticationKind::Sasl(
+            body[4..]
+                .split(|&b| b == 0)
+                .filter(|name| !name.is_empty())
+                .map(|name| String::from_utf8_lossy(name).into_owned())
+                .collect(),
+        )),
+        other => Some(AuthenticationKind::Other(other)),
+    })
+}
+
+/// Decodes a ParameterStatus body into its name and value.
+pub fn decode_parameter_status(body: &[u8]) -> Result<(String, String), ProxyError> {
+    let malformed = || ProxyError::Protocol("malformed ParameterStatus".into());
+    let (name, rest) = split_cstr(body).ok_or_else(malformed)?;
+    let (value, _) = split_cstr(rest).ok_or_else(malformed)?;
+    Ok((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}
+
+/// Decodes a BackendKeyData body with a protocol 3.0 (4-byte) secret.
+pub fn decode_backend_key_data(body: &[u8]) -> Result<BackendKey, ProxyError> {
+    match (body.len(), read_i32(body, 0), read_i32(body, 4)) {
+        (8, Some(process_id), Some(secret_key)) => Ok(BackendKey {
+            process_id,
+            secret_key,
+        }),
+        _ => Err(ProxyError::Protocol(
+            "BackendKeyData with a secret other than 4 bytes".into(),
+        )),
     }
 }
 

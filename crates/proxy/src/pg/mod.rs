@@ -9,7 +9,8 @@
 //! 4. [`relay()`] copies bytes both ways and taps the SQL the client sends;
 //! 5. [`cancel::send_cancel`] forwards a cancel request to the server.
 //!
-//! Nothing here decides who may connect or as whom.
+//! Every message is encoded and decoded in [`messages`]. Nothing here decides who may
+//! connect or as whom.
 
 pub mod cancel;
 pub mod local;
@@ -18,11 +19,13 @@ pub mod relay;
 pub mod startup;
 pub mod upstream;
 
+pub use crate::handshake::HandshakeLimits;
+pub use crate::relay::{RelayEnd, RelayStats, Side};
 pub use messages::Severity;
-pub use relay::{relay, RelayEnd, RelayStats, Side, TapEvent};
+pub use relay::{relay, TapEvent};
 pub use startup::{
     accept, send_error, write_startup_reply, Accepted, ClientStartup, ClientTlsStream,
-    HandshakeLimits, PrefixedStream, TLS_REQUIRED_MESSAGE,
+    PrefixedStream, TLS_REQUIRED_MESSAGE,
 };
 pub use upstream::Upstream;
 
@@ -49,11 +52,9 @@ pub fn random_backend_key() -> BackendKey {
 }
 
 #[cfg(test)]
-pub(crate) mod testing;
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -67,7 +68,7 @@ mod tests {
         let (socket, _) = listener.accept().await.unwrap();
         let Ok(Accepted::Startup(mut session)) = accept(
             socket,
-            testing::server_config(pki),
+            testing::server_config(pki, &[messages::ALPN_POSTGRESQL]),
             HandshakeLimits::default(),
         )
         .await
@@ -114,11 +115,11 @@ mod tests {
         let gateway_addr = gateway_listener.local_addr().unwrap();
 
         let database = {
-            let pki = testing::pki_clone(&pki);
+            let pki = pki.clone();
             tokio::spawn(async move { fake_database(db_listener, &pki, real_key).await })
         };
         let gateway = {
-            let server_config = testing::server_config(&pki);
+            let server_config = testing::server_config(&pki, &[messages::ALPN_POSTGRESQL]);
             let client_config = testing::client_config(&pki, &[]);
             tokio::spawn(async move {
                 let (socket, _) = gateway_listener.accept().await.unwrap();

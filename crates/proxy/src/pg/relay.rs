@@ -9,16 +9,12 @@
 //! that OID so that the audit records it too. The tap sees a message before its last byte is
 //! forwarded, so the audit record never trails the statement it describes.
 
-use std::borrow::Cow;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::messages::tag;
+use super::messages::{self, tag};
 use crate::error::ProxyError;
-
-/// SQL text longer than this reaches the tap cut short (and marked `truncated`); the bytes
-/// themselves are always forwarded whole.
-pub const TAP_SQL_LIMIT: usize = 1 << 20;
+use crate::relay::sql_text;
+pub use crate::relay::{RelayEnd, RelayStats, Side, TAP_SQL_LIMIT};
 
 /// A client message the relay reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,37 +42,6 @@ pub enum TapEvent<'a> {
     },
     /// `Terminate`: the client is ending the session.
     Terminate,
-}
-
-/// One end of the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client connection.
-    Client,
-    /// The database server connection.
-    Server,
-}
-
-/// Why the relay ended.
-#[derive(Debug)]
-pub enum RelayEnd {
-    /// This side closed its connection first (an end of stream, with or without TLS
-    /// close_notify).
-    Closed(Side),
-    /// Reading from or writing to this side failed, or (client only) it broke the message
-    /// framing.
-    Failed(Side, ProxyError),
-}
-
-/// What a finished relay did.
-#[derive(Debug)]
-pub struct RelayStats {
-    /// Bytes read from the client and forwarded to the server.
-    pub client_to_server: u64,
-    /// Bytes read from the server and forwarded to the client.
-    pub server_to_client: u64,
-    /// Why it ended.
-    pub end: RelayEnd,
 }
 
 /// Relays between `client` and `server` until one of them closes or fails, calling `tap` for
@@ -132,7 +97,7 @@ impl FrameTap {
         while !data.is_empty() {
             if self.header_len < 5 {
                 if self.header_len == 0 && data.len() >= 5 {
-                    let body_len = body_len([data[1], data[2], data[3], data[4]])?;
+                    let body_len = messages::body_len([data[1], data[2], data[3], data[4]])?;
                     if let Some(body) = data.get(5..5 + body_len) {
                         report(data[0], body, false, tap);
                         data = &data[5 + body_len..];
@@ -145,7 +110,7 @@ impl FrameTap {
                 data = &data[take..];
                 if self.header_len == 5 {
                     let [message_tag, l0, l1, l2, l3] = self.header;
-                    self.remaining = body_len([l0, l1, l2, l3])?;
+                    self.remaining = messages::body_len([l0, l1, l2, l3])?;
                     self.gathering =
                         matches!(message_tag, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL);
                     self.gathered.clear();
@@ -190,16 +155,6 @@ impl FrameTap {
     }
 }
 
-fn body_len(len: [u8; 4]) -> Result<usize, ProxyError> {
-    let len = i32::from_be_bytes(len);
-    if len < 4 {
-        return Err(ProxyError::Protocol(format!(
-            "invalid message length {len}"
-        )));
-    }
-    Ok(len as usize - 4)
-}
-
 /// Reports one message to the tap if it is one the audit wants. `body` may be cut short
 /// (`truncated`), so its closing NULs may be missing.
 fn report<F>(message_tag: u8, body: &[u8], truncated: bool, tap: &mut F)
@@ -208,50 +163,33 @@ where
 {
     match message_tag {
         tag::QUERY => {
-            let sql = text(cstr(body).0);
+            let sql = sql_text(messages::decode_query(body));
             tap(TapEvent::Query {
                 sql: &sql,
                 truncated,
             });
         }
         tag::PARSE => {
-            let (statement, rest) = cstr(body);
-            let (sql, _) = cstr(rest);
-            let (statement, sql) = (text(statement), text(sql));
+            let (statement, sql) = messages::decode_parse(body);
+            let (statement, sql) = (sql_text(statement), sql_text(sql));
             tap(TapEvent::Parse {
                 statement: &statement,
                 sql: &sql,
                 truncated,
             });
         }
-        tag::FUNCTION_CALL => {
-            let oid = body
-                .get(..4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0);
-            tap(TapEvent::FunctionCall { oid });
-        }
+        tag::FUNCTION_CALL => tap(TapEvent::FunctionCall {
+            oid: messages::decode_function_call_oid(body),
+        }),
         tag::TERMINATE => tap(TapEvent::Terminate),
         _ => {}
     }
 }
 
-/// Splits a C string off the front; without a NUL the whole input is the string.
-fn cstr(bytes: &[u8]) -> (&[u8], &[u8]) {
-    match bytes.iter().position(|&b| b == 0) {
-        Some(nul) => (&bytes[..nul], &bytes[nul + 1..]),
-        None => (bytes, &[]),
-    }
-}
-
-fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::messages;
+    use crate::testing;
     use std::time::Duration;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
@@ -386,67 +324,14 @@ mod tests {
 
     #[tokio::test]
     async fn relay_forwards_bytes_unchanged_and_taps_split_frames() {
-        let (mut app, mut client) = duplex(64);
-        let (mut server, mut db) = duplex(64);
-        let relay_task = tokio::spawn(async move {
-            let mut events = Vec::new();
-            let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
-            (stats, events)
-        });
-        let sent = conversation();
-        let db_side = tokio::spawn(async move {
-            let mut received = Vec::new();
-            db.read_to_end(&mut received).await.unwrap();
-            // The client has gone; the server answers its last words and leaves.
-            db.write_all(b"bye").await.unwrap();
-            received
-        });
-        for byte in &sent {
-            app.write_all(&[*byte]).await.unwrap();
-            app.flush().await.unwrap();
-            tokio::task::yield_now().await;
-        }
-        app.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        app.read_to_end(&mut answer).await.unwrap();
-
-        assert_eq!(db_side.await.unwrap(), sent);
-        let (stats, events) = relay_task.await.unwrap();
+        let events =
+            testing::relay_round_trip(&conversation(), 1, |mut client, mut server| async move {
+                let mut events = Vec::new();
+                let stats = relay(&mut client, &mut server, |e| events.push(describe(e))).await;
+                (stats, events)
+            })
+            .await;
         assert_eq!(events, expected());
-        assert_eq!(answer, b"bye");
-        assert!(matches!(stats.end, RelayEnd::Closed(Side::Client)));
-        assert_eq!(stats.client_to_server, sent.len() as u64);
-        assert_eq!(stats.server_to_client, 3);
-    }
-
-    #[tokio::test]
-    async fn relay_ends_and_closes_the_client_when_the_server_goes() {
-        let (mut app, mut client) = duplex(1024);
-        let (mut server, mut db) = duplex(1024);
-        let relay_task = tokio::spawn(async move { relay(&mut client, &mut server, |_| {}).await });
-        app.write_all(&messages::query("select pg_sleep(1)"))
-            .await
-            .unwrap();
-        let mut query = [0u8; 5];
-        db.read_exact(&mut query).await.unwrap();
-        db.write_all(&messages::error_response(
-            messages::Severity::Fatal,
-            "57P01",
-            "terminating connection due to administrator command",
-        ))
-        .await
-        .unwrap();
-        drop(db);
-        // The client never closes by itself; the relay must still end and close it.
-        let stats = tokio::time::timeout(Duration::from_secs(5), relay_task)
-            .await
-            .expect("relay ended")
-            .unwrap();
-        assert!(matches!(stats.end, RelayEnd::Closed(Side::Server)));
-        let mut rest = Vec::new();
-        app.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest[0], b'E');
-        assert_eq!(stats.server_to_client, rest.len() as u64);
     }
 
     #[tokio::test]

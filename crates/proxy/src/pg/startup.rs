@@ -35,39 +35,20 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::messages::{self, Severity, StartupPacket};
 use super::BackendKey;
-use crate::error::ProxyError;
+use crate::error::{eof_as_truncated, ProxyError};
+use crate::handshake::{accept_tls, HandshakeLimits};
 
 /// The message a client gets when it tries to start a session without TLS.
 pub const TLS_REQUIRED_MESSAGE: &str =
     "dbward requires TLS: connect with sslmode=verify-full (or require)";
-
-/// Bounds on a client handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HandshakeLimits {
-    /// Time allowed from the first byte to a complete StartupMessage.
-    pub timeout: Duration,
-    /// Largest startup packet accepted.
-    pub max_startup_len: usize,
-}
-
-impl Default for HandshakeLimits {
-    fn default() -> Self {
-        HandshakeLimits {
-            timeout: Duration::from_secs(30),
-            max_startup_len: messages::MAX_STARTUP_PACKET_LEN,
-        }
-    }
-}
 
 /// What a client connection turned out to be.
 #[derive(Debug)]
@@ -120,10 +101,7 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    match tokio::time::timeout(limits.timeout, handshake(stream, tls, limits)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProxyError::HandshakeTimeout(limits.timeout)),
-    }
+    limits.within(handshake(stream, tls, limits)).await
 }
 
 async fn handshake<S>(
@@ -154,7 +132,7 @@ where
         stream
             .read_exact(&mut len[1..])
             .await
-            .map_err(messages::eof_as_truncated)?;
+            .map_err(eof_as_truncated)?;
         let body = messages::read_startup_body(&mut stream, len, limits.max_startup_len).await?;
         match messages::decode_startup_packet(&body) {
             Ok(StartupPacket::SslRequest) => {
@@ -201,20 +179,12 @@ async fn startup_inside_tls<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut stream = TlsAcceptor::from(tls)
-        .accept(stream)
-        .await
-        .map_err(ProxyError::TlsHandshake)?;
-    let (_, session) = stream.get_ref();
+    let (mut stream, client_certs) = accept_tls(stream, tls).await?;
     // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql", so that a TLS connection
     // meant for another protocol is never taken for a PostgreSQL session.
-    if direct_tls && session.alpn_protocol() != Some(messages::ALPN_POSTGRESQL) {
+    if direct_tls && stream.get_ref().1.alpn_protocol() != Some(messages::ALPN_POSTGRESQL) {
         return Err(ProxyError::DirectTlsWithoutAlpn);
     }
-    let client_certs = session
-        .peer_certificates()
-        .map(<[CertificateDer<'static>]>::to_vec)
-        .unwrap_or_default();
 
     let body = messages::read_startup_packet(&mut stream, limits.max_startup_len).await?;
     let startup = match messages::decode_startup_packet(&body) {
@@ -512,7 +482,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefixedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::testing::{self, Pki};
+    use crate::testing::{self, Pki};
+    use std::time::Duration;
     use tokio::io::{duplex, DuplexStream};
     use tokio_rustls::TlsConnector;
 
@@ -541,7 +512,7 @@ mod tests {
         Fut: std::future::Future<Output = T>,
     {
         let (client_end, gateway_end) = duplex(64 * 1024);
-        let config = testing::server_config(pki);
+        let config = testing::server_config(pki, &[messages::ALPN_POSTGRESQL]);
         tokio::join!(accept(gateway_end, config, limits()), client(client_end))
     }
 
@@ -551,22 +522,31 @@ mod tests {
         byte[0]
     }
 
+    /// The client's side from the TLS handshake on: TLS offering `alpn`, then `packet` (a
+    /// StartupMessage or a CancelRequest) inside it.
+    async fn send_inside_tls(
+        client: DuplexStream,
+        pki: &Pki,
+        alpn: &[&[u8]],
+        packet: &[u8],
+    ) -> tokio_rustls::client::TlsStream<DuplexStream> {
+        let mut tls = TlsConnector::from(testing::client_config(pki, alpn))
+            .connect(testing::localhost(), client)
+            .await
+            .unwrap();
+        tls.write_all(packet).await.unwrap();
+        tls.flush().await.unwrap();
+        tls
+    }
+
     #[tokio::test]
     async fn ssl_request_leads_to_tls_and_startup_params_with_client_certificate() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, answer) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, answer) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             let answer = read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            (answer, tls)
+            (answer, send_inside_tls(client, pki, &[], &startup).await)
         })
         .await;
         assert_eq!(answer.0, b'S');
@@ -582,17 +562,9 @@ mod tests {
     #[tokio::test]
     async fn direct_tls_with_postgresql_alpn_is_accepted() {
         let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[b"postgresql"]));
-        let (accepted, _client) = accept_with(&pki, |client| async move {
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            tls
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, _client) = accept_with(&pki, |client| {
+            send_inside_tls(client, &pki, &[messages::ALPN_POSTGRESQL], &startup)
         })
         .await;
         let Ok(Accepted::Startup(startup)) = accepted else {
@@ -605,40 +577,22 @@ mod tests {
     #[tokio::test]
     async fn direct_tls_without_alpn_is_refused() {
         let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, _client) = accept_with(&pki, |client| async move {
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            tls
-        })
-        .await;
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, _client) =
+            accept_with(&pki, |client| send_inside_tls(client, &pki, &[], &startup)).await;
         assert!(matches!(accepted, Err(ProxyError::DirectTlsWithoutAlpn)));
     }
 
     #[tokio::test]
     async fn gssenc_request_is_declined_then_ssl_request_proceeds() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, answers) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let startup = messages::startup_message(&startup_params());
+        let (accepted, answers) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::gssenc_request()).await.unwrap();
             let gss = read_byte(&mut client).await;
             client.write_all(&messages::ssl_request()).await.unwrap();
             let ssl = read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::startup_message(&startup_params()))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            (gss, ssl, tls)
+            (gss, ssl, send_inside_tls(client, pki, &[], &startup).await)
         })
         .await;
         assert_eq!((answers.0, answers.1), (b'N', b'S'));
@@ -710,20 +664,11 @@ mod tests {
 
     #[tokio::test]
     async fn cancel_request_inside_tls_is_returned() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, _client) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let (accepted, _client) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            tls.write_all(&messages::cancel_request(1, 2))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
-            tls
+            send_inside_tls(client, pki, &[], &messages::cancel_request(1, 2)).await
         })
         .await;
         let key = BackendKey {
@@ -741,7 +686,12 @@ mod tests {
             timeout: Duration::from_millis(50),
             ..limits()
         };
-        let accepted = accept(gateway_end, testing::server_config(&pki), limits).await;
+        let accepted = accept(
+            gateway_end,
+            testing::server_config(&pki, &[messages::ALPN_POSTGRESQL]),
+            limits,
+        )
+        .await;
         assert!(matches!(accepted, Err(ProxyError::HandshakeTimeout(_))));
     }
 
@@ -863,24 +813,16 @@ mod tests {
 
     #[tokio::test]
     async fn startup_setting_role_is_refused_with_fatal_42501() {
-        let pki = testing::pki();
-        let connector = TlsConnector::from(testing::client_config(&pki, &[]));
-        let (accepted, reply) = accept_with(&pki, |mut client| async move {
+        let pki = &testing::pki();
+        let startup = messages::startup_message(&testing::params(&[
+            ("user", "alice"),
+            ("database", "postgres"),
+            ("options", "-c role=dbward-auto-user"),
+        ]));
+        let (accepted, reply) = accept_with(pki, |mut client| async move {
             client.write_all(&messages::ssl_request()).await.unwrap();
             read_byte(&mut client).await;
-            let mut tls = connector
-                .connect(testing::localhost(), client)
-                .await
-                .unwrap();
-            let params = testing::params(&[
-                ("user", "alice"),
-                ("database", "postgres"),
-                ("options", "-c role=dbward-auto-user"),
-            ]);
-            tls.write_all(&messages::startup_message(&params))
-                .await
-                .unwrap();
-            tls.flush().await.unwrap();
+            let mut tls = send_inside_tls(client, pki, &[], &startup).await;
             let mut reply = Vec::new();
             let _ = tls.read_to_end(&mut reply).await;
             reply

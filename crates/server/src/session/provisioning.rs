@@ -279,11 +279,11 @@ pub async fn provision(
                 .server_version(&target)
                 .await
                 .map_err(|err| provision_error(authorized, err))?;
-            let flavor = dbward_proxy::mysql::parse_server_version(&version);
-            dbward_proxy::mysql::provisioning_supported(&flavor)
+            let flavor = dbward_provision::mysql::parse_server_version(&version);
+            dbward_provision::mysql::provisioning_supported(&flavor)
                 .map_err(SessionError::Provisioning)?;
             let name = match flavor {
-                dbward_proxy::mysql::ServerFlavor::MySql(..) => {
+                dbward_provision::mysql::ServerFlavor::MySql(..) => {
                     dbward_provision::mysql::mysql_user_name(&dbward_name)
                 }
                 _ => dbward_provision::mysql::mariadb_user_name(&dbward_name),

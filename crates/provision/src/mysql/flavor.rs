@@ -1,10 +1,13 @@
-//! Which server a MySQL-protocol handshake came from, and whether automatic user provisioning
-//! works on it (PROVISIONING.md §5).
+//! Which kind of server a MySQL-protocol database is, read from its version string, and
+//! whether automatic user provisioning works on it (PROVISIONING.md §5). The policy lives
+//! here, beside the provisioning it guards, not in the wire protocol.
 //!
-//! MariaDB 10.x and 11.x announce themselves as `5.5.5-<version>-MariaDB…` so that old MySQL
-//! clients accept them; newer ones may drop the prefix. MySQL sends its plain version.
+//! The version comes from `SELECT VERSION()` or from a server's handshake greeting. In the
+//! greeting MariaDB 10.x and 11.x announce themselves as `5.5.5-<version>-MariaDB…` so that
+//! old MySQL clients accept them; newer ones may drop the prefix. MySQL sends its plain
+//! version.
 
-/// A server kind and version from its handshake.
+/// A server kind and version, from its version string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerFlavor {
     /// MariaDB `major.minor.patch`.
@@ -20,8 +23,8 @@ pub const PROVISIONING_UNSUPPORTED_MARIADB: &str =
 pub const PROVISIONING_UNSUPPORTED_MYSQL: &str =
     "automatic user provisioning is not supported for MySQL servers older than 8.0.21";
 
-/// Reads the server flavour from a handshake's server version. Missing or unreadable
-/// numbers count as 0, which the version gate then refuses.
+/// Reads the server flavour from its version string. Missing or unreadable numbers count as
+/// 0, which [`provisioning_supported`] then refuses.
 pub fn parse_server_version(version: &str) -> ServerFlavor {
     let stripped = version.strip_prefix("5.5.5-").unwrap_or(version);
     let is_mariadb = stripped.contains("-MariaDB") || stripped.contains("MariaDB");
