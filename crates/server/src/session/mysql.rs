@@ -257,30 +257,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
 /// session ended. Only for provisioned users: the admin kills nothing but a connection of
 /// the user this session used, and needs `CONNECTION ADMIN` for it.
 async fn end_connection(gw: &Gateway, authorized: &Authorized, db_user: &str, id: u32) {
-    if authorized.decision.mode == dbward_rbac::ProvisioningMode::Off {
-        return;
-    }
-    let Ok(super::provisioning::EngineAdmin::Mysql(admin)) =
-        super::provisioning::engine_admin(gw, &authorized.db)
-    else {
-        return;
-    };
-    let user = dbward_provision::DbUserName::new(db_user.to_owned());
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        gw.maria_provisioner
-            .kill_connection(&admin, &user, u64::from(id)),
-    )
-    .await;
-    let sid = &authorized.fields.sid;
-    match ended {
-        Ok(Ok(true)) => tracing::info!(%sid, id, "connection outlived its session; killed"),
-        Ok(Ok(false)) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(%sid, id, %err, "could not kill the connection of an ended session")
-        }
-        Err(_) => tracing::warn!(%sid, id, "killing the connection of an ended session timed out"),
-    }
+    super::provisioning::terminate_session_backend(gw, authorized, db_user, u64::from(id)).await;
 }
 
 async fn send_error(stream: &mut ClientStream, seq: u8, err: &SessionError) {

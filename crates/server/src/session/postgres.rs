@@ -261,31 +261,8 @@ async fn run_session(
 /// Only for provisioned users: the admin terminates nothing but a backend of the managed
 /// user this session used.
 async fn end_backend(gw: &Gateway, authorized: &Authorized, db_user: &str, pid: i32) {
-    if authorized.decision.mode == dbward_rbac::ProvisioningMode::Off {
-        return;
-    }
-    let Ok(admin) =
-        super::provisioning::admin_target(gw, &authorized.db, &authorized.decision.db_name)
-    else {
-        return;
-    };
-    let user = dbward_provision::DbUserName::new(db_user.to_owned());
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        gw.pg_provisioner.terminate_backend(&admin, &user, pid),
-    )
-    .await;
-    match ended {
-        Ok(Ok(true)) => {
-            tracing::info!(sid = %authorized.fields.sid, pid, "backend outlived its session; terminated")
-        }
-        Ok(Ok(false)) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(sid = %authorized.fields.sid, pid, %err, "could not terminate the backend of an ended session")
-        }
-        Err(_) => {
-            tracing::warn!(sid = %authorized.fields.sid, pid, "terminating the backend of an ended session timed out")
-        }
+    if let Ok(pid) = u64::try_from(pid) {
+        super::provisioning::terminate_session_backend(gw, authorized, db_user, pid).await;
     }
 }
 
