@@ -23,8 +23,12 @@ fn target(engine: Engine, port: u16) -> AdminTarget {
         host: "127.0.0.1".into(),
         port,
         server_name: "localhost".into(),
-        client_config: dbward_pki::client_config(None, ServerVerification::Full, None)
-            .expect("client config"),
+        client_config: dbward_pki::client_config(
+            Some(&dbward_testkit::shared_cas().expect("CAs").db.cert_pem),
+            ServerVerification::Full,
+            None,
+        )
+        .expect("client config"),
         admin_user: "dbward_admin".into(),
         database: "dbward".into(),
         allowed_predefined_roles: Vec::new(),
