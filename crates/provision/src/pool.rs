@@ -124,6 +124,7 @@ impl<C: PooledConn> Pool<C> {
     }
 
     /// Number of idle connections kept for `key`.
+    #[cfg(feature = "test-support")]
     pub(crate) fn idle_count(&self, key: &PoolKey) -> usize {
         self.lock().get(key).map_or(0, Vec::len)
     }

@@ -262,12 +262,14 @@ impl MariaProvisioner {
     }
 
     /// Number of idle warm connections kept for `target`.
+    #[cfg(feature = "test-support")]
     pub fn idle_connections(&self, target: &AdminTarget) -> usize {
         self.inner.pool.idle_count(&PoolKey::of(target))
     }
 
     /// Opens an admin connection to `target` ahead of time and creates the marker role and
     /// the `user_attributes` table when missing.
+    #[cfg(feature = "test-support")]
     pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
         let mut conn = self.conn(target).await?;
         ensure_setup(&mut conn, target).await?;
@@ -330,6 +332,7 @@ impl MariaProvisioner {
     }
 
     /// Live sessions of `user` (`information_schema.processlist`).
+    #[cfg(feature = "test-support")]
     pub async fn live_session_count(
         &self,
         target: &AdminTarget,
@@ -343,6 +346,7 @@ impl MariaProvisioner {
 
     /// How the database sees `user`; `None` when it does not exist. `can_login` is "not
     /// locked"; `roles` are the db roles of its all-in-one role.
+    #[cfg(feature = "test-support")]
     pub async fn user_state(
         &self,
         target: &AdminTarget,

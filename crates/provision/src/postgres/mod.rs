@@ -19,7 +19,6 @@ mod quote;
 mod terminate;
 mod tls;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,14 +34,15 @@ use crate::error::ProvisionError;
 use crate::names::DbUserName;
 use crate::pool::{Pool, PoolKey};
 use crate::{
-    ActivateOutcome, DeactivateOutcome, Finding, Provisioner, Settle, TeardownMode, UserState,
-    MARKER_ROLE,
+    ActivateOutcome, DeactivateOutcome, Finding, Provisioner, Settle, TeardownMode, MARKER_ROLE,
 };
 
 const ACTIVATE_SQL: &str = include_str!("sql/activate.sql");
 const DISABLE_LOGIN_SQL: &str = include_str!("sql/disable_login.sql");
 const FINISH_TEARDOWN_SQL: &str = include_str!("sql/finish_teardown.sql");
+#[cfg(feature = "test-support")]
 const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
+#[cfg(feature = "test-support")]
 const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
 const ACTIVE_MANAGED_SQL: &str = include_str!("sql/active_managed.sql");
 
@@ -118,6 +118,7 @@ impl PgProvisioner {
 
     /// Opens an admin connection to `target` ahead of time (helper functions installed,
     /// statements prepared), so the next activation is a single round trip.
+    #[cfg(feature = "test-support")]
     pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
         let admin = target.admin_user.clone();
         let database = target.database.clone();
@@ -137,6 +138,7 @@ impl PgProvisioner {
     }
 
     /// Number of idle warm connections kept for `target`.
+    #[cfg(feature = "test-support")]
     pub fn idle_connections(&self, target: &AdminTarget) -> usize {
         self.inner.pool.idle_count(&PoolKey::of(target))
     }
@@ -262,6 +264,7 @@ impl PgProvisioner {
     }
 
     /// Sessions of `user` in every database of the cluster.
+    #[cfg(feature = "test-support")]
     pub async fn live_session_count(
         &self,
         target: &AdminTarget,
@@ -286,11 +289,12 @@ impl PgProvisioner {
     }
 
     /// How the database sees `user`; `None` when it does not exist.
+    #[cfg(feature = "test-support")]
     pub async fn user_state(
         &self,
         target: &AdminTarget,
         user: &DbUserName,
-    ) -> Result<Option<UserState>, ProvisionError> {
+    ) -> Result<Option<crate::UserState>, ProvisionError> {
         let admin = target.admin_user.clone();
         let user = user.as_str().to_owned();
         self.with_conn(target, move |conn| {
@@ -307,10 +311,10 @@ impl PgProvisioner {
                     return Ok(None);
                 };
                 let roles: Vec<String> = row.try_get("roles").map_err(map)?;
-                Ok(Some(UserState {
+                Ok(Some(crate::UserState {
                     managed: row.try_get("managed").map_err(map)?,
                     can_login: row.try_get("can_login").map_err(map)?,
-                    roles: roles.into_iter().collect::<BTreeSet<_>>(),
+                    roles: roles.into_iter().collect(),
                 }))
             })
         })
