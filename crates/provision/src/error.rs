@@ -1,9 +1,45 @@
-//! The errors of provisioning, one enum for every engine.
+//! The errors of provisioning, one enum for every engine, and what a client may see of them.
 //!
 //! The texts of the variants that a connecting person may see are written here once and are
 //! part of dbward's contract (PROVISIONING.md). None of them carries SQL or credentials.
+//! Each error type of dbward says itself what a client may be told ([`UserFacingError`]); the
+//! full text, with its sources, is for the log and for `dbward db check`.
 
 use thiserror::Error;
+
+/// Who an error is about, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The person's own request: their name, roles, a user they may not take over.
+    User,
+    /// The client went away or spoke the protocol wrong.
+    Client,
+    /// The database or its admin user: unreachable, misconfigured, missing a privilege.
+    Database,
+    /// dbward itself: a bug, an answer it does not understand, its store.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind's name in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::User => "user",
+            ErrorKind::Client => "client",
+            ErrorKind::Database => "database",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// An error that knows what a client may read about it.
+pub trait UserFacingError: std::error::Error {
+    /// The text a client may read, or `None`: then it gets a generic message with its
+    /// session id, and the detail goes to the log.
+    fn client_message(&self) -> Option<String>;
+    /// Who the error is about.
+    fn kind(&self) -> ErrorKind;
+}
 
 /// Why an admin operation on a database failed.
 #[derive(Debug, Error)]
@@ -64,13 +100,13 @@ pub enum ProvisionError {
     #[error("the database is read-only (a replica, or default_transaction_read_only is on); automatic user provisioning needs a writable primary")]
     ReadOnly,
 
+    /// The server's version cannot provision users (the text names the oldest that can).
+    #[error("{0}")]
+    Unsupported(String),
+
     /// The name cannot be a database user name.
     #[error("\"{name}\" cannot be used as a database user name: {reason}")]
     InvalidName { name: String, reason: &'static str },
-
-    /// The user does not exist (an operation that needs it found nothing).
-    #[error("user \"{user}\" does not exist in this database")]
-    UserMissing { user: String },
 
     /// The admin connection could not be established (network, TLS or authentication).
     #[error("cannot connect to the database as admin user \"{admin}\" at {address}: {source}")]
@@ -78,30 +114,92 @@ pub enum ProvisionError {
         admin: String,
         address: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The database did not answer in time.
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
 
-    /// The provisioning functions answered something this version does not know.
-    #[error("unexpected answer from the database's provisioning functions: {0:?}")]
+    /// The provisioning statements answered something this version does not know.
+    #[error("unexpected answer from the database's provisioning statements: {0:?}")]
     UnexpectedAnswer(String),
 
     /// Any other error reported by PostgreSQL or the connection to it.
     #[error("PostgreSQL error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+
+    /// Any other error reported by MariaDB/MySQL or the connection to it.
+    #[error("MariaDB error: {0}")]
+    Mysql(#[from] crate::mysql::MysqlError),
 }
 
-impl ProvisionError {
-    /// The SQLSTATE of the underlying database error, when there is one.
-    pub fn sqlstate(&self) -> Option<&str> {
+impl UserFacingError for ProvisionError {
+    fn client_message(&self) -> Option<String> {
+        // No wildcard: a new variant must be decided on here.
         match self {
-            ProvisionError::Postgres(e) | ProvisionError::AdminConnect { source: e, .. } => {
-                e.code().map(|c| c.code())
-            }
-            _ => None,
+            // About the person's own name and roles; PROVISIONING §2, §3; the server's
+            // version (§5).
+            ProvisionError::UserNotManaged { .. }
+            | ProvisionError::RolesChanged { .. }
+            | ProvisionError::RoleMissing { .. }
+            | ProvisionError::InvalidName { .. }
+            | ProvisionError::Unsupported(_) => Some(self.to_string()),
+            // The role is named (it came from the person's roles or traits); why it is
+            // refused (it is the admin, a superuser role, ...) is for the log only.
+            ProvisionError::RoleForbidden { role, .. } => Some(format!(
+                "database role \"{role}\" may not be granted to provisioned users"
+            )),
+            // The admin, its privileges, the server: for the operator only.
+            ProvisionError::AdminLacksCreateRole { .. }
+            | ProvisionError::AdminCannotGrant { .. }
+            | ProvisionError::AdminLacksTemporary { .. }
+            | ProvisionError::AdminLacksPrivilege { .. }
+            | ProvisionError::ReadOnly
+            | ProvisionError::UserNotClean { .. }
+            | ProvisionError::AdminConnect { .. }
+            | ProvisionError::Timeout(_)
+            | ProvisionError::UnexpectedAnswer(_)
+            | ProvisionError::Postgres(_)
+            | ProvisionError::Mysql(_) => None,
         }
     }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ProvisionError::UserNotManaged { .. }
+            | ProvisionError::RolesChanged { .. }
+            | ProvisionError::RoleMissing { .. }
+            | ProvisionError::RoleForbidden { .. }
+            | ProvisionError::InvalidName { .. } => ErrorKind::User,
+            ProvisionError::AdminLacksCreateRole { .. }
+            | ProvisionError::AdminCannotGrant { .. }
+            | ProvisionError::AdminLacksTemporary { .. }
+            | ProvisionError::AdminLacksPrivilege { .. }
+            | ProvisionError::ReadOnly
+            | ProvisionError::Unsupported(_)
+            | ProvisionError::UserNotClean { .. }
+            | ProvisionError::AdminConnect { .. }
+            | ProvisionError::Timeout(_)
+            | ProvisionError::Postgres(_)
+            | ProvisionError::Mysql(_) => ErrorKind::Database,
+            ProvisionError::UnexpectedAnswer(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// An error with its causes on one line, for the log and for `dbward db check` (a driver's
+/// own message is often just "db error").
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
 }

@@ -1,20 +1,28 @@
 //! Automatic database user provisioning: admin connections to the databases and the SQL that
 //! activates, deactivates and drops the users dbward creates for people.
 //!
-//! One module per engine (`postgres`); the outcome types below are shared by all of them.
-//! This crate neither proxies client traffic nor decides policy: the caller has already
-//! authorised the session, computed the db roles and the (possibly hashed) user name, and
-//! holds the per-user lock.
+//! One interface ([`Provisioner`]) with one module per engine (`postgres`, `mysql`), served
+//! by [`Provisioners`]; the target, the warm connection pool, the settle policy and the
+//! outcome types below are shared by all of them. This crate neither proxies client traffic
+//! nor decides policy: the caller has already authorised the session and computed the db
+//! roles, and holds the per-user lock.
 
 use std::collections::BTreeSet;
 
 pub mod error;
 pub mod mysql;
 pub mod names;
+mod pool;
 pub mod postgres;
+mod provisioner;
+mod settle;
+mod target;
 
-pub use error::ProvisionError;
+pub use error::{error_chain, ErrorKind, ProvisionError, UserFacingError};
 pub use names::{db_user_name, hashed_name, pg_name, DbUserName, NameLimit};
+pub use provisioner::{Provisioner, Provisioners};
+pub use settle::Settle;
+pub use target::{AdminTarget, Engine};
 
 /// Role every user created by dbward is a member of; membership is how dbward recognises the
 /// users it owns.
@@ -43,9 +51,9 @@ pub enum TeardownMode {
 /// What deactivation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeactivateOutcome {
-    /// Nothing changed. `true`: the user still has live sessions (another session, or one
-    /// that started while locking); `false` is not produced by PostgreSQL and is reserved.
-    Kept(bool),
+    /// Nothing changed: the user still has live sessions (another session, or one that
+    /// started while locking).
+    Kept,
     /// Login disabled, every role except the marker revoked, and (PostgreSQL) the user put
     /// back to a clean slate: no password, settings or attributes of its own making.
     Locked,

@@ -53,12 +53,14 @@ fn client_config(env: &Env, user: &str) -> Arc<rustls::ClientConfig> {
 
 fn target(env: &Env) -> AdminTarget {
     AdminTarget {
+        engine: dbward_provision::Engine::Mysql,
         host: env.maria.host.clone(),
         port: env.maria.port,
         server_name: "localhost".into(),
         client_config: client_config(env, ADMIN),
         admin_user: ADMIN.into(),
-        default_schema: DEFAULT_SCHEMA.into(),
+        database: DEFAULT_SCHEMA.into(),
+        allowed_predefined_roles: Vec::new(),
     }
 }
 

@@ -54,6 +54,7 @@ fn client_config(env: &Env, user: &str) -> Arc<rustls::ClientConfig> {
 
 fn target(env: &Env) -> AdminTarget {
     AdminTarget {
+        engine: dbward_provision::Engine::Postgres,
         host: env.pg.host.clone(),
         port: env.pg.port,
         server_name: "localhost".into(),

@@ -72,12 +72,14 @@ fn client_config(env: &Env, user: &str) -> Arc<rustls::ClientConfig> {
 
 fn target(env: &Env) -> AdminTarget {
     AdminTarget {
+        engine: dbward_provision::Engine::Mysql,
         host: env.maria.host.clone(),
         port: env.maria.port,
         server_name: "localhost".into(),
         client_config: client_config(env, ADMIN),
         admin_user: ADMIN.into(),
-        default_schema: DEFAULT_SCHEMA.into(),
+        database: DEFAULT_SCHEMA.into(),
+        allowed_predefined_roles: Vec::new(),
     }
 }
 
@@ -234,7 +236,7 @@ async fn keep_mode_locks_user_after_last_session_and_reactivation_unlocks_it() -
         provisioner
             .deactivate(&target, &user, TeardownMode::Keep)
             .await?,
-        DeactivateOutcome::Kept(true)
+        DeactivateOutcome::Kept
     );
     assert_eq!(locked(env, &name), "false", "still in use, still open");
 
@@ -669,7 +671,7 @@ fn latin1_target(env: &Env) -> AdminTarget {
         ),
     );
     AdminTarget {
-        default_schema: schema,
+        database: schema,
         ..target(env)
     }
 }
@@ -693,7 +695,7 @@ async fn unicode_names_are_provisioned_and_log_in_with_a_latin1_default_schema()
         as_user(env, &name, "SELECT current_user(), current_role()")?,
         format!("{name}@%\t{}", all_in_one_role(&user))
     );
-    let schema = &target.default_schema;
+    let schema = &target.database;
     assert_eq!(
         root(
             env,
@@ -744,7 +746,7 @@ async fn an_activation_that_fails_midway_leaves_no_user_or_role_behind() -> Resu
         ),
     );
     let target = AdminTarget {
-        default_schema: schema.clone(),
+        database: schema.clone(),
         ..target(env)
     };
     let user = mariadb_user_name(&name);

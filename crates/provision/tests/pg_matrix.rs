@@ -67,6 +67,7 @@ impl Run {
 
     fn target(&self, admin: &str) -> AdminTarget {
         AdminTarget {
+            engine: dbward_provision::Engine::Postgres,
             host: self.pg.host.clone(),
             port: self.pg.port,
             server_name: "localhost".into(),

@@ -52,6 +52,7 @@ fn setup() -> Setup {
     ))
     .expect("admin setup");
     let target = AdminTarget {
+        engine: dbward_provision::Engine::Postgres,
         host: pg.host.clone(),
         port: pg.port,
         server_name: "localhost".into(),

@@ -69,6 +69,7 @@ fn client_config(env: &Env, user: &str) -> Arc<rustls::ClientConfig> {
 
 fn target_for(env: &Env, admin: &str, database: &str) -> AdminTarget {
     AdminTarget {
+        engine: dbward_provision::Engine::Postgres,
         host: env.pg.host.clone(),
         port: env.pg.port,
         server_name: "localhost".into(),
@@ -390,7 +391,7 @@ async fn a_live_session_with_other_roles_refuses_activation_and_survives_teardow
     let outcome = provisioner
         .deactivate(&target, &user, TeardownMode::Keep)
         .await?;
-    assert_eq!(outcome, DeactivateOutcome::Kept(true));
+    assert_eq!(outcome, DeactivateOutcome::Kept);
     assert_eq!(can_login(env, user.as_str())?, Some(true));
     assert_eq!(
         memberships(env, user.as_str())?,
@@ -890,7 +891,7 @@ async fn planted_functions_aggregates_and_operators_are_never_called_by_the_admi
         provisioner
             .deactivate(&target, &attacker, TeardownMode::Keep)
             .await?,
-        DeactivateOutcome::Kept(true)
+        DeactivateOutcome::Kept
     );
     session.close().await;
     // Teardown, reactivation, the reconciler's listing and its teardown.

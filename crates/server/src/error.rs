@@ -1,6 +1,7 @@
-//! Errors of the gateway layer. Each variant knows what a client may be told; the full
-//! detail goes to the server log only.
+//! Errors of the gateway layer. Each variant knows what a client may be told
+//! ([`UserFacingError`]); the full detail goes to the server log only.
 
+use dbward_provision::{ErrorKind, UserFacingError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -34,15 +35,48 @@ pub enum GatewayError {
     Internal(String),
 }
 
+impl UserFacingError for GatewayError {
+    fn client_message(&self) -> Option<String> {
+        match self {
+            GatewayError::Store(_)
+            | GatewayError::Pki(_)
+            | GatewayError::Io(_)
+            | GatewayError::Internal(_) => None,
+            GatewayError::Model(_)
+            | GatewayError::Config(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::Conflict(_)
+            | GatewayError::Unauthorized(_)
+            | GatewayError::Forbidden(_)
+            | GatewayError::TooManyRequests(_)
+            | GatewayError::Unavailable(_) => Some(self.to_string()),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            GatewayError::Model(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::Conflict(_)
+            | GatewayError::Unauthorized(_)
+            | GatewayError::Forbidden(_)
+            | GatewayError::TooManyRequests(_) => ErrorKind::User,
+            GatewayError::Store(_)
+            | GatewayError::Pki(_)
+            | GatewayError::Io(_)
+            | GatewayError::Config(_)
+            | GatewayError::Unavailable(_)
+            | GatewayError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 impl GatewayError {
     /// Text safe to show to a client.
     pub fn user_message(&self) -> String {
-        match self {
-            GatewayError::Store(_) | GatewayError::Pki(_) | GatewayError::Io(_) => {
-                "internal error; see the gateway log".to_string()
-            }
-            GatewayError::Internal(_) => "internal error; see the gateway log".to_string(),
-            other => other.to_string(),
-        }
+        self.client_message()
+            .unwrap_or_else(|| "internal error; see the gateway log".to_string())
     }
 }

@@ -47,8 +47,8 @@ pub struct Gateway {
     pub endpoints: RwLock<Endpoints>,
     pub sessions: session::LiveSessions,
     pub upstream: session::UpstreamCredentials,
-    pub pg_provisioner: dbward_provision::postgres::PgProvisioner,
-    pub maria_provisioner: dbward_provision::mysql::MariaProvisioner,
+    /// Admin connections and provisioning, for every engine.
+    pub provisioners: dbward_provision::Provisioners,
     /// The version the last MySQL/MariaDB server reported, repeated in the gateway's greeting.
     pub mysql_version: std::sync::RwLock<String>,
 }
@@ -177,8 +177,7 @@ impl Started {
             endpoints: RwLock::new(endpoints),
             sessions: session::LiveSessions::default(),
             upstream: session::UpstreamCredentials::default(),
-            pg_provisioner: dbward_provision::postgres::PgProvisioner::new(),
-            maria_provisioner: dbward_provision::mysql::MariaProvisioner::new(),
+            provisioners: dbward_provision::Provisioners::default(),
             mysql_version: std::sync::RwLock::new(
                 session::mysql::DEFAULT_SERVER_VERSION.to_string(),
             ),

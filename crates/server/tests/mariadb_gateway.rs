@@ -471,6 +471,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
     let snapshot = h.block_on(h.gw.catalog.snapshot()).unwrap();
     let db = snapshot.dbs.get(&w.db).unwrap().clone();
     let admin = dbward_provision::mysql::AdminTarget {
+        engine: dbward_provision::Engine::Mysql,
         host: "127.0.0.1".into(),
         port: h.maria().port,
         server_name: "localhost".into(),
@@ -482,9 +483,10 @@ fn reconciler_locks_users_left_active_by_a_crash() {
             .unwrap()
             .tls,
         admin_user: w.admin.clone(),
-        default_schema: "dbward".into(),
+        database: "dbward".into(),
+        allowed_predefined_roles: Vec::new(),
     };
-    h.block_on(h.gw.maria_provisioner.activate(
+    h.block_on(h.gw.provisioners.mysql().activate(
         &admin,
         &dbward_provision::DbUserName::new(leftover.clone()),
         &leftover,

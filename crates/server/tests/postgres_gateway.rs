@@ -669,6 +669,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
     let snapshot = h.block_on(h.gw.catalog.snapshot()).unwrap();
     let db = snapshot.dbs.get(&w.db).unwrap().clone();
     let admin = dbward_provision::postgres::AdminTarget {
+        engine: dbward_provision::Engine::Postgres,
         host: "127.0.0.1".into(),
         port: h.pg().port,
         server_name: "localhost".into(),
@@ -683,7 +684,7 @@ fn reconciler_locks_users_left_active_by_a_crash() {
         database: "postgres".into(),
         allowed_predefined_roles: Vec::new(),
     };
-    h.block_on(h.gw.pg_provisioner.activate(
+    h.block_on(h.gw.provisioners.postgres().activate(
         &admin,
         &dbward_provision::DbUserName::new(leftover.clone()),
         std::slice::from_ref(&w.reader),

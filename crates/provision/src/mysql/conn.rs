@@ -25,33 +25,36 @@ const UTF8MB4: u8 = 45;
 /// Largest result packet accepted.
 const MAX_PACKET: usize = 16 << 20;
 
-/// Why a statement failed.
+/// Why a statement (or the login) failed on an admin connection to MariaDB/MySQL.
 #[derive(Debug)]
-pub(crate) enum DbError {
+pub enum MysqlError {
     /// The server answered with an ERR packet.
     Server(ErrPacket),
     /// The connection failed or the answer did not follow the protocol.
     Connection(String),
 }
 
-impl std::fmt::Display for DbError {
+impl std::error::Error for MysqlError {}
+
+impl std::fmt::Display for MysqlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DbError::Server(err) => write!(f, "error {} ({})", err.code, err.sqlstate),
-            DbError::Connection(text) => f.write_str(text),
+            // The message is left out: it may be in the server's language and name accounts.
+            MysqlError::Server(err) => write!(f, "error {} ({})", err.code, err.sqlstate),
+            MysqlError::Connection(text) => f.write_str(text),
         }
     }
 }
 
-impl From<std::io::Error> for DbError {
+impl From<std::io::Error> for MysqlError {
     fn from(err: std::io::Error) -> Self {
-        DbError::Connection(err.to_string())
+        MysqlError::Connection(err.to_string())
     }
 }
 
-impl From<dbward_proxy::ProxyError> for DbError {
+impl From<dbward_proxy::ProxyError> for MysqlError {
     fn from(err: dbward_proxy::ProxyError) -> Self {
-        DbError::Connection(err.to_string())
+        MysqlError::Connection(err.to_string())
     }
 }
 
@@ -64,6 +67,12 @@ pub(crate) struct AdminConn {
     opened_at: std::time::Instant,
 }
 
+impl crate::pool::PooledConn for AdminConn {
+    fn opened_at(&self) -> std::time::Instant {
+        self.opened_at
+    }
+}
+
 impl AdminConn {
     /// Logs in to `host:port` as `user` into `database` with the certificate in `tls`.
     pub(crate) async fn connect(
@@ -73,9 +82,9 @@ impl AdminConn {
         server_name: &str,
         user: &str,
         database: &str,
-    ) -> Result<AdminConn, DbError> {
+    ) -> Result<AdminConn, MysqlError> {
         let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|e| DbError::Connection(format!("invalid server name: {e}")))?;
+            .map_err(|e| MysqlError::Connection(format!("invalid server name: {e}")))?;
         let login = UpstreamLogin {
             user,
             database: Some(database),
@@ -92,27 +101,22 @@ impl AdminConn {
                 sqlstate,
                 message,
                 ..
-            }) => Err(DbError::Server(ErrPacket {
+            }) => Err(MysqlError::Server(ErrPacket {
                 code,
                 sqlstate,
                 message,
             })),
-            Err(other) => Err(DbError::Connection(other.to_string())),
+            Err(other) => Err(MysqlError::Connection(other.to_string())),
         }
     }
 
-    /// True when the session was opened `max_lifetime` ago or earlier.
-    pub(crate) fn is_older_than(&self, max_lifetime: std::time::Duration) -> bool {
-        self.opened_at.elapsed() >= max_lifetime
-    }
-
     /// Runs one statement and returns its rows (none for statements without a result set).
-    pub(crate) async fn query(&mut self, sql: &str) -> Result<Vec<Row>, DbError> {
+    pub(crate) async fn query(&mut self, sql: &str) -> Result<Vec<Row>, MysqlError> {
         let mut payload = Vec::with_capacity(sql.len() + 1);
         payload.push(packet::command::QUERY);
         payload.extend_from_slice(sql.as_bytes());
         if payload.len() >= packet::MAX_PAYLOAD {
-            return Err(DbError::Connection("statement too long".into()));
+            return Err(MysqlError::Connection("statement too long".into()));
         }
         packet::write_packet(&mut self.stream, 0, &payload).await?;
 
@@ -121,14 +125,14 @@ impl AdminConn {
             Some(&packet::OK_HEADER) => return Ok(Vec::new()),
             Some(&packet::ERR_HEADER) => return Err(server_error(&first)),
             _ => lenenc(&mut &first[..])
-                .ok_or_else(|| DbError::Connection("bad column count".into()))?,
+                .ok_or_else(|| MysqlError::Connection("bad column count".into()))?,
         };
         for _ in 0..columns {
             self.read().await?;
         }
         let eof = self.read().await?;
         if !is_eof(&eof) {
-            return Err(DbError::Connection("missing EOF after columns".into()));
+            return Err(MysqlError::Connection("missing EOF after columns".into()));
         }
         let mut rows = Vec::new();
         loop {
@@ -148,11 +152,11 @@ impl AdminConn {
                     continue;
                 }
                 let len =
-                    lenenc(&mut cursor).ok_or_else(|| DbError::Connection("bad row".into()))?;
+                    lenenc(&mut cursor).ok_or_else(|| MysqlError::Connection("bad row".into()))?;
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|&l| l <= cursor.len())
-                    .ok_or_else(|| DbError::Connection("bad row".into()))?;
+                    .ok_or_else(|| MysqlError::Connection("bad row".into()))?;
                 row.push(Some(String::from_utf8_lossy(&cursor[..len]).into_owned()));
                 cursor = &cursor[len..];
             }
@@ -161,7 +165,7 @@ impl AdminConn {
     }
 
     /// Runs one statement and returns the first column of its first row.
-    pub(crate) async fn query_value(&mut self, sql: &str) -> Result<Option<String>, DbError> {
+    pub(crate) async fn query_value(&mut self, sql: &str) -> Result<Option<String>, MysqlError> {
         Ok(self
             .query(sql)
             .await?
@@ -170,7 +174,7 @@ impl AdminConn {
             .and_then(|row| row.into_iter().next().flatten()))
     }
 
-    async fn read(&mut self) -> Result<Vec<u8>, DbError> {
+    async fn read(&mut self) -> Result<Vec<u8>, MysqlError> {
         Ok(packet::read_packet(&mut self.stream, MAX_PACKET)
             .await?
             .payload)
@@ -181,10 +185,10 @@ fn is_eof(payload: &[u8]) -> bool {
     payload.first() == Some(&0xfe) && payload.len() < 9
 }
 
-fn server_error(payload: &[u8]) -> DbError {
+fn server_error(payload: &[u8]) -> MysqlError {
     match ErrPacket::decode(payload) {
-        Ok(err) => DbError::Server(err),
-        Err(err) => DbError::Connection(err.to_string()),
+        Ok(err) => MysqlError::Server(err),
+        Err(err) => MysqlError::Connection(err.to_string()),
     }
 }
 

@@ -21,9 +21,10 @@
 //! only the marker and its all-in-one role. Some roles are never granted, whatever a dbward
 //! role or trait asks for (`sql/never_granted.sql`).
 //!
-//! Longer statements live in `sql/*.sql` beside this file (the rest move there as they are
-//! reworked); their `{name}` placeholders are filled with hex literals, quoted identifiers or
-//! numbers only, never with raw input.
+//! Queries and longer statements live in `sql/*.sql` beside this file; their `{name}`
+//! placeholders are filled with hex literals, quoted identifiers or numbers only, never with
+//! raw input. One-line account statements (`GRANT … TO …`, `ALTER USER … ACCOUNT LOCK`) are
+//! written where they run, from quoted identifiers.
 
 mod conn;
 mod flavor;
@@ -31,20 +32,24 @@ mod preflight;
 mod quote;
 mod terminate;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
-use rustls::ClientConfig;
-
+pub use crate::AdminTarget;
+pub use conn::MysqlError;
 pub use flavor::{parse_server_version, provisioning_supported, ServerFlavor};
 pub use quote::{quote_account, quote_ident, quote_string};
 
-use self::conn::{hex_literal, AdminConn as Conn, DbError};
+use self::conn::{hex_literal, AdminConn as Conn};
 
 use crate::error::ProvisionError;
 use crate::names::{hashed_name, DbUserName, NameLimit};
-use crate::{ActivateOutcome, DeactivateOutcome, TeardownMode, UserState, MARKER_ROLE};
+use crate::pool::{Pool, PoolKey};
+use crate::{
+    ActivateOutcome, DeactivateOutcome, Finding, Provisioner, Settle, TeardownMode, UserState,
+    MARKER_ROLE,
+};
 
 /// Longest user name MariaDB keeps.
 pub const MARIADB_MAX_USER_CHARS: usize = 80;
@@ -61,6 +66,17 @@ const CREATE_ATTRIBUTES_SQL: &str = include_str!("sql/create_attributes.sql");
 const ATTRIBUTES_COLLATION_SQL: &str = include_str!("sql/attributes_collation.sql");
 const CONVERT_ATTRIBUTES_SQL: &str = include_str!("sql/convert_attributes.sql");
 const NEVER_GRANTED_SQL: &str = include_str!("sql/never_granted.sql");
+const ACTIVE_MANAGED_SQL: &str = include_str!("sql/active_managed.sql");
+const ROLE_EXISTS_SQL: &str = include_str!("sql/role_exists.sql");
+const ADMIN_OF_ROLE_SQL: &str = include_str!("sql/admin_of_role.sql");
+const ACCOUNT_ELSEWHERE_SQL: &str = include_str!("sql/account_elsewhere.sql");
+const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
+const DIRECT_ROLES_SQL: &str = include_str!("sql/direct_roles.sql");
+const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
+const IS_DEFINER_SQL: &str = include_str!("sql/is_definer.sql");
+const RECORDED_NAME_SQL: &str = include_str!("sql/recorded_name.sql");
+const RECORD_NAME_SQL: &str = include_str!("sql/record_name.sql");
+const FORGET_NAME_SQL: &str = include_str!("sql/forget_name.sql");
 
 /// MariaDB's `SET USER` privilege bit in `mysql.global_priv` (`access`), which has no column
 /// in the `mysql.user` view.
@@ -123,54 +139,6 @@ pub fn all_in_one_role(user: &DbUserName) -> String {
     format!("{ROLE_PREFIX}{}", user.as_str())
 }
 
-/// Where and as whom the admin connection goes.
-#[derive(Clone)]
-pub struct AdminTarget {
-    /// Server host.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// Name the server certificate is verified against.
-    pub server_name: String,
-    /// TLS configuration presenting the admin's db-client certificate (`CN=<admin_user>`)
-    /// and verifying the server.
-    pub client_config: Arc<ClientConfig>,
-    /// Admin user name.
-    pub admin_user: String,
-    /// Schema the admin logs into and keeps `user_attributes` in ([`DEFAULT_SCHEMA`] unless
-    /// the admin user names one).
-    pub default_schema: String,
-}
-
-impl std::fmt::Debug for AdminTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("server_name", &self.server_name)
-            .field("admin_user", &self.admin_user)
-            .field("default_schema", &self.default_schema)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What identifies interchangeable admin connections (the TLS configuration by identity:
-/// a new certificate means a new configuration).
-type PoolKey = (String, u16, String, String, String, usize);
-
-impl AdminTarget {
-    fn key(&self) -> PoolKey {
-        (
-            self.host.clone(),
-            self.port,
-            self.server_name.clone(),
-            self.admin_user.clone(),
-            self.default_schema.clone(),
-            Arc::as_ptr(&self.client_config) as usize,
-        )
-    }
-}
-
 /// Timing knobs of [`MariaProvisioner`].
 #[derive(Debug, Clone)]
 pub struct MariaProvisionerSettings {
@@ -207,7 +175,7 @@ pub struct MariaProvisioner {
 }
 
 struct Inner {
-    idle: Mutex<HashMap<PoolKey, Vec<Conn>>>,
+    pool: Pool<Conn>,
     settings: MariaProvisionerSettings,
 }
 
@@ -227,7 +195,10 @@ impl MariaProvisioner {
     pub fn with_settings(settings: MariaProvisionerSettings) -> Self {
         MariaProvisioner {
             inner: Arc::new(Inner {
-                idle: Mutex::new(HashMap::new()),
+                pool: Pool::new(
+                    settings.max_idle_per_target,
+                    settings.max_connection_lifetime,
+                ),
                 settings,
             }),
         }
@@ -235,13 +206,10 @@ impl MariaProvisioner {
 
     /// An idle warm connection to `target` younger than the maximum lifetime, or a new one.
     async fn conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
-        let max_lifetime = self.inner.settings.max_connection_lifetime;
-        while let Some(conn) = self.lock_idle().get_mut(&target.key()).and_then(Vec::pop) {
-            if !conn.is_older_than(max_lifetime) {
-                return Ok(conn);
-            }
+        match self.inner.pool.take(&PoolKey::of(target)) {
+            Some(conn) => Ok(conn),
+            None => self.fresh_conn(target).await,
         }
-        self.fresh_conn(target).await
     }
 
     /// A new admin connection to `target`.
@@ -253,11 +221,15 @@ impl MariaProvisioner {
             target.client_config.clone(),
             &target.server_name,
             &target.admin_user,
-            &target.default_schema,
+            &target.database,
         );
         match tokio::time::timeout(timeout, connecting).await {
             Err(_) => Err(ProvisionError::Timeout(timeout)),
-            Ok(Err(err)) => Err(connect_error(&err, target)),
+            Ok(Err(err)) => Err(ProvisionError::AdminConnect {
+                admin: target.admin_user.clone(),
+                address: target.address(),
+                source: Box::new(err),
+            }),
             Ok(Ok(mut conn)) => {
                 // String literals below rely on backslash escapes (certificate subjects
                 // carry OpenSSL's `\/` escapes), whatever the server's default sql_mode.
@@ -265,62 +237,41 @@ impl MariaProvisioner {
                     &mut conn,
                     "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '')",
                     &target.admin_user,
-                    "",
                 )
                 .await?;
                 // The handshake asks for utf8mb4, but a server started with
                 // --skip-character-set-client-handshake ignores that: names are any Unicode.
-                exec(&mut conn, "SET NAMES utf8mb4", &target.admin_user, "").await?;
+                exec(&mut conn, "SET NAMES utf8mb4", &target.admin_user).await?;
                 Ok(conn)
             }
         }
     }
 
-    /// Keeps a connection that finished an operation cleanly for the next one, unless it
-    /// reached the maximum lifetime.
+    /// Keeps a connection that finished an operation cleanly for the next one.
     fn give_back(&self, target: &AdminTarget, conn: Conn) {
-        if conn.is_older_than(self.inner.settings.max_connection_lifetime) {
-            return;
-        }
-        let mut idle = self.lock_idle();
-        let conns = idle.entry(target.key()).or_default();
-        if conns.len() < self.inner.settings.max_idle_per_target.max(1) {
-            conns.push(conn);
-        }
+        self.inner.pool.put(PoolKey::of(target), conn);
     }
 
     /// After an operation: a connection that succeeded goes back to the pool; after a
-    /// failure it is dropped together with every idle connection to `target`, whose session
-    /// state (settings changed in the database since they started) may share the cause.
+    /// failure it is dropped together with every idle connection to `target`.
     fn finish<T>(
         &self,
         target: &AdminTarget,
         conn: Conn,
         outcome: Result<T, ProvisionError>,
     ) -> Result<T, ProvisionError> {
-        if outcome.is_ok() {
-            self.give_back(target, conn);
-        } else {
-            drop(conn);
-            self.lock_idle().remove(&target.key());
-        }
-        outcome
-    }
-
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Conn>>> {
-        self.inner
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.pool.finish(PoolKey::of(target), conn, outcome)
     }
 
     /// Number of idle warm connections kept for `target`.
+    #[cfg(feature = "test-support")]
     pub fn idle_connections(&self, target: &AdminTarget) -> usize {
-        self.lock_idle().get(&target.key()).map_or(0, Vec::len)
+        self.inner.pool.idle_count(&PoolKey::of(target))
     }
 
     /// Opens an admin connection to `target` ahead of time and creates the marker role and
     /// the `user_attributes` table when missing.
+    #[cfg(feature = "test-support")]
     pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
         let mut conn = self.conn(target).await?;
         ensure_setup(&mut conn, target).await?;
@@ -383,6 +334,7 @@ impl MariaProvisioner {
     }
 
     /// Live sessions of `user` (`information_schema.processlist`).
+    #[cfg(feature = "test-support")]
     pub async fn live_session_count(
         &self,
         target: &AdminTarget,
@@ -396,6 +348,7 @@ impl MariaProvisioner {
 
     /// How the database sees `user`; `None` when it does not exist. `can_login` is "not
     /// locked"; `roles` are the db roles of its all-in-one role.
+    #[cfg(feature = "test-support")]
     pub async fn user_state(
         &self,
         target: &AdminTarget,
@@ -414,19 +367,8 @@ impl MariaProvisioner {
     ) -> Result<Vec<String>, ProvisionError> {
         let admin = target.admin_user.as_str();
         let mut conn = self.conn(target).await?;
-        let rows = conn
-            .query(&format!(
-                "SELECT m.`User` FROM mysql.roles_mapping m \
-                 JOIN mysql.global_priv p ON p.`User` = m.`User` AND p.`Host` = m.`Host` \
-                 WHERE m.`Role` = {} AND m.`Host` = '%' AND m.`Admin_option` <> 'Y' \
-                 AND IFNULL(JSON_VALUE(p.`Priv`, '$.account_locked'), 'false') IN ('false', '0') \
-                 AND NOT EXISTS (SELECT 1 FROM information_schema.processlist l \
-                                 WHERE l.`USER` = m.`User`) \
-                 ORDER BY 1",
-                hex_literal(MARKER_ROLE)
-            ))
-            .await
-            .map_err(|e| map_error(&e, admin, ""))?;
+        let sql = render(ACTIVE_MANAGED_SQL, &[("marker", &hex_literal(MARKER_ROLE))]);
+        let rows = conn.query(&sql).await.map_err(|e| map_error(e, admin))?;
         self.give_back(target, conn);
         Ok(rows
             .into_iter()
@@ -441,10 +383,10 @@ impl MariaProvisioner {
         &self,
         target: &AdminTarget,
         roles_to_check: &[String],
-    ) -> Result<Vec<crate::Finding>, ProvisionError> {
+    ) -> Result<Vec<Finding>, ProvisionError> {
         // The operator runs the check after changing something in the database: look with a
         // new session, and let no warm connection keep the state from before.
-        self.lock_idle().remove(&target.key());
+        self.inner.pool.discard(&PoolKey::of(target));
         let mut conn = self.fresh_conn(target).await?;
         let findings = preflight::preflight(&mut conn, target, roles_to_check).await;
         self.finish(target, conn, findings)
@@ -453,12 +395,77 @@ impl MariaProvisioner {
     /// The server's version string (`SELECT VERSION()`), for the version gate.
     pub async fn server_version(&self, target: &AdminTarget) -> Result<String, ProvisionError> {
         let mut conn = self.conn(target).await?;
-        let version = conn
-            .query_value("SELECT VERSION()")
-            .await
-            .map_err(|e| map_error(&e, &target.admin_user, ""))?;
-        self.give_back(target, conn);
-        Ok(version.unwrap_or_default())
+        let version = server_version(&mut conn, &target.admin_user).await;
+        self.finish(target, conn, version)
+    }
+
+    /// The in-database name of `dbward_name` on this server: MySQL keeps 32 characters,
+    /// MariaDB 80 (longer names are hashed). Servers too old to provision users are refused.
+    pub async fn plan_user(
+        &self,
+        target: &AdminTarget,
+        dbward_name: &str,
+    ) -> Result<DbUserName, ProvisionError> {
+        use self::flavor::{parse_server_version, provisioning_supported, ServerFlavor};
+        let flavor = parse_server_version(&self.server_version(target).await?);
+        provisioning_supported(&flavor).map_err(ProvisionError::Unsupported)?;
+        Ok(match flavor {
+            ServerFlavor::MySql(..) => mysql_user_name(dbward_name),
+            _ => mariadb_user_name(dbward_name),
+        })
+    }
+}
+
+impl Provisioner for MariaProvisioner {
+    async fn plan_user(
+        &self,
+        target: &AdminTarget,
+        dbward_name: &str,
+    ) -> Result<DbUserName, ProvisionError> {
+        MariaProvisioner::plan_user(self, target, dbward_name).await
+    }
+
+    async fn activate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        dbward_name: &str,
+        roles: &[String],
+    ) -> Result<ActivateOutcome, ProvisionError> {
+        MariaProvisioner::activate(self, target, user, dbward_name, roles).await
+    }
+
+    async fn deactivate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        mode: TeardownMode,
+    ) -> Result<DeactivateOutcome, ProvisionError> {
+        MariaProvisioner::deactivate(self, target, user, mode).await
+    }
+
+    async fn list_active_managed(
+        &self,
+        target: &AdminTarget,
+    ) -> Result<Vec<String>, ProvisionError> {
+        MariaProvisioner::list_active_managed(self, target).await
+    }
+
+    async fn preflight(
+        &self,
+        target: &AdminTarget,
+        roles: &[String],
+    ) -> Result<Vec<Finding>, ProvisionError> {
+        MariaProvisioner::preflight(self, target, roles).await
+    }
+
+    async fn terminate_backend(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        backend_id: u64,
+    ) -> Result<bool, ProvisionError> {
+        self.kill_connection(target, user, backend_id).await
     }
 }
 
@@ -479,46 +486,42 @@ async fn settle_and_deactivate(
         });
     }
     // The closing session may still be listed for a moment.
-    let deadline = Instant::now() + settle_time;
+    let mut settle = Settle::closing_backend(settle_time, settle_poll);
     while live_sessions(conn, user, admin).await? > 0 {
-        if Instant::now() >= deadline {
-            return Ok(DeactivateOutcome::Kept(true));
+        if !settle.wait().await {
+            return Ok(DeactivateOutcome::Kept);
         }
-        tokio::time::sleep(settle_poll).await;
     }
     deactivate(conn, target, user, mode).await
 }
 
 async fn ensure_setup(conn: &mut Conn, target: &AdminTarget) -> Result<(), ProvisionError> {
     let admin = target.admin_user.as_str();
-    let schema = quote_ident(&target.default_schema);
+    let schema = quote_ident(&target.database);
     exec(
         conn,
         &format!("CREATE ROLE IF NOT EXISTS {}", quote_ident(MARKER_ROLE)),
         admin,
-        "",
     )
     .await?;
     exec(
         conn,
         &render(CREATE_ATTRIBUTES_SQL, &[("schema", &schema)]),
         admin,
-        "",
     )
     .await?;
     let collation = conn
         .query_value(&render(
             ATTRIBUTES_COLLATION_SQL,
-            &[("schema_name", &hex_literal(&target.default_schema))],
+            &[("schema_name", &hex_literal(&target.database))],
         ))
         .await
-        .map_err(|e| map_error(&e, admin, ""))?;
+        .map_err(|e| map_error(e, admin))?;
     if collation.as_deref() != Some("utf8mb4_bin") {
         exec(
             conn,
             &render(CONVERT_ATTRIBUTES_SQL, &[("schema", &schema)]),
             admin,
-            "",
         )
         .await?;
     }
@@ -537,19 +540,15 @@ async fn activate(
     // Every requested role must be one dbward may grant, exist and be grantable by the admin
     // before anything is created: MariaDB commits account statements one by one.
     for wanted in requested {
-        check_never_granted(conn, target, wanted, name).await?;
-        check_grantable(conn, admin, wanted, name).await?;
+        check_never_granted(conn, target, wanted).await?;
+        check_grantable(conn, admin, wanted).await?;
     }
     // The same name on another host (`root`@`localhost`) or as a role is someone else's
     // account: never create a twin of it.
     let elsewhere = count(
         conn,
-        &format!(
-            "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND (`Host` <> '%' OR is_role = 'Y')",
-            hex_literal(name)
-        ),
+        &render(ACCOUNT_ELSEWHERE_SQL, &[("user", &hex_literal(name))]),
         admin,
-        name,
     )
     .await?;
     if elsewhere > 0 {
@@ -622,39 +621,25 @@ async fn make_active(
             conn,
             &format!("CREATE USER {account} REQUIRE SUBJECT {subject} ACCOUNT LOCK"),
             admin,
-            name,
         )
         .await?;
         *created = true;
         record_name(conn, target, name, dbward_name).await?;
     }
-    exec(
-        conn,
-        &format!("CREATE ROLE IF NOT EXISTS {role}"),
-        admin,
-        name,
-    )
-    .await?;
+    exec(conn, &format!("CREATE ROLE IF NOT EXISTS {role}"), admin).await?;
     clean_slate(conn, target, user).await?;
     for granted in requested {
         let granted = quote_ident(granted);
-        exec(conn, &format!("GRANT {granted} TO {role}"), admin, name).await?;
+        exec(conn, &format!("GRANT {granted} TO {role}"), admin).await?;
     }
-    exec(conn, &format!("GRANT {role} TO {account}"), admin, name).await?;
+    exec(conn, &format!("GRANT {role} TO {account}"), admin).await?;
     exec(
         conn,
         &format!("SET DEFAULT ROLE {role} FOR {account}"),
         admin,
-        name,
     )
     .await?;
-    exec(
-        conn,
-        &format!("ALTER USER {account} ACCOUNT UNLOCK"),
-        admin,
-        name,
-    )
-    .await?;
+    exec(conn, &format!("ALTER USER {account} ACCOUNT UNLOCK"), admin).await?;
     Ok(())
 }
 
@@ -681,32 +666,25 @@ async fn clean_slate(
             ],
         ),
         admin,
-        name,
     )
     .await?;
     // This also revokes every role the user holds (whoever administers them), the marker
     // included: granted back at once.
-    revoke_privileges(conn, &account, admin, name).await?;
+    revoke_privileges(conn, &account, admin).await?;
     for held in direct_roles(conn, name, "%", admin).await? {
         if held != MARKER_ROLE {
             let held = quote_ident(&held);
-            exec(conn, &format!("REVOKE {held} FROM {account}"), admin, name).await?;
+            exec(conn, &format!("REVOKE {held} FROM {account}"), admin).await?;
         }
     }
     let marker = quote_ident(MARKER_ROLE);
-    exec(conn, &format!("GRANT {marker} TO {account}"), admin, name).await?;
-    exec(
-        conn,
-        &format!("SET DEFAULT ROLE NONE FOR {account}"),
-        admin,
-        name,
-    )
-    .await?;
-    if role_exists(conn, &role_name, admin, name).await? {
-        revoke_privileges(conn, &role, admin, name).await?;
+    exec(conn, &format!("GRANT {marker} TO {account}"), admin).await?;
+    exec(conn, &format!("SET DEFAULT ROLE NONE FOR {account}"), admin).await?;
+    if role_exists(conn, &role_name, admin).await? {
+        revoke_privileges(conn, &role, admin).await?;
         for held in direct_roles(conn, &role_name, "", admin).await? {
             let held = quote_ident(&held);
-            exec(conn, &format!("REVOKE {held} FROM {role}"), admin, name).await?;
+            exec(conn, &format!("REVOKE {held} FROM {role}"), admin).await?;
         }
     }
     Ok(())
@@ -719,13 +697,12 @@ async fn revoke_privileges(
     conn: &mut Conn,
     grantee: &str,
     admin: &str,
-    user: &str,
 ) -> Result<(), ProvisionError> {
     let sql = render(REVOKE_PRIVILEGES_SQL, &[("grantee", grantee)]);
     match conn.query(&sql).await {
         Ok(_) => Ok(()),
-        Err(DbError::Server(err)) if err.code == errno::NONEXISTING_GRANT => Ok(()),
-        Err(err) => Err(map_error(&err, admin, user)),
+        Err(MysqlError::Server(err)) if err.code == errno::NONEXISTING_GRANT => Ok(()),
+        Err(err) => Err(map_error(err, admin)),
     }
 }
 
@@ -746,11 +723,7 @@ async fn undo_activation(
         vec![
             format!("DROP USER IF EXISTS {account}"),
             format!("DROP ROLE IF EXISTS {role}"),
-            format!(
-                "DELETE FROM {}.user_attributes WHERE `User` = {}",
-                quote_ident(&target.default_schema),
-                hex_literal(name)
-            ),
+            forget_name_sql(target, name),
         ]
     } else if outcome == ActivateOutcome::Reactivated {
         vec![
@@ -768,17 +741,29 @@ async fn undo_activation(
     }
 }
 
-async fn role_exists(
-    conn: &mut Conn,
-    role: &str,
-    admin: &str,
-    user: &str,
-) -> Result<bool, ProvisionError> {
-    let sql = format!(
-        "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND is_role = 'Y'",
-        hex_literal(role)
+async fn role_exists(conn: &mut Conn, role: &str, admin: &str) -> Result<bool, ProvisionError> {
+    let sql = render(ROLE_EXISTS_SQL, &[("role", &hex_literal(role))]);
+    Ok(count(conn, &sql, admin).await? > 0)
+}
+
+/// Whether `admin` holds `role` WITH ADMIN OPTION, and may therefore grant it.
+async fn admin_of_role(conn: &mut Conn, admin: &str, role: &str) -> Result<bool, ProvisionError> {
+    let sql = render(
+        ADMIN_OF_ROLE_SQL,
+        &[("admin", &hex_literal(admin)), ("role", &hex_literal(role))],
     );
-    Ok(count(conn, &sql, admin, user).await? > 0)
+    Ok(count(conn, &sql, admin).await? > 0)
+}
+
+/// The statement that forgets the recorded dbward name of the dropped user `name`.
+fn forget_name_sql(target: &AdminTarget, name: &str) -> String {
+    render(
+        FORGET_NAME_SQL,
+        &[
+            ("schema", &quote_ident(&target.database)),
+            ("user", &hex_literal(name)),
+        ],
+    )
 }
 
 /// Refuses a role dbward must never grant, naming the reason (`sql/never_granted.sql`).
@@ -786,7 +771,6 @@ async fn check_never_granted(
     conn: &mut Conn,
     target: &AdminTarget,
     role: &str,
-    user: &str,
 ) -> Result<(), ProvisionError> {
     let admin = target.admin_user.as_str();
     let sql = render(
@@ -795,7 +779,7 @@ async fn check_never_granted(
             ("role", &hex_literal(role)),
             ("admin", &hex_literal(admin)),
             ("marker", &hex_literal(MARKER_ROLE)),
-            ("schema", &hex_literal(&target.default_schema)),
+            ("schema", &hex_literal(&target.database)),
             ("role_prefix", &hex_literal(ROLE_PREFIX)),
             ("set_user_bit", &SET_USER_ACCESS_BIT.to_string()),
         ],
@@ -803,7 +787,7 @@ async fn check_never_granted(
     match conn
         .query_value(&sql)
         .await
-        .map_err(|e| map_error(&e, admin, user))?
+        .map_err(|e| map_error(e, admin))?
     {
         Some(reason) => Err(ProvisionError::RoleForbidden {
             role: role.to_string(),
@@ -825,22 +809,10 @@ async fn deactivate(
     let role = quote_ident(&all_in_one_role(user));
 
     // Close the race with a login: lock first, then look for sessions.
-    exec(
-        conn,
-        &format!("ALTER USER {account} ACCOUNT LOCK"),
-        admin,
-        name,
-    )
-    .await?;
+    exec(conn, &format!("ALTER USER {account} ACCOUNT LOCK"), admin).await?;
     if live_sessions(conn, user, admin).await? >= 1 {
-        exec(
-            conn,
-            &format!("ALTER USER {account} ACCOUNT UNLOCK"),
-            admin,
-            name,
-        )
-        .await?;
-        return Ok(DeactivateOutcome::Kept(true));
+        exec(conn, &format!("ALTER USER {account} ACCOUNT UNLOCK"), admin).await?;
+        return Ok(DeactivateOutcome::Kept);
     }
 
     let mut fell_back = false;
@@ -850,24 +822,14 @@ async fn deactivate(
         } else {
             match conn.query(&format!("DROP USER {account}")).await {
                 Ok(_) => {
-                    exec(conn, &format!("DROP ROLE IF EXISTS {role}"), admin, name).await?;
-                    let schema = quote_ident(&target.default_schema);
-                    exec(
-                        conn,
-                        &format!(
-                            "DELETE FROM {schema}.user_attributes WHERE `User` = {}",
-                            hex_literal(name)
-                        ),
-                        admin,
-                        name,
-                    )
-                    .await?;
+                    exec(conn, &format!("DROP ROLE IF EXISTS {role}"), admin).await?;
+                    exec(conn, &forget_name_sql(target, name), admin).await?;
                     return Ok(DeactivateOutcome::Dropped);
                 }
-                Err(DbError::Server(err)) if err.code == errno::USER_REFERENCED_AS_DEFINER => {
+                Err(MysqlError::Server(err)) if err.code == errno::USER_REFERENCED_AS_DEFINER => {
                     fell_back = true;
                 }
-                Err(err) => return Err(map_error(&err, admin, name)),
+                Err(err) => return Err(map_error(err, admin)),
             }
         }
     }
@@ -888,34 +850,22 @@ async fn user_state(
     admin: &str,
 ) -> Result<Option<UserState>, ProvisionError> {
     let name = user.as_str();
-    let rows = conn
-        .query(&format!(
-            "SELECT IFNULL(JSON_VALUE(`Priv`, '$.account_locked'), 'false') \
-             FROM mysql.global_priv WHERE `User` = {} AND `Host` = '%'",
-            hex_literal(name)
-        ))
-        .await
-        .map_err(|e| map_error(&e, admin, name))?;
+    let sql = render(
+        USER_STATE_SQL,
+        &[
+            ("user", &hex_literal(name)),
+            ("marker", &hex_literal(MARKER_ROLE)),
+        ],
+    );
+    let rows = conn.query(&sql).await.map_err(|e| map_error(e, admin))?;
     let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
-    let locked = row.into_iter().next().flatten();
-    // Membership without ADMIN OPTION: whoever created the marker role (the admin) holds it
-    // with ADMIN OPTION, and that does not make it a user dbward created.
-    let managed = name != admin
-        && count(
-            conn,
-            &format!(
-                "SELECT COUNT(*) FROM mysql.roles_mapping WHERE `User` = {} AND `Host` = '%' \
-                 AND `Role` = {} AND `Admin_option` = 'N'",
-                hex_literal(name),
-                hex_literal(MARKER_ROLE)
-            ),
-            admin,
-            name,
-        )
-        .await?
-            > 0;
+    let mut columns = row.into_iter();
+    let locked = columns.next().flatten();
+    let marker_grants = columns.next().flatten();
+    // Never the admin itself, whatever its grants say.
+    let managed = name != admin && marker_grants.as_deref().is_some_and(|n| n != "0");
     let roles = direct_roles(conn, &all_in_one_role(user), "", admin)
         .await?
         .into_iter()
@@ -929,40 +879,13 @@ async fn user_state(
 
 /// Roles granted to the account `user`@`host` (roles themselves have host `''`).
 /// Refuses a role that does not exist or that the admin is not an ADMIN of.
-async fn check_grantable(
-    conn: &mut Conn,
-    admin: &str,
-    role: &str,
-    user: &str,
-) -> Result<(), ProvisionError> {
-    let exists = count(
-        conn,
-        &format!(
-            "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND is_role = 'Y'",
-            hex_literal(role)
-        ),
-        admin,
-        user,
-    )
-    .await?;
-    if exists == 0 {
+async fn check_grantable(conn: &mut Conn, admin: &str, role: &str) -> Result<(), ProvisionError> {
+    if !role_exists(conn, role, admin).await? {
         return Err(ProvisionError::RoleMissing {
             role: role.to_string(),
         });
     }
-    let admin_of = count(
-        conn,
-        &format!(
-            "SELECT COUNT(*) FROM mysql.roles_mapping WHERE `User` = {} AND `Role` = {} \
-             AND `Admin_option` = 'Y'",
-            hex_literal(admin),
-            hex_literal(role)
-        ),
-        admin,
-        user,
-    )
-    .await?;
-    if admin_of == 0 {
+    if !admin_of_role(conn, admin, role).await? {
         return Err(ProvisionError::AdminCannotGrant {
             admin: admin.to_string(),
             role: role.to_string(),
@@ -976,32 +899,30 @@ async fn check_grantable(
     Ok(())
 }
 
+/// Roles granted to the account `user`@`host` (roles themselves have host `''`).
 async fn direct_roles(
     conn: &mut Conn,
     user: &str,
     host: &str,
     admin: &str,
 ) -> Result<Vec<String>, ProvisionError> {
-    let rows = conn
-        .query(&format!(
-            "SELECT `Role` FROM mysql.roles_mapping WHERE `User` = {} AND `Host` = {} \
-             ORDER BY `Role`",
-            hex_literal(user),
-            hex_literal(host)
-        ))
-        .await
-        .map_err(|e| map_error(&e, admin, user))?;
+    let sql = render(
+        DIRECT_ROLES_SQL,
+        &[("user", &hex_literal(user)), ("host", &hex_literal(host))],
+    );
+    let rows = conn.query(&sql).await.map_err(|e| map_error(e, admin))?;
     Ok(rows
         .into_iter()
         .filter_map(|row| row.into_iter().next().flatten())
         .collect())
 }
 
-async fn count(conn: &mut Conn, sql: &str, admin: &str, user: &str) -> Result<i64, ProvisionError> {
+/// The number a `SELECT COUNT(*)` answers.
+async fn count(conn: &mut Conn, sql: &str, admin: &str) -> Result<i64, ProvisionError> {
     let value = conn
         .query_value(sql)
         .await
-        .map_err(|e| map_error(&e, admin, user))?;
+        .map_err(|e| map_error(e, admin))?;
     value
         .as_deref()
         .unwrap_or("0")
@@ -1014,24 +935,16 @@ async fn live_sessions(
     user: &DbUserName,
     admin: &str,
 ) -> Result<i64, ProvisionError> {
-    let sql = format!(
-        "SELECT COUNT(*) FROM information_schema.processlist WHERE `USER` = {}",
-        hex_literal(user.as_str())
-    );
-    count(conn, &sql, admin, user.as_str()).await
+    let sql = render(LIVE_SESSIONS_SQL, &[("user", &hex_literal(user.as_str()))]);
+    count(conn, &sql, admin).await
 }
 
 /// Whether `user`@`%` is the DEFINER of any routine, view, trigger or event; MariaDB drops
 /// such a user without complaint and leaves the objects broken.
 async fn is_definer(conn: &mut Conn, user: &str, admin: &str) -> Result<bool, ProvisionError> {
     let definer = hex_literal(&format!("{user}@%"));
-    let sql = format!(
-        "SELECT (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE DEFINER = {definer}) \
-         + (SELECT COUNT(*) FROM information_schema.VIEWS WHERE DEFINER = {definer}) \
-         + (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE DEFINER = {definer}) \
-         + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE DEFINER = {definer})"
-    );
-    Ok(count(conn, &sql, admin, user).await? > 0)
+    let sql = render(IS_DEFINER_SQL, &[("definer", &definer)]);
+    Ok(count(conn, &sql, admin).await? > 0)
 }
 
 async fn recorded_name(
@@ -1039,14 +952,16 @@ async fn recorded_name(
     target: &AdminTarget,
     user: &str,
 ) -> Result<Option<String>, ProvisionError> {
-    let schema = quote_ident(&target.default_schema);
-    conn.query_value(&format!(
-        "SELECT JSON_VALUE(`Attributes`, '$.user') FROM {schema}.user_attributes \
-         WHERE `User` = {}",
-        hex_literal(user)
-    ))
-    .await
-    .map_err(|e| map_error(&e, &target.admin_user, user))
+    let sql = render(
+        RECORDED_NAME_SQL,
+        &[
+            ("schema", &quote_ident(&target.database)),
+            ("user", &hex_literal(user)),
+        ],
+    );
+    conn.query_value(&sql)
+        .await
+        .map_err(|e| map_error(e, &target.admin_user))
 }
 
 async fn record_name(
@@ -1055,28 +970,36 @@ async fn record_name(
     user: &str,
     dbward_name: &str,
 ) -> Result<(), ProvisionError> {
-    let schema = quote_ident(&target.default_schema);
-    let sql = format!(
-        "INSERT INTO {schema}.user_attributes (`User`, `Attributes`) \
-         VALUES ({}, JSON_OBJECT('user', {})) \
-         ON DUPLICATE KEY UPDATE `Attributes` = VALUES(`Attributes`)",
-        hex_literal(user),
-        hex_literal(dbward_name)
+    let sql = render(
+        RECORD_NAME_SQL,
+        &[
+            ("schema", &quote_ident(&target.database)),
+            ("user", &hex_literal(user)),
+            ("dbward_name", &hex_literal(dbward_name)),
+        ],
     );
-    exec(conn, &sql, &target.admin_user, user).await
+    exec(conn, &sql, &target.admin_user).await
 }
 
-async fn exec(conn: &mut Conn, sql: &str, admin: &str, user: &str) -> Result<(), ProvisionError> {
+async fn server_version(conn: &mut Conn, admin: &str) -> Result<String, ProvisionError> {
+    let version = conn
+        .query_value("SELECT VERSION()")
+        .await
+        .map_err(|e| map_error(e, admin))?;
+    Ok(version.unwrap_or_default())
+}
+
+async fn exec(conn: &mut Conn, sql: &str, admin: &str) -> Result<(), ProvisionError> {
     conn.query(sql)
         .await
         .map(drop)
-        .map_err(|e| map_error(&e, admin, user))
+        .map_err(|e| map_error(e, admin))
 }
 
 /// Turns a database error into the provisioning error it stands for, by error number.
-fn map_error(err: &DbError, admin: &str, user: &str) -> ProvisionError {
-    match err {
-        DbError::Server(server) => match server.code {
+fn map_error(err: MysqlError, admin: &str) -> ProvisionError {
+    match &err {
+        MysqlError::Server(server) => match server.code {
             errno::DBACCESS_DENIED
             | errno::ACCESS_DENIED
             | errno::ACCESS_DENIED_NO_PASSWORD
@@ -1088,14 +1011,9 @@ fn map_error(err: &DbError, admin: &str, user: &str) -> ProvisionError {
             errno::INVALID_ROLE => ProvisionError::RoleMissing {
                 role: role_in_message(&server.message).unwrap_or_default(),
             },
-            code => ProvisionError::UnexpectedAnswer(format!(
-                "MariaDB error {code} ({}) for user \"{user}\"",
-                server.sqlstate
-            )),
+            _ => ProvisionError::Mysql(err),
         },
-        DbError::Connection(text) => {
-            ProvisionError::UnexpectedAnswer(format!("MariaDB connection error: {text}"))
-        }
+        MysqlError::Connection(_) => ProvisionError::Mysql(err),
     }
 }
 
@@ -1105,13 +1023,6 @@ fn role_in_message(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let end = message[start..].rfind('`')? + start;
     Some(message[start..end].to_string())
-}
-
-fn connect_error(err: &DbError, target: &AdminTarget) -> ProvisionError {
-    ProvisionError::UnexpectedAnswer(format!(
-        "cannot connect to the database as admin user \"{}\" at {}:{}: {err}",
-        target.admin_user, target.host, target.port
-    ))
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 
 use super::conn::{hex_literal, AdminConn as Conn};
 use super::quote::quote_ident;
-use super::{map_error, AdminTarget};
+use super::{admin_of_role, map_error, render, role_exists, server_version, AdminTarget};
 use crate::{Finding, ProvisionError, MARKER_ROLE};
+
+const GLOBAL_PRIVILEGES_SQL: &str = include_str!("sql/global_privileges.sql");
+const SCHEMA_PRIVILEGES_SQL: &str = include_str!("sql/schema_privileges.sql");
 
 /// Global privileges provisioning needs on `*.*`.
 const GLOBAL: [&str; 3] = ["PROCESS", "CREATE USER", "SELECT"];
@@ -23,9 +26,7 @@ pub(super) async fn preflight(
     let global = privileges(
         conn,
         admin,
-        &format!(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = {grantee}"
-        ),
+        &render(GLOBAL_PRIVILEGES_SQL, &[("grantee", &grantee)]),
     )
     .await?;
     let missing: Vec<&str> = GLOBAL
@@ -42,11 +43,7 @@ pub(super) async fn preflight(
 
     // Ending the connection of a session whose gateway died (or whose backend ignores the
     // client going away) is `KILL CONNECTION` on another account's connection.
-    let version = conn
-        .query_value("SELECT VERSION()")
-        .await
-        .map_err(|e| map_error(&e, admin, ""))?
-        .unwrap_or_default();
+    let version = server_version(conn, admin).await?;
     let connection_admin = if version.contains("MariaDB") {
         "CONNECTION ADMIN"
     } else {
@@ -64,9 +61,9 @@ pub(super) async fn preflight(
     let on_mysql = privileges(
         conn,
         admin,
-        &format!(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES \
-             WHERE GRANTEE = {grantee} AND TABLE_SCHEMA = 'mysql'"
+        &render(
+            SCHEMA_PRIVILEGES_SQL,
+            &[("grantee", &grantee), ("schema", &hex_literal("mysql"))],
         ),
     )
     .await?;
@@ -79,14 +76,13 @@ pub(super) async fn preflight(
         });
     }
 
-    let schema = &target.default_schema;
+    let schema = &target.database;
     let on_schema = privileges(
         conn,
         admin,
-        &format!(
-            "SELECT PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES \
-             WHERE GRANTEE = {grantee} AND TABLE_SCHEMA = {}",
-            hex_literal(schema)
+        &render(
+            SCHEMA_PRIVILEGES_SQL,
+            &[("grantee", &grantee), ("schema", &hex_literal(schema))],
         ),
     )
     .await?;
@@ -108,16 +104,8 @@ pub(super) async fn preflight(
     let mut wanted: Vec<&str> = vec![MARKER_ROLE];
     wanted.extend(roles.iter().map(String::as_str));
     for role in wanted {
-        let exists = count(
-            conn,
-            admin,
-            &format!(
-                "SELECT COUNT(*) FROM mysql.user WHERE `User` = {} AND is_role = 'Y'",
-                hex_literal(role)
-            ),
-        )
-        .await?;
-        if exists == 0 {
+        let exists = role_exists(conn, role, admin).await?;
+        if !exists {
             if role != MARKER_ROLE {
                 findings.push(Finding {
                     problem: format!("database role \"{role}\" does not exist"),
@@ -126,18 +114,7 @@ pub(super) async fn preflight(
             }
             continue;
         }
-        let admin_of = count(
-            conn,
-            admin,
-            &format!(
-                "SELECT COUNT(*) FROM mysql.roles_mapping WHERE `User` = {} AND `Role` = {} \
-                 AND `Admin_option` = 'Y'",
-                hex_literal(admin),
-                hex_literal(role)
-            ),
-        )
-        .await?;
-        if admin_of == 0 {
+        if !admin_of_role(conn, admin, role).await? {
             findings.push(Finding {
                 problem: format!("admin user \"{admin}\" is not an ADMIN of role \"{role}\""),
                 fix: format!(
@@ -151,7 +128,7 @@ pub(super) async fn preflight(
     let read_only = conn
         .query_value("SELECT @@GLOBAL.read_only")
         .await
-        .map_err(|e| map_error(&e, admin, ""))?;
+        .map_err(|e| map_error(e, admin))?;
     if matches!(read_only.as_deref(), Some("1") | Some("ON")) {
         findings.push(Finding {
             problem: "the server is read-only (a replica, or read_only is on)".into(),
@@ -166,24 +143,9 @@ async fn privileges(
     admin: &str,
     sql: &str,
 ) -> Result<Vec<String>, ProvisionError> {
-    let rows = conn
-        .query(sql)
-        .await
-        .map_err(|e| map_error(&e, admin, ""))?;
+    let rows = conn.query(sql).await.map_err(|e| map_error(e, admin))?;
     Ok(rows
         .into_iter()
         .filter_map(|row| row.into_iter().next().flatten())
         .collect())
-}
-
-async fn count(conn: &mut Conn, admin: &str, sql: &str) -> Result<i64, ProvisionError> {
-    let value = conn
-        .query_value(sql)
-        .await
-        .map_err(|e| map_error(&e, admin, ""))?;
-    value
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .map_err(|_| ProvisionError::UnexpectedAnswer(format!("count {value:?}")))
 }

@@ -7,7 +7,9 @@ use crate::error::ProvisionError;
 use crate::names::DbUserName;
 
 use super::conn::hex_literal;
-use super::{count, exec, quote, AdminTarget, MariaProvisioner};
+use super::{count, exec, quote, render, AdminTarget, MariaProvisioner};
+
+const CONNECTION_OF_SQL: &str = include_str!("sql/connection_of.sql");
 
 impl MariaProvisioner {
     /// Kills connection `id` if, and only if, it belongs to `user` (and not to the admin).
@@ -25,22 +27,16 @@ impl MariaProvisioner {
             return Ok(false);
         }
         let mut conn = self.conn(target).await?;
-        let found = count(
-            &mut conn,
-            &format!(
-                "SELECT COUNT(*) FROM information_schema.processlist \
-                 WHERE `ID` = {id} AND `USER` = {}",
-                hex_literal(name)
-            ),
-            admin,
-            name,
-        )
-        .await?;
+        let sql = render(
+            CONNECTION_OF_SQL,
+            &[("id", &id.to_string()), ("user", &hex_literal(name))],
+        );
+        let found = count(&mut conn, &sql, admin).await?;
         if found == 0 {
             self.give_back(target, conn);
             return Ok(false);
         }
-        exec(&mut conn, &format!("KILL CONNECTION {id}"), admin, name).await?;
+        exec(&mut conn, &format!("KILL CONNECTION {id}"), admin).await?;
         self.give_back(target, conn);
         Ok(true)
     }

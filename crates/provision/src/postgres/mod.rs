@@ -13,70 +13,40 @@
 //! This module does not lock: the caller holds the per-(database, user) lock around each
 //! activation and teardown.
 
+mod conn;
 mod permissions;
-mod pool;
 mod preflight;
 mod quote;
 mod terminate;
 mod tls;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustls::ClientConfig;
-
+pub use crate::AdminTarget;
 pub use permissions::{TableName, TablePrivilege};
 pub use quote::quote_ident;
 pub use tls::{MakeRustlsConnect, RustlsConnect, RustlsStream};
 
-use self::pool::{AdminConn, Pool, PoolKey};
+use self::conn::AdminConn;
 use self::quote::{check_role_name, check_user_name};
 use crate::error::ProvisionError;
 use crate::names::DbUserName;
-use crate::{ActivateOutcome, DeactivateOutcome, Finding, TeardownMode, UserState, MARKER_ROLE};
+use crate::pool::{Pool, PoolKey};
+use crate::{
+    ActivateOutcome, DeactivateOutcome, Finding, Provisioner, Settle, TeardownMode, MARKER_ROLE,
+};
 
 const ACTIVATE_SQL: &str = include_str!("sql/activate.sql");
 const DISABLE_LOGIN_SQL: &str = include_str!("sql/disable_login.sql");
 const FINISH_TEARDOWN_SQL: &str = include_str!("sql/finish_teardown.sql");
+#[cfg(feature = "test-support")]
 const LIVE_SESSIONS_SQL: &str = include_str!("sql/live_sessions.sql");
+#[cfg(feature = "test-support")]
 const USER_STATE_SQL: &str = include_str!("sql/user_state.sql");
 const ACTIVE_MANAGED_SQL: &str = include_str!("sql/active_managed.sql");
-
-/// Where and as whom the admin connection goes.
-#[derive(Clone)]
-pub struct AdminTarget {
-    /// Host name or IP address to dial.
-    pub host: String,
-    pub port: u16,
-    /// Name the server certificate must carry.
-    pub server_name: String,
-    /// Carries the admin's db-client certificate (`CN=<admin_user>`) and the server
-    /// verification configured for the database.
-    pub client_config: Arc<ClientConfig>,
-    /// The admin user (`admin_user.name`).
-    pub admin_user: String,
-    /// `admin_user.default_database`, else the session's database.
-    pub database: String,
-    /// PostgreSQL predefined roles (`pg_*`) the `db` resource allows as db roles (label
-    /// `dbward.dev/allow-predefined-roles`); every other predefined role is refused.
-    pub allowed_predefined_roles: Vec<String>,
-}
-
-impl std::fmt::Debug for AdminTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("server_name", &self.server_name)
-            .field("admin_user", &self.admin_user)
-            .field("database", &self.database)
-            .field("allowed_predefined_roles", &self.allowed_predefined_roles)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Timing knobs of [`PgProvisioner`].
 #[derive(Debug, Clone)]
@@ -118,7 +88,7 @@ pub struct PgProvisioner {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: Pool<AdminConn>,
     settings: PgProvisionerSettings,
 }
 
@@ -140,7 +110,7 @@ impl PgProvisioner {
         PgProvisioner {
             inner: Arc::new(Inner {
                 pool: Pool::new(
-                    settings.max_idle_per_target.max(1),
+                    settings.max_idle_per_target,
                     settings.max_connection_lifetime,
                 ),
                 settings,
@@ -150,6 +120,7 @@ impl PgProvisioner {
 
     /// Opens an admin connection to `target` ahead of time (helper functions installed,
     /// statements prepared), so the next activation is a single round trip.
+    #[cfg(feature = "test-support")]
     pub async fn warm_up(&self, target: &AdminTarget) -> Result<(), ProvisionError> {
         let admin = target.admin_user.clone();
         let database = target.database.clone();
@@ -169,6 +140,7 @@ impl PgProvisioner {
     }
 
     /// Number of idle warm connections kept for `target`.
+    #[cfg(feature = "test-support")]
     pub fn idle_connections(&self, target: &AdminTarget) -> usize {
         self.inner.pool.idle_count(&PoolKey::of(target))
     }
@@ -239,8 +211,7 @@ impl PgProvisioner {
     ) -> Result<DeactivateOutcome, ProvisionError> {
         check_user_name(user.as_str())?;
         let settings = &self.inner.settings;
-        let deadline = Instant::now() + settings.settle_time;
-        let mut pause = settings.settle_poll.min(Duration::from_millis(5));
+        let mut settle = Settle::closing_backend(settings.settle_time, settings.settle_poll);
         let admin = target.admin_user.clone();
         let database = target.database.clone();
         let user = user.as_str().to_owned();
@@ -278,17 +249,15 @@ impl PgProvisioner {
                 })
                 .await?;
             // The closing session's backend may still be listed for a moment after the
-            // client went away: look again, soon and then less often, until settle_time.
-            if outcome == "active" && Instant::now() < deadline {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(settings.settle_poll.max(Duration::from_millis(5)));
+            // client went away.
+            if outcome == "active" && settle.wait().await {
                 continue;
             }
             break outcome;
         };
         match outcome.as_str() {
             "missing" => Ok(DeactivateOutcome::Missing),
-            "active" => Ok(DeactivateOutcome::Kept(true)),
+            "active" => Ok(DeactivateOutcome::Kept),
             "locked" => Ok(DeactivateOutcome::Locked),
             "dropped" => Ok(DeactivateOutcome::Dropped),
             "dependent" => Ok(DeactivateOutcome::DropFellBackToLock),
@@ -297,6 +266,7 @@ impl PgProvisioner {
     }
 
     /// Sessions of `user` in every database of the cluster.
+    #[cfg(feature = "test-support")]
     pub async fn live_session_count(
         &self,
         target: &AdminTarget,
@@ -321,11 +291,12 @@ impl PgProvisioner {
     }
 
     /// How the database sees `user`; `None` when it does not exist.
+    #[cfg(feature = "test-support")]
     pub async fn user_state(
         &self,
         target: &AdminTarget,
         user: &DbUserName,
-    ) -> Result<Option<UserState>, ProvisionError> {
+    ) -> Result<Option<crate::UserState>, ProvisionError> {
         let admin = target.admin_user.clone();
         let user = user.as_str().to_owned();
         self.with_conn(target, move |conn| {
@@ -342,10 +313,10 @@ impl PgProvisioner {
                     return Ok(None);
                 };
                 let roles: Vec<String> = row.try_get("roles").map_err(map)?;
-                Ok(Some(UserState {
+                Ok(Some(crate::UserState {
                     managed: row.try_get("managed").map_err(map)?,
                     can_login: row.try_get("can_login").map_err(map)?,
-                    roles: roles.into_iter().collect::<BTreeSet<_>>(),
+                    roles: roles.into_iter().collect(),
                 }))
             })
         })
@@ -445,6 +416,63 @@ impl PgProvisioner {
                     return Ok(value);
                 }
             }
+        }
+    }
+}
+
+impl Provisioner for PgProvisioner {
+    async fn plan_user(
+        &self,
+        _target: &AdminTarget,
+        dbward_name: &str,
+    ) -> Result<DbUserName, ProvisionError> {
+        Ok(crate::names::db_user_name(dbward_name))
+    }
+
+    async fn activate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        _dbward_name: &str,
+        roles: &[String],
+    ) -> Result<ActivateOutcome, ProvisionError> {
+        PgProvisioner::activate(self, target, user, roles).await
+    }
+
+    async fn deactivate(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        mode: TeardownMode,
+    ) -> Result<DeactivateOutcome, ProvisionError> {
+        PgProvisioner::deactivate(self, target, user, mode).await
+    }
+
+    async fn list_active_managed(
+        &self,
+        target: &AdminTarget,
+    ) -> Result<Vec<String>, ProvisionError> {
+        PgProvisioner::list_active_managed(self, target).await
+    }
+
+    async fn preflight(
+        &self,
+        target: &AdminTarget,
+        roles: &[String],
+    ) -> Result<Vec<Finding>, ProvisionError> {
+        PgProvisioner::preflight(self, target, roles).await
+    }
+
+    async fn terminate_backend(
+        &self,
+        target: &AdminTarget,
+        user: &DbUserName,
+        backend_id: u64,
+    ) -> Result<bool, ProvisionError> {
+        // A process id is an int4; anything else names no backend.
+        match i32::try_from(backend_id) {
+            Ok(pid) => PgProvisioner::terminate_backend(self, target, user, pid).await,
+            Err(_) => Ok(false),
         }
     }
 }

@@ -267,7 +267,7 @@ impl PgProvisioner {
 
 /// The connection's helpers (functions.sql) and this module's, in `pg_temp`.
 async fn install(
-    conn: &mut super::pool::AdminConn,
+    conn: &mut super::conn::AdminConn,
     admin: &str,
     database: &str,
 ) -> Result<(), ProvisionError> {

@@ -4,7 +4,7 @@
 //! Uses plain catalog queries only, never the helper functions, so that it also works for an
 //! admin that lacks TEMPORARY (one of the things it reports).
 
-use super::pool::AdminConn;
+use super::conn::AdminConn;
 use super::quote::quote_ident;
 use super::{map_error, Finding};
 use crate::error::ProvisionError;

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use dbward_model::Protocol;
-use dbward_provision::{DbUserName, ProvisionError};
 use dbward_proxy::mysql::{self, Greeting, MysqlTap, MysqlUpstream, UpstreamLogin};
 use dbward_proxy::pg::{BackendKey, HandshakeLimits, RelayStats};
 use dbward_proxy::{ProxyError, UpstreamError};
@@ -18,10 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Backend, Engine, Hello, Login, Opening};
-use super::provisioning::{engine_admin, EngineAdmin};
 use super::relay::SessionTap;
 use super::upstream::UpstreamTarget;
-use super::{pipeline, Authorized, SessionError};
+use super::{pipeline, SessionError};
 use crate::Gateway;
 
 /// What the greeting says before the gateway has seen a real server: a MariaDB, as MariaDB
@@ -65,23 +63,6 @@ fn tapped(tap: &SessionTap, event: MysqlTap<'_>) {
         MysqlTap::Refused { command } => {
             tap.refused(command, mysql::relay::refused_message(command))
         }
-    }
-}
-
-/// Ends a session's connection through the admin (`KILL CONNECTION`, which needs
-/// `CONNECTION ADMIN`), for `teardown::end_backend`.
-pub(super) async fn kill_connection(
-    gw: &Gateway,
-    authorized: &Authorized,
-    user: &DbUserName,
-    backend_id: i64,
-) -> Result<bool, ProvisionError> {
-    let admin = engine_admin(gw, &authorized.db);
-    match (admin, u64::try_from(backend_id)) {
-        (Ok(EngineAdmin::Mysql(admin)), Ok(id)) => {
-            gw.maria_provisioner.kill_connection(&admin, user, id).await
-        }
-        _ => Ok(false),
     }
 }
 

@@ -20,7 +20,7 @@ use dbward_provision::DbUserName;
 use dbward_rbac::{object_permissions, DbObject, ImportRules, ProvisioningMode};
 use serde_json::json;
 
-use super::provisioning::{admin_target, provision_error, release, take_lock_patiently, DbUserKey};
+use super::provisioning::{admin_target, provision_error, take_lock_patiently, DbUserKey};
 use super::{Authorized, SessionError};
 use crate::{audit, Gateway};
 
@@ -47,7 +47,8 @@ async fn compute(
     target: &AdminTarget,
 ) -> Result<(BTreeSet<TablePrivilege>, Vec<String>), SessionError> {
     let tables = gw
-        .pg_provisioner
+        .provisioners
+        .postgres()
         .list_tables(target)
         .await
         .map_err(|err| provision_error(authorized, err))?;
@@ -101,7 +102,8 @@ pub(crate) async fn apply(
     let (wanted, withheld) = compute(gw, authorized, &target).await?;
     // The computed set as far as the admin may give it: what a session gets.
     let grantable = gw
-        .pg_provisioner
+        .provisioners
+        .postgres()
         .grantable_table_privileges(&target, &wanted)
         .await
         .map_err(map)?;
@@ -116,13 +118,15 @@ pub(crate) async fn apply(
         .chain(withheld)
         .collect();
     let live = gw
-        .pg_provisioner
+        .provisioners
+        .postgres()
         .sessions_in_database(&target, &user)
         .await
         .map_err(map)?;
     if live > 0 {
         let current = gw
-            .pg_provisioner
+            .provisioners
+            .postgres()
             .table_privileges(&target, &user)
             .await
             .map_err(map)?;
@@ -136,7 +140,8 @@ pub(crate) async fn apply(
         }
     } else {
         let skipped = gw
-            .pg_provisioner
+            .provisioners
+            .postgres()
             .set_table_privileges(&target, &user, &wanted)
             .await
             .map_err(map)?;
@@ -212,16 +217,22 @@ pub(crate) async fn revoke_at_end(
     for pause in [0u64, 1, 3] {
         tokio::time::sleep(Duration::from_secs(pause)).await;
         let lock = take_lock_patiently(gw, key, sid).await;
-        let result = match gw.pg_provisioner.sessions_in_database(&target, &user).await {
+        let result = match gw
+            .provisioners
+            .postgres()
+            .sessions_in_database(&target, &user)
+            .await
+        {
             Ok(0) => gw
-                .pg_provisioner
+                .provisioners
+                .postgres()
                 .revoke_table_privileges(&target, &user)
                 .await
                 .map(Some),
             Ok(_) => Ok(None),
             Err(err) => Err(err),
         };
-        release(lock).await;
+        drop(lock);
         match result {
             Ok(Some(tables)) => {
                 tracing::debug!(%sid, tables, "table permissions revoked");

@@ -19,8 +19,8 @@ use super::engine::{Engine, Hello, Opening};
 use super::relay::relay;
 use super::teardown::{Ended, Teardown};
 use super::{
-    authenticate, authorize, lifecycle, provision, Authenticated, Authorized, Requested,
-    SessionError,
+    activate_db_user, authenticate, authorize, lifecycle, permissions, plan_db_user, Authenticated,
+    Authorized, Requested, SessionError,
 };
 use crate::listen::Pending;
 use crate::Gateway;
@@ -130,14 +130,30 @@ async fn run_session<E: Engine>(
     mut client: E::Client,
     mut authorized: Authorized,
 ) {
-    // Registered before provisioning so the reconciler never mistakes this user for a
+    // The database user's final name first, so the session is registered with it.
+    let planned = match plan_db_user(&gw, &mut authorized).await {
+        Ok(planned) => planned,
+        Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
+    };
+    // Registered before activation so the reconciler never mistakes this user for a
     // leftover while it is being activated.
     let registration = gw.sessions.register(Arc::new(authorized.clone()));
-    let provisioned = match provision(&gw, &mut authorized).await {
+    let provisioned = match activate_db_user(&gw, &authorized, planned).await {
         Ok(provisioned) => provisioned,
         Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
     };
     let mut teardown = Teardown::new(gw.clone(), registration, provisioned, authorized);
+    // Table permissions (db_permissions) under the user's lock, still held; a session that
+    // cannot get them does not start, and the guard tears the user down.
+    let applied = {
+        let (authorized, provisioned) = teardown.provisioned();
+        permissions::apply(&gw, authorized, &provisioned.db_user).await
+    };
+    if let Err(err) = applied {
+        refuse::<E>(&gw, &mut client, teardown.authorized(), err).await;
+        teardown.finish(Ended::NeverStarted).await;
+        return;
+    }
     let ended = connect_and_relay(&gw, engine, client, &mut teardown).await;
     teardown.finish(ended).await;
 }

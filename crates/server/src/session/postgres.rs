@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbward_model::Protocol;
-use dbward_provision::{DbUserName, ProvisionError};
 use dbward_proxy::pg::{self, Accepted, BackendKey, RelayStats, TapEvent};
 use dbward_proxy::{ProxyError, UpstreamError};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +18,7 @@ use super::engine::{Backend, Engine, Hello, Login, Opening};
 use super::live::CancelTarget;
 use super::relay::SessionTap;
 use super::upstream::UpstreamTarget;
-use super::{pipeline, Authorized, SessionError};
+use super::{pipeline, SessionError};
 use crate::Gateway;
 
 /// How long forwarding a client's cancel request may take.
@@ -53,21 +52,6 @@ fn tapped(tap: &SessionTap, event: TapEvent<'_>) {
         // No SQL text: recorded by the function's OID (`pg_proc.oid`).
         TapEvent::FunctionCall { oid } => tap.query(&format!("FunctionCall oid {oid}")),
         TapEvent::Terminate => tap.goodbye(),
-    }
-}
-
-/// Ends a session's backend through the admin (`pg_terminate_backend`), for
-/// `teardown::end_backend`.
-pub(super) async fn terminate_backend(
-    gw: &Gateway,
-    authorized: &Authorized,
-    user: &DbUserName,
-    backend_id: i64,
-) -> Result<bool, ProvisionError> {
-    let admin = super::provisioning::admin_target(gw, &authorized.db, &authorized.decision.db_name);
-    match (admin, i32::try_from(backend_id)) {
-        (Ok(admin), Ok(pid)) => gw.pg_provisioner.terminate_backend(&admin, user, pid).await,
-        _ => Ok(false),
     }
 }
 

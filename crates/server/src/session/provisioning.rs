@@ -11,19 +11,29 @@
 //! connection (for the instance that cleans up after this one, see `reconcile`). A teardown
 //! that cannot reach the store waits for it, with backoff, until it can.
 //!
-//! Clients are told only what PROVISIONING.md writes for them ([`UserFacing`]); every other
-//! provisioning failure reaches them as a generic message with the session id, and its detail
-//! (admin name, missing grant) goes to the log and to `dbward db check`.
+//! The session pipeline plans the user ([`plan_db_user`]: its final, possibly hashed name)
+//! before it registers the session, then activates it ([`activate_db_user`]) under the lock;
+//! [`provision`] does both for callers that registered first. The lock is a guard, released
+//! when the user's own connection is up ([`Provisioned::connected`]) or when it is dropped.
+//!
+//! Every engine goes through one interface (`dbward_provision::Provisioners`), for sessions,
+//! the reconciler and `dbward db check` alike; [`admin_target`] is the one place an admin
+//! connection is described.
+//!
+//! Clients are told only what each error says they may read
+//! (`dbward_provision::UserFacingError`); every other provisioning failure reaches them as a
+//! generic message with the session id, and its detail (admin name, missing grant) goes to the
+//! log and to `dbward db check`.
 
 use std::time::Duration;
 
 use dbward_model::{Db, Protocol};
-use dbward_provision::postgres::AdminTarget;
 use dbward_provision::{
-    ActivateOutcome, DbUserName, DeactivateOutcome, ProvisionError, TeardownMode,
+    error_chain, ActivateOutcome, AdminTarget, DbUserName, DeactivateOutcome, Engine,
+    ProvisionError, Settle, TeardownMode, UserFacingError,
 };
 use dbward_rbac::ProvisioningMode;
-use dbward_store::{ActivationRecord, LockGuard, SessionRecord};
+use dbward_store::{ActivationRecord, LockGuard, SessionRecord, StoreError};
 use serde_json::json;
 
 use super::{Authorized, SessionError};
@@ -39,13 +49,24 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long recording a live session may hold up its start.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
 
+/// How long ending a session's server connection may take.
+const TERMINATE_WAIT: Duration = Duration::from_secs(10);
+
+/// When no session of this gateway uses the user any more but the database still lists a
+/// backend of it after the provisioner's own wait (a cancelled statement, a killed client's
+/// socket not yet noticed), teardown looks again for this long, 1 s after the first look and
+/// then less often (at most 8 s apart), before leaving the user to the reconciler.
+const TEARDOWN_SETTLE: Duration = Duration::from_secs(12);
+const TEARDOWN_FIRST_PAUSE: Duration = Duration::from_secs(1);
+const TEARDOWN_LONGEST_PAUSE: Duration = Duration::from_secs(8);
+
 /// A database user as every gateway and every `db` resource sees it: the engine, the server
 /// (`host:port`) and the in-database name. Two resources that point at one server name the
 /// same user, so they share its provisioning lock, its live-session count and its activation
 /// record. The only place these keys are built.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DbUserKey {
-    pub engine: &'static str,
+    pub engine: Engine,
     pub server: String,
     pub db_user: String,
 }
@@ -53,15 +74,24 @@ pub struct DbUserKey {
 impl DbUserKey {
     pub fn of(db: &Db, db_user: &str) -> DbUserKey {
         DbUserKey {
-            engine: engine_name(db.spec.protocol),
+            engine: engine_of(db.spec.protocol),
             server: server_of(db),
             db_user: db_user.to_string(),
         }
     }
 
+    /// The user of a recorded live session; `None` for an engine this version does not know.
+    pub(crate) fn of_record(record: &SessionRecord) -> Option<DbUserKey> {
+        Some(DbUserKey {
+            engine: Engine::from_name(&record.engine)?,
+            server: record.server.clone(),
+            db_user: record.db_user.clone(),
+        })
+    }
+
     /// `<engine>/<host:port>/<db user>`: the key of the user's activation record.
     pub fn store_key(&self) -> String {
-        format!("{}/{}/{}", self.engine, self.server, self.db_user)
+        format!("{}/{}/{}", self.engine.as_str(), self.server, self.db_user)
     }
 
     /// The key of the user's provisioning lock.
@@ -70,10 +100,10 @@ impl DbUserKey {
     }
 }
 
-fn engine_name(protocol: Protocol) -> &'static str {
+pub(crate) fn engine_of(protocol: Protocol) -> Engine {
     match protocol {
-        Protocol::Postgres => "postgres",
-        Protocol::Mysql => "mysql",
+        Protocol::Postgres => Engine::Postgres,
+        Protocol::Mysql => Engine::Mysql,
     }
 }
 
@@ -105,54 +135,92 @@ pub(crate) fn stored_mode(text: &str) -> ProvisioningMode {
     }
 }
 
-pub(crate) fn teardown_mode(mode: ProvisioningMode) -> TeardownMode {
+/// What teardown does for a provisioning mode.
+fn teardown_mode(mode: ProvisioningMode) -> TeardownMode {
     match mode {
         ProvisioningMode::BestEffortDrop => TeardownMode::Drop,
         _ => TeardownMode::Keep,
     }
 }
 
-/// What a client may read about an error: the texts PROVISIONING.md writes for users, or
-/// `None`, and then the client gets the generic message with its session id.
-pub(crate) trait UserFacing {
-    fn user_facing(&self) -> Option<String>;
+/// The admin connection of a `db` resource, or the PROVISIONING §1.5 error. The admin
+/// enters `admin_user.default_database` when set; else PostgreSQL's enters
+/// `session_db_name` and MariaDB's the schema [`dbward_provision::mysql::DEFAULT_SCHEMA`]
+/// (which keeps `user_attributes`).
+pub(crate) fn admin_target(
+    gw: &Gateway,
+    db: &Db,
+    session_db_name: &str,
+) -> Result<AdminTarget, SessionError> {
+    let admin = db.admin_user().ok_or_else(|| {
+        SessionError::Provisioning(format!(
+            "database \"{}\" has no admin user configured: automatic user provisioning needs spec.admin_user in the db resource",
+            db.metadata.name
+        ))
+    })?;
+    let upstream = gw.upstream.target(&gw.cas, db, &admin.name)?;
+    let engine = engine_of(db.spec.protocol);
+    let database = admin
+        .default_database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| match engine {
+            Engine::Postgres => session_db_name.to_string(),
+            Engine::Mysql => dbward_provision::mysql::DEFAULT_SCHEMA.to_string(),
+        });
+    Ok(AdminTarget {
+        engine,
+        host: upstream.host,
+        port: upstream.port,
+        server_name: upstream.server_name_text,
+        client_config: upstream.tls,
+        admin_user: admin.name,
+        database,
+        allowed_predefined_roles: db.allowed_predefined_roles(),
+    })
 }
 
-impl UserFacing for ProvisionError {
-    fn user_facing(&self) -> Option<String> {
-        // No wildcard: a new error kind must be decided on here.
-        match self {
-            // About the person's own name and roles; PROVISIONING §2, §3.
-            ProvisionError::UserNotManaged { .. }
-            | ProvisionError::RolesChanged { .. }
-            | ProvisionError::RoleMissing { .. }
-            | ProvisionError::InvalidName { .. } => Some(self.to_string()),
-            // The role is named (it came from the person's roles or traits); why it is
-            // refused (it is the admin, a superuser role, ...) is for the log only.
-            ProvisionError::RoleForbidden { role, .. } => Some(format!(
-                "database role \"{role}\" may not be granted to provisioned users"
-            )),
-            // The admin, its privileges, the server: for the operator only.
-            ProvisionError::AdminLacksCreateRole { .. }
-            | ProvisionError::AdminCannotGrant { .. }
-            | ProvisionError::AdminLacksTemporary { .. }
-            | ProvisionError::AdminLacksPrivilege { .. }
-            | ProvisionError::ReadOnly
-            | ProvisionError::UserNotClean { .. }
-            | ProvisionError::UserMissing { .. }
-            | ProvisionError::AdminConnect { .. }
-            | ProvisionError::Timeout(_)
-            | ProvisionError::UnexpectedAnswer(_)
-            | ProvisionError::Postgres(_) => None,
-        }
+/// The admin connection for work outside a session (reconciler, `db check`): PostgreSQL's
+/// admin enters its default database, else `postgres`.
+pub(crate) fn maintenance_target(gw: &Gateway, db: &Db) -> Result<AdminTarget, SessionError> {
+    admin_target(gw, db, "postgres")
+}
+
+/// The in-database name of a dbward user on this database (MariaDB's limit; a MySQL 8
+/// server's shorter one is applied at connect time from its version).
+pub(crate) fn in_db_name(db: &Db, dbward_name: &str) -> String {
+    match engine_of(db.spec.protocol) {
+        Engine::Postgres => dbward_provision::names::pg_name(dbward_name),
+        Engine::Mysql => dbward_provision::mysql::mariadb_user_name(dbward_name)
+            .as_str()
+            .to_string(),
     }
 }
 
-/// The admin connection of one engine.
+/// The provisioning lock of one database user, waiting at most `wait`; released when the
+/// guard is dropped (or, awaited, by `LockGuard::release`).
+pub(crate) async fn lock_user(
+    gw: &Gateway,
+    key: &DbUserKey,
+    wait: Duration,
+) -> Result<LockGuard, StoreError> {
+    gw.store.lock(&key.lock_key(), &gw.instance_id, wait).await
+}
+
+/// A provisioned user: where its admin connection goes and what it is keyed by.
 #[derive(Clone)]
-pub(crate) enum EngineAdmin {
-    Postgres(AdminTarget),
-    Mysql(dbward_provision::mysql::AdminTarget),
+struct Managed {
+    admin: AdminTarget,
+    key: DbUserKey,
+}
+
+/// Step 3, first half: the user the session will run as, known before the session is
+/// registered and before the lock is taken.
+pub struct PlannedUser {
+    /// The in-database user name (hashed when the dbward name is too long).
+    pub db_user: String,
+    mode: ProvisioningMode,
+    /// `None` when provisioning is off.
+    managed: Option<Managed>,
 }
 
 /// Step 3 done: the user the upstream connection logs in as, and what teardown needs.
@@ -160,154 +228,79 @@ pub struct Provisioned {
     /// The in-database user name (hashed when the dbward name is too long).
     pub db_user: String,
     mode: ProvisioningMode,
-    admin: Option<EngineAdmin>,
-    key: Option<DbUserKey>,
+    /// `None` when provisioning is off.
+    managed: Option<Managed>,
+    /// Held from activation until the user's own connection is up; released on drop.
     lock: Option<LockGuard>,
     /// The session was recorded in the store's live sessions.
     recorded: bool,
 }
 
-/// The PostgreSQL admin connection target of a database, or the PROVISIONING §1.5 error.
-pub(crate) fn admin_target(
-    gw: &Gateway,
-    db: &Db,
-    session_db_name: &str,
-) -> Result<AdminTarget, SessionError> {
-    let (admin, target) = admin_credentials(gw, db)?;
-    let database = admin
-        .default_database
-        .clone()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| session_db_name.to_string());
-    Ok(AdminTarget {
-        host: target.host,
-        port: target.port,
-        server_name: target.server_name_text,
-        client_config: target.tls,
-        admin_user: admin.name,
-        database,
-        allowed_predefined_roles: db.allowed_predefined_roles(),
-    })
-}
-
-fn admin_credentials(
-    gw: &Gateway,
-    db: &Db,
-) -> Result<(dbward_model::AdminUser, super::upstream::UpstreamTarget), SessionError> {
-    let admin = db.admin_user().ok_or_else(|| {
-        SessionError::Provisioning(format!(
-            "database \"{}\" has no admin user configured: automatic user provisioning needs spec.admin_user in the db resource",
-            db.metadata.name
-        ))
-    })?;
-    let target = gw.upstream.target(&gw.cas, db, &admin.name)?;
-    Ok((admin, target))
-}
-
-/// The MySQL/MariaDB admin target: the admin's default database is the schema that keeps
-/// `user_attributes`.
-fn mysql_admin_target(
-    gw: &Gateway,
-    db: &Db,
-) -> Result<dbward_provision::mysql::AdminTarget, SessionError> {
-    let (admin, target) = admin_credentials(gw, db)?;
-    Ok(dbward_provision::mysql::AdminTarget {
-        host: target.host,
-        port: target.port,
-        server_name: target.server_name_text,
-        client_config: target.tls,
-        admin_user: admin.name,
-        default_schema: admin
-            .default_database
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| dbward_provision::mysql::DEFAULT_SCHEMA.to_string()),
-    })
-}
-
-/// The admin connection of a database for maintenance (reconciler): PostgreSQL connects to
-/// the admin's default database, else `postgres`.
-pub(crate) fn engine_admin(gw: &Gateway, db: &Db) -> Result<EngineAdmin, SessionError> {
-    Ok(match db.spec.protocol {
-        Protocol::Postgres => EngineAdmin::Postgres(admin_target(gw, db, "postgres")?),
-        Protocol::Mysql => EngineAdmin::Mysql(mysql_admin_target(gw, db)?),
-    })
-}
-
-/// The in-database name of a dbward user on this database (MariaDB's limit; a MySQL 8
-/// server's shorter one is applied at connect time from its version).
-pub(crate) fn in_db_name(db: &Db, dbward_name: &str) -> String {
-    match db.spec.protocol {
-        Protocol::Postgres => dbward_provision::names::pg_name(dbward_name),
-        Protocol::Mysql => dbward_provision::mysql::mariadb_user_name(dbward_name)
-            .as_str()
-            .to_string(),
-    }
-}
-
-/// Activates the database user when the decision asks for provisioning. With provisioning
-/// off, the requested db user is used as is and nothing is locked.
-pub async fn provision(
+/// Plans the database user of a session: with provisioning off, the requested db user as
+/// is; else the final (possibly hashed) name on this server, which is also written to the
+/// session's audit fields. Checks that the database has an admin user and (MariaDB, MySQL)
+/// that the server can provision users. Changes nothing in the database.
+pub async fn plan_db_user(
     gw: &Gateway,
     authorized: &mut Authorized,
-) -> Result<Provisioned, SessionError> {
+) -> Result<PlannedUser, SessionError> {
     let mode = authorized.decision.mode;
     if mode == ProvisioningMode::Off {
-        return Ok(Provisioned {
+        return Ok(PlannedUser {
             db_user: authorized.decision.db_user.clone(),
             mode,
-            admin: None,
-            key: None,
+            managed: None,
+        });
+    }
+    let admin = admin_target(gw, &authorized.db, &authorized.decision.db_name)?;
+    let user = gw
+        .provisioners
+        .plan_user(&admin, &authorized.decision.db_user)
+        .await
+        .map_err(|err| provision_error(authorized, err))?;
+    let db_user = user.as_str().to_string();
+    authorized.fields.db_user = db_user.clone();
+    let key = DbUserKey::of(&authorized.db, &db_user);
+    Ok(PlannedUser {
+        db_user,
+        mode,
+        managed: Some(Managed { admin, key }),
+    })
+}
+
+/// Activates the planned user under its lock, which the returned value holds until
+/// [`Provisioned::connected`]. With provisioning off, nothing is locked or changed.
+pub async fn activate_db_user(
+    gw: &Gateway,
+    authorized: &Authorized,
+    planned: PlannedUser,
+) -> Result<Provisioned, SessionError> {
+    let PlannedUser {
+        db_user,
+        mode,
+        managed,
+    } = planned;
+    let Some(managed) = managed else {
+        return Ok(Provisioned {
+            db_user,
+            mode,
+            managed: None,
             lock: None,
             recorded: false,
         });
-    }
-    let dbward_name = authorized.decision.db_user.clone();
-    // The final (possibly hashed) name is known before the lock is taken.
-    let (admin, db_user) = match authorized.db.spec.protocol {
-        Protocol::Postgres => (
-            EngineAdmin::Postgres(admin_target(
-                gw,
-                &authorized.db,
-                &authorized.decision.db_name,
-            )?),
-            dbward_provision::names::pg_name(&dbward_name),
-        ),
-        Protocol::Mysql => {
-            let target = mysql_admin_target(gw, &authorized.db)?;
-            let version = gw
-                .maria_provisioner
-                .server_version(&target)
-                .await
-                .map_err(|err| provision_error(authorized, err))?;
-            let flavor = dbward_provision::mysql::parse_server_version(&version);
-            dbward_provision::mysql::provisioning_supported(&flavor)
-                .map_err(SessionError::Provisioning)?;
-            let name = match flavor {
-                dbward_provision::mysql::ServerFlavor::MySql(..) => {
-                    dbward_provision::mysql::mysql_user_name(&dbward_name)
-                }
-                _ => dbward_provision::mysql::mariadb_user_name(&dbward_name),
-            };
-            (EngineAdmin::Mysql(target), name.as_str().to_string())
-        }
     };
-    authorized.fields.db_user = db_user.clone();
-    gw.sessions.set_db_user(&authorized.fields.sid, &db_user);
-
-    let key = DbUserKey::of(&authorized.db, &db_user);
-    let lock = take_lock(gw, &key).await?;
-    let user = DbUserName::new(db_user.clone());
-    let roles = &authorized.decision.db_roles;
-    let outcome = match &admin {
-        EngineAdmin::Postgres(target) => gw.pg_provisioner.activate(target, &user, roles).await,
-        EngineAdmin::Mysql(target) => {
-            gw.maria_provisioner
-                .activate(target, &user, &dbward_name, roles)
-                .await
-        }
-    }
-    .map_err(|err| provision_error(authorized, err))?;
-    record_activation(gw, authorized, &key, mode, outcome).await;
+    let lock = take_lock(gw, &managed.key).await?;
+    let outcome = gw
+        .provisioners
+        .activate(
+            &managed.admin,
+            &DbUserName::new(db_user.clone()),
+            &authorized.decision.db_user,
+            &authorized.decision.db_roles,
+        )
+        .await
+        .map_err(|err| provision_error(authorized, err))?;
+    record_activation(gw, authorized, &managed.key, mode, outcome).await;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
             .emit(
@@ -317,21 +310,28 @@ pub async fn provision(
             )
             .await;
     }
-    let provisioned = Provisioned {
+    Ok(Provisioned {
         db_user,
         mode,
-        admin: Some(admin),
-        key: Some(key),
+        managed: Some(managed),
         lock: Some(lock),
         recorded: false,
-    };
-    // Table privileges (db_permissions) are applied under the same lock; a session that
-    // cannot get them does not start, and the user is torn down as after any failed start.
-    if let Err(err) = super::permissions::apply(gw, authorized, &provisioned.db_user).await {
-        provisioned.teardown(gw, authorized).await;
-        return Err(err);
+    })
+}
+
+/// Plans and activates the database user of a session that is already registered: its
+/// entry in the live sessions learns the planned name. With provisioning off, the requested
+/// db user is used as is and nothing is locked.
+pub async fn provision(
+    gw: &Gateway,
+    authorized: &mut Authorized,
+) -> Result<Provisioned, SessionError> {
+    let planned = plan_db_user(gw, authorized).await?;
+    if planned.managed.is_some() {
+        gw.sessions
+            .set_db_user(&authorized.fields.sid, &planned.db_user);
     }
-    Ok(provisioned)
+    activate_db_user(gw, authorized, planned).await
 }
 
 /// Records the activation's mode under the user's key (the lock is held). When the user was
@@ -368,17 +368,11 @@ async fn record_activation(
 }
 
 impl Provisioned {
-    /// The user's own connection is up: other sessions of the same user may proceed.
+    /// The user's own connection is up: other sessions of the same user may proceed. The
+    /// lock is released off the client's path (the next holder of the same key waits for
+    /// the release anyway, and nobody else has to).
     pub async fn connected(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            // Off the client's path: the next holder of the same key waits for this release
-            // anyway, and nobody else has to.
-            tokio::spawn(async move {
-                if let Err(err) = lock.release().await {
-                    tracing::warn!(%err, "provisioning lock release failed");
-                }
-            });
-        }
+        drop(self.lock.take());
     }
 
     /// The upstream connection is up: records the session in the store with its upstream
@@ -391,7 +385,7 @@ impl Provisioned {
         authorized: &Authorized,
         backend_id: Option<i64>,
     ) {
-        let Some(key) = &self.key else {
+        let Some(managed) = &self.managed else {
             return;
         };
         let record = SessionRecord {
@@ -402,8 +396,8 @@ impl Provisioned {
             dbward_user: authorized.fields.user.clone(),
             mode: self.mode.as_str().to_string(),
             started_unix_ms: unix_ms_now(),
-            engine: key.engine.to_string(),
-            server: key.server.clone(),
+            engine: managed.key.engine.as_str().to_string(),
+            server: managed.key.server.clone(),
             backend_id,
         };
         // Removed at the end even when this write failed or timed out: it may still land.
@@ -424,38 +418,33 @@ impl Provisioned {
     /// logged; a store that cannot be reached is waited for, with backoff.
     pub async fn teardown(mut self, gw: &Gateway, authorized: &Authorized) {
         self.connected().await;
-        if let (Some(admin), Some(key)) = (self.admin.take(), self.key.clone()) {
+        if let Some(managed) = self.managed.take() {
             // Before lock or drop: table privileges would keep DROP ROLE from succeeding.
-            super::permissions::revoke_at_end(gw, authorized, &self.db_user, &key).await;
-            self.deactivate(gw, authorized, &admin, &key).await;
+            super::permissions::revoke_at_end(gw, authorized, &self.db_user, &managed.key).await;
+            self.deactivate(gw, authorized, &managed).await;
         }
         if self.recorded {
             forget_live_session(gw, &authorized.fields.sid).await;
         }
     }
 
-    async fn deactivate(
-        &self,
-        gw: &Gateway,
-        authorized: &Authorized,
-        admin: &EngineAdmin,
-        key: &DbUserKey,
-    ) {
+    async fn deactivate(&self, gw: &Gateway, authorized: &Authorized, managed: &Managed) {
         let sid = &authorized.fields.sid;
+        let key = &managed.key;
         // Another session of this gateway still uses the user (through any resource on the
         // same server): its own teardown, the last one, deactivates it. Checking the database
         // here would only wait for that session.
         if gw.sessions.count_for(key) > 0 {
             return;
         }
-        // A backend that is still finishing (a cancelled statement, a killed client's
-        // socket not yet noticed) counts as live. When no session of this gateway uses the
-        // user any more, look again a few times before leaving it to the reconciler.
-        for pause in [0u64, 1, 3, 8] {
-            tokio::time::sleep(Duration::from_secs(pause)).await;
+        let mut settle = Settle::new(
+            TEARDOWN_SETTLE,
+            TEARDOWN_FIRST_PAUSE,
+            TEARDOWN_LONGEST_PAUSE,
+        );
+        loop {
             let lock = take_lock_patiently(gw, key, sid).await;
             if gw.sessions.count_for(key) > 0 {
-                release(lock).await;
                 return;
             }
             let mode = match gw.store.get_activation(&key.store_key()).await {
@@ -464,38 +453,18 @@ impl Provisioned {
                 // Unknown: never drop on a guess.
                 Err(_) => ProvisioningMode::Keep,
             };
-            let user = DbUserName::new(self.db_user.clone());
-            let result = match admin {
-                EngineAdmin::Postgres(target) => {
-                    gw.pg_provisioner
-                        .deactivate(target, &user, teardown_mode(mode))
-                        .await
-                }
-                EngineAdmin::Mysql(target) => {
-                    gw.maria_provisioner
-                        .deactivate(target, &user, teardown_mode(mode))
-                        .await
-                }
-            };
-            if matches!(
-                result,
-                Ok(DeactivateOutcome::Missing
-                    | DeactivateOutcome::Locked
-                    | DeactivateOutcome::Dropped
-                    | DeactivateOutcome::DropFellBackToLock)
-            ) {
-                if let Err(err) = gw.store.delete_activation(&key.store_key()).await {
-                    tracing::warn!(%sid, %err, "activation record could not be removed");
-                }
-            }
-            release(lock).await;
+            let result = deactivate_user(gw, &managed.admin, key, mode).await;
+            drop(lock);
             match result {
-                Ok(DeactivateOutcome::Kept(_)) => {
+                Ok(DeactivateOutcome::Kept) => {
                     if gw.sessions.count_for(key) > 0 {
                         tracing::debug!(%sid, user = %self.db_user, "user still has live sessions; left active");
                         return;
                     }
                     tracing::debug!(%sid, user = %self.db_user, "backend still listed; checking again");
+                    if !settle.wait().await {
+                        return;
+                    }
                 }
                 Ok(DeactivateOutcome::Missing) => return,
                 Ok(outcome) => {
@@ -510,7 +479,7 @@ impl Provisioned {
                     return;
                 }
                 Err(err) => {
-                    tracing::warn!(%sid, user = %self.db_user, %err, "teardown failed; the reconciler will retry");
+                    tracing::warn!(%sid, user = %self.db_user, error = %error_chain(&err), kind = err.kind().as_str(), "teardown failed; the reconciler will retry");
                     gw.audit
                         .emit(
                             audit::USER_DEACTIVATE,
@@ -525,28 +494,80 @@ impl Provisioned {
     }
 }
 
+/// Deactivates or drops a user per its mode, under its lock (held by the caller); forgets
+/// its activation once it is no longer active. Sessions and the reconciler alike.
+pub(crate) async fn deactivate_user(
+    gw: &Gateway,
+    admin: &AdminTarget,
+    key: &DbUserKey,
+    mode: ProvisioningMode,
+) -> Result<DeactivateOutcome, ProvisionError> {
+    let user = DbUserName::new(key.db_user.clone());
+    let outcome = gw
+        .provisioners
+        .deactivate(admin, &user, teardown_mode(mode))
+        .await?;
+    if outcome != DeactivateOutcome::Kept {
+        if let Err(err) = gw.store.delete_activation(&key.store_key()).await {
+            tracing::warn!(db_user = %key.db_user, %err, "activation record could not be removed");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Ends a session's server connection for good (PostgreSQL backend pid, MariaDB connection
+/// id) after the session ended. A cancel is not enough: a statement may swallow it, MariaDB
+/// notices a closed socket only when the running statement looks at it, and a Terminate
+/// pipelined behind a statement is read only once that statement ends; either way the
+/// connection would go on with the user's roles, and keep the user active. Only for
+/// provisioned users: the admin ends nothing but a connection of the managed user this
+/// session used (MariaDB: needs `CONNECTION ADMIN`).
+pub(crate) async fn terminate_session_backend(
+    gw: &Gateway,
+    authorized: &Authorized,
+    db_user: &str,
+    backend_id: u64,
+) {
+    if authorized.decision.mode == ProvisioningMode::Off {
+        return;
+    }
+    let Ok(admin) = admin_target(gw, &authorized.db, &authorized.decision.db_name) else {
+        return;
+    };
+    let user = DbUserName::new(db_user.to_owned());
+    let ended = tokio::time::timeout(
+        TERMINATE_WAIT,
+        gw.provisioners.terminate_backend(&admin, &user, backend_id),
+    )
+    .await;
+    let sid = &authorized.fields.sid;
+    match ended {
+        Ok(Ok(true)) => {
+            tracing::info!(%sid, backend = backend_id, "server connection outlived its session; ended")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(%sid, backend = backend_id, error = %error_chain(&err), "could not end the server connection of an ended session")
+        }
+        Err(_) => {
+            tracing::warn!(%sid, backend = backend_id, "ending the server connection of an ended session timed out")
+        }
+    }
+}
+
 fn unix_ms_now() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(i64::MAX)
 }
 
-pub(super) async fn release(lock: LockGuard) {
-    if let Err(err) = lock.release().await {
-        tracing::warn!(%err, "provisioning lock release failed");
-    }
-}
-
 async fn take_lock(gw: &Gateway, key: &DbUserKey) -> Result<LockGuard, SessionError> {
-    gw.store
-        .lock(&key.lock_key(), &gw.instance_id, LOCK_WAIT)
-        .await
-        .map_err(|err| match err {
-            dbward_store::StoreError::LockTimeout { .. } => SessionError::Busy(format!(
-                "timed out waiting for another connection of database user \"{}\" to finish provisioning; try again",
-                key.db_user
-            )),
-            other => SessionError::Internal(other.to_string()),
-        })
+    lock_user(gw, key, LOCK_WAIT).await.map_err(|err| match err {
+        StoreError::LockTimeout { .. } => SessionError::Busy(format!(
+            "timed out waiting for another connection of database user \"{}\" to finish provisioning; try again",
+            key.db_user
+        )),
+        other => SessionError::Internal(other.to_string()),
+    })
 }
 
 /// The lock for a teardown: waits for it however long the store is unreachable or the lock
@@ -588,34 +609,21 @@ async fn forget_live_session(gw: &Gateway, sid: &str) {
     });
 }
 
-/// An error with its causes, for the log (the driver's own message is often just "db error").
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(inner) = cause {
-        let more = inner.to_string();
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = inner.source();
-    }
-    text
-}
-
-/// The error a client gets for a failed activation: a documented user-facing text, or the
-/// generic one with the session id. The detail is logged with the session id either way.
+/// The error a client gets for a failed provisioning step: what the error says a client may
+/// read, or the generic text with the session id. The detail is logged with the session id
+/// either way.
 pub(super) fn provision_error(authorized: &Authorized, err: ProvisionError) -> SessionError {
     let sid = &authorized.fields.sid;
     let db = &authorized.db.metadata.name;
     let detail = error_chain(&err);
-    match err.user_facing() {
+    let kind = err.kind().as_str();
+    match err.client_message() {
         Some(text) => {
-            tracing::info!(%sid, user = %authorized.fields.user, %db, error = %detail, "activation refused");
+            tracing::info!(%sid, user = %authorized.fields.user, %db, error = %detail, kind, "activation refused");
             SessionError::Provisioning(text)
         }
         None => {
-            tracing::warn!(%sid, user = %authorized.fields.user, %db, error = %detail, "database user provisioning failed");
+            tracing::warn!(%sid, user = %authorized.fields.user, %db, error = %detail, kind, "database user provisioning failed");
             SessionError::Provisioning(format!(
                 "database user provisioning failed (session {sid}); ask an administrator to run `dbward db check {db}`"
             ))
@@ -633,8 +641,8 @@ pub async fn preflight(
     let db = snapshot.dbs.get(db_name).ok_or_else(|| {
         crate::GatewayError::NotFound(format!("database \"{db_name}\" not found"))
     })?;
-    let admin =
-        engine_admin(gw, db).map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
+    let admin = maintenance_target(gw, db)
+        .map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
     let mut roles = std::collections::BTreeSet::new();
     for user in snapshot.users.values() {
         if let Ok(checker) = snapshot.checker(user) {
@@ -644,11 +652,12 @@ pub async fn preflight(
         }
     }
     let roles: Vec<String> = roles.into_iter().collect();
-    let findings = match &admin {
-        EngineAdmin::Postgres(target) => gw.pg_provisioner.preflight(target, &roles).await,
-        EngineAdmin::Mysql(target) => gw.maria_provisioner.preflight(target, &roles).await,
-    }
-    .map_err(|e| crate::GatewayError::BadRequest(e.to_string()))?;
+    // The operator asked: the whole detail, with its causes (admin, server, grant).
+    let findings = gw
+        .provisioners
+        .preflight(&admin, &roles)
+        .await
+        .map_err(|e| crate::GatewayError::BadRequest(error_chain(&e)))?;
     Ok(findings
         .into_iter()
         .map(|f| crate::api::DbCheckFinding {

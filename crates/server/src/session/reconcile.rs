@@ -20,15 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbward_model::Db;
-use dbward_provision::{DbUserName, DeactivateOutcome, ProvisionError};
+use dbward_provision::{error_chain, DbUserName, DeactivateOutcome};
 use dbward_rbac::ProvisioningMode;
 use dbward_store::SessionRecord;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::provisioning::{
-    engine_admin, in_db_name, server_of, stored_mode, teardown_mode, weakest, DbUserKey,
-    EngineAdmin,
+    deactivate_user, engine_of, in_db_name, lock_user, maintenance_target, server_of, stored_mode,
+    weakest, DbUserKey,
 };
 use crate::audit::{self, SessionFields};
 use crate::catalog::Snapshot;
@@ -155,16 +155,15 @@ pub async fn recover_once(
         return Ok(());
     }
     let snapshot = gw.catalog.snapshot().await?;
-    let mut by_user: BTreeMap<(String, String, String), Vec<SessionRecord>> = BTreeMap::new();
+    let mut by_user: BTreeMap<DbUserKey, Vec<SessionRecord>> = BTreeMap::new();
     for session in orphaned {
-        by_user
-            .entry((
-                session.engine.clone(),
-                session.server.clone(),
-                session.db_user.clone(),
-            ))
-            .or_default()
-            .push(session);
+        match DbUserKey::of_record(&session) {
+            Some(key) => by_user.entry(key).or_default().push(session),
+            None => {
+                tracing::warn!(sid = %session.sid, engine = %session.engine, "a dead instance's session names an unknown engine; its record is dropped");
+                let _ = gw.store.end_session(&session.sid).await;
+            }
+        }
     }
     for sessions in by_user.into_values() {
         recover_user(gw, &snapshot, &sessions).await;
@@ -186,7 +185,7 @@ fn resource_for<'a>(snapshot: &'a Snapshot, session: &SessionRecord) -> Option<&
         .filter(same_server)
         .or_else(|| {
             snapshot.dbs.values().find(|db| {
-                same_server(db) && DbUserKey::of(db, "").engine == session.engine.as_str()
+                same_server(db) && engine_of(db.spec.protocol).as_str() == session.engine
             })
         })
 }
@@ -202,15 +201,11 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
         }
         return;
     };
-    let Ok(admin) = engine_admin(gw, db) else {
+    let Ok(admin) = maintenance_target(gw, db) else {
         return;
     };
     let key = DbUserKey::of(db, &first.db_user);
-    let Ok(lock) = gw
-        .store
-        .lock(&key.lock_key(), &gw.instance_id, CLEANUP_LOCK_WAIT)
-        .await
-    else {
+    let Ok(_lock) = lock_user(gw, &key, CLEANUP_LOCK_WAIT).await else {
         return;
     };
     let user = DbUserName::new(first.db_user.clone());
@@ -219,23 +214,10 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
         let Some(id) = s.backend_id else {
             continue;
         };
-        let ended = match &admin {
-            EngineAdmin::Postgres(target) => match i32::try_from(id) {
-                Ok(pid) => {
-                    gw.pg_provisioner
-                        .terminate_backend(target, &user, pid)
-                        .await
-                }
-                Err(_) => Ok(false),
-            },
-            EngineAdmin::Mysql(target) => match u64::try_from(id) {
-                Ok(id) => {
-                    gw.maria_provisioner
-                        .kill_connection(target, &user, id)
-                        .await
-                }
-                Err(_) => Ok(false),
-            },
+        // A negative id names no connection.
+        let ended = match u64::try_from(id) {
+            Ok(id) => gw.provisioners.terminate_backend(&admin, &user, id).await,
+            Err(_) => Ok(false),
         };
         unended |= ended.is_err();
         match ended {
@@ -243,7 +225,7 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
                 tracing::info!(sid = %s.sid, instance = %s.instance_id, db_user = %s.db_user, backend = id, ended, "ended a session whose gateway instance is gone")
             }
             Err(err) => {
-                tracing::warn!(sid = %s.sid, db_user = %s.db_user, %err, "could not end a session whose gateway instance is gone")
+                tracing::warn!(sid = %s.sid, db_user = %s.db_user, error = %error_chain(&err), "could not end a session whose gateway instance is gone")
             }
         }
     }
@@ -254,9 +236,9 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
         let recorded: Vec<ProvisioningMode> =
             sessions.iter().map(|s| stored_mode(&s.mode)).collect();
         let plan = leftover_plan(gw, snapshot, &key, Some(&first.dbward_user), &recorded).await;
-        let outcome = deactivate(gw, &admin, &key, plan.mode).await;
+        let outcome = deactivate_user(gw, &admin, &key, plan.mode).await;
         match &outcome {
-            Ok(DeactivateOutcome::Kept(_)) => {
+            Ok(DeactivateOutcome::Kept) => {
                 tracing::info!(db_user = %key.db_user, "user of a dead instance's session is still in use; left active")
             }
             Ok(outcome) => {
@@ -281,7 +263,7 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
             }
             Err(err) => {
                 done = false;
-                tracing::warn!(db_user = %key.db_user, %err, "teardown after a dead instance failed; retrying");
+                tracing::warn!(db_user = %key.db_user, error = %error_chain(err), "teardown after a dead instance failed; retrying");
             }
         }
     }
@@ -292,36 +274,6 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
             }
         }
     }
-    let _ = lock.release().await;
-}
-
-/// Deactivates or drops a user under its lock (held by the caller); forgets its activation
-/// once it is no longer active.
-async fn deactivate(
-    gw: &Gateway,
-    admin: &EngineAdmin,
-    key: &DbUserKey,
-    mode: ProvisioningMode,
-) -> Result<DeactivateOutcome, ProvisionError> {
-    let user = DbUserName::new(key.db_user.clone());
-    let outcome = match admin {
-        EngineAdmin::Postgres(target) => {
-            gw.pg_provisioner
-                .deactivate(target, &user, teardown_mode(mode))
-                .await
-        }
-        EngineAdmin::Mysql(target) => {
-            gw.maria_provisioner
-                .deactivate(target, &user, teardown_mode(mode))
-                .await
-        }
-    }?;
-    if !matches!(outcome, DeactivateOutcome::Kept(_)) {
-        if let Err(err) = gw.store.delete_activation(&key.store_key()).await {
-            tracing::warn!(db_user = %key.db_user, %err, "activation record could not be removed");
-        }
-    }
-    Ok(outcome)
 }
 
 /// How a user left active is torn down.
@@ -407,14 +359,10 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
         if done.contains(&server) {
             continue;
         }
-        let Ok(admin) = engine_admin(gw, db) else {
+        let Ok(admin) = maintenance_target(gw, db) else {
             continue;
         };
-        let leftovers = match &admin {
-            EngineAdmin::Postgres(target) => gw.pg_provisioner.list_active_managed(target).await,
-            EngineAdmin::Mysql(target) => gw.maria_provisioner.list_active_managed(target).await,
-        };
-        let leftovers = match leftovers {
+        let leftovers = match gw.provisioners.list_active_managed(&admin).await {
             Ok(users) => users,
             Err(err) => {
                 // Another resource on the same server may have a working admin.
@@ -428,27 +376,24 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             if gw.sessions.count_for(&key) > 0 {
                 continue;
             }
-            let Ok(lock) = gw
-                .store
-                .lock(&key.lock_key(), &gw.instance_id, CLEANUP_LOCK_WAIT)
-                .await
-            else {
+            let Ok(_lock) = lock_user(gw, &key, CLEANUP_LOCK_WAIT).await else {
                 continue;
             };
             let plan = leftover_plan(gw, &snapshot, &key, None, &[]).await;
             let via_admin = match plan.via {
-                Some(via) if via.metadata.name != db.metadata.name => engine_admin(gw, via).ok(),
+                Some(via) if via.metadata.name != db.metadata.name => {
+                    maintenance_target(gw, via).ok()
+                }
                 _ => None,
             };
-            match deactivate(gw, via_admin.as_ref().unwrap_or(&admin), &key, plan.mode).await {
+            match deactivate_user(gw, via_admin.as_ref().unwrap_or(&admin), &key, plan.mode).await {
                 Ok(outcome) => {
                     tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
                 }
                 Err(err) => {
-                    tracing::warn!(db = %db.metadata.name, %db_user, %err, "reconciler teardown failed")
+                    tracing::warn!(db = %db.metadata.name, %db_user, error = %error_chain(&err), "reconciler teardown failed")
                 }
             }
-            let _ = lock.release().await;
         }
     }
     Ok(())

@@ -10,9 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbward_model::Protocol;
-use dbward_provision::DbUserName;
-use dbward_rbac::ProvisioningMode;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -23,9 +20,6 @@ use crate::Gateway;
 
 /// How long the cancel of a vanished client's statement may take.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
-
-/// How long ending a session's backend through the admin may take.
-const END_BACKEND_WAIT: Duration = Duration::from_secs(10);
 
 /// How a session that got past provisioning ended.
 pub(crate) enum Ended {
@@ -149,29 +143,7 @@ async fn release(
 /// provisioned users: the admin ends nothing but a connection of the managed user this
 /// session used.
 async fn end_backend(gw: &Gateway, authorized: &Authorized, db_user: &str, backend_id: i64) {
-    if authorized.decision.mode == ProvisioningMode::Off {
-        return;
-    }
-    let user = DbUserName::new(db_user.to_owned());
-    let ending = async {
-        match authorized.db.spec.protocol {
-            Protocol::Postgres => {
-                super::postgres::terminate_backend(gw, authorized, &user, backend_id).await
-            }
-            Protocol::Mysql => {
-                super::mysql::kill_connection(gw, authorized, &user, backend_id).await
-            }
-        }
-    };
-    match tokio::time::timeout(END_BACKEND_WAIT, ending).await {
-        Ok(Ok(true)) => tracing::info!(backend_id, "backend outlived its session; ended"),
-        Ok(Ok(false)) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(backend_id, %err, "could not end the backend of an ended session")
-        }
-        Err(_) => tracing::warn!(
-            backend_id,
-            "ending the backend of an ended session timed out"
-        ),
+    if let Ok(id) = u64::try_from(backend_id) {
+        super::provisioning::terminate_session_backend(gw, authorized, db_user, id).await;
     }
 }

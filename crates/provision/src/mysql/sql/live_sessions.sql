@@ -1,0 +1,2 @@
+-- Live sessions of user, on any host.
+SELECT COUNT(*) FROM information_schema.processlist WHERE `USER` = {user}
