@@ -73,6 +73,7 @@ async fn handle(
         Ok(client) => client,
         Err(err) => {
             tracing::info!(%peer, %err, "mysql handshake failed");
+            gw.metrics.handshake_failed("mysql");
             return;
         }
     };
@@ -89,6 +90,7 @@ async fn handle(
     let auth = match authenticate(&gw, peer, &client_certs) {
         Ok(auth) => auth,
         Err(err) => {
+            gw.metrics.session_failed("mysql", &err);
             send_error(&mut stream, sequence_id, &err).await;
             return;
         }
@@ -239,6 +241,7 @@ async fn run_session(gw: Arc<Gateway>, mut client: Handshaken, mut authorized: A
     let mut client_stream = client.stream;
     tokio::select! {
         stats = mysql::relay(&mut client_stream, &mut server_stream, tap) => {
+            gw.metrics.relayed(&authorized.fields, stats.client_to_server, stats.server_to_client);
             tracing::debug!(%sid, up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
         }
         _ = end.cancelled() => {

@@ -55,6 +55,7 @@ async fn handle(
         Ok(accepted) => accepted,
         Err(err) => {
             tracing::info!(%peer, %err, "postgres handshake failed");
+            gw.metrics.handshake_failed("postgres");
             return;
         }
     };
@@ -70,6 +71,7 @@ async fn handle(
             let auth = match authenticate(&gw, peer, &client_certs) {
                 Ok(auth) => auth,
                 Err(err) => {
+                    gw.metrics.session_failed("postgres", &err);
                     let _ = pg::send_error(&mut stream, err.sqlstate(), &err.user_message()).await;
                     return;
                 }
@@ -223,6 +225,7 @@ async fn run_session(
     let backend_key = server.backend_key;
     tokio::select! {
         stats = pg::relay(&mut client, &mut server_stream, tap) => {
+            gw.metrics.relayed(&authorized.fields, stats.client_to_server, stats.server_to_client);
             tracing::debug!(%sid, up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
         }
         _ = end.cancelled() => {

@@ -298,6 +298,7 @@ pub async fn provision(
     let lock = take_lock(gw, &key).await?;
     let user = DbUserName::new(db_user.clone());
     let roles = &authorized.decision.db_roles;
+    let activating = std::time::Instant::now();
     let outcome = match &admin {
         EngineAdmin::Postgres(target) => gw.pg_provisioner.activate(target, &user, roles).await,
         EngineAdmin::Mysql(target) => {
@@ -307,6 +308,11 @@ pub async fn provision(
         }
     }
     .map_err(|err| provision_error(authorized, err))?;
+    gw.metrics.provisioned(
+        crate::metrics::Operation::Activate,
+        &authorized.fields,
+        activating,
+    );
     record_activation(gw, authorized, &key, mode, outcome).await;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
@@ -456,6 +462,7 @@ impl Provisioned {
                 Err(_) => ProvisioningMode::Keep,
             };
             let user = DbUserName::new(self.db_user.clone());
+            let deactivating = std::time::Instant::now();
             let result = match admin {
                 EngineAdmin::Postgres(target) => {
                     gw.pg_provisioner
@@ -468,6 +475,11 @@ impl Provisioned {
                         .await
                 }
             };
+            gw.metrics.provisioned(
+                crate::metrics::Operation::Teardown,
+                &authorized.fields,
+                deactivating,
+            );
             if matches!(
                 result,
                 Ok(DeactivateOutcome::Missing
