@@ -113,7 +113,7 @@ impl LoginResult {
 
 /// Which reconciler pass acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReconcilePass {
+enum ReconcilePass {
     /// A user left active with no session (periodic reconciler).
     Leftover,
     /// The user of a session whose gateway instance is gone (recovery).
@@ -131,7 +131,7 @@ impl ReconcilePass {
 
 /// Provisioning operations whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+enum Operation {
     Activate,
     Teardown,
 }
@@ -218,7 +218,7 @@ impl Metrics {
     }
 
     /// A session refused or failed before it started.
-    pub fn session_failed(&self, protocol: &str, err: &SessionError) {
+    pub fn failed(&self, protocol: &str, err: &SessionError) {
         self.failure(protocol, ErrorKind::of(err));
     }
 
@@ -240,8 +240,17 @@ impl Metrics {
         }
     }
 
-    /// How long an activation or a teardown statement took, from `started`.
-    pub fn provisioned(&self, operation: Operation, fields: &SessionFields, started: Instant) {
+    /// How long activating the session's database user took, from `started`.
+    pub fn activated(&self, fields: &SessionFields, started: Instant) {
+        self.provisioning(Operation::Activate, fields, started);
+    }
+
+    /// How long locking or dropping the session's database user took, from `started`.
+    pub fn torn_down(&self, fields: &SessionFields, started: Instant) {
+        self.provisioning(Operation::Teardown, fields, started);
+    }
+
+    fn provisioning(&self, operation: Operation, fields: &SessionFields, started: Instant) {
         if let Some(r) = &self.registry {
             r.histogram(
                 PROVISIONING,
@@ -265,9 +274,17 @@ impl Metrics {
         }
     }
 
-    /// A teardown the reconciler or the recovery of a dead instance attempted; `None` when
-    /// it failed.
-    pub fn reconciler_action(&self, pass: ReconcilePass, outcome: Option<&DeactivateOutcome>) {
+    /// A leftover user the reconciler tore down; `None` when that failed.
+    pub fn reconciled_leftover(&self, outcome: Option<&DeactivateOutcome>) {
+        self.reconciler_action(ReconcilePass::Leftover, outcome);
+    }
+
+    /// The user of a dead instance's session, torn down by recovery; `None` when that failed.
+    pub fn recovered_dead_instance(&self, outcome: Option<&DeactivateOutcome>) {
+        self.reconciler_action(ReconcilePass::DeadInstance, outcome);
+    }
+
+    fn reconciler_action(&self, pass: ReconcilePass, outcome: Option<&DeactivateOutcome>) {
         if let Some(r) = &self.registry {
             let outcome = match outcome {
                 None => "failed",
@@ -349,7 +366,7 @@ impl Registry {
         let gauges = [
             (
                 SESSIONS_ACTIVE,
-                "Database sessions relaying now, by db resource and protocol.",
+                "Database sessions started and not yet ended (relaying, or tearing down), by db resource and protocol.",
                 None,
             ),
             (
@@ -502,7 +519,7 @@ mod tests {
         m.audit_event(audit::SESSION_START, &fields("a"), &refused);
         m.audit_event(audit::SESSION_END, &fields("a"), &Value::Null);
         m.relayed(&fields("a"), 10, 20);
-        m.session_failed("postgres", &SessionError::Internal("x".into()));
+        m.failed("postgres", &SessionError::Internal("x".into()));
         m.login(LoginResult::RateLimited);
         let text = m.render(&audit);
         let started = r#"dbward_sessions_started_total{db="a",protocol="postgres"}"#;

@@ -22,7 +22,7 @@ pub(crate) async fn refused_unauthorized(
     db_name: &str,
     err: &SessionError,
 ) {
-    gw.metrics.session_failed(protocol, err);
+    gw.metrics.failed(protocol, err);
     let fields = SessionFields {
         user,
         sid: uuid::Uuid::new_v4().to_string(),
@@ -49,8 +49,7 @@ pub(crate) async fn refused_unauthorized(
 /// Records an authorized session that could not start (the engine tells the client).
 pub(crate) async fn refused(gw: &Gateway, authorized: &Authorized, err: &SessionError) {
     tracing::info!(sid = %authorized.fields.sid, user = %authorized.fields.user, %err, "session refused");
-    gw.metrics
-        .session_failed(&authorized.fields.db_protocol, err);
+    gw.metrics.failed(&authorized.fields.db_protocol, err);
     gw.audit
         .emit(
             audit::SESSION_START,

@@ -90,7 +90,7 @@ async fn handle(
     let auth = match authenticate(&gw, peer, &client_certs) {
         Ok(auth) => auth,
         Err(err) => {
-            gw.metrics.session_failed("mysql", &err);
+            gw.metrics.failed("mysql", &err);
             send_error(&mut stream, sequence_id, &err).await;
             return;
         }

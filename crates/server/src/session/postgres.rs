@@ -71,7 +71,7 @@ async fn handle(
             let auth = match authenticate(&gw, peer, &client_certs) {
                 Ok(auth) => auth,
                 Err(err) => {
-                    gw.metrics.session_failed("postgres", &err);
+                    gw.metrics.failed("postgres", &err);
                     let _ = pg::send_error(&mut stream, err.sqlstate(), &err.user_message()).await;
                     return;
                 }

@@ -308,11 +308,7 @@ pub async fn provision(
         }
     }
     .map_err(|err| provision_error(authorized, err))?;
-    gw.metrics.provisioned(
-        crate::metrics::Operation::Activate,
-        &authorized.fields,
-        activating,
-    );
+    gw.metrics.activated(&authorized.fields, activating);
     record_activation(gw, authorized, &key, mode, outcome).await;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
@@ -475,11 +471,7 @@ impl Provisioned {
                         .await
                 }
             };
-            gw.metrics.provisioned(
-                crate::metrics::Operation::Teardown,
-                &authorized.fields,
-                deactivating,
-            );
+            gw.metrics.torn_down(&authorized.fields, deactivating);
             if matches!(
                 result,
                 Ok(DeactivateOutcome::Missing

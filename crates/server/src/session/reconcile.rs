@@ -255,10 +255,7 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
             sessions.iter().map(|s| stored_mode(&s.mode)).collect();
         let plan = leftover_plan(gw, snapshot, &key, Some(&first.dbward_user), &recorded).await;
         let outcome = deactivate(gw, &admin, &key, plan.mode).await;
-        gw.metrics.reconciler_action(
-            crate::metrics::ReconcilePass::DeadInstance,
-            outcome.as_ref().ok(),
-        );
+        gw.metrics.recovered_dead_instance(outcome.as_ref().ok());
         match &outcome {
             Ok(DeactivateOutcome::Kept(_)) => {
                 tracing::info!(db_user = %key.db_user, "user of a dead instance's session is still in use; left active")
@@ -446,13 +443,11 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             };
             match deactivate(gw, via_admin.as_ref().unwrap_or(&admin), &key, plan.mode).await {
                 Ok(outcome) => {
-                    gw.metrics
-                        .reconciler_action(crate::metrics::ReconcilePass::Leftover, Some(&outcome));
+                    gw.metrics.reconciled_leftover(Some(&outcome));
                     tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
                 }
                 Err(err) => {
-                    gw.metrics
-                        .reconciler_action(crate::metrics::ReconcilePass::Leftover, None);
+                    gw.metrics.reconciled_leftover(None);
                     tracing::warn!(db = %db.metadata.name, %db_user, %err, "reconciler teardown failed")
                 }
             }
