@@ -537,3 +537,96 @@ fn teleport_exports_load_checked_and_users_from_files_get_a_password() {
     let out = sandbox.run("admin-home", &["users", "reset", "nobody"], "");
     assert!(!out.status.success());
 }
+
+/// `db ls -v` and `db login` tell a user with `db_permissions` which table permissions a
+/// session will get (PROVISIONING.md §6), allow rules first, then deny rules.
+#[test]
+fn db_ls_and_db_login_show_the_table_permissions_a_session_gets() {
+    let sandbox = Sandbox::new();
+    let _gateway = sandbox.start();
+    let resources = r#"
+kind: role
+metadata:
+  name: read_all_tables
+spec:
+  options:
+    create_db_user_mode: keep
+  allow:
+    db_labels:
+      '*': '*'
+    db_names:
+    - '*'
+    db_permissions:
+    - match:
+        object_kind: table
+        schema: public
+      permissions:
+      - SELECT
+  deny:
+    db_labels: {'*': '*'}
+    db_permissions:
+    - match: {name: secrets}
+      permissions: ['*']
+version: v7
+---
+kind: db
+version: v3
+metadata: {name: shop, labels: {env: dev}}
+spec: {protocol: postgres, uri: "127.0.0.1:5999", admin_user: {name: adm}}
+"#;
+    sandbox.ok("admin-home", &["create", "-f", "-"], resources);
+    sandbox.ok(
+        "admin-home",
+        &[
+            "users",
+            "add",
+            "carol",
+            "--roles",
+            "read_all_tables",
+            "--password-stdin",
+        ],
+        "carol-password-1\n",
+    );
+    let ca = sandbox.path("host-ca.pem");
+    let host_ca = sandbox.ok("admin-home", &["auth", "export", "--type", "host"], "");
+    std::fs::write(&ca, host_ca).unwrap();
+    sandbox.ok(
+        "carol",
+        &[
+            "login",
+            "--proxy",
+            &sandbox.web,
+            "--user",
+            "carol",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--password-stdin",
+        ],
+        "carol-password-1\n",
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&sandbox.ok("carol", &["db", "ls", "-v", "--format", "json"], ""))
+            .expect("db ls json");
+    assert_eq!(
+        json[0]["db_permissions"],
+        serde_json::json!([
+            "SELECT on object_kind=table, schema=public",
+            "deny * on name=secrets"
+        ])
+    );
+    let text = sandbox.ok("carol", &["db", "ls", "-v"], "");
+    assert!(text.contains("Database Permissions"), "{text}");
+    assert!(
+        text.contains("SELECT on object_kind=table, schema=public; deny * on name=secrets"),
+        "{text}"
+    );
+
+    let login = sandbox.ok("carol", &["db", "login", "shop", "--db-name", "app"], "");
+    assert!(
+        login.contains("Table permissions granted for the session:")
+            && login.contains("  SELECT on object_kind=table, schema=public")
+            && login.contains("  deny * on name=secrets"),
+        "{login}"
+    );
+}

@@ -248,3 +248,162 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
         .is_some_and(|q| q.contains("select current_user"))));
     drop(running);
 }
+
+/// What quickstart leaves behind, found from outside: its directory and any process whose
+/// command line names it (PostgreSQL's `-D`, MariaDB's `--datadir`). Drop kills such processes
+/// and deletes the test's directory, so a failing test does not leak servers itself.
+struct Leftovers {
+    tmp: tempfile::TempDir,
+}
+
+impl Leftovers {
+    fn new() -> Leftovers {
+        Leftovers {
+            tmp: tempfile::Builder::new()
+                .prefix("dwqc")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        }
+    }
+
+    /// The directory quickstart picks without `--dir` when `$TMPDIR` is ours.
+    fn sandbox(&self, pid: u32) -> std::path::PathBuf {
+        self.tmp.path().join(format!("dbward-quickstart-{pid}"))
+    }
+
+    /// Processes (other than zombies) whose command line mentions our directory.
+    fn processes(&self) -> Vec<(u32, String)> {
+        let needle = self.tmp.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if cmdline.contains(&needle) && !zombie {
+                found.push((pid, cmdline));
+            }
+        }
+        found
+    }
+
+    /// Waits a little for processes to finish exiting, then lists what is still running.
+    fn running_after_grace(&self) -> Vec<(u32, String)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.processes();
+            if found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for (pid, _) in self.processes() {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `dbward quickstart | tee log` without `--dir`, its own process group like a shell job,
+/// `$TMPDIR` in the test's directory.
+fn quickstart_in_pipe(leftovers: &Leftovers) -> Child {
+    use std::os::unix::process::CommandExt;
+    Command::new(BIN)
+        .arg("quickstart")
+        .env("TMPDIR", leftovers.tmp.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C in a terminal: SIGINT to every process of the job.
+fn ctrl_c(child: &Child) {
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+}
+
+fn wait_exit(mut child: Child) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("quickstart did not exit within 90 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ctrl_c_with_a_closed_output_pipe_stops_the_databases_and_deletes_the_temporary_directory() {
+    let leftovers = Leftovers::new();
+    let mut child = quickstart_in_pipe(&leftovers);
+    let sandbox = leftovers.sandbox(child.id());
+    let stdout = child.stdout.take().unwrap();
+    let mut printed = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    // The reader (`tee`) is gone, as after Ctrl-C in a terminal.
+    assert!(printed.contains("is running"), "{printed}");
+    assert!(sandbox.join("pg").join("data").is_dir());
+    let servers = leftovers.processes();
+    assert!(
+        servers.iter().any(|(_, cmd)| cmd.contains("postgres")),
+        "{servers:?}"
+    );
+    ctrl_c(&child);
+    wait_exit(child);
+    let running = leftovers.running_after_grace();
+    assert!(running.is_empty(), "still running: {running:?}");
+    assert!(
+        !sandbox.exists(),
+        "{} was left behind ({})",
+        sandbox.display(),
+        std::fs::read_dir(&sandbox)
+            .map(|d| d.count().to_string())
+            .unwrap_or_default()
+    );
+}
+
+#[test]
+fn ctrl_c_while_starting_stops_the_databases_already_started() {
+    let leftovers = Leftovers::new();
+    let child = quickstart_in_pipe(&leftovers);
+    let sandbox = leftovers.sandbox(child.id());
+    // Ctrl-C as soon as PostgreSQL runs, while the rest (setup, MariaDB) is still starting.
+    let pid_file = sandbox.join("pg").join("data").join("postmaster.pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pid_file.is_file() {
+        assert!(Instant::now() < deadline, "PostgreSQL did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ctrl_c(&child);
+    wait_exit(child);
+    let running = leftovers.running_after_grace();
+    assert!(running.is_empty(), "still running: {running:?}");
+    assert!(!sandbox.exists(), "{} was left behind", sandbox.display());
+}

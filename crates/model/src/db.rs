@@ -21,6 +21,11 @@ pub const DBWARD_LABEL_DB_ADMIN_DEFAULT_DATABASE: &str = "dbward.dev/db-admin-de
 /// predefined role is ever granted.
 pub const DBWARD_LABEL_ALLOW_PREDEFINED_ROLES: &str = "dbward.dev/allow-predefined-roles";
 
+/// Label of a `db` resource that lets `db_permissions` grant TRIGGER (value `true`). Without
+/// it TRIGGER is left out: a trigger the user creates runs its code as every user that writes
+/// to the table, and outlives the session (PROVISIONING.md §8).
+pub const DBWARD_LABEL_ALLOW_TRIGGER: &str = "dbward.dev/allow-trigger-permission";
+
 /// A database resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Db {
@@ -289,6 +294,14 @@ impl Db {
             }
         }
         None
+    }
+
+    /// Whether `db_permissions` may grant TRIGGER here ([`DBWARD_LABEL_ALLOW_TRIGGER`]).
+    pub fn allows_trigger_permission(&self) -> bool {
+        self.metadata
+            .labels
+            .get(DBWARD_LABEL_ALLOW_TRIGGER)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     }
 
     /// The PostgreSQL predefined roles this database allows as db roles (the

@@ -1391,3 +1391,245 @@ async fn marker_members_with_admin_option_and_the_admin_itself_are_not_managed()
     assert_forbidden(&provisioner, &target, &[&dba], &dba).await?;
     Ok(())
 }
+
+// Database Access Controls (PROVISIONING.md §6): table privileges applied and taken away.
+
+/// A database of its own with `public.orders` and `sales.invoices`, owned by a role that is
+/// neither the admin nor a provisioned user. The admin may grant SELECT and INSERT on
+/// `orders` (WITH GRANT OPTION) and nothing on `sales`.
+fn permissions_db(env: &Env) -> Result<String> {
+    let db = unique_name("perms");
+    let owner = unique_name("tables_owner");
+    env.pg.psql_super(&format!(
+        "CREATE ROLE {owner}; CREATE DATABASE {db} OWNER {owner};"
+    ))?;
+    env.pg.psql_super_in(
+        &db,
+        &format!(
+            r#"SET ROLE {owner};
+               CREATE TABLE public.orders (id int);
+               INSERT INTO public.orders VALUES (1), (2);
+               CREATE SCHEMA sales;
+               CREATE TABLE sales.invoices (id int);
+               GRANT SELECT, INSERT ON public.orders TO "{ADMIN}" WITH GRANT OPTION;"#
+        ),
+    )?;
+    Ok(db)
+}
+
+fn table_privileges_in(env: &Env, db: &str, user: &str) -> Result<BTreeSet<String>> {
+    let out = env.pg.psql_super_in(
+        db,
+        &format!(
+            "SELECT n.nspname || '.' || c.relname || ':' || a.privilege_type \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, \
+             aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee \
+             WHERE r.rolname = {}",
+            lit(user)
+        ),
+    )?;
+    Ok(out
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+fn privilege(schema: &str, table: &str, name: &str) -> dbward_provision::postgres::TablePrivilege {
+    dbward_provision::postgres::TablePrivilege {
+        table: dbward_provision::postgres::TableName {
+            schema: schema.into(),
+            name: table.into(),
+        },
+        privilege: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn table_privileges_are_exactly_the_computed_set_and_revoked_before_drop() -> Result<()> {
+    let env = env();
+    let db = permissions_db(env)?;
+    let target = target_for(env, ADMIN, &db);
+    let user = db_user_name(&unique_name("perm"));
+    let provisioner = quick();
+    provisioner.activate(&target, &user, &[]).await?;
+
+    let tables = provisioner.list_tables(&target).await?;
+    let names: BTreeSet<String> = tables
+        .iter()
+        .map(|t| format!("{}.{}", t.schema, t.name))
+        .collect();
+    assert_eq!(names, set(&["public.orders", "sales.invoices"]));
+
+    let select = BTreeSet::from([privilege("public", "orders", "SELECT")]);
+    provisioner
+        .set_table_privileges(&target, &user, &select)
+        .await?;
+    assert_eq!(
+        table_privileges_in(env, &db, user.as_str())?,
+        set(&["public.orders:SELECT"])
+    );
+    let session = login(env, user.as_str(), &db).await?;
+    let rows = session
+        .client
+        .query_one("SELECT count(*) FROM public.orders", &[])
+        .await?;
+    assert_eq!(rows.get::<_, i64>(0), 2);
+    let insert = session
+        .client
+        .execute("INSERT INTO public.orders VALUES (3)", &[])
+        .await;
+    assert_eq!(
+        insert.err().and_then(|e| e.code().cloned()),
+        Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    session.close().await;
+    assert_eq!(
+        provisioner.table_privileges(&target, &user).await?,
+        select,
+        "what the provisioner reads back is what it granted"
+    );
+
+    // A new set replaces the old one entirely.
+    let insert_only = BTreeSet::from([privilege("public", "orders", "INSERT")]);
+    provisioner
+        .set_table_privileges(&target, &user, &insert_only)
+        .await?;
+    assert_eq!(
+        table_privileges_in(env, &db, user.as_str())?,
+        set(&["public.orders:INSERT"])
+    );
+
+    // Revoked at teardown, the user has nothing that keeps DROP ROLE from working.
+    assert_eq!(
+        provisioner.revoke_table_privileges(&target, &user).await?,
+        1
+    );
+    assert!(table_privileges_in(env, &db, user.as_str())?.is_empty());
+    let outcome = provisioner
+        .deactivate(&target, &user, TeardownMode::Drop)
+        .await?;
+    assert_eq!(outcome, DeactivateOutcome::Dropped);
+    assert_eq!(can_login(env, user.as_str())?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn privileges_the_admin_cannot_grant_are_reported_and_the_rest_granted() -> Result<()> {
+    let env = env();
+    let db = permissions_db(env)?;
+    let target = target_for(env, ADMIN, &db);
+    let user = db_user_name(&unique_name("perm_partial"));
+    let provisioner = quick();
+    provisioner.activate(&target, &user, &[]).await?;
+
+    let wanted = BTreeSet::from([
+        privilege("public", "orders", "SELECT"),
+        privilege("public", "orders", "UPDATE"),
+        privilege("sales", "invoices", "SELECT"),
+    ]);
+    let skipped = provisioner
+        .set_table_privileges(&target, &user, &wanted)
+        .await?;
+
+    assert_eq!(
+        skipped,
+        [
+            "UPDATE on TABLE public.orders",
+            "SELECT on TABLE sales.invoices"
+        ]
+    );
+    assert_eq!(
+        table_privileges_in(env, &db, user.as_str())?,
+        set(&["public.orders:SELECT"])
+    );
+    // Nothing was granted in `sales`: no USAGE either (its functions and sequences stay shut).
+    let usage = env.pg.psql_super_in(
+        &db,
+        &format!(
+            "SELECT has_schema_privilege({}, 'sales', 'USAGE')",
+            lit(user.as_str())
+        ),
+    )?;
+    assert_eq!(usage, "f");
+    Ok(())
+}
+
+/// Grants other users made to a provisioned user (on a temporary table, on a table of their
+/// own) are not the admin's to revoke: they neither make setting nor revoking fail, and what
+/// the admin granted is still taken back in full.
+#[tokio::test]
+async fn grants_made_by_other_users_neither_block_nor_outlast_the_admins_revocation() -> Result<()>
+{
+    let env = env();
+    let db = permissions_db(env)?;
+    let target = target_for(env, ADMIN, &db);
+    let provisioner = quick();
+    let victim = db_user_name(&unique_name("victim"));
+    let attacker = db_user_name(&unique_name("attacker"));
+    provisioner.activate(&target, &victim, &[]).await?;
+    provisioner.activate(&target, &attacker, &[]).await?;
+    // The attacker owns a table (left from an earlier session) and makes grants on it and on
+    // a temporary table of its live session, to the victim and to itself.
+    env.pg.psql_super_in(
+        &db,
+        &format!(
+            "CREATE TABLE public.{t} (id int); ALTER TABLE public.{t} OWNER TO {a};",
+            t = ident(&format!("own_{}", attacker.as_str())),
+            a = ident(attacker.as_str())
+        ),
+    )?;
+    let session = login(env, attacker.as_str(), &db).await?;
+    session
+        .client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE x (i int); GRANT SELECT ON x TO {v};
+             GRANT SELECT ON public.{t} TO {v}; GRANT SELECT ON public.{t} TO {a};",
+            v = ident(victim.as_str()),
+            a = ident(attacker.as_str()),
+            t = ident(&format!("own_{}", attacker.as_str())),
+        ))
+        .await?;
+
+    let select = BTreeSet::from([privilege("public", "orders", "SELECT")]);
+    for user in [&victim, &attacker] {
+        let skipped = provisioner
+            .set_table_privileges(&target, user, &select)
+            .await?;
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(
+            provisioner.table_privileges(&target, user).await?,
+            select,
+            "only the admin's grants count as the user's table permissions"
+        );
+    }
+    for user in [&victim, &attacker] {
+        assert_eq!(provisioner.revoke_table_privileges(&target, user).await?, 1);
+        assert!(
+            !table_privileges_in(env, &db, user.as_str())?.contains("public.orders:SELECT"),
+            "the admin's grant is gone"
+        );
+    }
+    session.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn table_privileges_are_never_given_to_a_user_dbward_did_not_create() -> Result<()> {
+    let env = env();
+    let db = permissions_db(env)?;
+    let target = target_for(env, ADMIN, &db);
+    let name = unique_name("dba_perm");
+    env.pg.psql_super(&format!("CREATE ROLE {name} LOGIN"))?;
+    let user = DbUserName::new(name.clone());
+    let select = BTreeSet::from([privilege("public", "orders", "SELECT")]);
+
+    let refused = quick().set_table_privileges(&target, &user, &select).await;
+
+    assert!(
+        matches!(refused, Err(ProvisionError::UserNotManaged { .. })),
+        "{refused:?}"
+    );
+    assert!(table_privileges_in(env, &db, &name)?.is_empty());
+    Ok(())
+}

@@ -342,11 +342,18 @@ impl AccessChecker {
         } else {
             requested.into_iter().collect()
         };
-        let db_permissions = if postgres {
-            self.permission_rules(db)
-        } else {
-            Vec::new()
-        };
+        let db_permissions = self.permission_rules(db);
+        if !postgres && !db_permissions.is_empty() {
+            return Err(AccessDenied::new(
+                DenialKind::PermissionsUnsupported {
+                    db: db.metadata.name.clone(),
+                },
+                format!(
+                    "{}: db_permissions apply to a non-PostgreSQL database",
+                    target()
+                ),
+            ));
+        }
         if !db_roles.is_empty() && !db_permissions.is_empty() {
             return Err(AccessDenied::new(
                 DenialKind::RolesAndPermissions,

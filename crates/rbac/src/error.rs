@@ -59,6 +59,12 @@ pub enum DenialKind {
     },
     /// The session would get both database roles and fine-grained permissions.
     RolesAndPermissions,
+    /// A role gives `db_permissions` on a database whose engine dbward cannot apply them to
+    /// (anything but PostgreSQL): refused rather than connected with nothing granted.
+    PermissionsUnsupported {
+        /// The database resource name.
+        db: String,
+    },
 }
 
 /// A refused connection.
@@ -109,6 +115,10 @@ impl AccessDenied {
                 "fine-grained database permissions and database roles are mutually exclusive"
                     .to_string()
             }
+            DenialKind::PermissionsUnsupported { db } => format!(
+                "database \"{db}\": db_permissions are only supported on PostgreSQL; \
+                 use db_roles for this database"
+            ),
         }
     }
 

@@ -35,6 +35,9 @@ pub struct PermissionRule {
     pub permissions: BTreeSet<Permission>,
     /// `*` in a deny entry: every privilege.
     pub all: bool,
+    /// The entry as a person reads it: `SELECT, INSERT on object_kind=table, schema=public`,
+    /// `deny * on name=secrets` (label values as written).
+    pub description: String,
 }
 
 impl PermissionRule {
@@ -66,12 +69,33 @@ impl PermissionRule {
             })?;
             permissions.insert(permission);
         }
+        let names = if all {
+            "*".to_string()
+        } else {
+            permissions
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let labels = entry
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.join("|")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let deny = if effect == PermissionEffect::Deny {
+            "deny "
+        } else {
+            ""
+        };
         Ok(PermissionRule {
             effect,
             role: role.to_string(),
             selector,
             permissions,
             all,
+            description: format!("{deny}{names} on {labels}"),
         })
     }
 

@@ -1610,10 +1610,20 @@ fn db_permissions_are_allow_minus_deny_per_object() {
 }
 
 #[test]
-fn db_permissions_are_postgres_only() {
+fn db_permissions_on_mysql_are_refused_not_silently_ignored() {
     let c = checker(PERMS);
-    let d = c.authorize(&my(&[]), "alice", "", &[]).unwrap();
-    assert!(d.db_permissions.is_empty());
+    let denied = c.authorize(&my(&[]), "alice", "", &[]).unwrap_err();
+    assert!(
+        matches!(denied.kind(), DenialKind::PermissionsUnsupported { .. }),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .user_message()
+            .contains("db_permissions are only supported on PostgreSQL"),
+        "{}",
+        denied.user_message()
+    );
 }
 
 #[test]

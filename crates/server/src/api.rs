@@ -93,6 +93,10 @@ pub struct DbListEntry {
     /// Roles provisioning would grant (empty when provisioning is off).
     pub db_roles: Vec<String>,
     pub auto_provisioning: bool,
+    /// Table permission rules provisioning would apply (PostgreSQL `db_permissions`), one
+    /// line each: `SELECT on object_kind=table, schema=public`, `deny * on name=secrets`.
+    #[serde(default)]
+    pub db_permissions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +127,9 @@ pub struct DbCertResponse {
     pub gateway_host: String,
     pub gateway_port: u16,
     pub expires: String,
+    /// The table permission rules the session will get, as in [`DbListEntry`].
+    #[serde(default)]
+    pub db_permissions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -35,6 +35,7 @@ pub const SESSION_START: &str = "db.session.start";
 pub const SESSION_END: &str = "db.session.end";
 pub const SESSION_QUERY: &str = "db.session.query";
 pub const USER_CREATE: &str = "db.session.user.create";
+pub const PERMISSIONS_UPDATE: &str = "db.session.permissions.update";
 pub const USER_DEACTIVATE: &str = "db.session.user.deactivate";
 
 /// How often the writer drains the queue when nobody asks it to flush.

@@ -15,8 +15,6 @@ pub mod fuzzing;
 pub mod listen;
 pub mod metrics;
 pub mod passwords;
-pub mod quickstart;
-pub mod sandbox;
 pub mod session;
 pub mod web;
 

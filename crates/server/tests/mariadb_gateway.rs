@@ -823,3 +823,30 @@ fn change_user_with_a_nonzero_sequence_id_is_never_executed() {
         "no session ever ran as the other account"
     );
 }
+
+/// `db_permissions` cannot be applied on MariaDB (nor by the reference): a role that gives them
+/// on a MariaDB database refuses the session with a clear message, and nothing is created,
+/// rather than connecting with nothing granted.
+#[test]
+fn db_permissions_on_mariadb_are_refused_with_a_clear_message() {
+    let h = maria_harness();
+    let w = world("keep");
+    let n = unique("p");
+    let role = format!("perms-{n}");
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {role}}}\nspec:\n  options: {{create_db_user_mode: keep}}\n  allow:\n    db_labels: {{'*': '*'}}\n    db_names: ['*']\n    db_permissions:\n    - match: {{object_kind: table}}\n      permissions: [SELECT]\n"
+    ));
+    let user = unique("perm");
+    add_user(&user, &[&role]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+
+    let r = h.mariadb(&files, &user, "SELECT 1");
+
+    assert!(!r.ok, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("db_permissions are only supported on PostgreSQL"),
+        "{r:?}"
+    );
+    assert_eq!(locked(&user), None, "no account was created");
+}

@@ -46,6 +46,15 @@ impl DbServerCerts {
         write_file(&certs.cas, cas.db_client.cert_pem.as_bytes())?;
         Ok(certs)
     }
+
+    /// The same three files as the launcher takes them.
+    pub fn tls(&self) -> dbward_localdb::ServerTls {
+        dbward_localdb::ServerTls {
+            crt: self.crt.clone(),
+            key: self.key.clone(),
+            cas: self.cas.clone(),
+        }
+    }
 }
 
 /// A client certificate for a database user, with the CA that verifies the server: what dbward

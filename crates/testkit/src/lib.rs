@@ -1,6 +1,7 @@
 //! Ephemeral PostgreSQL and MariaDB servers for dbward's tests, configured the way a user
 //! configures them for dbward: TLS on, client-certificate authentication, certificates from
-//! dbward's own CAs.
+//! dbward's own CAs. The servers are `dbward-localdb`'s; this crate gives each its own
+//! temporary directory, a watchdog, and per-binary sharing.
 //!
 //! Every server lives in its own temporary directory under `/tmp` (short paths, because Unix
 //! socket paths are limited to 107 bytes), listens on `127.0.0.1` on a port picked at run time,
@@ -29,12 +30,12 @@
 mod certs;
 mod maria;
 mod pg;
-pub mod pg_versions;
 mod process;
 mod shared;
 
 pub use certs::{ClientCertFiles, DbServerCerts};
+pub use dbward_localdb::pg_versions;
 pub use maria::MariaServer;
 pub use pg::{PgServer, PG_MAJOR_ENV};
 pub use process::require_binaries;
-pub use shared::{shared_cas, shared_maria, shared_pg, unique_name};
+pub use shared::{remove_at_exit, shared_cas, shared_maria, shared_pg, unique_name};

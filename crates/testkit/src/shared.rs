@@ -4,8 +4,9 @@
 //! Statics are never dropped, so teardown is an `atexit` hook (normal exit, including the test
 //! harness's exit after failures) backed by each server's watchdog (the process was killed).
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::{Mutex, Once, OnceLock};
 
 use anyhow::anyhow;
 use dbward_pki::CaSet;
@@ -26,6 +27,18 @@ static CERTS: OnceLock<Result<SharedCerts, String>> = OnceLock::new();
 static PG: OnceLock<Result<PgServer, String>> = OnceLock::new();
 static MARIA: OnceLock<Result<MariaServer, String>> = OnceLock::new();
 static AT_EXIT: Once = Once::new();
+static REMOVE_AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Deletes `path` (a directory and everything below it) when the test process exits normally,
+/// after the shared servers have stopped: for files that live as long as the process, such as
+/// a gateway in a `static` that is never dropped.
+pub fn remove_at_exit(path: &Path) {
+    register_teardown();
+    match REMOVE_AT_EXIT.lock() {
+        Ok(mut paths) => paths.push(path.to_path_buf()),
+        Err(poisoned) => poisoned.into_inner().push(path.to_path_buf()),
+    }
+}
 
 /// The CAs of the shared servers: issue client certificates from `db_client`, verify the
 /// servers with `db`.
@@ -37,7 +50,6 @@ pub fn shared_cas() -> anyhow::Result<&'static CaSet> {
 /// [`shared_cas`]. Tests share it, so each must use its own names ([`unique_name`]).
 pub fn shared_pg() -> anyhow::Result<&'static PgServer> {
     let certs = shared_certs()?;
-    register_teardown();
     PG.get_or_init(|| PgServer::start(&certs.server).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow!("starting the shared PostgreSQL failed: {e}"))
@@ -46,7 +58,6 @@ pub fn shared_pg() -> anyhow::Result<&'static PgServer> {
 /// The MariaDB server of this test binary; see [`shared_pg`].
 pub fn shared_maria() -> anyhow::Result<&'static MariaServer> {
     let certs = shared_certs()?;
-    register_teardown();
     MARIA
         .get_or_init(|| MariaServer::start(&certs.server).map_err(|e| format!("{e:#}")))
         .as_ref()
@@ -63,6 +74,9 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 fn shared_certs() -> anyhow::Result<&'static SharedCerts> {
+    // Registered with the first shared thing of any kind: a test binary that only uses
+    // `shared_cas` must still delete the certificates' directory.
+    register_teardown();
     CERTS
         .get_or_init(|| {
             let make = || -> anyhow::Result<SharedCerts> {
@@ -97,6 +111,13 @@ extern "C" fn teardown() {
         }
         if let Some(Ok(certs)) = CERTS.get() {
             let _ = std::fs::remove_dir_all(certs.dir.path());
+        }
+        let paths = match REMOVE_AT_EXIT.lock() {
+            Ok(mut paths) => std::mem::take(&mut *paths),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for path in paths {
+            let _ = std::fs::remove_dir_all(path);
         }
     });
 }

@@ -23,9 +23,8 @@ fn psql_with_cert(pg: &PgServer, files: &ClientCertFiles, user: &str, sql: &str)
         files.crt.display(),
         files.key.display(),
     );
-    let psql = PgServer::bin_dir()
-        .expect("PostgreSQL binaries")
-        .join("psql");
+    // The server's own psql, else the system's (the pinned builds of other majors ship none).
+    let psql = pg.psql_bin().expect("psql");
     Command::new(psql)
         .args(["-X", "-A", "-t", "-c", sql, &conninfo])
         .env_remove("PGPASSWORD")

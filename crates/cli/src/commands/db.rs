@@ -32,6 +32,7 @@ pub fn render_db_list(dbs: &[DbListEntry], verbose: bool) -> String {
             "URI",
             "Allowed Users",
             "Database Roles",
+            "Database Permissions",
             "Labels",
         ]
     } else {
@@ -48,6 +49,7 @@ pub fn render_db_list(dbs: &[DbListEntry], verbose: bool) -> String {
                 db.uri.clone(),
                 db.allowed_users.clone(),
                 db.db_roles.join(","),
+                db.db_permissions.join("; "),
                 labels,
             ]);
         } else {
@@ -63,7 +65,11 @@ pub fn render_db_list(dbs: &[DbListEntry], verbose: bool) -> String {
 }
 
 /// Issues a database certificate for the route (fresh key, kept locally) and stores it.
-async fn issue(home: &ClientHome, db: &str, route: &RouteArgs) -> Result<DbRouteState> {
+async fn issue(
+    home: &ClientHome,
+    db: &str,
+    route: &RouteArgs,
+) -> Result<(DbRouteState, Vec<String>)> {
     let files = home.db(db)?;
     let (profile, client) = user_client(home)?;
     let (key_pem, csr_pem) = dbward_pki::new_key_and_csr(&profile.user)?;
@@ -94,18 +100,24 @@ async fn issue(home: &ClientHome, db: &str, route: &RouteArgs) -> Result<DbRoute
     std::fs::write(home.host_ca(), &response.host_ca_pem)
         .with_context(|| format!("writing {}", home.host_ca().display()))?;
     files.save(&state, &response.cert_pem, &key_pem)?;
-    Ok(state)
+    Ok((state, response.db_permissions))
 }
 
 pub async fn login(db: &str, route: &RouteArgs) -> Result<()> {
     let home = ClientHome::from_env()?;
-    let state = issue(&home, db, route).await?;
+    let (state, permissions) = issue(&home, db, route).await?;
     let config = DbConnectionConfig::new(&home, &state)?;
     println!(
         "Logged in to database \"{db}\" as db user \"{}\", valid until {}.",
         state.db_user,
         display_time(&state.expires)
     );
+    if !permissions.is_empty() {
+        println!("Table permissions granted for the session:");
+        for line in &permissions {
+            println!("  {line}");
+        }
+    }
     println!(
         "\nConnect with:\n  dbward db connect {db}\nor:\n  {}",
         config.command
@@ -154,7 +166,7 @@ pub async fn connect(db: &str, route: &RouteArgs, client_args: &[String]) -> Res
     let home = ClientHome::from_env()?;
     let state = match home.db(db)?.load_route()? {
         Some(existing) if route_satisfies(&existing, route) => existing,
-        _ => issue(&home, db, route).await?,
+        _ => issue(&home, db, route).await?.0,
     };
     let config = DbConnectionConfig::new(&home, &state)?;
     let (program, mut args) = config.client_argv()?;
@@ -202,6 +214,10 @@ mod tests {
             allowed_users: "[alice] (Auto-provisioned)".into(),
             db_roles: vec!["reader".into(), "writer".into()],
             auto_provisioning: true,
+            db_permissions: vec![
+                "SELECT on object_kind=table, schema=public".into(),
+                "deny * on name=secrets".into(),
+            ],
         }
     }
 
@@ -236,12 +252,15 @@ mod tests {
             "URI",
             "Allowed Users",
             "Database Roles",
+            "Database Permissions",
             "Labels",
         ] {
             assert!(header.contains(column), "{column} missing in {header}");
         }
         assert!(text.contains("postgres localhost:5432"));
         assert!(text.contains("reader,writer"));
+        assert!(text.contains("SELECT on object_kind=table, schema=public; deny * on name=secrets"));
+        assert!(!render_db_list(&[entry()], false).contains("SELECT"));
     }
 
     fn state(expires: &str) -> DbRouteState {

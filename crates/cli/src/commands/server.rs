@@ -1,4 +1,5 @@
-//! `dbward start` and `dbward quickstart`: run the gateway in this process.
+//! `dbward start` (the gateway) and `dbward quickstart` (a sandbox with local databases, from
+//! `dbward-quickstart`): run in this process.
 
 use std::path::PathBuf;
 
@@ -11,6 +12,6 @@ pub async fn start(config: Config) -> Result<()> {
 }
 
 pub async fn quickstart(dir: Option<PathBuf>) -> Result<()> {
-    dbward_server::quickstart::run(dir).await?;
+    dbward_quickstart::run(dir).await?;
     Ok(())
 }

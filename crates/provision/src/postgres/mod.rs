@@ -13,6 +13,7 @@
 //! This module does not lock: the caller holds the per-(database, user) lock around each
 //! activation and teardown.
 
+mod permissions;
 mod pool;
 mod preflight;
 mod quote;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
+pub use permissions::{TableName, TablePrivilege};
 pub use quote::quote_ident;
 pub use tls::{MakeRustlsConnect, RustlsConnect, RustlsStream};
 

@@ -25,6 +25,19 @@ pub struct CancelTarget {
     pub key: BackendKey,
 }
 
+impl CancelTarget {
+    /// Asks the server to cancel whatever this session's backend runs, within `limit`.
+    /// Delivered means read by the server, not that anything was cancelled.
+    pub async fn send(&self, limit: Duration) -> Result<(), dbward_proxy::UpstreamError> {
+        let sending =
+            dbward_proxy::pg::cancel::send_cancel(self.addr.as_str(), self.tls.clone(), self.key);
+        match tokio::time::timeout(limit, sending).await {
+            Ok(sent) => sent,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        }
+    }
+}
+
 struct Entry {
     authorized: Arc<Authorized>,
     /// The database user the session runs as, on its server: sessions through two `db`

@@ -319,14 +319,21 @@ pub async fn provision(
             )
             .await;
     }
-    Ok(Provisioned {
+    let provisioned = Provisioned {
         db_user,
         mode,
         admin: Some(admin),
         key: Some(key),
         lock: Some(lock),
         recorded: false,
-    })
+    };
+    // Table privileges (db_permissions) are applied under the same lock; a session that
+    // cannot get them does not start, and the user is torn down as after any failed start.
+    if let Err(err) = super::permissions::apply(gw, authorized, &provisioned.db_user).await {
+        provisioned.teardown(gw, authorized).await;
+        return Err(err);
+    }
+    Ok(provisioned)
 }
 
 /// Records the activation's mode under the user's key (the lock is held). When the user was
@@ -420,6 +427,8 @@ impl Provisioned {
     pub async fn teardown(mut self, gw: &Gateway, authorized: &Authorized) {
         self.connected().await;
         if let (Some(admin), Some(key)) = (self.admin.take(), self.key.clone()) {
+            // Before lock or drop: table privileges would keep DROP ROLE from succeeding.
+            super::permissions::revoke_at_end(gw, authorized, &self.db_user, &key).await;
             self.deactivate(gw, authorized, &admin, &key).await;
         }
         if self.recorded {
@@ -525,7 +534,7 @@ fn unix_ms_now() -> i64 {
         .unwrap_or(i64::MAX)
 }
 
-async fn release(lock: LockGuard) {
+pub(super) async fn release(lock: LockGuard) {
     if let Err(err) = lock.release().await {
         tracing::warn!(%err, "provisioning lock release failed");
     }
@@ -546,7 +555,7 @@ async fn take_lock(gw: &Gateway, key: &DbUserKey) -> Result<LockGuard, SessionEr
 
 /// The lock for a teardown: waits for it however long the store is unreachable or the lock
 /// is held (a teardown skipped would leave the user able to log in), retrying with backoff.
-async fn take_lock_patiently(gw: &Gateway, key: &DbUserKey, sid: &str) -> LockGuard {
+pub(super) async fn take_lock_patiently(gw: &Gateway, key: &DbUserKey, sid: &str) -> LockGuard {
     let mut pause = STORE_RETRY_FIRST;
     loop {
         match take_lock(gw, key).await {
@@ -600,7 +609,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// The error a client gets for a failed activation: a documented user-facing text, or the
 /// generic one with the session id. The detail is logged with the session id either way.
-fn provision_error(authorized: &Authorized, err: ProvisionError) -> SessionError {
+pub(super) fn provision_error(authorized: &Authorized, err: ProvisionError) -> SessionError {
     let sid = &authorized.fields.sid;
     let db = &authorized.db.metadata.name;
     let detail = error_chain(&err);

@@ -484,6 +484,11 @@ async fn list_dbs(
                 .map(|p| p.roles.iter().cloned().collect())
                 .unwrap_or_default(),
             auto_provisioning: provisioning.is_some(),
+            db_permissions: if provisioning.is_some() {
+                permission_lines(&checker.permission_rules(db))
+            } else {
+                Vec::new()
+            },
         });
     }
     Ok(Json(DbListResponse { databases }))
@@ -527,7 +532,7 @@ async fn issue_db_cert(
     // Early check with the route's defaults, so mistakes show at `db login`; the listener
     // checks again with what the client actually sends.
     let db_name = req.db_name.clone().unwrap_or_default();
-    checker
+    let decision = checker
         .authorize(db, &db_user, &db_name, &req.db_roles)
         .map_err(|denied| {
             tracing::info!(user = %identity.username, db = %req.db, reason = %denied.reason(), "db login denied");
@@ -573,7 +578,24 @@ async fn issue_db_cert(
         gateway_host: gw.config.public_addr.clone(),
         gateway_port: port,
         expires: rfc3339(expires),
+        db_permissions: permission_lines(&decision.db_permissions),
     }))
+}
+
+/// Allow rules first, then deny rules, each once.
+fn permission_lines(rules: &[dbward_rbac::PermissionRule]) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for effect in [
+        dbward_rbac::PermissionEffect::Allow,
+        dbward_rbac::PermissionEffect::Deny,
+    ] {
+        for rule in rules.iter().filter(|r| r.effect == effect) {
+            if !lines.contains(&rule.description) {
+                lines.push(rule.description.clone());
+            }
+        }
+    }
+    lines
 }
 
 async fn check_db(

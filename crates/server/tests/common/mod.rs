@@ -61,6 +61,8 @@ fn start(engine: Engine) -> anyhow::Result<Harness> {
         .prefix("dwgw")
         .tempdir_in("/tmp")?
         .keep();
+    // The harness lives in a static, never dropped: its files go when the process exits.
+    dbward_testkit::remove_at_exit(&dir);
     let config_path = dir.join("dbward.yaml");
     std::fs::write(
         &config_path,

@@ -1,19 +1,27 @@
-//! `dbward quickstart`: a one-command sandbox. A local PostgreSQL configured for certificate
-//! authentication from dbward's CAs, an admin user with the least privileges provisioning
-//! needs, db roles `reader`/`writer` over a sample table, a dbward role that provisions users
-//! (`keep`), a user with a printed password, and the gateway in the foreground.
+//! `dbward quickstart`: a one-command sandbox for trying dbward. A local PostgreSQL (and a
+//! MariaDB when installed) configured for certificate authentication from dbward's CAs, an
+//! admin user with the least privileges provisioning needs, db roles `reader`/`writer` over a
+//! sample table, a dbward role that provisions users (`keep`), a user with a printed password,
+//! and the gateway in the foreground.
+//!
+//! Developer tooling, not part of the gateway: it uses the gateway's library like any other
+//! caller and starts its databases with `dbward-localdb`. Whatever it started is stopped when it
+//! ends, however it ends short of SIGKILL (Ctrl-C or SIGTERM while starting or serving, an
+//! error, a panic), and a directory it picked itself is deleted.
+
+mod error;
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dbward_localdb::{pg_versions, LocalMariaDb, LocalPostgres, PgShutdown, ServerTls};
 use dbward_model::Config;
+use dbward_server::{bootstrap, passwords, Started};
 use dbward_store::PutMode;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::GatewayError;
-use crate::sandbox::{LocalMariaDb, LocalPostgres};
-use crate::{bootstrap, passwords, Started};
+pub use error::QuickstartError;
 
 pub const QUICKSTART_USER: &str = "alice";
 pub const QUICKSTART_DB: &str = "quickstart";
@@ -26,13 +34,15 @@ pub struct Sandbox {
     pub config_path: PathBuf,
     pub password: String,
     pub web_addr: String,
+    /// Stopped on drop.
     pub postgres: LocalPostgres,
-    /// Started when MariaDB's binaries are installed.
+    /// Started when MariaDB's binaries are installed; stopped on drop.
     pub mariadb: Option<LocalMariaDb>,
 }
 
 impl Sandbox {
-    /// Stops the databases (the gateway stops on its own).
+    /// Stops the databases now (dropping the sandbox does the same; the gateway stops on its
+    /// own).
     pub fn stop(&self) {
         if let Some(mariadb) = &self.mariadb {
             mariadb.stop();
@@ -41,17 +51,35 @@ impl Sandbox {
     }
 }
 
-fn free_port(preferred: u16) -> Result<u16, GatewayError> {
+fn free_port(preferred: u16) -> Result<u16, QuickstartError> {
     if StdListener::bind(("127.0.0.1", preferred)).is_ok() {
         return Ok(preferred);
     }
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let listener =
+        StdListener::bind("127.0.0.1:0").map_err(QuickstartError::io("binding a port"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(QuickstartError::io("reading a bound port"))?;
+    Ok(addr.port())
 }
 
-/// Prepares the sandbox in `dir` (created when missing; reused when it exists).
-pub async fn prepare(dir: &Path) -> Result<Sandbox, GatewayError> {
-    std::fs::create_dir_all(dir)?;
-    let dir = dir.canonicalize()?;
+/// Fails with [`QuickstartError::Interrupted`] once `shutdown` is cancelled: checked between
+/// the steps of [`prepare`], whose started databases then stop as they are dropped.
+fn check(shutdown: &CancellationToken) -> Result<(), QuickstartError> {
+    if shutdown.is_cancelled() {
+        return Err(QuickstartError::Interrupted);
+    }
+    Ok(())
+}
+
+/// Prepares the sandbox in `dir` (created when missing; reused when it exists). Stops early,
+/// stopping what it started, when `shutdown` is cancelled.
+pub async fn prepare(dir: &Path, shutdown: &CancellationToken) -> Result<Sandbox, QuickstartError> {
+    std::fs::create_dir_all(dir)
+        .map_err(QuickstartError::io(format!("creating {}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(QuickstartError::io(format!("resolving {}", dir.display())))?;
     let web_port = free_port(3080)?;
     let pg_port = free_port(3432)?;
     let with_mariadb = LocalMariaDb::available();
@@ -65,55 +93,50 @@ pub async fn prepare(dir: &Path) -> Result<Sandbox, GatewayError> {
         "version: v1\ncluster_name: quickstart\ndata_dir: {}\npublic_addr: localhost\nweb_listen_addr: 127.0.0.1:{web_port}\npostgres_listen_addr: 127.0.0.1:{pg_port}\nmysql_listen_addr: {mysql_listen}\ncert_ttl: 12h\n",
         dir.join("data").display()
     );
-    std::fs::write(&config_path, &config_text)?;
+    std::fs::write(&config_path, &config_text)
+        .map_err(QuickstartError::io("writing dbward.yaml"))?;
     let config = Config::load(&config_path)?;
 
     // CAs first: the database's certificates come from them.
-    std::fs::create_dir_all(&config.data_dir)?;
-    let store = crate::open_store(&config).await?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(QuickstartError::io("creating the gateway's data directory"))?;
+    let store = dbward_server::open_store(&config).await?;
     let cas = bootstrap::load_or_create_cas(&store, "quickstart").await?;
     let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let (crt, key) =
         dbward_pki::issue_db_server_cert(&cas.db, &hosts, Duration::from_secs(90 * 24 * 3600))?;
     let tls_dir = dir.join("db-certs");
-    std::fs::create_dir_all(&tls_dir)?;
-    std::fs::write(tls_dir.join("server.crt"), crt)?;
-    dbward_pki::write_private_file(&tls_dir.join("server.key"), key.as_bytes())?;
-    std::fs::write(tls_dir.join("server.cas"), &cas.db_client.cert_pem)?;
+    std::fs::create_dir_all(&tls_dir).map_err(QuickstartError::io("creating db-certs"))?;
+    let tls = ServerTls {
+        crt: tls_dir.join("server.crt"),
+        key: tls_dir.join("server.key"),
+        cas: tls_dir.join("server.cas"),
+    };
+    std::fs::write(&tls.crt, crt).map_err(QuickstartError::io("writing server.crt"))?;
+    dbward_pki::write_private_file(&tls.key, key.as_bytes())
+        .map_err(QuickstartError::io("writing server.key"))?;
+    std::fs::write(&tls.cas, &cas.db_client.cert_pem)
+        .map_err(QuickstartError::io("writing server.cas"))?;
+    check(shutdown)?;
 
-    let db_port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // Each database stops when dropped: on any error or interruption below, what has started
+    // is stopped on the way out.
     let postgres = LocalPostgres::start(
         &dir.join("pg"),
-        db_port,
-        &tls_dir.join("server.crt"),
-        &tls_dir.join("server.key"),
-        &tls_dir.join("server.cas"),
+        &pg_versions::newest_system_bin_dir()?,
+        &tls,
+        PgShutdown::Fast,
     )?;
+    check(shutdown)?;
     postgres.psql("postgres", &setup_sql())?;
+    check(shutdown)?;
 
     let mariadb = if with_mariadb {
-        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let started = LocalMariaDb::start(
-            &dir.join("mariadb"),
-            port,
-            &tls_dir.join("server.crt"),
-            &tls_dir.join("server.key"),
-            &tls_dir.join("server.cas"),
-        );
-        let ready = started.and_then(|db| match db.sql(&mariadb_setup_sql()) {
-            Ok(_) => Ok(db),
-            Err(err) => {
-                db.stop();
-                Err(err)
-            }
-        });
-        match ready {
-            Ok(db) => Some(db),
-            Err(err) => {
-                postgres.stop();
-                return Err(err);
-            }
-        }
+        let db = LocalMariaDb::start(&dir.join("mariadb"), &tls)?;
+        check(shutdown)?;
+        db.sql(&mariadb_setup_sql())?;
+        check(shutdown)?;
+        Some(db)
     } else {
         None
     };
@@ -167,17 +190,17 @@ metadata:
   labels: {{env: quickstart}}
 spec:
   protocol: postgres
-  uri: 127.0.0.1:{db_port}
+  uri: 127.0.0.1:{pg_db_port}
   admin_user:
     name: {ADMIN_USER}
     default_database: postgres
 {mariadb_resource}
-"#
+"#,
+        pg_db_port = postgres.port
     );
     let parsed = dbward_model::parse_resources(&resources, "quickstart.yaml")?;
     for resource in &parsed.resources {
-        let body =
-            serde_json::to_string(resource).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let body = serde_json::to_string(resource)?;
         store
             .put_resource(resource.kind(), resource.name(), &body, PutMode::Upsert)
             .await?;
@@ -186,10 +209,11 @@ spec:
     store
         .set_password_hash(
             QUICKSTART_USER,
-            &passwords::hash_password(&password).map_err(GatewayError::Internal)?,
+            &passwords::hash_password(&password).map_err(QuickstartError::Password)?,
         )
         .await?;
     drop(store);
+    check(shutdown)?;
     Ok(Sandbox {
         dir,
         config_path,
@@ -268,32 +292,61 @@ pub fn instructions(sandbox: &Sandbox) -> String {
     )
 }
 
-/// `dbward quickstart [--dir DIR]`: prepare, start the gateway in the foreground, stop the
-/// database on Ctrl-C or SIGTERM.
-pub async fn run(dir: Option<PathBuf>) -> Result<(), GatewayError> {
-    let dir = match dir {
-        Some(dir) => dir,
-        None => std::env::temp_dir().join(format!("dbward-quickstart-{}", std::process::id())),
+/// `dbward quickstart [--dir DIR]`: prepare, run the gateway in the foreground until Ctrl-C or
+/// SIGTERM, then stop the databases. Without `dir`, a new directory under the system's
+/// temporary directory is used and deleted at the end.
+pub async fn run(dir: Option<PathBuf>) -> Result<(), QuickstartError> {
+    // Signals first: a Ctrl-C while the databases start must stop what has started, not kill
+    // the process and leave them running.
+    let shutdown = CancellationToken::new();
+    dbward_server::stop_on_signal(shutdown.clone());
+    let workspace = match dir {
+        Some(dir) => Workspace::Kept(dir),
+        None => Workspace::Temporary(
+            std::env::temp_dir().join(format!("dbward-quickstart-{}", std::process::id())),
+        ),
     };
-    let sandbox = prepare(&dir).await?;
+    // `serve` owns the databases and stops them before returning; only then is a temporary
+    // directory removed (on an unwinding panic too, by `Workspace`'s drop).
+    serve(workspace.path(), shutdown).await
+}
+
+async fn serve(dir: &Path, shutdown: CancellationToken) -> Result<(), QuickstartError> {
+    let sandbox = prepare(dir, &shutdown).await?;
     let config = Config::load(&sandbox.config_path)?;
-    let started = match Started::bind(config).await {
-        Ok(started) => started,
-        Err(err) => {
-            sandbox.stop();
-            return Err(err);
-        }
-    };
-    // A closed stdout (a supervisor that stopped reading) must not stop the sandbox.
+    let started = Started::bind(config).await?;
+    // A closed stdout (`dbward quickstart | tee log` after Ctrl-C, a supervisor that stopped
+    // reading) must not stop the sandbox or skip its cleanup: errors are ignored.
     {
         use std::io::Write;
         let mut out = std::io::stdout();
         let _ = writeln!(out, "{}", instructions(&sandbox));
         let _ = out.flush();
     }
-    let shutdown = CancellationToken::new();
-    crate::stop_on_signal(shutdown.clone());
     let result = started.run(shutdown).await;
     sandbox.stop();
-    result
+    Ok(result?)
+}
+
+/// The sandbox's directory: kept when the user named it, deleted on drop when quickstart
+/// picked it.
+enum Workspace {
+    Kept(PathBuf),
+    Temporary(PathBuf),
+}
+
+impl Workspace {
+    fn path(&self) -> &Path {
+        match self {
+            Workspace::Kept(dir) | Workspace::Temporary(dir) => dir,
+        }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Workspace::Temporary(dir) = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

@@ -1,0 +1,93 @@
+//! Step 4 of the pipeline: the gateway's own session with the database server, as the user
+//! provisioning made ready, over TLS with a db-client certificate (`upstream`).
+//!
+//! Connecting ends the provisioning step whichever way it goes: the user's lock is released
+//! so other sessions of the same user may proceed. Once connected, the session is recorded
+//! in the store with its server-side connection (for the instance that cleans up after a
+//! crash) and, for engines with cancel requests, a gateway cancel key is issued for it.
+//! The client has been told nothing yet.
+
+use std::time::Duration;
+
+use dbward_proxy::pg::BackendKey;
+use dbward_proxy::UpstreamError;
+
+use super::engine::{Backend, Engine, Login};
+use super::upstream::UpstreamTarget;
+use super::{Authorized, Provisioned, SessionError};
+use crate::Gateway;
+
+/// How long connecting to the database (TCP, TLS, startup) may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Step 4 done: the upstream session is up, recorded as live, its cancel key registered.
+pub(crate) struct Connected<E: Engine> {
+    pub upstream: E::Upstream,
+    pub backend: Backend,
+    /// The key the client is given for cancel requests, standing for the server's own.
+    pub cancel_key: Option<BackendKey>,
+}
+
+pub(crate) async fn connect<E: Engine>(
+    gw: &Gateway,
+    engine: &E,
+    client: &E::Client,
+    authorized: &Authorized,
+    provisioned: &mut Provisioned,
+) -> Result<Connected<E>, SessionError> {
+    let opened = open(gw, engine, client, authorized, &provisioned.db_user).await;
+    provisioned.connected().await;
+    let (target, upstream) = opened?;
+    let backend = E::backend(&target, &upstream);
+    provisioned.record_live(gw, authorized, backend.id).await;
+    let cancel_key = backend
+        .cancel
+        .clone()
+        .map(|target| gw.sessions.add_cancel_key(&authorized.fields.sid, target));
+    Ok(Connected {
+        upstream,
+        backend,
+        cancel_key,
+    })
+}
+
+async fn open<E: Engine>(
+    gw: &Gateway,
+    engine: &E,
+    client: &E::Client,
+    authorized: &Authorized,
+    db_user: &str,
+) -> Result<(UpstreamTarget, E::Upstream), SessionError> {
+    let target = gw.upstream.target(&gw.cas, &authorized.db, db_user)?;
+    let login = Login {
+        db_user,
+        db_name: &authorized.decision.db_name,
+    };
+    let connecting = engine.connect(gw, &target, client, login);
+    let upstream = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
+        .await
+        .map_err(|_| SessionError::Internal(format!("connecting to {} timed out", target.addr)))?
+        .map_err(|err| refused_upstream(err, &target.addr))?;
+    Ok((target, upstream))
+}
+
+/// A server's own refusal is relayed to the client as the server wrote it; anything else
+/// about the connection is for the log.
+fn refused_upstream(err: UpstreamError, addr: &str) -> SessionError {
+    match err {
+        UpstreamError::Server {
+            sqlstate, message, ..
+        } => SessionError::Database { sqlstate, message },
+        UpstreamError::MysqlServer {
+            code,
+            sqlstate,
+            message,
+            ..
+        } => SessionError::MysqlServer {
+            code,
+            sqlstate,
+            message,
+        },
+        other => SessionError::Internal(format!("connecting to {addr}: {other}")),
+    }
+}
