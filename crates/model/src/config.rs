@@ -47,6 +47,17 @@ pub struct Config {
     /// Default lifetime of user certificates (capped by the roles' `max_session_ttl`).
     #[serde(default = "default_cert_ttl", with = "crate::duration::serde_duration")]
     pub cert_ttl: Duration,
+    /// Prometheus `GET /metrics` over plain HTTP; `None` (absent or `""`, the default) turns
+    /// it off.
+    #[serde(
+        default,
+        deserialize_with = "empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metrics_listen_addr: Option<String>,
+    /// How the gateway writes its log: `text` (default) or `json` (one object a line).
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Where resources, CAs and audit events are kept.
     #[serde(default)]
     pub storage: Storage,
@@ -100,6 +111,8 @@ impl Default for Config {
             postgres_listen_addr: default_postgres_listen_addr(),
             mysql_listen_addr: default_mysql_listen_addr(),
             cert_ttl: default_cert_ttl(),
+            metrics_listen_addr: None,
+            log_format: LogFormat::default(),
             storage: Storage::default(),
             audit_file: None,
             databases: Vec::new(),
@@ -160,6 +173,17 @@ impl Default for Limits {
             max_concurrent_logins: 0,
         }
     }
+}
+
+/// `log_format:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line, with the fields of the event and its spans, for log shippers.
+    Json,
 }
 
 /// `storage:`.
@@ -404,6 +428,8 @@ web_listen_addr: 127.0.0.1:3080        # HTTPS API (login, admin, listing); defa
 postgres_listen_addr: 127.0.0.1:3432   # PostgreSQL protocol; default shown; omit key or "" to disable
 mysql_listen_addr: 127.0.0.1:3036      # MySQL/MariaDB protocol; default shown
 cert_ttl: 12h                          # default lifetime of user certificates (capped by role max_session_ttl)
+metrics_listen_addr: 127.0.0.1:3090    # Prometheus /metrics (plain HTTP); omit or "" to disable (default)
+log_format: text                       # text (default) | json
 storage:
   backend: sqlite                      # default; or: postgres
   dsn: "postgres://dbward@db1:5432/dbward"   # only for backend: postgres
@@ -433,6 +459,8 @@ databases:                             # static databases; more can be created a
         let c = config(DESIGN_EXAMPLE);
         assert_eq!(c.cluster_name.as_deref(), Some("local"));
         assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+        assert_eq!(c.metrics_listen_addr.as_deref(), Some("127.0.0.1:3090"));
+        assert_eq!(c.log_format, LogFormat::Text);
         let c = config(&DESIGN_EXAMPLE.replace("backend: sqlite", "backend: postgres"));
         assert_eq!(c.storage.backend, StorageBackend::Postgres);
         assert_eq!(
@@ -466,6 +494,21 @@ databases:                             # static databases; more can be created a
         assert_eq!(c.cert_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(c.storage.backend, StorageBackend::Sqlite);
         assert!(c.databases.is_empty());
+        assert_eq!(c.metrics_listen_addr, None, "metrics are off by default");
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn metrics_address_and_json_logs_are_read_and_checked() {
+        let c = config("metrics_listen_addr: 127.0.0.1:9090\nlog_format: json\n");
+        assert_eq!(c.metrics_listen_addr.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            config("metrics_listen_addr: \"\"\n").metrics_listen_addr,
+            None
+        );
+        let err = Config::from_yaml("log_format: xml\n", "dbward.yaml").unwrap_err();
+        assert!(err.to_string().starts_with("dbward.yaml:1: "), "{err}");
     }
 
     #[test]

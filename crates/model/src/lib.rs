@@ -20,7 +20,7 @@ pub mod role;
 mod source;
 pub mod user;
 
-pub use config::{Config, Limits, StaticDb, Storage, StorageBackend};
+pub use config::{Config, Limits, LogFormat, StaticDb, Storage, StorageBackend};
 pub use db::{AdminUser, Db, DbSpec, DbTls, Protocol, TlsMode};
 pub use duration::{format_duration, parse_duration};
 pub use error::ModelError;

@@ -29,6 +29,8 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, Notify};
 
+use crate::metrics::Metrics;
+
 pub const SESSION_START: &str = "db.session.start";
 pub const SESSION_END: &str = "db.session.end";
 pub const SESSION_QUERY: &str = "db.session.query";
@@ -120,6 +122,8 @@ struct Queue {
     max_queued: usize,
     spool: Option<Spool>,
     refused: AtomicU64,
+    /// Events written to the spool since start.
+    spooled: AtomicU64,
 }
 
 impl Queue {
@@ -154,6 +158,10 @@ impl Queue {
             Some(spool) => spool.write(records),
             None => Err(SpoolError::NotConfigured),
         };
+        if result.is_ok() {
+            self.spooled
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+        }
         if let Err(err) = result {
             self.refused
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -165,6 +173,21 @@ impl Queue {
 #[derive(Clone)]
 pub struct AuditLog {
     queue: Arc<Queue>,
+    /// Session starts and ends are counted as they are emitted.
+    metrics: Metrics,
+}
+
+/// The audit pipeline's state at one moment, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditState {
+    /// Events in memory waiting for the writer.
+    pub queued: u64,
+    /// Events written to the spool since start.
+    pub spooled_events: u64,
+    /// Bytes waiting in the spool.
+    pub spooled_bytes: u64,
+    /// Events refused since start.
+    pub refused_events: u64,
 }
 
 impl AuditLog {
@@ -194,13 +217,24 @@ impl AuditLog {
             max_queued: limits.max_queued.max(1),
             spool,
             refused: AtomicU64::new(0),
+            spooled: AtomicU64::new(0),
         });
         tokio::spawn(write_loop(store, file, Arc::downgrade(&queue)));
-        Self { queue }
+        Self {
+            queue,
+            metrics: Metrics::disabled(),
+        }
+    }
+
+    /// Counts session starts and ends in `metrics` as they are emitted.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Records `event` with the session's common fields and `extra` merged in.
     pub async fn emit(&self, event: &'static str, fields: &SessionFields, extra: Value) {
+        self.metrics.audit_event(event, fields, &extra);
         self.queue.push(Pending::Event {
             event,
             fields: Arc::new(fields.clone()),
@@ -235,6 +269,16 @@ impl AuditLog {
     /// Events waiting in the spool for the store.
     pub fn spooled_bytes(&self) -> u64 {
         self.queue.spool.as_ref().map_or(0, Spool::used)
+    }
+
+    /// Queue depth and spool counts now.
+    pub fn state(&self) -> AuditState {
+        AuditState {
+            queued: self.queue.lock().events.len() as u64,
+            spooled_events: self.queue.spooled.load(Ordering::Relaxed),
+            spooled_bytes: self.spooled_bytes(),
+            refused_events: self.refused_events(),
+        }
     }
 }
 
@@ -804,6 +848,9 @@ mod tests {
         assert!(audit.spooled_bytes() > 0, "the events are in the spool");
         assert!(std::fs::read_dir(&spool)?.count() > 0);
         assert_eq!(audit.refused_events(), 0);
+        let state = audit.state();
+        assert_eq!(state.spooled_events, 1_000, "every event went to the spool");
+        assert_eq!(state.queued, 0);
 
         backend.refuse.store(false, Ordering::SeqCst);
         audit.query(&fields, "SELECT 'after'");

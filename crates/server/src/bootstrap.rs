@@ -46,6 +46,9 @@ pub struct Endpoints {
     pub web: String,
     pub postgres: Option<String>,
     pub mysql: Option<String>,
+    /// The Prometheus listener, when `metrics_listen_addr` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     pub pid: u32,
 }
 

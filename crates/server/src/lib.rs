@@ -13,6 +13,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod listen;
+pub mod metrics;
 pub mod passwords;
 pub mod session;
 pub mod web;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub cas: CaSet,
     pub catalog: catalog::Catalog,
     pub audit: audit::AuditLog,
+    /// Prometheus metrics; records nothing when `metrics_listen_addr` is off.
+    pub metrics: metrics::Metrics,
     pub limiter: passwords::LoginLimiter,
     /// Pending (not yet authenticated) connections of all listeners.
     pub pending: Arc<listen::PendingGate>,
@@ -91,6 +94,7 @@ pub struct Started {
     web: TcpListener,
     postgres: Option<TcpListener>,
     mysql: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     web_tls: Arc<rustls::ServerConfig>,
     db_tls: Arc<rustls::ServerConfig>,
     mysql_tls: Arc<rustls::ServerConfig>,
@@ -146,6 +150,14 @@ impl Started {
             ),
             _ => None,
         };
+        let metrics = match config.metrics_listen_addr.as_deref() {
+            Some(addr) if !addr.is_empty() => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error("metrics_listen_addr", addr, e))?,
+            ),
+            _ => None,
+        };
         let endpoints = Endpoints {
             web: web.local_addr()?.to_string(),
             postgres: postgres
@@ -156,19 +168,30 @@ impl Started {
                 .as_ref()
                 .map(|l| l.local_addr().map(|a| a.to_string()))
                 .transpose()?,
+            metrics: metrics
+                .as_ref()
+                .map(|l| l.local_addr().map(|a| a.to_string()))
+                .transpose()?,
             pid: std::process::id(),
         };
         bootstrap::write_endpoints(&config.data_dir, &endpoints)?;
 
         let static_dbs = config.static_dbs()?;
         let audit_file: Option<PathBuf> = config.audit_file.clone();
+        let gateway_metrics = if metrics.is_some() {
+            metrics::Metrics::enabled()
+        } else {
+            metrics::Metrics::disabled()
+        };
         let gateway = Arc::new(Gateway {
             catalog: catalog::Catalog::new(store.clone(), static_dbs),
             audit: audit::AuditLog::new(
                 store.clone(),
                 audit_file,
                 Some(config.data_dir.join(audit::SPOOL_DIR)),
-            ),
+            )
+            .with_metrics(gateway_metrics.clone()),
+            metrics: gateway_metrics,
             limiter: passwords::LoginLimiter::new(
                 passwords::LoginPolicy::default(),
                 config.limits.max_concurrent_logins,
@@ -197,6 +220,7 @@ impl Started {
             web,
             postgres,
             mysql,
+            metrics,
             web_tls,
             db_tls,
             mysql_tls,
@@ -233,6 +257,9 @@ impl Started {
                 shutdown.clone(),
             ));
         }
+        if let Some(listener) = self.metrics {
+            tasks.spawn(metrics::serve(gw.clone(), listener, shutdown.clone()));
+        }
         tasks.spawn(session::watch_revocations(gw.clone(), shutdown.clone()));
         tasks.spawn(session::reconcile_loop(gw.clone(), shutdown.clone()));
         let endpoints = gw.endpoints.read().await.clone();
@@ -241,6 +268,7 @@ impl Started {
             web = %endpoints.web,
             postgres = ?endpoints.postgres,
             mysql = ?endpoints.mysql,
+            metrics = ?endpoints.metrics,
             "dbward gateway started"
         );
         shutdown.cancelled().await;

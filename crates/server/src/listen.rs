@@ -174,7 +174,8 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         // Small interactive messages both ways: do not hold them back.
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(handle(tcp, peer, pending));
+        // The accept time travels with the task, for the connection setup latency.
+        tokio::spawn(crate::metrics::connection(handle(tcp, peer, pending)));
     }
 }
 

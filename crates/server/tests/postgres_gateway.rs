@@ -105,10 +105,11 @@ fn keep_mode_activates_during_session_and_locks_after() {
     );
     s.close();
 
-    h.eventually("user locked after the session", || {
-        h.can_login(&user) == Some(false)
-    });
-    assert_eq!(h.memberships(&user), "dbward-auto-user");
+    // Login is disabled first (its own transaction), then the roles are revoked.
+    h.eventually(
+        "user locked and its roles revoked after the session",
+        || h.can_login(&user) == Some(false) && h.memberships(&user) == "dbward-auto-user",
+    );
 
     // The next session reactivates the same user.
     let r = h.psql(&files, &user, "postgres", "select current_user");

@@ -13,16 +13,22 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use dbward_model::Config;
+use dbward_model::{Config, LogFormat};
 
 use crate::args::{AuditCommand, AuthCommand, Cli, Command, DbCommand, ProxyCommand, UsersCommand};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config_path = cli.config_path();
     let quiet = !matches!(cli.command, Command::Start | Command::Quickstart { .. });
-    init_logging(quiet);
+    if !matches!(cli.command, Command::Start) {
+        init_logging(quiet, LogFormat::Text);
+    }
     match cli.command {
-        Command::Start => server::start(load_config(&config_path)?).await?,
+        Command::Start => {
+            let config = load_config(&config_path)?;
+            init_logging(false, config.log_format);
+            server::start(config).await?
+        }
         Command::Quickstart { dir } => server::quickstart(dir).await?,
         Command::Users(UsersCommand::Add(add)) => {
             admin::users_add(&load_config(&config_path)?, add).await?
@@ -86,14 +92,18 @@ fn load_config(path: &Path) -> Result<Config> {
 }
 
 /// The gateway logs at `info`; client commands only show warnings. `RUST_LOG` overrides both.
-fn init_logging(quiet: bool) {
+/// `log_format: json` writes one JSON object a line, with the fields of the current spans.
+fn init_logging(quiet: bool, format: LogFormat) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// A time for people: `2025-01-31 17:04:05 UTC`, from RFC 3339.

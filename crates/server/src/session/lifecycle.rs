@@ -18,6 +18,7 @@ pub(crate) async fn refused_unauthorized(
     db_name: &str,
     err: &SessionError,
 ) {
+    gw.metrics.failed(protocol.as_str(), err);
     let route = &auth.route;
     let fields = SessionFields {
         user: auth.identity.username.clone(),
@@ -45,6 +46,7 @@ pub(crate) async fn refused_unauthorized(
 /// Records an authorized session that could not start (the engine tells the client).
 pub(crate) async fn refused(gw: &Gateway, authorized: &Authorized, err: &SessionError) {
     tracing::info!(%err, "session refused");
+    gw.metrics.failed(&authorized.fields.db_protocol, err);
     gw.audit
         .emit(
             audit::SESSION_START,

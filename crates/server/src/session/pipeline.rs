@@ -86,6 +86,7 @@ async fn accept<E: Engine>(
         Ok(Opening::Request(request)) => return engine.serve_request(&gw, request).await,
         Err(err) => {
             tracing::info!(%err, "handshake failed");
+            gw.metrics.handshake_failed(E::PROTOCOL.as_str());
             return;
         }
     };
@@ -97,7 +98,10 @@ async fn accept<E: Engine>(
     } = hello;
     let auth = match authenticate(&gw, &sid, peer, &client_certs) {
         Ok(auth) => auth,
-        Err(err) => return E::send_error(&mut client, &err).await,
+        Err(err) => {
+            gw.metrics.failed(E::PROTOCOL.as_str(), &err);
+            return E::send_error(&mut client, &err).await;
+        }
     };
     identify(&tracing::Span::current(), &auth);
     let authenticated = auth.clone();

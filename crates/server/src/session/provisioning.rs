@@ -290,6 +290,7 @@ pub async fn activate_db_user(
         });
     };
     let lock = take_lock(gw, &managed.key).await?;
+    let activating = std::time::Instant::now();
     let outcome = gw
         .provisioners
         .activate(
@@ -300,6 +301,7 @@ pub async fn activate_db_user(
         )
         .await
         .map_err(|err| provision_error(authorized, err))?;
+    gw.metrics.activated(&authorized.fields, activating);
     record_activation(gw, authorized, &managed.key, mode, outcome).await;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
@@ -453,7 +455,9 @@ impl Provisioned {
                 // Unknown: never drop on a guess.
                 Err(_) => ProvisioningMode::Keep,
             };
+            let deactivating = std::time::Instant::now();
             let result = deactivate_user(gw, &managed.admin, key, mode).await;
+            gw.metrics.torn_down(&authorized.fields, deactivating);
             drop(lock);
             match result {
                 Ok(DeactivateOutcome::Kept) => {

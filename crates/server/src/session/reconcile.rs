@@ -237,6 +237,7 @@ async fn recover_user(gw: &Gateway, snapshot: &Snapshot, sessions: &[SessionReco
             sessions.iter().map(|s| stored_mode(&s.mode)).collect();
         let plan = leftover_plan(gw, snapshot, &key, Some(&first.dbward_user), &recorded).await;
         let outcome = deactivate_user(gw, &admin, &key, plan.mode).await;
+        gw.metrics.recovered_dead_instance(outcome.as_ref().ok());
         match &outcome {
             Ok(DeactivateOutcome::Kept) => {
                 tracing::info!(db_user = %key.db_user, "user of a dead instance's session is still in use; left active")
@@ -388,9 +389,11 @@ pub async fn reconcile_once(gw: &Gateway) -> Result<(), crate::GatewayError> {
             };
             match deactivate_user(gw, via_admin.as_ref().unwrap_or(&admin), &key, plan.mode).await {
                 Ok(outcome) => {
+                    gw.metrics.reconciled_leftover(Some(&outcome));
                     tracing::info!(db = %db.metadata.name, %db_user, ?outcome, "reconciler tore down a leftover user")
                 }
                 Err(err) => {
+                    gw.metrics.reconciled_leftover(None);
                     tracing::warn!(db = %db.metadata.name, %db_user, error = %error_chain(&err), "reconciler teardown failed")
                 }
             }

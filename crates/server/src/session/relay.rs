@@ -78,6 +78,7 @@ pub(crate) async fn relay<E: Engine>(
     } = connected;
     tokio::select! {
         stats = E::relay(client, upstream, tap.clone()) => {
+            gw.metrics.relayed(&authorized.fields, stats.client_to_server, stats.server_to_client);
             tracing::debug!(up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
         }
         _ = end.cancelled() => {

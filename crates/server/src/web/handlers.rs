@@ -19,6 +19,7 @@ use super::Peer;
 use crate::api::*;
 use crate::catalog::{canonical_kind, KIND_USER};
 use crate::error::GatewayError;
+use crate::metrics::LoginResult;
 use crate::passwords;
 use crate::Gateway;
 
@@ -183,6 +184,7 @@ async fn login(
     // attempts cannot all pass the limit.
     let Some(attempt) = gw.limiter.begin(&req.user, peer.addr.ip()) else {
         tracing::info!(user = %req.user, addr = %peer.addr, "login refused: too many failed attempts");
+        gw.metrics.login(LoginResult::RateLimited);
         return Err(GatewayError::TooManyRequests(
             "too many failed login attempts; try again later".into(),
         ));
@@ -191,6 +193,7 @@ async fn login(
     // briefly, the rest are answered now.
     let Some(slot) = gw.limiter.verification_slot().await else {
         gw.limiter.not_checked(&attempt);
+        gw.metrics.login(LoginResult::Busy);
         return Err(GatewayError::Unavailable(
             "the gateway is busy checking other logins; try again in a moment".into(),
         ));
@@ -216,6 +219,7 @@ async fn login(
         .await;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(user = %req.user, addr = %peer.addr, "login failed");
+        gw.metrics.login(LoginResult::Failed);
         return Err(denied());
     };
     gw.limiter.succeeded(&attempt);
@@ -246,6 +250,7 @@ async fn login(
     let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &identity, &req.csr_pem)
         .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
     tracing::info!(user = %identity.username, "login succeeded");
+    gw.metrics.login(LoginResult::Succeeded);
     Ok(Json(LoginResponse {
         cert_pem,
         host_ca_pem: gw.cas.host.cert_pem.clone(),

@@ -67,7 +67,7 @@ fn start(engine: Engine) -> anyhow::Result<Harness> {
     std::fs::write(
         &config_path,
         format!(
-            "version: v1\ncluster_name: test\ndata_dir: {}\naudit_file: {}\nweb_listen_addr: 127.0.0.1:0\npostgres_listen_addr: {}\nmysql_listen_addr: {}\n",
+            "version: v1\ncluster_name: test\ndata_dir: {}\naudit_file: {}\nweb_listen_addr: 127.0.0.1:0\nmetrics_listen_addr: 127.0.0.1:0\npostgres_listen_addr: {}\nmysql_listen_addr: {}\n",
             dir.join("data").display(),
             dir.join("audit.jsonl").display(),
             if engine == Engine::Postgres { "127.0.0.1:0" } else { "\"\"" },
