@@ -3,7 +3,6 @@
 //! round-tripping through YAML, and data surviving a restart.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -46,10 +45,7 @@ spec:
 "#;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    dbward_testkit::listen_port()
 }
 
 struct Sandbox {

@@ -30,6 +30,7 @@
 mod certs;
 mod maria;
 mod pg;
+mod ports;
 mod process;
 mod shared;
 
@@ -37,5 +38,6 @@ pub use certs::{ClientCertFiles, DbServerCerts};
 pub use dbward_localdb::pg_versions;
 pub use maria::MariaServer;
 pub use pg::{PgServer, PG_MAJOR_ENV};
+pub use ports::listen_port;
 pub use process::require_binaries;
 pub use shared::{remove_at_exit, shared_cas, shared_maria, shared_pg, unique_name};
