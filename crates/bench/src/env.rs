@@ -15,6 +15,8 @@ use dbward_pki::{CaSet, CertUsage, DbRoute, Identity, ServerVerification};
 use dbward_provision::postgres::MakeRustlsConnect;
 use dbward_store::PutMode;
 use dbward_testkit::{DbServerCerts, PgServer};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use time::OffsetDateTime;
 
 /// The dbward cluster name of the benchmark gateway.
@@ -530,10 +532,8 @@ fn stop_child(child: &mut Child, pid: u32) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
+    // `pid` is our own child, not yet reaped, so it cannot have been reused.
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -666,11 +666,9 @@ impl PgBouncer {
     fn stop(&mut self) {
         // pgbouncer runs under runuser when we are root; signal pgbouncer itself.
         if let Ok(text) = fs::read_to_string(&self.pidfile) {
-            if let Ok(pid) = text.trim().parse::<libc::pid_t>() {
-                // SAFETY: the pid file is the one our pgbouncer wrote in our own directory.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                // The pid file is the one our pgbouncer wrote in our own directory.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
         let pid = self.child.id();
@@ -697,21 +695,11 @@ fn free_port() -> anyhow::Result<u16> {
 /// Raises the open-file limit to the hard limit (children inherit it): a thousand idle
 /// sessions hold a thousand client sockets here and two thousand in the gateway.
 pub fn raise_fd_limit() -> anyhow::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            bail!("setrlimit: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(lim.rlim_cur)
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit")?;
+    Ok(hard)
 }
 
 /// Writes a file and flushes it (reports, charts).

@@ -25,9 +25,14 @@ fn main() -> std::process::ExitCode {
         // short (`dbward audit search | head`): they end quietly instead of reporting a
         // broken pipe. Commands that serve connections keep SIGPIPE ignored, so a peer that
         // goes away only fails its own socket.
-        // SAFETY: called before any other thread exists; restores the default disposition.
+        // SAFETY: called before any other thread exists; restores the default disposition,
+        // which runs no handler code.
+        #[allow(unsafe_code)]
         unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -44,27 +44,22 @@ pub fn prompt_password(prompt: &str) -> Result<String> {
 
 #[cfg(unix)]
 fn read_from_tty(tty: std::fs::File, prompt: &str) -> Result<String> {
-    use std::os::unix::io::AsRawFd;
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
 
-    let fd = tty.as_raw_fd();
     let mut writer = &tty;
     writer.write_all(prompt.as_bytes())?;
     writer.flush()?;
-    // SAFETY: termios is plain data; tcgetattr fills it for a valid open descriptor.
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    let have_termios = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
-    if have_termios {
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        quiet.c_lflag |= libc::ECHONL;
-        // SAFETY: fd is open and `quiet` is a valid termios copied from the terminal.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let saved = tcgetattr(&tty).ok();
+    if let Some(saved) = &saved {
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        quiet.local_flags.insert(LocalFlags::ECHONL);
+        let _ = tcsetattr(&tty, SetArg::TCSANOW, &quiet);
     }
     let mut line = String::new();
     let read = std::io::BufReader::new(&tty).read_line(&mut line);
-    if have_termios {
-        // SAFETY: restores the settings read above on the same descriptor.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    if let Some(saved) = &saved {
+        let _ = tcsetattr(&tty, SetArg::TCSANOW, saved);
     }
     read.context("reading the password from the terminal")?;
     Ok(strip_line_ending(&line).to_string())

@@ -1,6 +1,8 @@
 //! README's first command: `dbward quickstart`, then the commands it prints, give a psql
 //! session as an automatically provisioned user.
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +15,7 @@ struct Running(Child);
 impl Drop for Running {
     fn drop(&mut self) {
         // SIGTERM: the gateway stops and quickstart stops its PostgreSQL.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -198,7 +200,7 @@ fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice@%");
         }
         None => assert!(
-            std::process::Command::new("sh")
+            Command::new("sh")
                 .args(["-c", "command -v mariadbd || test -x /usr/sbin/mariadbd"])
                 .output()
                 .map(|o| !o.status.success())
@@ -310,7 +312,7 @@ impl Leftovers {
 impl Drop for Leftovers {
     fn drop(&mut self) {
         for (pid, _) in self.processes() {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -334,7 +336,7 @@ fn quickstart_in_pipe(leftovers: &Leftovers) -> Child {
 
 /// Ctrl-C in a terminal: SIGINT to every process of the job.
 fn ctrl_c(child: &Child) {
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT to the job");
 }
 
 fn wait_exit(mut child: Child) {

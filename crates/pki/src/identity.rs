@@ -177,7 +177,7 @@ fn decode_utf8_string(der: &[u8]) -> Result<&[u8]> {
         (usize::from(first), rest)
     } else {
         let count = usize::from(first & 0x7f);
-        if count == 0 || count > std::mem::size_of::<usize>() || rest.len() < count {
+        if count == 0 || count > size_of::<usize>() || rest.len() < count {
             return Err(malformed());
         }
         let (len_bytes, rest) = rest.split_at(count);

@@ -268,7 +268,7 @@ fn change_user_after_a_wrapped_sequence_id_is_never_executed() {
         let _ = session.stream.flush().await;
         for _ in 0..2 {
             let answer = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
+                Duration::from_secs(10),
                 packet::read_packet(&mut session.stream, 1 << 20),
             )
             .await;

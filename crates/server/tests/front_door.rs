@@ -37,10 +37,7 @@ fn gateway_process() {
         return;
     };
     // Dies with the test that started it, even when that test panics or is killed.
-    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).expect("PR_SET_PDEATHSIG");
     let config = dbward_model::Config::load(Path::new(&path)).expect("gateway config");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

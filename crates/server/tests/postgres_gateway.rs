@@ -2,6 +2,8 @@
 
 mod common;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::io::Write;
 use std::process::Stdio;
 
@@ -396,7 +398,7 @@ fn ctrl_c_cancel_reaches_the_backend() {
     });
     let started = std::time::Instant::now();
     // psql sends a plain CancelRequest on SIGINT.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT to psql");
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -11,8 +11,8 @@ use dbward_store::{
 use dbward_testkit::{shared_cas, shared_pg, unique_name, ClientCertFiles};
 use tokio::time::Instant;
 
-type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
-type Fallible<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// A new empty database on the shared server; returns its superuser DSN (Unix socket).
 fn fresh_database() -> Fallible<(String, String)> {

@@ -94,6 +94,7 @@ fn shared_certs() -> anyhow::Result<&'static SharedCerts> {
 fn register_teardown() {
     AT_EXIT.call_once(|| {
         // SAFETY: `teardown` is an `extern "C" fn()` that never unwinds.
+        #[allow(unsafe_code)]
         unsafe {
             libc::atexit(teardown);
         }

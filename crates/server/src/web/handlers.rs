@@ -416,7 +416,7 @@ async fn reset_password(
     State(gw): Shared,
     _admin: AdminIdentity,
     Path(name): Path<String>,
-    Json(req): Json<crate::api::ResetPasswordRequest>,
+    Json(req): Json<ResetPasswordRequest>,
 ) -> Result<Json<AddUserResponse>, GatewayError> {
     let snapshot = gw.catalog.snapshot().await?;
     if !snapshot.users.contains_key(&name) {
