@@ -839,7 +839,7 @@ fn killed_gateway_ends_a_busy_mariadb_session_after_restart() {
 
 /// PROVISIONING §8, crashes, several gateways: when one of two gateways sharing a store is
 /// killed, the other ends its busy session and locks the user within seconds, without any
-/// restart.
+/// restart, and forgets the killed one's cancel keys.
 #[test]
 fn surviving_gateway_ends_the_sessions_of_a_killed_one() {
     let n = unique("sh");
@@ -877,6 +877,16 @@ fn surviving_gateway_ends_the_sessions_of_a_killed_one() {
         )) == "1"
     });
 
+    let cancel_keys = || {
+        pg().psql_super_in(&store_db, "SELECT count(*) FROM cancel_keys")
+            .expect("store query")
+    };
+    assert_eq!(
+        cancel_keys(),
+        "1",
+        "the session's cancel key is in the store"
+    );
+
     doomed.kill9();
     let took = within(
         Duration::from_secs(30),
@@ -887,6 +897,11 @@ fn surviving_gateway_ends_the_sessions_of_a_killed_one() {
         "the surviving gateway ended the session and locked the user {took:?} after the kill"
     );
     assert_eq!(memberships(&gina), "dbward-auto-user");
+    within(
+        Duration::from_secs(30),
+        "the killed gateway's cancel key forgotten",
+        || cancel_keys() == "0",
+    );
     let _ = busy.kill();
     let _ = busy.wait();
 }

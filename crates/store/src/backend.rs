@@ -179,6 +179,40 @@ pub trait Backend: Send + Sync + 'static {
     /// The backend's clock, the one heartbeats and leases are measured with.
     fn now_unix_ms(&self) -> Result<i64>;
 
+    // Cancel keys (PostgreSQL sessions), for cancel requests that reach another instance
+    // than the one relaying the session. Only a store shared by several instances needs
+    // them: the defaults keep nothing, and a key never matches.
+
+    /// Records that the instance `instance_id` relays session `sid`, whose client holds the
+    /// cancel key hashed to `key_hash`. False (and nothing changed) when the hash is taken.
+    fn add_cancel_key(&self, key_hash: &str, instance_id: &str, sid: &str) -> Result<bool> {
+        let _ = (key_hash, instance_id, sid);
+        Ok(false)
+    }
+    /// Forgets a cancel key (its session ended); true when it was recorded.
+    fn remove_cancel_key(&self, key_hash: &str) -> Result<bool> {
+        let _ = key_hash;
+        Ok(false)
+    }
+    /// Asks the instance holding the key for a cancel (backend's clock); true when a key
+    /// matched, false (and nothing changed) otherwise.
+    fn request_cancel(&self, key_hash: &str) -> Result<bool> {
+        let _ = key_hash;
+        Ok(false)
+    }
+    /// The hashes of this instance's keys with a cancel requested at most `max_age` ago;
+    /// clears every request of the instance, older ones included.
+    fn take_cancel_requests(&self, instance_id: &str, max_age: Duration) -> Result<Vec<String>> {
+        let _ = (instance_id, max_age);
+        Ok(Vec::new())
+    }
+    /// Forgets the cancel keys of instances without a heartbeat at or after `since_unix_ms`
+    /// (dead ones); returns how many.
+    fn forget_cancel_keys_of_silent_instances(&self, since_unix_ms: i64) -> Result<usize> {
+        let _ = since_unix_ms;
+        Ok(0)
+    }
+
     // Activations.
 
     /// Records (or replaces) the activation of one database user; `updated_unix_ms` is taken

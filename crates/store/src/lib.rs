@@ -231,6 +231,51 @@ impl Store {
         blocking!(self, |b| b.now_unix_ms())
     }
 
+    // Cancel keys.
+
+    /// See [`Backend::add_cancel_key`].
+    pub async fn add_cancel_key(
+        &self,
+        key_hash: &str,
+        instance_id: &str,
+        sid: &str,
+    ) -> Result<bool> {
+        let (key_hash, instance_id, sid) =
+            (key_hash.to_owned(), instance_id.to_owned(), sid.to_owned());
+        blocking!(self, |b| b.add_cancel_key(&key_hash, &instance_id, &sid))
+    }
+
+    /// See [`Backend::remove_cancel_key`].
+    pub async fn remove_cancel_key(&self, key_hash: &str) -> Result<bool> {
+        let key_hash = key_hash.to_owned();
+        blocking!(self, |b| b.remove_cancel_key(&key_hash))
+    }
+
+    /// See [`Backend::request_cancel`].
+    pub async fn request_cancel(&self, key_hash: &str) -> Result<bool> {
+        let key_hash = key_hash.to_owned();
+        blocking!(self, |b| b.request_cancel(&key_hash))
+    }
+
+    /// See [`Backend::take_cancel_requests`].
+    pub async fn take_cancel_requests(
+        &self,
+        instance_id: &str,
+        max_age: Duration,
+    ) -> Result<Vec<String>> {
+        let instance_id = instance_id.to_owned();
+        blocking!(self, |b| b.take_cancel_requests(&instance_id, max_age))
+    }
+
+    /// See [`Backend::forget_cancel_keys_of_silent_instances`].
+    pub async fn forget_cancel_keys_of_silent_instances(
+        &self,
+        since_unix_ms: i64,
+    ) -> Result<usize> {
+        blocking!(self, |b| b
+            .forget_cancel_keys_of_silent_instances(since_unix_ms))
+    }
+
     // Activations.
 
     /// See [`Backend::put_activation`].

@@ -311,6 +311,55 @@ async fn sessions_instances_and_values_round_trip() -> TestResult {
     Ok(())
 }
 
+/// A cancel key is asked for by its hash through any instance and taken only by the instance
+/// holding it, once; a hash nobody holds marks nothing; a forgotten key matches no more.
+#[tokio::test]
+async fn cancel_requests_reach_the_instance_holding_the_key() -> TestResult {
+    let store = open()?;
+    let wait = Duration::from_secs(10);
+    assert!(store.add_cancel_key("h1", "i1", "s1").await?);
+    assert!(store.add_cancel_key("h2", "i2", "s2").await?);
+    assert!(
+        !store.add_cancel_key("h1", "i2", "s3").await?,
+        "a taken hash"
+    );
+    assert!(store.take_cancel_requests("i1", wait).await?.is_empty());
+
+    assert!(!store.request_cancel("unknown").await?);
+    assert!(store.request_cancel("h1").await?);
+    assert!(store.take_cancel_requests("i2", wait).await?.is_empty());
+    assert_eq!(store.take_cancel_requests("i1", wait).await?, ["h1"]);
+    assert!(
+        store.take_cancel_requests("i1", wait).await?.is_empty(),
+        "taken once"
+    );
+
+    // A request older than the caller accepts is cleared, not returned.
+    assert!(store.request_cancel("h2").await?);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(store
+        .take_cancel_requests("i2", Duration::from_millis(10))
+        .await?
+        .is_empty());
+    assert!(store.take_cancel_requests("i2", wait).await?.is_empty());
+
+    assert!(store.remove_cancel_key("h1").await?);
+    assert!(!store.remove_cancel_key("h1").await?);
+    assert!(!store.request_cancel("h1").await?);
+
+    // Keys of instances without a recent heartbeat are forgotten.
+    let before = store.now_unix_ms().await?;
+    store.heartbeat_instance("i1").await?;
+    assert!(store.add_cancel_key("h3", "i1", "s4").await?);
+    assert_eq!(
+        store.forget_cancel_keys_of_silent_instances(before).await?,
+        1
+    );
+    assert!(!store.request_cancel("h2").await?);
+    assert!(store.request_cancel("h3").await?);
+    Ok(())
+}
+
 #[tokio::test]
 async fn clock_is_the_database_clock_and_moves_forward() -> TestResult {
     let store = open()?;
@@ -358,7 +407,7 @@ async fn reopening_keeps_everything_and_applies_migrations_once() -> TestResult 
         &name,
         "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
     )?;
-    assert_eq!(versions, "1,2");
+    assert_eq!(versions, "1,2,3");
     Ok(())
 }
 
@@ -382,7 +431,7 @@ fn instances_opening_an_empty_database_together_migrate_it_once() -> TestResult 
         result?;
     }
     let versions = shared_pg()?.psql_super_in(&name, "SELECT count(*) FROM schema_migrations")?;
-    assert_eq!(versions, "2");
+    assert_eq!(versions, "3");
     Ok(())
 }
 

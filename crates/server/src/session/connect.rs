@@ -4,7 +4,8 @@
 //! Connecting ends the provisioning step whichever way it goes: the user's lock is released
 //! so other sessions of the same user may proceed. Once connected, the session is recorded
 //! in the store with its server-side connection (for the instance that cleans up after a
-//! crash) and, for engines with cancel requests, a gateway cancel key is issued for it.
+//! crash) and, for engines with cancel requests, a gateway cancel key is issued for it
+//! (recorded in a shared store too, see `cancel`).
 //! The client has been told nothing yet.
 
 use std::time::Duration;
@@ -40,10 +41,10 @@ pub(crate) async fn connect<E: Engine>(
     let (target, upstream) = opened?;
     let backend = E::backend(&target, &upstream);
     provisioned.record_live(gw, authorized, backend.id).await;
-    let cancel_key = backend
-        .cancel
-        .clone()
-        .map(|target| gw.sessions.add_cancel_key(&authorized.fields.sid, target));
+    let cancel_key = match backend.cancel.clone() {
+        Some(target) => Some(super::cancel::issue(gw, &authorized.fields.sid, target).await),
+        None => None,
+    };
     Ok(Connected {
         upstream,
         backend,

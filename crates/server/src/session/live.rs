@@ -85,15 +85,15 @@ impl Drop for Registration {
 
 impl Registration {
     /// The relay has ended: the session no longer counts as a live user of its db user
-    /// (teardown may proceed), but shutdown still waits for its teardown.
-    pub fn relay_finished(&self) {
+    /// (teardown may proceed), but shutdown still waits for its teardown. Its cancel key, if
+    /// it had one, is forgotten and returned (for the store to forget it too).
+    pub fn relay_finished(&self) -> Option<BackendKey> {
         let mut inner = self.sessions.lock();
-        if let Some(entry) = inner.sessions.get_mut(&self.sid) {
-            entry.relaying = false;
-            if let Some(key) = entry.cancel_key.take() {
-                inner.cancel.remove(&key);
-            }
-        }
+        let entry = inner.sessions.get_mut(&self.sid)?;
+        entry.relaying = false;
+        let key = entry.cancel_key.take()?;
+        inner.cancel.remove(&key);
+        Some(key)
     }
 }
 
@@ -148,8 +148,34 @@ impl LiveSessions {
         key
     }
 
+    /// Forgets a session's cancel key (the store had it for another session already).
+    pub fn remove_cancel_key(&self, sid: &str) {
+        let mut inner = self.lock();
+        if let Some(key) = inner
+            .sessions
+            .get_mut(sid)
+            .and_then(|e| e.cancel_key.take())
+        {
+            inner.cancel.remove(&key);
+        }
+    }
+
     pub fn cancel_target(&self, key: BackendKey) -> Option<CancelTarget> {
         self.lock().cancel.get(&key).cloned()
+    }
+
+    /// The target of the cancel key with this stored hash (see [`super::cancel::key_hash`]).
+    pub fn cancel_target_by_hash(&self, hash: &str) -> Option<CancelTarget> {
+        self.lock()
+            .cancel
+            .iter()
+            .find(|(key, _)| super::cancel::key_hash(**key) == hash)
+            .map(|(_, target)| target.clone())
+    }
+
+    /// Whether any session of this gateway has a cancel key now.
+    pub fn has_cancel_keys(&self) -> bool {
+        !self.lock().cancel.is_empty()
     }
 
     /// How many sessions of this gateway run as this database user on its server, through

@@ -21,11 +21,13 @@
 //! An engine (`postgres`, `mysql`) is the wire protocol at the points a session touches it,
 //! and nothing else: it decides nothing, and what the two engines share is written once, here.
 //! `lifecycle` writes the session's audit records; `live` knows the sessions running now
-//! (cancel keys, revocation, shutdown); `upstream` holds the TLS material for the database.
+//! (cancel keys, revocation, shutdown); `cancel` passes cancel requests between instances
+//! sharing a store; `upstream` holds the TLS material for the database.
 //! Each connection runs in one tracing span (`session`: session id, peer, user, database),
 //! so every log line of a session carries them.
 
 mod access;
+pub mod cancel;
 mod connect;
 mod engine;
 mod lifecycle;
@@ -42,6 +44,7 @@ mod upstream;
 
 pub(crate) use access::still_allowed;
 pub use access::{authenticate, authorize, Authenticated, Authorized, Requested};
+pub use cancel::watch_cancel_requests;
 pub use live::{watch_revocations, LiveSessions};
 pub use provisioning::{
     activate_db_user, plan_db_user, preflight, provision, PlannedUser, Provisioned,

@@ -1,12 +1,12 @@
 //! The PostgreSQL engine: the session pipeline's protocol steps spoken in PostgreSQL
 //! (SSLRequest or direct TLS, StartupMessage, ErrorResponse, the startup reply with a
 //! gateway-issued cancel key, the relay's tap), and the one request a connection may carry
-//! instead of a session: a CancelRequest, forwarded to the server of the session it names.
+//! instead of a session: a CancelRequest, forwarded to the server of the session it names
+//! (through the store when another instance relays that session, see `cancel`).
 //!
 //! Protocol details live in `dbward_proxy::pg`; the order of things in `pipeline`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dbward_model::Protocol;
 use dbward_proxy::pg::{self, Accepted, BackendKey, RelayStats, TapEvent};
@@ -14,15 +14,13 @@ use dbward_proxy::{ProxyError, UpstreamError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::cancel::{self, CANCEL_FORWARD_WAIT};
 use super::engine::{Backend, Engine, Hello, Login, Opening};
 use super::live::CancelTarget;
 use super::relay::SessionTap;
 use super::upstream::UpstreamTarget;
 use super::{pipeline, SessionError};
 use crate::Gateway;
-
-/// How long forwarding a client's cancel request may take.
-const CANCEL_FORWARD_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     gw: Arc<Gateway>,
@@ -89,8 +87,8 @@ impl Engine for PostgresEngine {
 
     async fn serve_request(&self, gw: &Gateway, key: BackendKey) {
         let Some(target) = gw.sessions.cancel_target(key) else {
-            tracing::debug!("cancel request for an unknown key ignored");
-            return;
+            // Perhaps a session another instance relays.
+            return cancel::pass_on(gw, key).await;
         };
         if let Err(err) = target.send(CANCEL_FORWARD_WAIT).await {
             tracing::info!(%err, "cancel request could not be forwarded");

@@ -6,7 +6,8 @@
 //!   their upstream connection is terminated in the database (guarded: only a connection of
 //!   the recorded managed user), then the user is locked or dropped, under the same lock as an
 //!   activation. A session busy in a long statement when its gateway was killed therefore
-//!   ends within seconds of a restart, or of any other instance noticing.
+//!   ends within seconds of a restart, or of any other instance noticing. The dead
+//!   instances' cancel keys are forgotten in a shared store.
 //! - **Reconciler**, at start-up and every minute: users left active with no session at all
 //!   (managed, able to log in, no backend) are deactivated or dropped. One pass per server,
 //!   whichever `db` resources point at it.
@@ -127,6 +128,17 @@ pub async fn recover_once(
         .await?
         .into_iter()
         .collect();
+    // The cancel keys of dead instances match no live session any more.
+    if judge_others && super::cancel::shared_store(gw) {
+        let silent_since = since(DEAD_AFTER);
+        if let Err(err) = gw
+            .store
+            .forget_cancel_keys_of_silent_instances(silent_since)
+            .await
+        {
+            tracing::debug!(%err, "dead instances' cancel keys could not be removed");
+        }
+    }
     let previous = match previous {
         Some(id)
             if !gw

@@ -129,7 +129,9 @@ async fn release(
     provisioned: Provisioned,
     authorized: &Authorized,
 ) {
-    registration.relay_finished();
+    if let Some(key) = registration.relay_finished() {
+        super::cancel::forget(gw, &authorized.fields.sid, key).await;
+    }
     provisioned.teardown(gw, authorized).await;
     drop(registration);
 }

@@ -30,6 +30,7 @@ use dbward_pgtls::MakeRustlsConnect;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_crash_recovery.sql"),
+    include_str!("migrations/0003_cancel_keys.sql"),
 ];
 
 /// Key of the advisory lock that serializes migrations across instances ("dbwardmg").
@@ -708,6 +709,90 @@ impl Backend for PostgresBackend {
                 .query_one(&format!("SELECT {NOW_MS}"), &[])
                 .await?
                 .try_get(0)?)
+        })
+    }
+
+    fn add_cancel_key(&self, key_hash: &str, instance_id: &str, sid: &str) -> Result<bool> {
+        let client = self.client()?;
+        self.block_on(async {
+            let inserted = client
+                .execute(
+                    "INSERT INTO cancel_keys (key_hash, instance_id, sid) VALUES ($1, $2, $3)
+                     ON CONFLICT (key_hash) DO NOTHING",
+                    &[&key_hash, &instance_id, &sid],
+                )
+                .await?;
+            Ok(inserted > 0)
+        })
+    }
+
+    fn remove_cancel_key(&self, key_hash: &str) -> Result<bool> {
+        let client = self.client()?;
+        self.block_on(async {
+            let deleted = client
+                .execute("DELETE FROM cancel_keys WHERE key_hash = $1", &[&key_hash])
+                .await?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn request_cancel(&self, key_hash: &str) -> Result<bool> {
+        let client = self.client()?;
+        self.block_on(async {
+            let marked = client
+                .execute(
+                    &format!(
+                        "UPDATE cancel_keys SET requested_unix_ms = {NOW_MS} WHERE key_hash = $1"
+                    ),
+                    &[&key_hash],
+                )
+                .await?;
+            Ok(marked > 0)
+        })
+    }
+
+    fn take_cancel_requests(&self, instance_id: &str, max_age: Duration) -> Result<Vec<String>> {
+        let client = self.client()?;
+        let max_age = duration_ms(max_age);
+        self.block_on(async {
+            // Every mark is cleared; only those younger than `max_age` are returned. The rows
+            // are locked first so a mark set meanwhile is kept for the next call.
+            let rows = client
+                .query(
+                    &format!(
+                        "WITH taken AS (
+                             SELECT key_hash, requested_unix_ms FROM cancel_keys
+                             WHERE instance_id = $1 AND requested_unix_ms IS NOT NULL
+                             FOR UPDATE
+                         ), cleared AS (
+                             UPDATE cancel_keys AS c SET requested_unix_ms = NULL
+                             FROM taken AS t WHERE c.key_hash = t.key_hash
+                             RETURNING c.key_hash, t.requested_unix_ms
+                         )
+                         SELECT key_hash FROM cleared
+                         WHERE requested_unix_ms >= {NOW_MS} - $2::bigint
+                         ORDER BY key_hash"
+                    ),
+                    &[&instance_id, &max_age],
+                )
+                .await?;
+            rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+        })
+    }
+
+    fn forget_cancel_keys_of_silent_instances(&self, since_unix_ms: i64) -> Result<usize> {
+        let client = self.client()?;
+        self.block_on(async {
+            let deleted = client
+                .execute(
+                    "DELETE FROM cancel_keys AS c WHERE NOT EXISTS (
+                         SELECT 1 FROM instances AS i
+                         WHERE i.instance_id = c.instance_id AND i.last_seen_unix_ms >= $1
+                     )",
+                    &[&since_unix_ms],
+                )
+                .await?;
+            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
         })
     }
 
