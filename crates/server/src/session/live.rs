@@ -125,13 +125,6 @@ impl LiveSessions {
         }
     }
 
-    /// Updates the in-database user name once provisioning has computed it.
-    pub fn set_db_user(&self, sid: &str, db_user: &str) {
-        if let Some(entry) = self.lock().sessions.get_mut(sid) {
-            entry.db_user_key.db_user = db_user.to_string();
-        }
-    }
-
     /// Issues a gateway-side cancel key for a session and remembers the real one.
     pub fn add_cancel_key(&self, sid: &str, target: CancelTarget) -> BackendKey {
         let mut inner = self.lock();

@@ -46,9 +46,7 @@ pub(crate) use access::still_allowed;
 pub use access::{authenticate, authorize, Authenticated, Authorized, Requested};
 pub use cancel::watch_cancel_requests;
 pub use live::{watch_revocations, LiveSessions};
-pub use provisioning::{
-    activate_db_user, plan_db_user, preflight, provision, PlannedUser, Provisioned,
-};
+pub use provisioning::{activate_db_user, plan_db_user, preflight, PlannedUser, Provisioned};
 pub use reconcile::{reconcile_loop, reconcile_once};
 pub use upstream::UpstreamCredentials;
 

@@ -321,21 +321,6 @@ pub async fn activate_db_user(
     })
 }
 
-/// Plans and activates the database user of a session that is already registered: its
-/// entry in the live sessions learns the planned name. With provisioning off, the requested
-/// db user is used as is and nothing is locked.
-pub async fn provision(
-    gw: &Gateway,
-    authorized: &mut Authorized,
-) -> Result<Provisioned, SessionError> {
-    let planned = plan_db_user(gw, authorized).await?;
-    if planned.managed.is_some() {
-        gw.sessions
-            .set_db_user(&authorized.fields.sid, &planned.db_user);
-    }
-    activate_db_user(gw, authorized, planned).await
-}
-
 /// Records the activation's mode under the user's key (the lock is held). When the user was
 /// already active through another session, the weaker of the two modes is kept, so a user
 /// that some session activated in `keep` mode is never dropped.
