@@ -20,6 +20,7 @@ pub mod selector;
 pub mod template;
 
 pub use checker::{
+    SessionLimits,
     parse_resources, validate_role, AccessChecker, Decision, Provisioning, ProvisioningMode,
 };
 pub use error::{AccessDenied, DenialKind, RbacError, GENERIC_DENIAL};

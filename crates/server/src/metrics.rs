@@ -81,7 +81,9 @@ impl ErrorKind {
     /// decided on here.
     pub fn of(err: &SessionError) -> ErrorKind {
         match err {
-            SessionError::AccessDenied(_) | SessionError::Provisioning(_) => ErrorKind::User,
+            SessionError::AccessDenied(_)
+            | SessionError::Provisioning(_)
+            | SessionError::TooManyConnections(_) => ErrorKind::User,
             SessionError::Database { .. } | SessionError::MysqlServer { .. } => ErrorKind::Database,
             // The provisioning lock lives in dbward's store.
             SessionError::Busy(_) | SessionError::Internal(_) => ErrorKind::Internal,

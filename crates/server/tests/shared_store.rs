@@ -100,6 +100,7 @@ fn two_gateways_share_one_postgres_store() {
             usage: CertUsage::Db,
             expires: OffsetDateTime::now_utc() + Duration::from_secs(600),
             route: Some(route("shared-db", "dana", "postgres", &[])),
+            pinned_ip: None,
         },
         &csr,
     )

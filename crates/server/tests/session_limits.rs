@@ -1,0 +1,312 @@
+//! Teleport's role options that limit a user's sessions, enforced through the gateway:
+//! `max_connections`, `client_idle_timeout` and `pin_source_ip`. Real PostgreSQL, a real
+//! driver (tokio-postgres, whose socket can be bound to a chosen local address), observed by
+//! the client, in the catalogs and in the audit.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
+
+/// A db resource with its admin and a `reader` db role, and roles selecting it.
+struct World {
+    db: String,
+    reader: String,
+    labels: String,
+}
+
+fn world() -> World {
+    let h = harness();
+    let n = unique("sl");
+    let w = World {
+        db: format!("db-{n}"),
+        reader: format!("reader_{n}"),
+        labels: format!("{{test: \"{n}\"}}"),
+    };
+    let admin = format!("adm_{n}");
+    h.create_admin(&admin, &[&w.reader]);
+    h.apply(&h.db_yaml(&w.db, &w.labels, Some(&admin)));
+    w
+}
+
+impl World {
+    /// A provisioning role (keep) selecting the database, with `options` added.
+    fn role(&self, options: &str) -> String {
+        let name = unique("limited");
+        harness().apply(&format!(
+            "kind: role\nversion: v7\nmetadata: {{name: {name}}}\nspec:\n  options: {{create_db_user_mode: keep{options}}}\n  allow:\n    db_labels: {labels}\n    db_names: [\"*\"]\n    db_roles: [\"{reader}\"]\n",
+            labels = self.labels,
+            reader = self.reader,
+        ));
+        name
+    }
+
+    fn user(&self, role: &str) -> String {
+        let user = unique("su");
+        harness().apply(&format!(
+            "kind: user\nversion: v2\nmetadata: {{name: {user}}}\nspec: {{roles: [{role}]}}\n"
+        ));
+        user
+    }
+}
+
+type Session = (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+);
+
+/// A tokio-postgres session through the gateway with the certificate in `files`, from the
+/// local address `source` (127.0.0.1 when `None`).
+async fn connect(
+    files: &ClientFiles,
+    user: &str,
+    source: Option<IpAddr>,
+) -> Result<Session, tokio_postgres::Error> {
+    let h = harness();
+    let cert = std::fs::read_to_string(&files.crt).unwrap();
+    let key = std::fs::read_to_string(&files.key).unwrap();
+    let tls = dbward_pki::client_config(
+        Some(&h.gw.cas.host.cert_pem),
+        dbward_pki::ServerVerification::Full,
+        Some((&cert, &key)),
+    )
+    .unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("localhost")
+        .port(h.pg_addr.port())
+        .user(user)
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    let source = source.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let stream = socket.connect(h.pg_addr).await.unwrap();
+    let mut maker = dbward_provision::postgres::MakeRustlsConnect::new(tls, "localhost");
+    let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut maker, "localhost")
+        .unwrap();
+    let (client, connection) = config.connect_raw(stream, tls).await?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+async fn one(client: &tokio_postgres::Client) -> i32 {
+    client.query_one("select 1", &[]).await.unwrap().get(0)
+}
+
+/// The database error a refused or closed session ended with: (SQLSTATE, message).
+fn db_error(err: &tokio_postgres::Error) -> (SqlState, String) {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {err}"));
+    (db.code().clone(), db.message().to_string())
+}
+
+/// The `db.session.start` records of `user` that failed, with their error text.
+fn refusals(user: &str) -> Vec<String> {
+    harness()
+        .audit_events(user)
+        .into_iter()
+        .filter(|e| e["event"] == "db.session.start" && e["success"] == false)
+        .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn max_connections_refuses_one_session_too_many_until_one_ends() {
+    let h = harness();
+    let w = world();
+    let role = w.role(", max_connections: 2");
+    let user = w.user(&role);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    h.block_on(async {
+        let first = connect(&files, &user, None).await.expect("first session");
+        let second = connect(&files, &user, None).await.expect("second session");
+        assert_eq!(one(&first.0).await, 1);
+        assert_eq!(one(&second.0).await, 1);
+
+        let Err(err) = connect(&files, &user, None).await else {
+            panic!("a third session was accepted");
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, SqlState::TOO_MANY_CONNECTIONS, "{message}");
+        assert!(
+            message.contains("max_connections") && message.contains("is 2"),
+            "{message}"
+        );
+        // The two sessions are untouched.
+        assert_eq!(one(&second.0).await, 1);
+
+        // One ends: its slot is free once its teardown is over.
+        let (client, task) = first;
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let third = loop {
+            match connect(&files, &user, None).await {
+                Ok(session) => break session,
+                Err(err) => {
+                    let (code, message) = db_error(&err);
+                    assert_eq!(code, SqlState::TOO_MANY_CONNECTIONS, "{message}");
+                    assert!(Instant::now() < deadline, "the slot was never freed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        assert_eq!(one(&third.0).await, 1);
+    });
+    let refused = refusals(&user);
+    assert!(
+        !refused.is_empty() && refused.iter().all(|e| e.contains("max_connections")),
+        "{refused:?}"
+    );
+    // Every session record of the user is gone once its clients are (the store counts them).
+    h.eventually("the user's session records are removed", || {
+        h.block_on(h.gw.store.list_sessions())
+            .unwrap()
+            .iter()
+            .all(|s| s.dbward_user != user)
+    });
+    h.eventually("locked after the last session", || {
+        h.can_login(&user) == Some(false)
+    });
+}
+
+#[test]
+fn a_refused_session_provisions_nothing() {
+    let h = harness();
+    let w = world();
+    let role = w.role(", max_connections: 1");
+    let user = w.user(&role);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    h.block_on(async {
+        let only = connect(&files, &user, None).await.expect("first session");
+        // The user is active for the first session; lock it behind the gateway's back: the
+        // refused attempt must not activate it again.
+        h.sql(&format!("ALTER ROLE {} NOLOGIN", q(&user)));
+        let Err(err) = connect(&files, &user, None).await else {
+            panic!("a second session was accepted");
+        };
+        assert_eq!(db_error(&err).0, SqlState::TOO_MANY_CONNECTIONS);
+        assert_eq!(h.can_login(&user), Some(false), "the refused session activated the user");
+        drop(only);
+    });
+}
+
+#[test]
+fn an_idle_client_is_told_and_disconnected_and_an_active_one_is_not() {
+    let h = harness();
+    let w = world();
+    let role = w.role(", client_idle_timeout: 2s");
+    let idle_user = w.user(&role);
+    let busy_user = w.user(&role);
+    let idle_files = h.db_cert(&idle_user, route(&w.db, &idle_user, "postgres", &[]));
+    let busy_files = h.db_cert(&busy_user, route(&w.db, &busy_user, "postgres", &[]));
+    h.block_on(async {
+        let (idle, idle_task) = connect(&idle_files, &idle_user, None)
+            .await
+            .expect("idle session");
+        let (busy, busy_task) = connect(&busy_files, &busy_user, None)
+            .await
+            .expect("busy session");
+        assert_eq!(one(&idle).await, 1);
+        let last_activity = Instant::now();
+        // The busy client sends a query every 500 ms for 4 s: twice the timeout.
+        while last_activity.elapsed() < Duration::from_secs(4) {
+            assert_eq!(one(&busy).await, 1, "the active session was closed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(one(&busy).await, 1);
+        // The idle one was closed by the gateway, with a FATAL saying why, within a bound.
+        let ended = tokio::time::timeout(Duration::from_secs(5), idle_task)
+            .await
+            .expect("the idle session was closed")
+            .unwrap();
+        let err = ended.expect_err("closed with an error");
+        let (code, message) = db_error(&err);
+        assert_eq!(code, SqlState::from_code("57P05"), "{message}");
+        assert!(message.contains("client_idle_timeout"), "{message}");
+        assert!(message.contains("2s"), "{message}");
+        assert!(idle.is_closed());
+        drop(busy);
+        let _ = tokio::time::timeout(Duration::from_secs(10), busy_task).await;
+    });
+    // Normal teardown: the idle user is locked, and the end record says why.
+    h.eventually("the idle user is locked", || {
+        h.can_login(&idle_user) == Some(false)
+    });
+    h.eventually("the session end is audited with its reason", || {
+        h.audit_events(&idle_user).iter().any(|e| {
+            e["event"] == "db.session.end"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("client_idle_timeout"))
+        })
+    });
+    h.eventually("the busy user is locked after it left", || {
+        h.can_login(&busy_user) == Some(false)
+    });
+    assert!(
+        h.audit_events(&busy_user)
+            .iter()
+            .filter(|e| e["event"] == "db.session.end")
+            .all(|e| e.get("reason").is_none()),
+        "the client that left was recorded as idle"
+    );
+}
+
+#[test]
+fn a_pinned_certificate_works_only_from_its_address_and_an_unpinned_one_not_at_all() {
+    let h = harness();
+    let w = world();
+    let role = w.role(", pin_source_ip: true");
+    let user = w.user(&role);
+    let here: IpAddr = "127.0.0.1".parse().unwrap();
+    let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();
+    let pinned = h.db_cert_pinned(&user, route(&w.db, &user, "postgres", &[]), here);
+    let unpinned = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    h.block_on(async {
+        let (client, task) = connect(&pinned, &user, Some(here))
+            .await
+            .expect("the pinned address connects");
+        assert_eq!(one(&client).await, 1);
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+
+        let Err(err) = connect(&pinned, &user, Some(elsewhere)).await else {
+            panic!("connected from another address");
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, "{message}");
+        assert!(message.contains("pin_source_ip"), "{message}");
+        assert!(message.contains("127.0.0.2"), "{message}");
+
+        let Err(err) = connect(&unpinned, &user, Some(here)).await else {
+            panic!("connected with a certificate without a pinned address");
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, "{message}");
+        assert!(message.contains("pin_source_ip"), "{message}");
+        assert!(message.contains("has none"), "{message}");
+    });
+    let refused = refusals(&user);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused.iter().all(|e| e.contains("pin_source_ip")),
+        "{refused:?}"
+    );
+
+    // Without the option the unpinned certificate is fine, from anywhere.
+    let plain = w.role("");
+    let other = w.user(&plain);
+    let files = h.db_cert(&other, route(&w.db, &other, "postgres", &[]));
+    h.block_on(async {
+        let (client, _task) = connect(&files, &other, Some(elsewhere))
+            .await
+            .expect("no pinning without the option");
+        assert_eq!(one(&client).await, 1);
+    });
+}
