@@ -5,7 +5,7 @@
 //! find it held by some test's client socket. Ports handed out here lie below that range and are
 //! spread at random, so only another listener could clash with them.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
 use std::net::TcpListener;
 use std::sync::Mutex;
@@ -16,7 +16,7 @@ const FLOOR: u16 = 12_000;
 /// A TCP port on 127.0.0.1, free when chosen, outside the ephemeral range, and not handed out
 /// before by this process.
 pub fn listen_port() -> u16 {
-    static GIVEN: Mutex<HashSet<u16>> = Mutex::new(HashSet::new());
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let ceiling = ephemeral_floor().max(FLOOR + 1_000);
     let state = RandomState::new();
     for attempt in 0u32..10_000 {
@@ -43,6 +43,7 @@ fn ephemeral_floor() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn ports_are_distinct_and_below_the_ephemeral_range() {
