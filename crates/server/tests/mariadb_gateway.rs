@@ -853,3 +853,34 @@ fn db_permissions_on_mariadb_are_refused_with_a_clear_message() {
     );
     assert_eq!(locked(&user), None, "no account was created");
 }
+
+/// `max_connections` from a role that grants nothing itself still limits the user: one
+/// session too many is refused with MySQL's ER_USER_LIMIT_REACHED naming the limit.
+#[test]
+fn max_connections_refuses_one_session_too_many() {
+    let h = maria_harness();
+    let w = world("keep");
+    let limit = unique("limit");
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {limit}}}\nspec:\n  options: {{max_connections: 1}}\n"
+    ));
+    let user = unique("mc");
+    add_user(&user, &[&w.role, &limit]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+
+    let mut held = open_mariadb(&files, &user).expect("first session");
+    assert_eq!(held.query("SELECT 1").as_deref(), Some("1"));
+    let r = h.mariadb(&files, &user, "SELECT 1");
+    assert!(!r.ok, "a second session was accepted");
+    assert!(r.stderr.contains("1226"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("max_connections of your roles is 1"),
+        "{}",
+        r.stderr
+    );
+    held.close();
+    h.eventually("a session once the first has ended", || {
+        h.mariadb(&files, &user, "SELECT 1").ok
+    });
+    h.eventually("account locked", || locked(&user) == Some(true));
+}

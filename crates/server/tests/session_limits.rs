@@ -310,3 +310,134 @@ fn a_pinned_certificate_works_only_from_its_address_and_an_unpinned_one_not_at_a
         assert_eq!(one(&client).await, 1);
     });
 }
+
+/// One HTTPS request to the gateway's API from the local address `source`, with an optional
+/// client certificate: the status code and the body.
+async fn https(
+    source: IpAddr,
+    cert: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness();
+    let web: SocketAddr = h.gw.endpoints.read().await.web.parse().unwrap();
+    let config = dbward_pki::client_config(
+        Some(&h.gw.cas.host.cert_pem),
+        dbward_pki::ServerVerification::Full,
+        cert,
+    )
+    .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(web).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The identity in the first certificate of a PEM text.
+fn identity_of(cert_pem: &str) -> dbward_pki::Identity {
+    let der = dbward_pki::parse_cert_pem(cert_pem).unwrap().remove(0);
+    dbward_pki::read_identity(der.as_ref()).unwrap()
+}
+
+#[test]
+fn login_pins_the_callers_address_and_the_api_and_db_login_keep_to_it() {
+    let h = harness();
+    let w = world();
+    let role = w.role(", pin_source_ip: true");
+    let user = w.user(&role);
+    let plain = w.role("");
+    let free = w.user(&plain);
+    let password = "correct horse battery staple";
+    let phc = dbward_server::passwords::hash_password(password).unwrap();
+    h.block_on(async {
+        for u in [&user, &free] {
+            h.gw.store.set_password_hash(u, &phc).await.unwrap();
+        }
+    });
+    let here: IpAddr = "127.0.0.1".parse().unwrap();
+    let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();
+    let login = |name: &str| {
+        let (key, csr) = dbward_pki::new_key_and_csr(name).unwrap();
+        let body = serde_json::to_vec(
+            &serde_json::json!({"user": name, "password": password, "csr_pem": csr}),
+        )
+        .unwrap();
+        let (status, body) = h.block_on(https(here, None, "POST", "/v1/login", &body));
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (answer["cert_pem"].as_str().unwrap().to_string(), key)
+    };
+
+    // Login records the address of the caller, only for users whose roles pin.
+    let (cert, key) = login(&user);
+    assert_eq!(identity_of(&cert).pinned_ip, Some(here));
+    let (free_cert, free_key) = login(&free);
+    assert_eq!(identity_of(&free_cert).pinned_ip, None);
+
+    // The login certificate works for the API from its address only.
+    let db_cert_request = |name: &str| {
+        let (_, csr) = dbward_pki::new_key_and_csr(name).unwrap();
+        serde_json::to_vec(&serde_json::json!({"db": w.db, "csr_pem": csr})).unwrap()
+    };
+    let (status, body) = h.block_on(https(
+        elsewhere,
+        Some((&cert, &key)),
+        "POST",
+        "/v1/db-certs",
+        &db_cert_request(&user),
+    ));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("pin_source_ip"), "{body}");
+    let (status, _) = h.block_on(https(elsewhere, Some((&cert, &key)), "GET", "/v1/dbs", b""));
+    assert_eq!(status, 403);
+    let (status, body) = h.block_on(https(
+        here,
+        Some((&cert, &key)),
+        "POST",
+        "/v1/db-certs",
+        &db_cert_request(&user),
+    ));
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // `db login` carries the pin over into the database certificate.
+    assert_eq!(
+        identity_of(answer["cert_pem"].as_str().unwrap()).pinned_ip,
+        Some(here)
+    );
+
+    // A user whose roles do not pin uses the API from anywhere.
+    let (status, body) = h.block_on(https(
+        elsewhere,
+        Some((&free_cert, &free_key)),
+        "GET",
+        "/v1/dbs",
+        b"",
+    ));
+    assert_eq!(status, 200, "{body}");
+}
