@@ -216,12 +216,10 @@ fn read_switch(value: &serde_json::Value) -> Result<bool, ()> {
     }
     match value {
         serde_json::Value::Bool(b) => Ok(*b),
-        serde_json::Value::String(s) => {
-            match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => Ok(true),
-                _ => Err(()),
-            }
-        }
+        serde_json::Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            _ => Err(()),
+        },
         _ => Err(()),
     }
 }
@@ -657,9 +655,11 @@ mod tests {
     #[test]
     fn enforced_limits_are_read_from_the_spellings_teleport_accepts() {
         let options = |yaml: &str| {
-            role(&format!("metadata: {{name: a}}\nspec:\n  options: {yaml}\n"))
-                .spec
-                .options
+            role(&format!(
+                "metadata: {{name: a}}\nspec:\n  options: {yaml}\n"
+            ))
+            .spec
+            .options
         };
         let o = options("{max_connections: 2, client_idle_timeout: 1m30s, pin_source_ip: true}");
         assert_eq!(o.max_connections_limit(), Some(2));

@@ -116,7 +116,10 @@ mod tests {
         let mut wanted = identity(now + Duration::hours(8));
         let unpinned = issue(&cas.user, &wanted)?;
         assert!(contains(unpinned[0].as_ref(), br#"{"v":1,"#));
-        assert_eq!(verify_user_cert(&unpinned, &cas.user, "prod", now)?.pinned_ip, None);
+        assert_eq!(
+            verify_user_cert(&unpinned, &cas.user, "prod", now)?.pinned_ip,
+            None
+        );
 
         wanted.pinned_ip = Some("127.0.0.1".parse().expect("an address"));
         let pinned = issue(&cas.user, &wanted)?;

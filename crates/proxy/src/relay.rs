@@ -219,8 +219,7 @@ impl Activity {
 
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Ends once the client has been silent for `limit`, returning the limit; never without

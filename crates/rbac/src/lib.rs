@@ -20,8 +20,8 @@ pub mod selector;
 pub mod template;
 
 pub use checker::{
-    SessionLimits,
     parse_resources, validate_role, AccessChecker, Decision, Provisioning, ProvisioningMode,
+    SessionLimits,
 };
 pub use error::{AccessDenied, DenialKind, RbacError, GENERIC_DENIAL};
 pub use permissions::{

@@ -87,8 +87,8 @@ async fn connect(
     socket.bind(SocketAddr::new(source, 0)).unwrap();
     let stream = socket.connect(h.pg_addr).await.unwrap();
     let mut maker = dbward_provision::postgres::MakeRustlsConnect::new(tls, "localhost");
-    let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut maker, "localhost")
-        .unwrap();
+    let tls =
+        MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut maker, "localhost").unwrap();
     let (client, connection) = config.connect_raw(stream, tls).await?;
     Ok((client, tokio::spawn(connection)))
 }
@@ -191,7 +191,11 @@ fn a_refused_session_provisions_nothing() {
             panic!("a second session was accepted");
         };
         assert_eq!(db_error(&err).0, SqlState::TOO_MANY_CONNECTIONS);
-        assert_eq!(h.can_login(&user), Some(false), "the refused session activated the user");
+        assert_eq!(
+            h.can_login(&user),
+            Some(false),
+            "the refused session activated the user"
+        );
         drop(only);
     });
 }
@@ -280,7 +284,11 @@ fn a_pinned_certificate_works_only_from_its_address_and_an_unpinned_one_not_at_a
             panic!("connected from another address");
         };
         let (code, message) = db_error(&err);
-        assert_eq!(code, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, "{message}");
+        assert_eq!(
+            code,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "{message}"
+        );
         assert!(message.contains("pin_source_ip"), "{message}");
         assert!(message.contains("127.0.0.2"), "{message}");
 
@@ -288,7 +296,11 @@ fn a_pinned_certificate_works_only_from_its_address_and_an_unpinned_one_not_at_a
             panic!("connected with a certificate without a pinned address");
         };
         let (code, message) = db_error(&err);
-        assert_eq!(code, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, "{message}");
+        assert_eq!(
+            code,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "{message}"
+        );
         assert!(message.contains("pin_source_ip"), "{message}");
         assert!(message.contains("has none"), "{message}");
     });

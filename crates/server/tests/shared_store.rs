@@ -262,8 +262,16 @@ fn max_connections_counts_sessions_across_gateways() {
 
     // Held open through A...
     let mut cmd = std::process::Command::new("psql");
-    cmd.arg(conninfo(pg_a, &files, "erin", "postgres"))
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
+    cmd.arg(conninfo(pg_a, &files, "erin", "postgres")).args([
+        "-X",
+        "-A",
+        "-t",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-f",
+        "-",
+    ]);
     let mut held = OpenSession::start(cmd).expect("a session through A");
     assert_eq!(held.query("select current_user").as_deref(), Some("erin"));
     // ...B refuses a second one, naming the limit.

@@ -57,12 +57,15 @@ pub(crate) async fn take_slot(
     let internal = |err: StoreError| SessionError::Internal(format!("max_connections: {err}"));
     let _lock = gw
         .store
-        .lock(&format!("connections/{user}"), &gw.instance_id, SLOT_LOCK_WAIT)
+        .lock(
+            &format!("connections/{user}"),
+            &gw.instance_id,
+            SLOT_LOCK_WAIT,
+        )
         .await
         .map_err(|err| match err {
             StoreError::LockTimeout { .. } => SessionError::Busy(
-                "timed out waiting for another connection of this user to start; try again"
-                    .into(),
+                "timed out waiting for another connection of this user to start; try again".into(),
             ),
             other => internal(other),
         })?;

@@ -42,8 +42,8 @@ mod relay;
 mod teardown;
 mod upstream;
 
-pub(crate) use access::{check_pinned_ip, still_allowed};
 pub use access::{authenticate, authorize, Authenticated, Authorized, Requested};
+pub(crate) use access::{check_pinned_ip, still_allowed};
 pub use live::{watch_revocations, LiveSessions};
 pub use provisioning::{
     activate_db_user, plan_db_user, preflight, provision, PlannedUser, Provisioned,
