@@ -30,8 +30,10 @@ pub enum Side {
 pub struct IdleLimit {
     /// The longest the client may send nothing.
     pub after: Duration,
-    /// Written to the client (between two server writes, never inside one) before both sides
-    /// are closed: the protocol's error message saying why.
+    /// Written to the client before both sides are closed: the protocol's error message
+    /// saying why. It goes between two writes of server bytes, never inside one; a server
+    /// message still arriving in pieces (a client idle while a long result streams) is cut
+    /// short, which a client that is being disconnected anyway reports as it can.
     pub goodbye: Vec<u8>,
 }
 
@@ -157,16 +159,17 @@ where
             replies,
             &activity,
         );
+        // Watched by the copy that writes to the client, so the goodbye never lands inside
+        // a server message it was writing.
         let downstream = copy_answering(
             &mut server_read,
             &mut client_write,
             &mut server_to_client,
             &mut queued,
+            activity.silence(idle.map(|limit| limit.after)),
         );
-        let silence = activity.silence(idle.map(|limit| limit.after));
-        tokio::pin!(upstream, downstream, silence);
+        tokio::pin!(upstream, downstream);
         tokio::select! {
-            after = &mut silence => RelayEnd::Idle(after),
             result = &mut upstream => match result {
                 Ok(()) => {
                     // The server normally ends the session and closes at once.
@@ -294,12 +297,14 @@ where
 }
 
 /// Copies the server to the client until the server ends, then shuts the client's side
-/// down, writing the gateway's own answers from `replies` between two server reads.
+/// down, writing the gateway's own answers from `replies` between two server reads. Stops
+/// with [`RelayEnd::Idle`] when `silence` ends, between two writes.
 async fn copy_answering<R, W>(
     from: &mut R,
     to: &mut W,
     copied: &mut u64,
     replies: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    silence: impl std::future::Future<Output = Duration>,
 ) -> Result<(), RelayEnd>
 where
     R: AsyncRead + Unpin,
@@ -308,8 +313,10 @@ where
     let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Client, ProxyError::Io(err));
     let mut buf = vec![0u8; COPY_BUFFER];
     let mut answering = true;
+    tokio::pin!(silence);
     loop {
         let n = tokio::select! {
+            after = &mut silence => return Err(RelayEnd::Idle(after)),
             read = from.read(&mut buf) => match read {
                 Ok(0) => break,
                 Ok(n) => n,
