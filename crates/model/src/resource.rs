@@ -396,8 +396,11 @@ fn parse_one(
                 crate::RestrictionScope::Granted => "the databases it grants",
             };
             out.warnings.push(format!(
-                "{file}:{line}: role \"{}\": option \"{}: {}\" restricts access and dbward does not enforce it: access through this role to {whom} is refused",
-                role.metadata.name, option.field, option.value
+                "{file}:{line}: role \"{}\": option \"{}: {}\" restricts access and {}: access through this role to {whom} is refused",
+                role.metadata.name,
+                option.field,
+                option.value,
+                option.why()
             ));
         }
     }
@@ -895,6 +898,16 @@ version: v7
             .collect();
         assert_eq!(fields, ["require_session_mfa", "device_trust_mode"]);
         assert_eq!(role.spec.options.max_connections_limit(), Some(3));
+    }
+
+    #[test]
+    fn an_enforced_option_dbward_cannot_read_loads_with_a_warning_saying_so() {
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: odd\nspec:\n  options:\n    max_connections: lots\n";
+        let parsed = parse(text);
+        assert_eq!(
+            parsed.warnings,
+            ["test.yaml:7: role \"odd\": option \"max_connections: \"lots\"\" restricts access and dbward enforces it but cannot read this value: access through this role to every database is refused"]
+        );
     }
 
     #[test]

@@ -167,6 +167,23 @@ pub struct UnenforcedOption {
     pub scope: RestrictionScope,
 }
 
+impl UnenforcedOption {
+    /// Options dbward enforces when it can read their value; set in a form it cannot read,
+    /// they refuse instead.
+    pub const ENFORCED_WHEN_READABLE: [&'static str; 3] =
+        ["max_connections", "client_idle_timeout", "pin_source_ip"];
+
+    /// Why dbward refuses instead of enforcing: it does not enforce the option, or cannot
+    /// read the value given.
+    pub fn why(&self) -> &'static str {
+        if Self::ENFORCED_WHEN_READABLE.contains(&self.field) {
+            "dbward enforces it but cannot read this value"
+        } else {
+            "dbward does not enforce it"
+        }
+    }
+}
+
 /// False, zero, empty or off in any of the spellings Teleport accepts.
 fn is_off(value: &serde_json::Value) -> bool {
     match value {

@@ -276,11 +276,12 @@ impl AccessChecker {
         self.reach(db)?;
         if let Some((role, option)) = self.unenforced_restriction(db) {
             return Err(AccessDenied::generic(format!(
-                "{}: role \"{}\" sets option \"{}: {}\", which restricts access and which dbward does not enforce",
+                "{}: role \"{}\" sets option \"{}: {}\", which restricts access: {}",
                 target(),
                 role,
                 option.field,
-                option.value
+                option.value,
+                option.why()
             )));
         }
         for role in self.applying_denies(db) {

@@ -1338,7 +1338,8 @@ spec:
                 assert_eq!(e.user_message(), GENERIC_DENIAL, "{name}");
                 assert!(e.reason().contains(field), "{name}: {}", e.reason());
                 assert!(
-                    e.reason().contains("does not enforce"),
+                    e.reason().contains("does not enforce")
+                        || e.reason().contains("cannot read this value"),
                     "{name}: {}",
                     e.reason()
                 );

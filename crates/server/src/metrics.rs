@@ -469,6 +469,7 @@ mod tests {
             (SessionError::AccessDenied("x".into()), "user"),
             (SessionError::Provisioning("x".into()), "user"),
             (SessionError::Busy("x".into()), "internal"),
+            (SessionError::TooManyConnections("x".into()), "user"),
             (
                 SessionError::Database {
                     sqlstate: "28P01".into(),
