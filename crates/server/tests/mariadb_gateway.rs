@@ -884,3 +884,35 @@ fn max_connections_refuses_one_session_too_many() {
     });
     h.eventually("account locked", || locked(&user) == Some(true));
 }
+
+/// `client_idle_timeout` on MariaDB: a client silent for longer is disconnected by the
+/// gateway, its account locked by the normal teardown, and the end record says why.
+#[test]
+fn an_idle_client_is_disconnected_and_its_account_locked() {
+    let h = maria_harness();
+    let w = world("keep");
+    let idle = unique("idle");
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {idle}}}\nspec:\n  options: {{client_idle_timeout: 2s}}\n"
+    ));
+    let user = unique("mi");
+    add_user(&user, &[&w.role, &idle]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+
+    let mut s = open_mariadb(&files, &user).expect("session starts");
+    assert_eq!(s.query("SELECT 1").as_deref(), Some("1"));
+    assert_eq!(locked(&user), Some(false));
+    h.eventually("account locked after the idle session was closed", || {
+        locked(&user) == Some(true)
+    });
+    assert_eq!(s.query("SELECT 1"), None, "the idle session was closed");
+    s.close();
+    h.eventually("the session end is audited with its reason", || {
+        h.audit_events(&user).iter().any(|e| {
+            e["event"] == "db.session.end"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("client_idle_timeout"))
+        })
+    });
+}
