@@ -453,3 +453,32 @@ fn login_pins_the_callers_address_and_the_api_and_db_login_keep_to_it() {
     ));
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn a_role_gaining_pin_source_ip_ends_a_session_whose_certificate_has_no_address() {
+    let h = harness();
+    let w = world();
+    let role = w.role("");
+    let user = w.user(&role);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let (client, task) = h.block_on(async {
+        let (client, task) = connect(&files, &user, None).await.expect("session");
+        assert_eq!(one(&client).await, 1);
+        (client, task)
+    });
+    // The same role, now pinning.
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {role}}}\nspec:\n  options: {{create_db_user_mode: keep, pin_source_ip: true}}\n  allow:\n    db_labels: {labels}\n    db_names: [\"*\"]\n    db_roles: [\"{reader}\"]\n",
+        labels = w.labels,
+        reader = w.reader,
+    ));
+    h.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("the session was ended");
+        assert!(client.is_closed());
+    });
+    h.eventually("locked after the session was ended", || {
+        h.can_login(&user) == Some(false)
+    });
+}
