@@ -219,6 +219,7 @@ impl Env {
                 db_name: Some("postgres".to_string()),
                 db_roles: Vec::new(),
             }),
+            pinned_ip: None,
         };
         let cert = dbward_pki::issue_user_cert(&self.cas.user, &identity, &csr)?;
         let files = ClientFiles {

@@ -329,6 +329,7 @@ mod tests {
             usage: dbward_pki::CertUsage::Login,
             expires: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
             route: None,
+            pinned_ip: None,
         };
         let cert_pem = dbward_pki::issue_user_cert(&cas.user, &identity, &csr_pem)?;
         Ok(ClientCert { cert_pem, key_pem })

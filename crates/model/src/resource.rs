@@ -396,8 +396,11 @@ fn parse_one(
                 crate::RestrictionScope::Granted => "the databases it grants",
             };
             out.warnings.push(format!(
-                "{file}:{line}: role \"{}\": option \"{}: {}\" restricts access and dbward does not enforce it: access through this role to {whom} is refused",
-                role.metadata.name, option.field, option.value
+                "{file}:{line}: role \"{}\": option \"{}: {}\" restricts access and {}: access through this role to {whom} is refused",
+                role.metadata.name,
+                option.field,
+                option.value,
+                option.why()
             ));
         }
     }
@@ -871,13 +874,13 @@ version: v7
 
     #[test]
     fn restricting_options_load_with_a_warning_and_survive_the_store() {
-        let text = "kind: role\nversion: v7\nmetadata:\n  name: mfa\nspec:\n  options:\n    require_session_mfa: true\n    max_connections: 3\n    pin_source_ip: false\n  allow:\n    db_labels: {'*': '*'}\n";
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: mfa\nspec:\n  options:\n    require_session_mfa: true\n    device_trust_mode: required\n    max_connections: 3\n    pin_source_ip: false\n  allow:\n    db_labels: {'*': '*'}\n";
         let parsed = parse(text);
         assert_eq!(
             parsed.warnings,
             [
                 "test.yaml:7: role \"mfa\": option \"require_session_mfa: true\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
-                "test.yaml:8: role \"mfa\": option \"max_connections: 3\" restricts access and dbward does not enforce it: access through this role to every database is refused",
+                "test.yaml:8: role \"mfa\": option \"device_trust_mode: \"required\"\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
             ]
         );
         // What the store keeps (JSON) still carries the options.
@@ -893,7 +896,18 @@ version: v7
             .into_iter()
             .map(|o| o.field)
             .collect();
-        assert_eq!(fields, ["require_session_mfa", "max_connections"]);
+        assert_eq!(fields, ["require_session_mfa", "device_trust_mode"]);
+        assert_eq!(role.spec.options.max_connections_limit(), Some(3));
+    }
+
+    #[test]
+    fn an_enforced_option_dbward_cannot_read_loads_with_a_warning_saying_so() {
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: odd\nspec:\n  options:\n    max_connections: lots\n";
+        let parsed = parse(text);
+        assert_eq!(
+            parsed.warnings,
+            ["test.yaml:7: role \"odd\": option \"max_connections: \"lots\"\" restricts access and dbward enforces it but cannot read this value: access through this role to every database is refused"]
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! field that can take access away is listed here with what dbward does with it. "Refuses"
 //! means the role loads (with a warning naming the field) and every access decision that uses
 //! the role refuses the connection; the user sees the generic denial text and the server log
-//! names the field ([`RoleOptions::unenforced_restrictions`]).
+//! names the field ([`RoleOptions::unenforced_restrictions`]). An enforced option whose value
+//! dbward cannot read (`max_connections: lots`) refuses the same way.
 //!
 //! | field | value that restricts | dbward |
 //! |---|---|---|
@@ -17,9 +18,9 @@
 //! | `options.disconnect_expired_cert` | `true` | enforced, always on: sessions end when their certificate expires (checked every 2 s) |
 //! | `options.require_session_mfa` | anything but `false`/`off` | refuses, for databases the role's `allow.db_labels` select |
 //! | `options.device_trust_mode` | `required`, `required-for-humans` (anything but `off`/`optional`) | refuses, for databases the role's `allow.db_labels` select |
-//! | `options.max_connections` | above 0 | refuses every database of the user |
-//! | `options.client_idle_timeout` | above 0 | refuses every database of the user |
-//! | `options.pin_source_ip` | `true` | refuses every database of the user |
+//! | `options.max_connections` | above 0 | enforced: concurrent database sessions of the user, counted across every gateway sharing the store (the smallest of the user's roles wins); one more is refused with a message naming the limit ([`RoleOptions::max_connections_limit`]) |
+//! | `options.client_idle_timeout` | above 0 | enforced: a session whose client sends nothing for that long is closed by the gateway with a message, then torn down (the smallest of the user's roles wins) |
+//! | `options.pin_source_ip` | `true` | enforced: login and `db login` write the client's IP address into the certificate; a database connection or an API call from another address, or with a certificate without one, is refused |
 //! | `allow`/`deny.db_labels_expression` | any | the file is refused at load: expressions are not evaluated |
 //! | `options.lock` | `strict` | warning: dbward reads roles and users from its store at every connect and refuses when it cannot, which is what strict locking asks |
 //! | `options.mfa_verification_interval` | any | warning: only meaningful with `require_session_mfa`, which refuses |
@@ -134,13 +135,13 @@ pub struct RoleOptions {
     /// Trusted-device requirement; not enforced: `required` refuses access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_trust_mode: Option<Box<serde_json::Value>>,
-    /// Concurrent connections per user; not enforced: a limit refuses access.
+    /// Concurrent database sessions per user ([`RoleOptions::max_connections_limit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<Box<serde_json::Value>>,
-    /// Idle timeout of client sessions; not enforced: a timeout refuses access.
+    /// Idle timeout of client sessions ([`RoleOptions::client_idle_limit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_idle_timeout: Option<Box<serde_json::Value>>,
-    /// Certificates valid only from the login address; not enforced: `true` refuses access.
+    /// Certificates valid only from the login address ([`RoleOptions::pins_source_ip`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_source_ip: Option<Box<serde_json::Value>>,
 }
@@ -166,6 +167,23 @@ pub struct UnenforcedOption {
     pub scope: RestrictionScope,
 }
 
+impl UnenforcedOption {
+    /// Options dbward enforces when it can read their value; set in a form it cannot read,
+    /// they refuse instead.
+    pub const ENFORCED_WHEN_READABLE: [&'static str; 3] =
+        ["max_connections", "client_idle_timeout", "pin_source_ip"];
+
+    /// Why dbward refuses instead of enforcing: it does not enforce the option, or cannot
+    /// read the value given.
+    pub fn why(&self) -> &'static str {
+        if Self::ENFORCED_WHEN_READABLE.contains(&self.field) {
+            "dbward enforces it but cannot read this value"
+        } else {
+            "dbward does not enforce it"
+        }
+    }
+}
+
 /// False, zero, empty or off in any of the spellings Teleport accepts.
 fn is_off(value: &serde_json::Value) -> bool {
     match value {
@@ -184,13 +202,53 @@ fn is_off(value: &serde_json::Value) -> bool {
     }
 }
 
+/// A count (`3`, `"3"`); off values are 0.
+fn read_count(value: &serde_json::Value) -> Result<u64, ()> {
+    if is_off(value) {
+        return Ok(0);
+    }
+    match value {
+        serde_json::Value::Number(n) => n.as_u64().ok_or(()),
+        serde_json::Value::String(s) => s.trim().parse().map_err(|_| ()),
+        _ => Err(()),
+    }
+}
+
+/// A duration written with a unit (`30m`, `1h30m`, `90s`); off values are zero. A bare
+/// number is refused: Teleport reads it as nanoseconds, which nobody means.
+fn read_timeout(value: &serde_json::Value) -> Result<Duration, ()> {
+    if is_off(value) {
+        return Ok(Duration::ZERO);
+    }
+    match value {
+        serde_json::Value::String(s) => crate::duration::parse_duration(s).map_err(|_| ()),
+        _ => Err(()),
+    }
+}
+
+/// On or off in the spellings Teleport accepts.
+fn read_switch(value: &serde_json::Value) -> Result<bool, ()> {
+    if is_off(value) {
+        return Ok(false);
+    }
+    match value {
+        serde_json::Value::Bool(b) => Ok(*b),
+        serde_json::Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            _ => Err(()),
+        },
+        _ => Err(()),
+    }
+}
+
 impl RoleOptions {
     fn is_empty(&self) -> bool {
         self == &RoleOptions::default()
     }
 
     /// The options set in this role that would restrict access in Teleport and that dbward
-    /// does not enforce. A decision that uses the role must refuse while any is set.
+    /// does not enforce (or whose value it cannot read). A decision that uses the role must
+    /// refuse while any is set.
     pub fn unenforced_restrictions(&self) -> Vec<UnenforcedOption> {
         let mut out = Vec::new();
         let mut check = |field: &'static str,
@@ -219,25 +277,52 @@ impl RoleOptions {
             RestrictionScope::Granted,
             |v| !is_off(v) && v.as_str().map(str::trim) != Some("optional"),
         );
+        // Enforced, but only when dbward can read the value.
         check(
             "max_connections",
             &self.max_connections,
             RestrictionScope::User,
-            |v| !is_off(v),
+            |v| read_count(v).is_err(),
         );
         check(
             "client_idle_timeout",
             &self.client_idle_timeout,
             RestrictionScope::User,
-            |v| !is_off(v),
+            |v| read_timeout(v).is_err(),
         );
         check(
             "pin_source_ip",
             &self.pin_source_ip,
             RestrictionScope::User,
-            |v| !is_off(v),
+            |v| read_switch(v).is_err(),
         );
         out
+    }
+
+    /// `max_connections` as a limit: `None` when unset or 0 (no limit) or when the value
+    /// cannot be read (then [`RoleOptions::unenforced_restrictions`] reports it and access
+    /// is refused).
+    pub fn max_connections_limit(&self) -> Option<u64> {
+        self.max_connections
+            .as_deref()
+            .and_then(|v| read_count(v).ok())
+            .filter(|n| *n > 0)
+    }
+
+    /// `client_idle_timeout` as a duration: `None` when unset, zero or unreadable (see
+    /// [`RoleOptions::max_connections_limit`]).
+    pub fn client_idle_limit(&self) -> Option<Duration> {
+        self.client_idle_timeout
+            .as_deref()
+            .and_then(|v| read_timeout(v).ok())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// True when `pin_source_ip` is on.
+    pub fn pins_source_ip(&self) -> bool {
+        self.pin_source_ip
+            .as_deref()
+            .is_some_and(|v| read_switch(v) == Ok(true))
     }
 
     /// The provisioning mode this role asks for, after applying the legacy
@@ -560,10 +645,14 @@ mod tests {
             ("{require_session_mfa: hardware_key_touch}", &["require_session_mfa"]),
             ("{device_trust_mode: required}", &["device_trust_mode"]),
             ("{device_trust_mode: required-for-humans}", &["device_trust_mode"]),
-            ("{max_connections: 2}", &["max_connections"]),
-            ("{client_idle_timeout: 30m}", &["client_idle_timeout"]),
-            ("{pin_source_ip: true}", &["pin_source_ip"]),
-            ("{pin_source_ip: 'yes', max_connections: '3'}", &["max_connections", "pin_source_ip"]),
+            // Enforced: reported only when the value cannot be read.
+            ("{max_connections: 2, client_idle_timeout: 30m, pin_source_ip: true}", &[]),
+            ("{pin_source_ip: 'yes', max_connections: '3', client_idle_timeout: '1h30m'}", &[]),
+            ("{max_connections: lots}", &["max_connections"]),
+            ("{max_connections: -1}", &["max_connections"]),
+            ("{client_idle_timeout: 30}", &["client_idle_timeout"]),
+            ("{client_idle_timeout: soon}", &["client_idle_timeout"]),
+            ("{pin_source_ip: maybe}", &["pin_source_ip"]),
         ];
         for (options, expected) in cases {
             let r = role(&format!(
@@ -577,6 +666,35 @@ mod tests {
                 .map(|o| o.field)
                 .collect();
             assert_eq!(fields, *expected, "{options}");
+        }
+    }
+
+    #[test]
+    fn enforced_limits_are_read_from_the_spellings_teleport_accepts() {
+        let options = |yaml: &str| {
+            role(&format!(
+                "metadata: {{name: a}}\nspec:\n  options: {yaml}\n"
+            ))
+            .spec
+            .options
+        };
+        let o = options("{max_connections: 2, client_idle_timeout: 1m30s, pin_source_ip: true}");
+        assert_eq!(o.max_connections_limit(), Some(2));
+        assert_eq!(o.client_idle_limit(), Some(Duration::from_secs(90)));
+        assert!(o.pins_source_ip());
+        let o = options("{max_connections: '5', client_idle_timeout: '2s', pin_source_ip: 'yes'}");
+        assert_eq!(o.max_connections_limit(), Some(5));
+        assert_eq!(o.client_idle_limit(), Some(Duration::from_secs(2)));
+        assert!(o.pins_source_ip());
+        for off in [
+            "{}",
+            "{max_connections: 0, client_idle_timeout: 0s, pin_source_ip: false}",
+            "{max_connections: lots, client_idle_timeout: 30, pin_source_ip: maybe}",
+        ] {
+            let o = options(off);
+            assert_eq!(o.max_connections_limit(), None, "{off}");
+            assert_eq!(o.client_idle_limit(), None, "{off}");
+            assert!(!o.pins_source_ip(), "{off}");
         }
     }
 }

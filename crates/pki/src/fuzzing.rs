@@ -36,6 +36,7 @@ pub fn csr(data: &[u8]) {
         usage: CertUsage::Login,
         expires: fixed_now() + time::Duration::hours(1),
         route: None,
+        pinned_ip: None,
     };
     let _ = issue_user_cert(user_ca(), &identity, &pem);
 }

@@ -1,6 +1,9 @@
 //! The dbward identity carried by user certificates, and its encoding in one X.509 extension.
 //!
 //! The extension value is a DER UTF8String holding a versioned JSON payload (`{"v":1,...}`).
+//! Version 2 adds the pinned source IP (`ip`); a certificate without one is still written as
+//! version 1, so older gateways read it, and one with a pinned IP as version 2, which older
+//! gateways refuse instead of ignoring the pin. Both versions are read.
 //! Reading an identity does not check who signed the certificate: call [`read_identity`] only
 //! on a certificate whose chain was verified (by a TLS handshake with a client verifier, or by
 //! `verify_user_cert`).
@@ -15,8 +18,10 @@ use crate::error::{PkiError, Result};
 pub const IDENTITY_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 59934, 1, 1];
 const IDENTITY_EXTENSION_OID_STR: &str = "1.3.6.1.4.1.59934.1.1";
 
-/// The payload version this code writes and reads.
+/// The payload version of certificates without a pinned IP.
 const IDENTITY_VERSION: u64 = 1;
+/// The payload version of certificates with a pinned IP.
+const IDENTITY_VERSION_PINNED: u64 = 2;
 
 /// What a user certificate may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,12 +63,16 @@ pub struct Identity {
     pub expires: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<DbRoute>,
+    /// The client address the certificate is valid from (the role option `pin_source_ip`),
+    /// recorded at login and copied into database certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_ip: Option<std::net::IpAddr>,
 }
 
 /// The JSON written into the extension. Separate from [`Identity`] so the wire format is
 /// explicit and versioned independently of the Rust type.
 #[derive(Serialize, Deserialize)]
-struct IdentityPayloadV1 {
+struct IdentityPayload {
     v: u64,
     user: String,
     cluster: String,
@@ -72,6 +81,9 @@ struct IdentityPayloadV1 {
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     route: Option<DbRoute>,
+    /// Version 2 only: the pinned source IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<std::net::IpAddr>,
 }
 
 /// Only the version, read first so a newer payload gives a clear error.
@@ -82,13 +94,18 @@ struct PayloadVersion {
 
 /// Encodes the identity as the extension's value (a DER UTF8String of the JSON payload).
 pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::CustomExtension> {
-    let payload = IdentityPayloadV1 {
-        v: IDENTITY_VERSION,
+    let payload = IdentityPayload {
+        v: if identity.pinned_ip.is_some() {
+            IDENTITY_VERSION_PINNED
+        } else {
+            IDENTITY_VERSION
+        },
         user: identity.username.clone(),
         cluster: identity.cluster.clone(),
         usage: identity.usage,
         exp: identity.expires.unix_timestamp(),
         route: identity.route.clone(),
+        ip: identity.pinned_ip,
     };
     let json = serde_json::to_vec(&payload)
         .map_err(|e| PkiError::InvalidIdentity(format!("cannot encode: {e}")))?;
@@ -116,11 +133,17 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
     let json = decode_utf8_string(extension.value)?;
     let version: PayloadVersion = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
-    if version.v != IDENTITY_VERSION {
+    if version.v != IDENTITY_VERSION && version.v != IDENTITY_VERSION_PINNED {
         return Err(PkiError::UnsupportedIdentityVersion(version.v));
     }
-    let payload: IdentityPayloadV1 = serde_json::from_slice(json)
+    let payload: IdentityPayload = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
+    // Version 1 never pins; version 2 always does.
+    if (version.v == IDENTITY_VERSION_PINNED) != payload.ip.is_some() {
+        return Err(PkiError::InvalidIdentity(
+            "pinned IP does not match the payload version".into(),
+        ));
+    }
 
     // The subject and validity are what generic tools show and what the verifier enforces;
     // refuse a certificate whose payload says something else.
@@ -147,6 +170,7 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
         usage: payload.usage,
         expires,
         route: payload.route,
+        pinned_ip: payload.ip,
     })
 }
 

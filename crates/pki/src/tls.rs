@@ -378,6 +378,7 @@ mod tests {
             usage: CertUsage::Login,
             expires: OffsetDateTime::now_utc() + time::Duration::hours(1),
             route: None,
+            pinned_ip: None,
         };
         Ok((issue_user_cert(ca, &identity, &csr)?, key))
     }

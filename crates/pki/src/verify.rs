@@ -92,6 +92,7 @@ mod tests {
                 db_name: Some("shop".into()),
                 db_roles: vec!["reader".into(), "writer".into()],
             }),
+            pinned_ip: None,
         }
     }
 
@@ -106,6 +107,31 @@ mod tests {
             .position(|w| w == from)
             .unwrap_or_else(|| panic!("{:?} not in certificate", String::from_utf8_lossy(from)));
         der[at..at + to.len()].copy_from_slice(to);
+    }
+
+    #[test]
+    fn pinned_ip_round_trips_as_version_2_and_unpinned_certs_stay_version_1() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let mut wanted = identity(now + Duration::hours(8));
+        let unpinned = issue(&cas.user, &wanted)?;
+        assert!(contains(unpinned[0].as_ref(), br#"{"v":1,"#));
+        assert_eq!(
+            verify_user_cert(&unpinned, &cas.user, "prod", now)?.pinned_ip,
+            None
+        );
+
+        wanted.pinned_ip = Some("127.0.0.1".parse().expect("an address"));
+        let pinned = issue(&cas.user, &wanted)?;
+        assert!(contains(pinned[0].as_ref(), br#"{"v":2,"#));
+        assert!(contains(pinned[0].as_ref(), br#""ip":"127.0.0.1""#));
+        let got = verify_user_cert(&pinned, &cas.user, "prod", now)?;
+        assert_eq!(got.pinned_ip, wanted.pinned_ip);
+        Ok(())
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]

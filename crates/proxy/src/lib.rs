@@ -21,4 +21,4 @@ pub(crate) mod testing;
 
 pub use error::{AuthenticationKind, ProxyError, UpstreamError};
 pub use handshake::HandshakeLimits;
-pub use relay::{RelayEnd, RelayStats, Side};
+pub use relay::{IdleLimit, RelayEnd, RelayStats, Side};

@@ -25,9 +25,24 @@ pub enum Side {
     Server,
 }
 
+/// How long the client may stay silent, and what it is told when it did.
+#[derive(Debug, Clone)]
+pub struct IdleLimit {
+    /// The longest the client may send nothing.
+    pub after: Duration,
+    /// Written to the client before both sides are closed: the protocol's error message
+    /// saying why. It goes between two writes of server bytes, never inside one; a server
+    /// message still arriving in pieces (a client idle while a long result streams) is cut
+    /// short, which a client that is being disconnected anyway reports as it can.
+    pub goodbye: Vec<u8>,
+}
+
 /// Why the relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
+    /// The client sent nothing for the [`IdleLimit`]; it was told so and both sides were
+    /// closed.
+    Idle(Duration),
     /// This side closed its connection first (an end of stream, with or without TLS
     /// close_notify).
     Closed(Side),
@@ -73,7 +88,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    relay_filtering(client, server, |chunk, _| inspect(chunk)).await
+    relay_filtering(client, server, None, |chunk, _| inspect(chunk)).await
 }
 
 /// What a client-side filter made of one chunk. Reused from chunk to chunk; the relay clears
@@ -115,10 +130,13 @@ pub(crate) fn sql_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 const QUEUED_REPLIES: usize = 8;
 
 /// [`relay_inspecting`] with a filter that may also hold back or drop client bytes and
-/// answer the client itself (through [`Filtered`]).
+/// answer the client itself (through [`Filtered`]), and with an optional [`IdleLimit`] on the
+/// client: only what the client sends counts as activity, as in Teleport (a client waiting
+/// for a long statement's result is idle).
 pub(crate) async fn relay_filtering<C, S>(
     client: &mut C,
     server: &mut S,
+    idle: Option<&IdleLimit>,
     filter: impl FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
 ) -> RelayStats
 where
@@ -130,6 +148,7 @@ where
     let mut client_to_server = 0u64;
     let mut server_to_client = 0u64;
     let (replies, mut queued) = tokio::sync::mpsc::channel(QUEUED_REPLIES);
+    let activity = Activity::new();
 
     let end = {
         let upstream = copy_filtered(
@@ -138,12 +157,16 @@ where
             &mut client_to_server,
             filter,
             replies,
+            &activity,
         );
+        // Watched by the copy that writes to the client, so the goodbye never lands inside
+        // a server message it was writing.
         let downstream = copy_answering(
             &mut server_read,
             &mut client_write,
             &mut server_to_client,
             &mut queued,
+            activity.silence(idle.map(|limit| limit.after)),
         );
         tokio::pin!(upstream, downstream);
         tokio::select! {
@@ -162,6 +185,13 @@ where
         }
     };
 
+    if let (RelayEnd::Idle(_), Some(limit)) = (&end, idle) {
+        let telling = async {
+            client_write.write_all(&limit.goodbye).await?;
+            client_write.flush().await
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, telling).await;
+    }
     // Whatever ended the relay, the other side must learn it too. A side already shut down
     // or gone only makes these fail, which changes nothing.
     let _ = tokio::time::timeout(SHUTDOWN_WAIT, server_write.shutdown()).await;
@@ -174,15 +204,54 @@ where
     }
 }
 
+/// When the client last sent something, shared by the copy that reads it and the watch that
+/// ends an idle session.
+struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: tokio::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends once the client has been silent for `limit`, returning the limit; never without
+    /// one.
+    async fn silence(&self, limit: Option<Duration>) -> Duration {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = self.start + Duration::from_millis(last) + limit;
+            if tokio::time::Instant::now() >= deadline {
+                return limit;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// Copies the client to the server until the client ends, then shuts the server's side
 /// down. `filter` sees each chunk before anything of it is forwarded; what it answers
-/// itself goes to `replies`.
+/// itself goes to `replies`. Every read is noted in `activity`.
 async fn copy_filtered<R, W>(
     from: &mut R,
     to: &mut W,
     copied: &mut u64,
     mut filter: impl FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
     replies: tokio::sync::mpsc::Sender<Vec<u8>>,
+    activity: &Activity,
 ) -> Result<(), RelayEnd>
 where
     R: AsyncRead + Unpin,
@@ -200,6 +269,7 @@ where
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(err) => return Err(RelayEnd::Failed(Side::Client, ProxyError::Io(err))),
         };
+        activity.touch();
         let chunk = &buf[..n];
         filter(chunk, &mut filtered).map_err(|err| RelayEnd::Failed(Side::Client, err))?;
         let forward = if filtered.edited {
@@ -227,12 +297,14 @@ where
 }
 
 /// Copies the server to the client until the server ends, then shuts the client's side
-/// down, writing the gateway's own answers from `replies` between two server reads.
+/// down, writing the gateway's own answers from `replies` between two server reads. Stops
+/// with [`RelayEnd::Idle`] when `silence` ends, between two writes.
 async fn copy_answering<R, W>(
     from: &mut R,
     to: &mut W,
     copied: &mut u64,
     replies: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    silence: impl std::future::Future<Output = Duration>,
 ) -> Result<(), RelayEnd>
 where
     R: AsyncRead + Unpin,
@@ -241,8 +313,10 @@ where
     let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Client, ProxyError::Io(err));
     let mut buf = vec![0u8; COPY_BUFFER];
     let mut answering = true;
+    tokio::pin!(silence);
     loop {
         let n = tokio::select! {
+            after = &mut silence => return Err(RelayEnd::Idle(after)),
             read = from.read(&mut buf) => match read {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -299,6 +373,40 @@ mod tests {
         app.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"the server shuts down");
         assert_eq!(stats.server_to_client, rest.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_told_and_closed_and_an_active_one_is_not() {
+        let (mut app, mut client) = duplex(1024);
+        let (mut server, mut db) = duplex(1024);
+        let idle = IdleLimit {
+            after: Duration::from_millis(300),
+            goodbye: b"bye".to_vec(),
+        };
+        let relay_task = tokio::spawn(async move {
+            relay_filtering(&mut client, &mut server, Some(&idle), |_, _| Ok(())).await
+        });
+        // Active for three times the limit: one byte every 100 ms.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(900) {
+            app.write_all(b"x").await.unwrap();
+            let mut got = [0u8; 1];
+            db.read_exact(&mut got).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!relay_task.is_finished(), "an active client was cut off");
+        // Silent: told and closed within a bound.
+        let stats = tokio::time::timeout(Duration::from_secs(3), relay_task)
+            .await
+            .expect("relay ended")
+            .unwrap();
+        assert!(matches!(stats.end, RelayEnd::Idle(d) if d == Duration::from_millis(300)));
+        let mut rest = Vec::new();
+        app.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"bye");
+        let mut server_rest = Vec::new();
+        db.read_to_end(&mut server_rest).await.unwrap();
+        assert!(server_rest.is_empty());
     }
 
     #[tokio::test]

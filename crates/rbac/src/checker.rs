@@ -78,6 +78,37 @@ pub struct Decision {
     /// Table permission rules (PostgreSQL, provisioning on, no db roles); empty otherwise.
     /// Feed them with labelled objects to [`crate::object_permissions`].
     pub db_permissions: Vec<PermissionRule>,
+    /// The user's session limits, from all of their roles.
+    pub limits: SessionLimits,
+}
+
+/// Limits on a user's sessions from the role options Teleport defines for them; the smallest
+/// non-zero value of the user's roles wins, and any role pinning the source IP pins it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `max_connections`: concurrent database sessions of the user, across gateways.
+    pub max_connections: Option<u64>,
+    /// `client_idle_timeout`: a session whose client sends nothing this long is closed.
+    pub client_idle_timeout: Option<Duration>,
+    /// `pin_source_ip`: certificates are valid only from the address recorded in them.
+    pub pin_source_ip: bool,
+}
+
+impl SessionLimits {
+    /// The limits of a set of roles.
+    pub fn of_roles(roles: &[Role]) -> SessionLimits {
+        SessionLimits {
+            max_connections: roles
+                .iter()
+                .filter_map(|r| r.spec.options.max_connections_limit())
+                .min(),
+            client_idle_timeout: roles
+                .iter()
+                .filter_map(|r| r.spec.options.client_idle_limit())
+                .min(),
+            pin_source_ip: roles.iter().any(|r| r.spec.options.pins_source_ip()),
+        }
+    }
 }
 
 /// One side (allow or deny) of a role with templates expanded and patterns compiled.
@@ -100,8 +131,8 @@ struct CompiledRole {
     /// whole database is denied. Decided on the role as written, so a template that
     /// expands to nothing narrows the deny instead of widening it to the whole database.
     deny_is_total: bool,
-    /// Options that restrict access in Teleport and that dbward does not enforce: while one
-    /// applies, every connection this role takes part in is refused.
+    /// Options that restrict access in Teleport and that dbward does not enforce (or cannot
+    /// read): while one applies, every connection this role takes part in is refused.
     unenforced: Vec<UnenforcedOption>,
 }
 
@@ -111,6 +142,7 @@ pub struct AccessChecker {
     user: String,
     roles: Vec<CompiledRole>,
     ttl_cap: Option<Duration>,
+    limits: SessionLimits,
 }
 
 impl AccessChecker {
@@ -129,12 +161,18 @@ impl AccessChecker {
             user: user.metadata.name.clone(),
             roles: compiled,
             ttl_cap,
+            limits: SessionLimits::of_roles(roles),
         })
     }
 
     /// The dbward user name these decisions are for.
     pub fn user_name(&self) -> &str {
         &self.user
+    }
+
+    /// The limits the user's roles put on their sessions and certificates.
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
     }
 
     /// True when the user may see `db` in `db ls`: some role's allow labels select it and no
@@ -238,11 +276,12 @@ impl AccessChecker {
         self.reach(db)?;
         if let Some((role, option)) = self.unenforced_restriction(db) {
             return Err(AccessDenied::generic(format!(
-                "{}: role \"{}\" sets option \"{}: {}\", which restricts access and which dbward does not enforce",
+                "{}: role \"{}\" sets option \"{}: {}\", which restricts access: {}",
                 target(),
                 role,
                 option.field,
-                option.value
+                option.value,
+                option.why()
             )));
         }
         for role in self.applying_denies(db) {
@@ -290,6 +329,7 @@ impl AccessChecker {
                 mode,
                 db_roles: Vec::new(),
                 db_permissions: Vec::new(),
+                limits: self.limits,
             });
         }
 
@@ -369,6 +409,7 @@ impl AccessChecker {
             mode,
             db_roles,
             db_permissions,
+            limits: self.limits,
         })
     }
 

@@ -21,6 +21,7 @@ pub mod template;
 
 pub use checker::{
     parse_resources, validate_role, AccessChecker, Decision, Provisioning, ProvisioningMode,
+    SessionLimits,
 };
 pub use error::{AccessDenied, DenialKind, RbacError, GENERIC_DENIAL};
 pub use permissions::{

@@ -1241,7 +1241,7 @@ spec: {}
 // Options that restrict access in Teleport and that dbward does not enforce: fail closed
 
 #[test]
-fn unenforced_restricting_options_refuse_access_naming_the_field() {
+fn unenforced_or_unreadable_restricting_options_refuse_access_naming_the_field() {
     const GRANT: &str = "
 metadata: {name: dev}
 spec:
@@ -1289,22 +1289,28 @@ spec:
             None,
         ),
         (
-            "connection limit on a role granting nothing here",
-            "options: {max_connections: 1}",
+            "connection limit, idle timeout and IP pinning are enforced, not refused",
+            "options: {max_connections: 1, client_idle_timeout: 15m, pin_source_ip: true}",
+            &[("env", "dev")],
+            None,
+        ),
+        (
+            "a connection limit dbward cannot read",
+            "options: {max_connections: lots}",
             &[("env", "dev")],
             Some("max_connections"),
         ),
         (
-            "source IP pinning",
-            "options: {pin_source_ip: true}",
-            &[("env", "dev")],
-            Some("pin_source_ip"),
-        ),
-        (
-            "idle timeout",
-            "options: {client_idle_timeout: 15m}",
+            "an idle timeout without a unit",
+            "options: {client_idle_timeout: 15}",
             &[("env", "dev")],
             Some("client_idle_timeout"),
+        ),
+        (
+            "an IP pinning switch that is neither on nor off",
+            "options: {pin_source_ip: sometimes}",
+            &[("env", "dev")],
+            Some("pin_source_ip"),
         ),
         (
             "zero limits restrict nothing",
@@ -1332,7 +1338,8 @@ spec:
                 assert_eq!(e.user_message(), GENERIC_DENIAL, "{name}");
                 assert!(e.reason().contains(field), "{name}: {}", e.reason());
                 assert!(
-                    e.reason().contains("does not enforce"),
+                    e.reason().contains("does not enforce")
+                        || e.reason().contains("cannot read this value"),
                     "{name}: {}",
                     e.reason()
                 );
@@ -1878,5 +1885,45 @@ spec:
         if allow_applies && !deny_applies {
             prop_assert!(result.is_ok());
         }
+    }
+}
+
+#[test]
+fn session_limits_take_the_smallest_non_zero_value_of_the_users_roles() {
+    let c = checker(
+        "
+metadata: {name: dev}
+spec:
+  options: {create_db_user_mode: keep, max_connections: 5, client_idle_timeout: 10m}
+  allow: {db_labels: {env: dev}, db_names: ['*'], db_roles: [reader]}
+---
+metadata: {name: tight}
+spec:
+  options: {max_connections: 2, client_idle_timeout: 0s, pin_source_ip: true}
+---
+metadata: {name: loose}
+spec:
+  options: {max_connections: 0, client_idle_timeout: 1h, pin_source_ip: false}
+",
+    );
+    let expected = dbward_rbac_limits(Some(2), Some(Duration::from_secs(600)), true);
+    assert_eq!(c.limits(), expected);
+    let d = c
+        .authorize(&pg(&[("env", "dev")]), "alice", "appdb", &[])
+        .unwrap();
+    assert_eq!(d.limits, expected);
+    let none = checker("metadata: {name: plain}\nspec: {}");
+    assert_eq!(none.limits(), SessionLimits::default());
+}
+
+fn dbward_rbac_limits(
+    max_connections: Option<u64>,
+    client_idle_timeout: Option<Duration>,
+    pin_source_ip: bool,
+) -> SessionLimits {
+    SessionLimits {
+        max_connections,
+        client_idle_timeout,
+        pin_source_ip,
     }
 }

@@ -100,6 +100,7 @@ pub fn write_admin_identity(
         usage: CertUsage::Admin,
         expires: OffsetDateTime::now_utc() + Duration::from_secs(365 * 24 * 3600),
         route: None,
+        pinned_ip: None,
     };
     let cert = dbward_pki::issue_user_cert(&cas.user, &identity, &csr_pem)?;
     dbward_pki::write_private_file(&files.key(), key_pem.as_bytes())?;

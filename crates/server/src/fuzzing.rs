@@ -67,6 +67,7 @@ fn issue(route: Option<DbRoute>, csr_pem: &str) {
         expires: OffsetDateTime::from_unix_timestamp(1_780_272_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         route,
+        pinned_ip: None,
     };
     let _ = dbward_pki::issue_user_cert(ca, &identity, csr_pem);
 }

@@ -81,7 +81,9 @@ impl ErrorKind {
     /// decided on here.
     pub fn of(err: &SessionError) -> ErrorKind {
         match err {
-            SessionError::AccessDenied(_) | SessionError::Provisioning(_) => ErrorKind::User,
+            SessionError::AccessDenied(_)
+            | SessionError::Provisioning(_)
+            | SessionError::TooManyConnections(_) => ErrorKind::User,
             SessionError::Database { .. } | SessionError::MysqlServer { .. } => ErrorKind::Database,
             // The provisioning lock lives in dbward's store.
             SessionError::Busy(_) | SessionError::Internal(_) => ErrorKind::Internal,
@@ -467,6 +469,7 @@ mod tests {
             (SessionError::AccessDenied("x".into()), "user"),
             (SessionError::Provisioning("x".into()), "user"),
             (SessionError::Busy("x".into()), "internal"),
+            (SessionError::TooManyConnections("x".into()), "user"),
             (
                 SessionError::Database {
                     sqlstate: "28P01".into(),

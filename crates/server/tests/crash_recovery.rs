@@ -330,6 +330,7 @@ impl Site {
                 db_name: db_name.map(str::to_string),
                 db_roles: Vec::new(),
             }),
+            pinned_ip: None,
         };
         let cert = dbward_pki::issue_user_cert(&cas.user, &identity, &csr).expect("cert");
         let files = ClientFiles {

@@ -232,6 +232,7 @@ impl GatewayProcess {
             usage,
             expires,
             route,
+            pinned_ip: None,
         };
         (
             dbward_pki::issue_user_cert(&self.cas.user, &identity, &csr).expect("issue"),
@@ -1027,6 +1028,7 @@ fn foreign_expired_and_other_cluster_certificates_are_refused_at_the_handshake()
                 usage: CertUsage::Db,
                 expires: in_an_hour,
                 route: route(),
+                pinned_ip: None,
             },
             &csr,
         )

@@ -398,6 +398,7 @@ fn driver_opts(db: &str, user: &str) -> mysql_async::OptsBuilder {
         usage: dbward_pki::CertUsage::Db,
         expires: time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(600),
         route: Some(route(db, user, "", &[])),
+        pinned_ip: None,
     };
     let cert = dbward_pki::issue_user_cert(
         &h.gw.cas.user,
@@ -851,4 +852,67 @@ fn db_permissions_on_mariadb_are_refused_with_a_clear_message() {
         "{r:?}"
     );
     assert_eq!(locked(&user), None, "no account was created");
+}
+
+/// `max_connections` from a role that grants nothing itself still limits the user: one
+/// session too many is refused with MySQL's ER_USER_LIMIT_REACHED naming the limit.
+#[test]
+fn max_connections_refuses_one_session_too_many() {
+    let h = maria_harness();
+    let w = world("keep");
+    let limit = unique("limit");
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {limit}}}\nspec:\n  options: {{max_connections: 1}}\n"
+    ));
+    let user = unique("mc");
+    add_user(&user, &[&w.role, &limit]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+
+    let mut held = open_mariadb(&files, &user).expect("first session");
+    assert_eq!(held.query("SELECT 1").as_deref(), Some("1"));
+    let r = h.mariadb(&files, &user, "SELECT 1");
+    assert!(!r.ok, "a second session was accepted");
+    assert!(r.stderr.contains("1226"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("max_connections of your roles is 1"),
+        "{}",
+        r.stderr
+    );
+    held.close();
+    h.eventually("a session once the first has ended", || {
+        h.mariadb(&files, &user, "SELECT 1").ok
+    });
+    h.eventually("account locked", || locked(&user) == Some(true));
+}
+
+/// `client_idle_timeout` on MariaDB: a client silent for longer is disconnected by the
+/// gateway, its account locked by the normal teardown, and the end record says why.
+#[test]
+fn an_idle_client_is_disconnected_and_its_account_locked() {
+    let h = maria_harness();
+    let w = world("keep");
+    let idle = unique("idle");
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {idle}}}\nspec:\n  options: {{client_idle_timeout: 2s}}\n"
+    ));
+    let user = unique("mi");
+    add_user(&user, &[&w.role, &idle]);
+    let files = h.db_cert(&user, route(&w.db, &user, "", &[]));
+
+    let mut s = open_mariadb(&files, &user).expect("session starts");
+    assert_eq!(s.query("SELECT 1").as_deref(), Some("1"));
+    assert_eq!(locked(&user), Some(false));
+    h.eventually("account locked after the idle session was closed", || {
+        locked(&user) == Some(true)
+    });
+    assert_eq!(s.query("SELECT 1"), None, "the idle session was closed");
+    s.close();
+    h.eventually("the session end is audited with its reason", || {
+        h.audit_events(&user).iter().any(|e| {
+            e["event"] == "db.session.end"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("client_idle_timeout"))
+        })
+    });
 }

@@ -132,6 +132,7 @@ impl Shared {
                 usage: CertUsage::Db,
                 expires: OffsetDateTime::now_utc() + Duration::from_secs(600),
                 route: Some(route("shared-db", "dana", "postgres", &[])),
+                pinned_ip: None,
             },
             &csr,
         )
@@ -367,4 +368,134 @@ fn a_cancel_request_to_another_gateway_cancels_the_session() {
         std::thread::sleep(Duration::from_millis(100));
     }
     rt.block_on(connection).unwrap().unwrap();
+}
+
+/// `max_connections` counts a user's sessions across every gateway sharing the store: a
+/// session held through A takes the only slot, so B refuses one until A's has ended.
+#[test]
+fn max_connections_counts_sessions_across_gateways() {
+    let dir = tempfile::Builder::new()
+        .prefix("dwshared")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let throwaway = dbward_pki::CaSet::generate("store").unwrap();
+    let store_certs_dir = dir.path().join("store-certs");
+    std::fs::create_dir_all(&store_certs_dir).unwrap();
+    let store_pg =
+        PgServer::start(&DbServerCerts::from_cas(&throwaway, &store_certs_dir).unwrap()).unwrap();
+    store_pg.psql_super("CREATE DATABASE dwstore").unwrap();
+    let dsn = format!("{} sslmode=disable", store_pg.super_conninfo("dwstore"));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt
+        .block_on(Started::bind(config(dir.path(), "a", &dsn)))
+        .unwrap();
+    let b = rt
+        .block_on(Started::bind(config(dir.path(), "b", &dsn)))
+        .unwrap();
+    let (ga, gb) = (a.gateway.clone(), b.gateway.clone());
+    let listener = |g: &Arc<Gateway>| -> SocketAddr {
+        rt.block_on(async { g.endpoints.read().await.postgres.clone() })
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (pg_a, pg_b) = (listener(&ga), listener(&gb));
+    rt.spawn(a.run(CancellationToken::new()));
+    rt.spawn(b.run(CancellationToken::new()));
+
+    let target_certs_dir = dir.path().join("target-certs");
+    std::fs::create_dir_all(&target_certs_dir).unwrap();
+    let target =
+        PgServer::start(&DbServerCerts::from_cas(&ga.cas, &target_certs_dir).unwrap()).unwrap();
+    target
+        .psql_super("CREATE ROLE shared_admin LOGIN CREATEROLE; CREATE ROLE shared_reader; GRANT shared_reader TO shared_admin WITH ADMIN OPTION")
+        .unwrap();
+    let yaml = format!(
+        "kind: role\nversion: v7\nmetadata: {{name: one-at-a-time}}\nspec:\n  options: {{create_db_user_mode: keep, max_connections: 1}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_names: [\"*\"]\n    db_roles: [shared_reader]\n---\nkind: user\nversion: v2\nmetadata: {{name: erin}}\nspec: {{roles: [one-at-a-time]}}\n---\nkind: db\nversion: v3\nmetadata: {{name: shared-db}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n  admin_user: {{name: shared_admin, default_database: postgres}}\n",
+        target.port
+    );
+    let parsed = dbward_model::parse_resources(&yaml, "shared.yaml").unwrap();
+    rt.block_on(async {
+        for r in &parsed.resources {
+            ga.store
+                .put_resource(
+                    r.kind(),
+                    r.name(),
+                    &serde_json::to_string(r).unwrap(),
+                    PutMode::Upsert,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let (key, csr) = dbward_pki::new_key_and_csr("erin").unwrap();
+    let cert = dbward_pki::issue_user_cert(
+        &ga.cas.user,
+        &Identity {
+            username: "erin".into(),
+            cluster: ga.cluster.clone(),
+            usage: CertUsage::Db,
+            expires: OffsetDateTime::now_utc() + Duration::from_secs(600),
+            route: Some(route("shared-db", "erin", "postgres", &[])),
+            pinned_ip: None,
+        },
+        &csr,
+    )
+    .unwrap();
+    let files = ClientFiles {
+        crt: dir.path().join("erin.crt"),
+        key: dir.path().join("erin.key"),
+        ca: dir.path().join("host-ca.crt"),
+    };
+    std::fs::write(&files.crt, cert).unwrap();
+    dbward_pki::write_private_file(&files.key, key.as_bytes()).unwrap();
+    std::fs::write(&files.ca, &ga.cas.host.cert_pem).unwrap();
+    let psql = |addr: SocketAddr| {
+        std::process::Command::new("psql")
+            .arg(conninfo(addr, &files, "erin", "postgres"))
+            .args(["-X", "-A", "-t", "-c", "select current_user"])
+            .output()
+            .unwrap()
+    };
+
+    // Held open through A...
+    let mut cmd = std::process::Command::new("psql");
+    cmd.arg(conninfo(pg_a, &files, "erin", "postgres")).args([
+        "-X",
+        "-A",
+        "-t",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-f",
+        "-",
+    ]);
+    let mut held = OpenSession::start(cmd).expect("a session through A");
+    assert_eq!(held.query("select current_user").as_deref(), Some("erin"));
+    // ...B refuses a second one, naming the limit.
+    let out = psql(pg_b);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "B accepted a second session");
+    assert!(
+        stderr.contains("max_connections of your roles is 1"),
+        "{stderr}"
+    );
+    // Once A's session has ended, B serves one.
+    held.close();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = psql(pg_b);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "erin");
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("max_connections"), "{stderr}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot A's session held was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -1,7 +1,7 @@
 //! Teleport files through the gateway: role options that restrict access and that dbward does
-//! not enforce never grant access silently, and a db resource's inline `tls.ca_cert` is the CA
-//! the database is verified with. Real PostgreSQL, real psql, observed by the client and in the
-//! catalogs.
+//! not enforce (or cannot read) never grant access silently, and a db resource's inline
+//! `tls.ca_cert` is the CA the database is verified with. Real PostgreSQL, real psql, observed
+//! by the client and in the catalogs.
 
 mod common;
 
@@ -57,9 +57,10 @@ fn roles_with_unenforced_restrictions_refuse_the_connection_and_create_nothing()
     for (option, value) in [
         ("require_session_mfa", "true"),
         ("device_trust_mode", "required"),
-        ("max_connections", "2"),
-        ("pin_source_ip", "true"),
-        ("client_idle_timeout", "30m"),
+        // Enforced options (tests/session_limits.rs) refuse when their value cannot be read.
+        ("max_connections", "lots"),
+        ("pin_source_ip", "sometimes"),
+        ("client_idle_timeout", "30"),
     ] {
         let role = unique("restricted");
         w.role(&role, &format!(", {option}: {value}"));

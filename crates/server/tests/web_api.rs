@@ -44,6 +44,7 @@ fn login_cert(expires: OffsetDateTime) -> (String, String) {
         usage: CertUsage::Login,
         expires,
         route: None,
+        pinned_ip: None,
     };
     (
         dbward_pki::issue_user_cert(&h.gw.cas.user, &identity, &csr).unwrap(),

@@ -23,7 +23,7 @@ pub use accept::{
     accept, send_err, send_ok, Greeting, MysqlClient, MysqlClientStream, ER_ACCESS_DENIED_ERROR,
     ER_SECURE_TRANSPORT_REQUIRED, GATEWAY_CAPABILITIES, TLS_REQUIRED_MESSAGE,
 };
-pub use relay::{relay, MysqlTap};
+pub use relay::{idle_goodbye, relay, relay_with_idle_limit, MysqlTap};
 pub use upstream::{MysqlUpstream, UpstreamLogin};
 
 #[cfg(test)]

@@ -98,18 +98,46 @@ pub fn refused_message(command: &str) -> String {
 /// When the client closes, the server's side is shut down and the server gets a few seconds
 /// to finish; when the server closes, the client's side is shut down at once. Either way both
 /// sides have been shut down when this returns.
-pub async fn relay<C, S, F>(client: &mut C, server: &mut S, mut tap: F) -> RelayStats
+pub async fn relay<C, S, F>(client: &mut C, server: &mut S, tap: F) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(MysqlTap<'_>),
+{
+    relay_with_idle_limit(client, server, None, tap).await
+}
+
+/// [`relay`], ending the session when the client sends nothing for `idle.after` (see
+/// [`crate::relay::IdleLimit`]; [`idle_goodbye`] is the packet that says so).
+pub async fn relay_with_idle_limit<C, S, F>(
+    client: &mut C,
+    server: &mut S,
+    idle: Option<&crate::relay::IdleLimit>,
+    mut tap: F,
+) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(MysqlTap<'_>),
 {
     let mut packets = PacketTap::new();
-    crate::relay::relay_filtering(client, server, |chunk, out| {
+    crate::relay::relay_filtering(client, server, idle, |chunk, out| {
         packets.feed(chunk, &mut tap, out);
         Ok(())
     })
     .await
+}
+
+/// The ERR packet an idle client gets before the gateway closes its session: MySQL's own
+/// ER_CLIENT_INTERACTION_TIMEOUT (4031), sent unprompted with sequence id 0 as MySQL 8 does
+/// when `wait_timeout` ends a session.
+pub fn idle_goodbye(message: &str) -> Vec<u8> {
+    let err = ErrPacket {
+        code: 4031,
+        sqlstate: "HY000".into(),
+        message: message.into(),
+    };
+    frame(0, &err.encode())
 }
 
 /// Follows client packet framing across arbitrary chunk boundaries.

@@ -22,7 +22,7 @@ pub mod upstream;
 pub use crate::handshake::HandshakeLimits;
 pub use crate::relay::{RelayEnd, RelayStats, Side};
 pub use messages::Severity;
-pub use relay::{relay, TapEvent};
+pub use relay::{idle_goodbye, relay, relay_with_idle_limit, TapEvent};
 pub use startup::{
     accept, send_error, write_startup_reply, Accepted, ClientStartup, ClientTlsStream,
     PrefixedStream, TLS_REQUIRED_MESSAGE,

@@ -50,14 +50,40 @@ pub enum TapEvent<'a> {
 /// When the client closes, the server's side is shut down and the server gets a few seconds
 /// to finish; when the server closes, the client's side is shut down at once. Either way both
 /// sides have been shut down when this returns; the caller drops the streams.
-pub async fn relay<C, S, F>(client: &mut C, server: &mut S, mut tap: F) -> RelayStats
+pub async fn relay<C, S, F>(client: &mut C, server: &mut S, tap: F) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(TapEvent<'_>),
+{
+    relay_with_idle_limit(client, server, None, tap).await
+}
+
+/// [`relay`], ending the session when the client sends nothing for `idle.after` (see
+/// [`crate::relay::IdleLimit`]; [`idle_goodbye`] is the message that says so).
+pub async fn relay_with_idle_limit<C, S, F>(
+    client: &mut C,
+    server: &mut S,
+    idle: Option<&crate::relay::IdleLimit>,
+    mut tap: F,
+) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(TapEvent<'_>),
 {
     let mut frames = FrameTap::new();
-    crate::relay::relay_inspecting(client, server, |chunk| frames.feed(chunk, &mut tap)).await
+    crate::relay::relay_filtering(client, server, idle, |chunk, _| {
+        frames.feed(chunk, &mut tap)
+    })
+    .await
+}
+
+/// The ErrorResponse an idle client gets before the gateway closes its session: FATAL with
+/// SQLSTATE 57P05 (`idle_session_timeout`), as PostgreSQL's own `idle_session_timeout` ends
+/// a session.
+pub fn idle_goodbye(message: &str) -> Vec<u8> {
+    messages::error_response(messages::Severity::Fatal, "57P05", message).to_vec()
 }
 
 /// Follows the framing of frontend messages across arbitrary chunk boundaries.

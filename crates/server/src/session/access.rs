@@ -2,11 +2,11 @@
 //! (the RBAC decision, made with the roles stored now). Nothing here speaks a protocol or
 //! touches a database; the revocation watcher re-runs step 2 through [`still_allowed`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use dbward_model::{Db, Protocol, User};
 use dbward_pki::{CertUsage, DbRoute, Identity};
-use dbward_rbac::Decision;
+use dbward_rbac::{Decision, SessionLimits};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
@@ -120,6 +120,10 @@ pub async fn authorize(
             tracing::info!(reason = %d.reason(), "database access denied");
             SessionError::AccessDenied(d.user_message())
         })?;
+    if let Err(reason) = check_pinned_ip(&auth.identity, auth.peer.ip(), decision.limits) {
+        tracing::info!(%reason, "database access denied: source IP pinning");
+        return Err(SessionError::AccessDenied(reason));
+    }
     let fields = SessionFields {
         user: user.metadata.name.clone(),
         sid: auth.sid.clone(),
@@ -168,11 +172,40 @@ pub(crate) fn still_allowed(
     if decision.mode != authorized.decision.mode {
         return Err("provisioning mode changed".into());
     }
+    check_pinned_ip(
+        &authorized.auth.identity,
+        authorized.auth.peer.ip(),
+        decision.limits,
+    )?;
     let granted: std::collections::BTreeSet<_> = authorized.decision.db_roles.iter().collect();
     if !granted.is_subset(&decision.db_roles.iter().collect()) {
         return Err("database roles were revoked".into());
     }
     Ok(())
+}
+
+/// The role option `pin_source_ip`: when some role of the user sets it, the certificate must
+/// carry the address it was issued to, and the client must come from that address. `Err`
+/// carries what the client is told.
+pub(crate) fn check_pinned_ip(
+    identity: &Identity,
+    peer: IpAddr,
+    limits: SessionLimits,
+) -> Result<(), String> {
+    if !limits.pin_source_ip {
+        return Ok(());
+    }
+    match identity.pinned_ip {
+        None => Err(
+            "your roles pin certificates to the address they were issued to (pin_source_ip), and this certificate has none: log in again with `dbward login`"
+                .into(),
+        ),
+        Some(pinned) if pinned.to_canonical() != peer.to_canonical() => Err(format!(
+            "this certificate is pinned to the address it was issued to (pin_source_ip) and the connection comes from another one ({}): log in again from this address",
+            peer.to_canonical()
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 fn non_empty(s: &str) -> Option<&str> {

@@ -77,11 +77,14 @@ pub(crate) trait Engine: Send + Sync + 'static {
     ) -> impl Future<Output = std::io::Result<()>> + Send;
 
     /// Copies bytes both ways until either side closes, reporting what the client sends to
-    /// `tap`. Both connections are closed when the returned future ends or is dropped.
+    /// `tap`. With `idle`, a client that sends nothing that long is told so, in the
+    /// protocol's error message carrying `idle_message`, and the session ends. Both
+    /// connections are closed when the returned future ends or is dropped.
     fn relay(
         client: Self::Client,
         upstream: Self::Upstream,
         tap: SessionTap,
+        idle: Option<IdleTimeout>,
     ) -> impl Future<Output = RelayStats> + Send;
 }
 
@@ -117,4 +120,12 @@ pub(crate) struct Backend {
     pub id: Option<i64>,
     /// Where the engine's cancel request for this session goes (PostgreSQL only).
     pub cancel: Option<CancelTarget>,
+}
+
+/// The role option `client_idle_timeout` of a session: how long the client may send nothing,
+/// and the text it is told when it did.
+#[derive(Debug, Clone)]
+pub(crate) struct IdleTimeout {
+    pub after: std::time::Duration,
+    pub message: String,
 }

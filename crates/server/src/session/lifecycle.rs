@@ -68,10 +68,15 @@ pub(crate) async fn started(gw: &Gateway, authorized: &Authorized) {
     tracing::info!(db_user = %authorized.fields.db_user, "session started");
 }
 
-/// Records the end of a session that had started, after its teardown.
-pub(crate) async fn ended(gw: &Gateway, authorized: &Authorized) {
+/// Records the end of a session that had started, after its teardown; `reason` says why the
+/// gateway ended it, when it did for a reason the record keeps (an idle client).
+pub(crate) async fn ended(gw: &Gateway, authorized: &Authorized, reason: Option<&str>) {
+    let extra = match reason {
+        Some(reason) => json!({ "reason": reason }),
+        None => json!({}),
+    };
     gw.audit
-        .emit(audit::SESSION_END, &authorized.fields, json!({}))
+        .emit(audit::SESSION_END, &authorized.fields, extra)
         .await;
     tracing::info!("session ended");
 }

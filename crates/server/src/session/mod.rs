@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | accept: TLS, startup packet | `postgres`, `mysql` (the `engine::Engine`) | `Hello` |
 //! | authenticate: certificate verified, identity read | `access` | [`Authenticated`] |
-//! | authorize: RBAC decision from the store's current roles | `access` | [`Authorized`] |
+//! | authorize: RBAC decision from the store's current roles, source IP pinning | `access` | [`Authorized`] |
+//! | take a slot: the user's `max_connections`, across gateways | `limits` | `Slot` |
 //! | provision: database user active, lock held | `provisioning` | [`Provisioned`] |
 //! | connect: upstream up, live session recorded, cancel key issued | `connect` | `Connected` |
 //! | relay: bytes both ways, queries tapped for the audit | `relay` | `Ended` |
@@ -31,6 +32,7 @@ pub mod cancel;
 mod connect;
 mod engine;
 mod lifecycle;
+mod limits;
 pub mod live;
 pub mod mysql;
 mod permissions;
@@ -42,8 +44,8 @@ mod relay;
 mod teardown;
 mod upstream;
 
-pub(crate) use access::still_allowed;
 pub use access::{authenticate, authorize, Authenticated, Authorized, Requested};
+pub(crate) use access::{check_pinned_ip, still_allowed};
 pub use cancel::watch_cancel_requests;
 pub use live::{watch_revocations, LiveSessions};
 pub use provisioning::{activate_db_user, plan_db_user, preflight, PlannedUser, Provisioned};
@@ -63,6 +65,10 @@ pub enum SessionError {
     /// The provisioning lock could not be taken in time.
     #[error("{0}")]
     Busy(String),
+    /// The user has as many sessions as the `max_connections` of their roles allows.
+    /// SQLSTATE 53300 / MySQL 1226.
+    #[error("{0}")]
+    TooManyConnections(String),
     /// The database itself refused (its message is relayed as is).
     #[error("{message}")]
     Database { sqlstate: String, message: String },
@@ -95,6 +101,8 @@ impl SessionError {
             SessionError::AccessDenied(_) => "28000",
             SessionError::Provisioning(_) => "28000",
             SessionError::Busy(_) => "57P03",
+            // too_many_connections
+            SessionError::TooManyConnections(_) => "53300",
             SessionError::Database { sqlstate, .. } => sqlstate,
             SessionError::MysqlServer { .. } => "08006",
             SessionError::Internal(_) => "08006",
@@ -108,6 +116,8 @@ impl SessionError {
             SessionError::AccessDenied(_) | SessionError::Provisioning(_) => (1045, "28000"),
             // ER_LOCK_WAIT_TIMEOUT
             SessionError::Busy(_) => (1205, "HY000"),
+            // ER_USER_LIMIT_REACHED (max_user_connections)
+            SessionError::TooManyConnections(_) => (1226, "42000"),
             SessionError::MysqlServer { code, sqlstate, .. } => (*code, sqlstate),
             // ER_UNKNOWN_ERROR
             SessionError::Database { .. } | SessionError::Internal(_) => (1105, "HY000"),

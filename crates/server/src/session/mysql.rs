@@ -16,7 +16,7 @@ use dbward_proxy::{ProxyError, UpstreamError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Backend, Engine, Hello, Login, Opening};
+use super::engine::{Backend, Engine, Hello, IdleTimeout, Login, Opening};
 use super::relay::SessionTap;
 use super::upstream::UpstreamTarget;
 use super::{pipeline, SessionError};
@@ -165,8 +165,14 @@ impl Engine for MysqlEngine {
         mut client: MysqlClient,
         mut upstream: Self::Upstream,
         tap: SessionTap,
+        idle: Option<IdleTimeout>,
     ) -> RelayStats {
         let tap = |event: MysqlTap<'_>| tapped(&tap, event);
-        mysql::relay(&mut client.stream, &mut upstream.stream, tap).await
+        let idle = idle.map(|idle| dbward_proxy::IdleLimit {
+            after: idle.after,
+            goodbye: mysql::idle_goodbye(&idle.message),
+        });
+        mysql::relay_with_idle_limit(&mut client.stream, &mut upstream.stream, idle.as_ref(), tap)
+            .await
     }
 }

@@ -19,8 +19,8 @@ use super::engine::{Engine, Hello, Opening};
 use super::relay::relay;
 use super::teardown::{Ended, Teardown};
 use super::{
-    activate_db_user, authenticate, authorize, lifecycle, permissions, plan_db_user, Authenticated,
-    Authorized, Requested, SessionError,
+    activate_db_user, authenticate, authorize, lifecycle, limits, permissions, plan_db_user,
+    Authenticated, Authorized, Requested, SessionError,
 };
 use crate::listen::Pending;
 use crate::Gateway;
@@ -139,6 +139,11 @@ async fn run_session<E: Engine>(
         Ok(planned) => planned,
         Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
     };
+    // The user's max_connections, counted across gateways; held until the teardown is over.
+    let _slot = match limits::take_slot(&gw, &authorized, &planned.db_user).await {
+        Ok(slot) => slot,
+        Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
+    };
     // Registered before activation so the reconciler never mistakes this user for a
     // leftover while it is being activated.
     let registration = gw.sessions.register(Arc::new(authorized.clone()));
@@ -253,6 +258,7 @@ mod tests {
                     usage: CertUsage::Db,
                     expires: time::OffsetDateTime::now_utc(),
                     route: Some(route.clone()),
+                    pinned_ip: None,
                 },
                 route,
                 peer,

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::{self, CANCEL_FORWARD_WAIT};
-use super::engine::{Backend, Engine, Hello, Login, Opening};
+use super::engine::{Backend, Engine, Hello, IdleTimeout, Login, Opening};
 use super::live::CancelTarget;
 use super::relay::SessionTap;
 use super::upstream::UpstreamTarget;
@@ -150,8 +150,14 @@ impl Engine for PostgresEngine {
         mut client: PgClient,
         mut upstream: Self::Upstream,
         tap: SessionTap,
+        idle: Option<IdleTimeout>,
     ) -> RelayStats {
         let tap = |event: TapEvent<'_>| tapped(&tap, event);
-        pg::relay(&mut client.stream, &mut upstream.stream, tap).await
+        let idle = idle.map(|idle| dbward_proxy::IdleLimit {
+            after: idle.after,
+            goodbye: pg::idle_goodbye(&idle.message),
+        });
+        pg::relay_with_idle_limit(&mut client.stream, &mut upstream.stream, idle.as_ref(), tap)
+            .await
     }
 }

@@ -577,7 +577,7 @@ pub(super) async fn take_lock_patiently(gw: &Gateway, key: &DbUserKey, sid: &str
 
 /// Removes a session's record from the store, retrying with backoff in the background while
 /// the store is unreachable: a record left behind would make the session look alive.
-async fn forget_live_session(gw: &Gateway, sid: &str) {
+pub(super) async fn forget_live_session(gw: &Gateway, sid: &str) {
     if gw.store.end_session(sid).await.is_ok() {
         return;
     }

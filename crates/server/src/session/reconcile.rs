@@ -39,7 +39,7 @@ const EVERY: Duration = Duration::from_secs(60);
 /// How often an instance says it is alive and looks for sessions of dead ones.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// An instance silent for this long is dead: three missed heartbeats and some slack.
-const DEAD_AFTER: Duration = Duration::from_millis(7_000);
+pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(7_000);
 /// This data directory's previous run is dead once silent for this long: a restart after a
 /// kill waits only for its last heartbeat to age, and a second process started on the same
 /// data directory by mistake does not take a live one for its predecessor.
@@ -169,6 +169,12 @@ pub async fn recover_once(
     let snapshot = gw.catalog.snapshot().await?;
     let mut by_user: BTreeMap<DbUserKey, Vec<SessionRecord>> = BTreeMap::new();
     for session in orphaned {
+        // Recorded only to count the user's sessions (max_connections): its database user
+        // is not dbward's, so there is nothing to end or tear down, only the record.
+        if session.mode == ProvisioningMode::Off.as_str() {
+            let _ = gw.store.end_session(&session.sid).await;
+            continue;
+        }
         match DbUserKey::of_record(&session) {
             Some(key) => by_user.entry(key).or_default().push(session),
             None => {

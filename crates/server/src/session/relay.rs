@@ -1,15 +1,17 @@
 //! Step 5 of the pipeline: the relay. Bytes go both ways through the engine's relay until
-//! either side closes or the gateway ends the session (access revoked, shutdown); what the
+//! either side closes, the client stays silent longer than the `client_idle_timeout` of its
+//! roles (it is told so first), or the gateway ends the session (access revoked, shutdown); what the
 //! client sends goes through a [`SessionTap`] to the audit. Both connections are closed when
 //! this step returns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use dbward_proxy::RelayEnd;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Connected;
-use super::engine::Engine;
+use super::engine::{Engine, IdleTimeout};
 use super::teardown::Ended;
 use super::Authorized;
 use crate::audit::{self, SessionFields};
@@ -76,10 +78,26 @@ pub(crate) async fn relay<E: Engine>(
     let Connected {
         upstream, backend, ..
     } = connected;
+    let idle = authorized
+        .decision
+        .limits
+        .client_idle_timeout
+        .map(|after| IdleTimeout {
+            after,
+            message: idle_message(after),
+        });
+    let mut reason = None;
     tokio::select! {
-        stats = E::relay(client, upstream, tap.clone()) => {
+        stats = E::relay(client, upstream, tap.clone(), idle) => {
             gw.metrics.relayed(&authorized.fields, stats.client_to_server, stats.server_to_client);
             tracing::debug!(up = stats.client_to_server, down = stats.server_to_client, end = ?stats.end, "relay finished");
+            if let RelayEnd::Idle(after) = stats.end {
+                tracing::info!(idle = %dbward_model::format_duration(after), "session closed: the client was idle");
+                reason = Some(format!(
+                    "client idle for {} (client_idle_timeout)",
+                    dbward_model::format_duration(after)
+                ));
+            }
         }
         _ = end.cancelled() => {
             tracing::info!("session ended by the gateway");
@@ -88,5 +106,14 @@ pub(crate) async fn relay<E: Engine>(
     Ended::Relayed {
         backend,
         client_said_goodbye: tap.said_goodbye(),
+        reason,
     }
+}
+
+/// What an idle client reads before its session is closed.
+fn idle_message(after: std::time::Duration) -> String {
+    format!(
+        "terminating connection: the client sent nothing for {} (client_idle_timeout of your dbward roles)",
+        dbward_model::format_duration(after)
+    )
 }

@@ -31,6 +31,8 @@ pub(crate) enum Ended {
         backend: Backend,
         /// The client ended the session itself, so nothing of it runs on in the server.
         client_said_goodbye: bool,
+        /// Why the gateway ended it, for the `db.session.end` record (an idle client).
+        reason: Option<String>,
     },
 }
 
@@ -84,6 +86,7 @@ impl Teardown {
         let Ended::Relayed {
             backend,
             client_said_goodbye,
+            reason,
         } = ended
         else {
             return release(gw, registration, provisioned, authorized).await;
@@ -101,7 +104,7 @@ impl Teardown {
             end_backend(gw, authorized, &provisioned.db_user, id).await;
         }
         release(gw, registration, provisioned, authorized).await;
-        lifecycle::ended(gw, authorized).await;
+        lifecycle::ended(gw, authorized, reason.as_deref()).await;
     }
 }
 

@@ -126,8 +126,36 @@ impl FromRequestParts<Arc<Gateway>> for UserIdentity {
                 "this endpoint needs a login certificate".into(),
             ));
         }
+        check_source_ip(parts, state, &identity).await?;
         Ok(UserIdentity(identity))
     }
+}
+
+/// The role option `pin_source_ip` on API calls: a user whose roles set it may use their
+/// login certificate only from the address it was issued to. A user or roles that cannot be
+/// read are left to the handler, which refuses them.
+async fn check_source_ip(
+    parts: &Parts,
+    gateway: &Gateway,
+    identity: &Identity,
+) -> Result<(), GatewayError> {
+    let peer = parts
+        .extensions
+        .get::<Peer>()
+        .ok_or_else(|| GatewayError::Internal("peer not attached".into()))?;
+    let snapshot = gateway.catalog.snapshot().await?;
+    let Some(user) = snapshot.users.get(&identity.username) else {
+        return Ok(());
+    };
+    let Ok(checker) = snapshot.checker(user) else {
+        return Ok(());
+    };
+    crate::session::check_pinned_ip(identity, peer.addr.ip(), checker.limits()).map_err(
+        |reason| {
+            tracing::info!(user = %identity.username, addr = %peer.addr, %reason, "API call refused: source IP pinning");
+            GatewayError::Forbidden(reason)
+        },
+    )
 }
 
 impl FromRequestParts<Arc<Gateway>> for AdminIdentity {
@@ -240,12 +268,18 @@ async fn login(
         .ok()
         .and_then(|ttl| OffsetDateTime::now_utc().checked_add(ttl))
         .ok_or_else(|| GatewayError::BadRequest("certificate lifetime out of range".into()))?;
+    // Teleport's pin_source_ip: the certificate is valid from this address only.
+    let pinned_ip = checker
+        .limits()
+        .pin_source_ip
+        .then(|| peer.addr.ip().to_canonical());
     let identity = Identity {
         username: user.metadata.name.clone(),
         cluster: gw.cluster.clone(),
         usage: CertUsage::Login,
         expires,
         route: None,
+        pinned_ip,
     };
     let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &identity, &req.csr_pem)
         .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
@@ -550,6 +584,9 @@ async fn issue_db_cert(
             db_name: req.db_name.clone(),
             db_roles: req.db_roles.clone(),
         }),
+        // The login certificate's pin (checked against this call's address when the user's
+        // roles pin) carries over: a database certificate is valid from the same address.
+        pinned_ip: identity.pinned_ip,
     };
     let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &db_identity, &req.csr_pem)
         .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;

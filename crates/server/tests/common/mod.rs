@@ -236,6 +236,22 @@ impl Harness {
 
     /// Like [`Harness::db_cert`], expiring after `ttl`.
     pub fn db_cert_valid_for(&self, user: &str, route: DbRoute, ttl: Duration) -> ClientFiles {
+        self.db_cert_with(user, route, ttl, None)
+    }
+
+    /// Like [`Harness::db_cert`], pinned to `ip` as login and `db login` pin it for users
+    /// whose roles set `pin_source_ip`.
+    pub fn db_cert_pinned(&self, user: &str, route: DbRoute, ip: std::net::IpAddr) -> ClientFiles {
+        self.db_cert_with(user, route, Duration::from_secs(3600), Some(ip))
+    }
+
+    fn db_cert_with(
+        &self,
+        user: &str,
+        route: DbRoute,
+        ttl: Duration,
+        pinned_ip: Option<std::net::IpAddr>,
+    ) -> ClientFiles {
         let dir = self
             .dir
             .join("clients")
@@ -248,6 +264,7 @@ impl Harness {
             usage: CertUsage::Db,
             expires: OffsetDateTime::now_utc() + ttl,
             route: Some(route),
+            pinned_ip,
         };
         let cert = dbward_pki::issue_user_cert(&self.gw.cas.user, &identity, &csr).unwrap();
         let files = ClientFiles {
