@@ -508,7 +508,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     let user = unique("chk");
     add_user(&user, &[&w.role]);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     let mentions = |word: &str| {
         findings
@@ -526,7 +526,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     ));
     h.gw.upstream.forget_db(&w.db);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     let kill = findings
         .iter()
@@ -552,7 +552,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     // A fresh admin connection sees the new grants.
     h.gw.upstream.forget_db(&w.db);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     let process = findings
         .iter()
@@ -577,7 +577,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     h.maria_sql(&format!("{} {}", process.fix, admin_of.fix));
     h.gw.upstream.forget_db(&w.db);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     assert!(
         !findings
