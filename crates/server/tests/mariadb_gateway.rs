@@ -310,11 +310,13 @@ fn unmanaged_users_and_refusals_change_nothing() {
     let files = h.db_cert(&fuser, route(&w.db, &fuser, "", &[]));
     let r = h.mariadb(&files, &fuser, "SELECT 1");
     assert!(!r.ok, "{r:?}");
-    // The client gets the generic text with its session id; the admin's name and the fix
-    // are for the log and `dbward db check`.
+    // The client reads what was refused (the guide's "permission denied to grant role"),
+    // its session id and the command to run; the admin's name and the fix are for the log
+    // and `dbward db check`.
     assert!(
         r.stderr
-            .contains("database user provisioning failed (session ")
+            .contains(&format!("permission denied to grant role \"{foreign}\" (session "))
+            && r.stderr.contains(&format!("dbward db check {}", w.db))
             && !r.stderr.contains(&w.admin),
         "{}",
         r.stderr

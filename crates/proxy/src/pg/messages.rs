@@ -650,6 +650,24 @@ mod tests {
     }
 
     #[test]
+    fn error_response_detail_decodes_back() {
+        let msg = error_response_with_detail(
+            Severity::Fatal,
+            "42501",
+            "permission denied for database \"d\"",
+            Some("User does not have CONNECT privilege."),
+        );
+        let fields = ErrorFields::decode(&msg[5..]).unwrap();
+        assert_eq!(fields.message, "permission denied for database \"d\"");
+        assert_eq!(
+            fields.detail.as_deref(),
+            Some("User does not have CONNECT privilege.")
+        );
+        let plain = error_response(Severity::Fatal, "28000", "no");
+        assert_eq!(ErrorFields::decode(&plain[5..]).unwrap().detail, None);
+    }
+
+    #[test]
     fn unterminated_error_fields_are_a_protocol_error() {
         assert!(ErrorFields::decode(b"SFATAL\0Cxx").is_err());
         assert!(ErrorFields::decode(b"").is_err());

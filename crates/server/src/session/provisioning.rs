@@ -21,9 +21,12 @@
 //! connection is described.
 //!
 //! Clients are told only what each error says they may read
-//! (`dbward_provision::UserFacingError`); every other provisioning failure reaches them as a
-//! generic message with the session id, and its detail (admin name, missing grant) goes to the
-//! log and to `dbward db check`.
+//! (`dbward_provision::UserFacingError`), followed, for what an operator fixes in the
+//! database, by the session id and the `dbward db check` command to run; PostgreSQL's own
+//! refusal of the admin's login (no CONNECT privilege, no such database) is relayed as the
+//! server wrote it. Every other provisioning failure reaches them as a generic message with
+//! the session id, and its detail (admin name, missing grant) goes to the log and to
+//! `dbward db check`.
 
 use std::time::Duration;
 
