@@ -94,7 +94,9 @@ pub enum ProvisionError {
 
     /// MariaDB: the schema the admin logs into (and keeps `user_attributes` in) does not
     /// exist.
-    #[error("schema \"{schema}\" that admin user \"{admin}\" logs into does not exist; fix with: {fix}")]
+    #[error(
+        "schema \"{schema}\" that admin user \"{admin}\" logs into does not exist; fix with: {fix}"
+    )]
     AdminSchemaMissing {
         admin: String,
         schema: String,

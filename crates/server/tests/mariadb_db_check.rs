@@ -69,7 +69,9 @@ fn guide_setup_with_its_teleport_schema_is_reported_and_the_printed_fix_works() 
         .unwrap_or_else(|| panic!("{findings:?}"));
     assert_eq!(
         schema.fix,
-        format!("CREATE DATABASE IF NOT EXISTS `dbward`; GRANT ALL ON `dbward`.* TO `{admin}`@`%`;")
+        format!(
+            "CREATE DATABASE IF NOT EXISTS `dbward`; GRANT ALL ON `dbward`.* TO `{admin}`@`%`;"
+        )
     );
     assert!(schema.problem.contains("does not exist"), "{schema:?}");
     assert!(

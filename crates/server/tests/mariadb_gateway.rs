@@ -314,9 +314,9 @@ fn unmanaged_users_and_refusals_change_nothing() {
     // its session id and the command to run; the admin's name and the fix are for the log
     // and `dbward db check`.
     assert!(
-        r.stderr
-            .contains(&format!("permission denied to grant role \"{foreign}\" (session "))
-            && r.stderr.contains(&format!("dbward db check {}", w.db))
+        r.stderr.contains(&format!(
+            "permission denied to grant role \"{foreign}\" (session "
+        )) && r.stderr.contains(&format!("dbward db check {}", w.db))
             && !r.stderr.contains(&w.admin),
         "{}",
         r.stderr

@@ -121,7 +121,12 @@ impl Case {
 
     /// psql through the gateway into the case's database.
     fn connect(&self) -> PsqlResult {
-        harness().psql(&self.files, &self.user, &self.database, "select current_user")
+        harness().psql(
+            &self.files,
+            &self.user,
+            &self.database,
+            "select current_user",
+        )
     }
 
     fn assert_connects(&self) {
@@ -249,7 +254,10 @@ fn schema_public_is_not_needed_and_a_missing_temporary_privilege_is_reported() {
         r.stderr.contains(&format!("dbward db check {}", c.db)),
         "{r:?}"
     );
-    assert!(!r.stderr.contains(&c.admin), "the admin is not named: {r:?}");
+    assert!(
+        !r.stderr.contains(&c.admin),
+        "the admin is not named: {r:?}"
+    );
     let fix = format!(
         "GRANT TEMPORARY ON DATABASE {} TO {};",
         q(&c.database),
@@ -308,7 +316,11 @@ fn role_the_admin_cannot_grant_is_reported_with_its_fix() {
             .contains(&format!("permission denied to grant role \"{granted}\"")),
         "{r:?}"
     );
-    let fix = format!("GRANT {} TO {} WITH ADMIN OPTION;", q(&granted), q(&c.admin));
+    let fix = format!(
+        "GRANT {} TO {} WITH ADMIN OPTION;",
+        q(&granted),
+        q(&c.admin)
+    );
     assert_eq!(c.fixes(&[]), vec![fix.clone()]);
     h.sql(&fix);
     assert_eq!(c.fixes(&[]), Vec::<String>::new());

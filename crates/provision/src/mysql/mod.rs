@@ -427,7 +427,8 @@ impl MariaProvisioner {
         let (mut conn, in_schema) = match self.fresh_conn(target).await {
             Ok(conn) => (conn, true),
             Err(
-                ProvisionError::AdminSchemaMissing { .. } | ProvisionError::AdminSchemaDenied { .. },
+                ProvisionError::AdminSchemaMissing { .. }
+                | ProvisionError::AdminSchemaDenied { .. },
             ) => (self.fresh_conn_into(target, None).await?, false),
             Err(err) => return Err(err),
         };

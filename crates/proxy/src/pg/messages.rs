@@ -406,7 +406,13 @@ pub fn negotiate_protocol_version(newest_minor: i32, unrecognized: &[String]) ->
 /// An ErrorResponse with the fields psql prints: severity (`S` and `V`), SQLSTATE (`C`)
 /// and message (`M`).
 pub fn error_response(severity: Severity, sqlstate: &str, message: &str) -> Bytes {
-    fields_message(tag::ERROR_RESPONSE, severity.as_str(), sqlstate, message, None)
+    fields_message(
+        tag::ERROR_RESPONSE,
+        severity.as_str(),
+        sqlstate,
+        message,
+        None,
+    )
 }
 
 /// An ErrorResponse with severity, SQLSTATE, message and, when given, a detail (`D`, which
