@@ -201,6 +201,13 @@ fn db_check_looks_at_databases_named_with_db_name() {
     ));
     assert_eq!(c.fixes(&[]), Vec::<String>::new());
     let fixes = c.fixes(&[&c.database]);
+    // The same through the API `dbward db check --db-name` calls.
+    let (status, body) = api_db_check(&c.db, &c.database);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let response: dbward_server::api::DbCheckResponse = serde_json::from_str(&body).unwrap();
+    let mut api_fixes: Vec<String> = response.findings.into_iter().map(|f| f.fix).collect();
+    api_fixes.sort();
+    assert_eq!(api_fixes, fixes);
     assert_eq!(
         fixes,
         sorted(&[
@@ -325,4 +332,42 @@ fn role_the_admin_cannot_grant_is_reported_with_its_fix() {
     h.sql(&fix);
     assert_eq!(c.fixes(&[]), Vec::<String>::new());
     c.assert_connects();
+}
+
+/// `GET /v1/dbs/DB/check?db_names=NAME` with the admin identity the gateway wrote to its
+/// data directory, as `dbward db check DB --db-name NAME` sends it: (status line, body).
+fn api_db_check(db: &str, db_name: &str) -> (String, String) {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness();
+    let files = dbward_server::bootstrap::AdminFiles::new(&h.dir.join("data"));
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let (cert, key, host_ca) = (read(files.cert()), read(files.key()), read(files.host_ca()));
+    let web = h.block_on(async { h.gw.endpoints.read().await.web.clone() });
+    let request = format!(
+        "GET /v1/dbs/{db}/check?db_names={db_name} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    );
+    let text = h.block_on(async {
+        let config = dbward_pki::client_config(
+            Some(&host_ca),
+            dbward_pki::ServerVerification::Full,
+            Some((&cert, &key)),
+        )
+        .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+        let tcp = tokio::net::TcpStream::connect(&web).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tls.read_to_end(&mut buf),
+        )
+        .await;
+        String::from_utf8_lossy(&buf).to_string()
+    });
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, body.to_string())
 }
