@@ -228,6 +228,10 @@ pub enum DbCommand {
     Check {
         #[arg(value_name = "DB")]
         db: String,
+        /// A further PostgreSQL database that sessions enter, to check besides the admin's
+        /// own and those named in roles' db_names (repeatable)
+        #[arg(long = "db-name", value_name = "NAME")]
+        db_names: Vec<String>,
     },
 }
 

@@ -92,6 +92,25 @@ pub enum ProvisionError {
         fix: String,
     },
 
+    /// MariaDB: the schema the admin logs into (and keeps `user_attributes` in) does not
+    /// exist.
+    #[error(
+        "schema \"{schema}\" that admin user \"{admin}\" logs into does not exist; fix with: {fix}"
+    )]
+    AdminSchemaMissing {
+        admin: String,
+        schema: String,
+        fix: String,
+    },
+
+    /// MariaDB: the admin may not enter the schema it logs into.
+    #[error("admin user \"{admin}\" may not enter schema \"{schema}\"; fix with: {fix}")]
+    AdminSchemaDenied {
+        admin: String,
+        schema: String,
+        fix: String,
+    },
+
     /// Some other privilege is missing (the database refused with insufficient_privilege).
     #[error("admin user \"{admin}\" lacks a privilege needed for automatic user provisioning; run `dbward db check` for the fix")]
     AdminLacksPrivilege { admin: String },
@@ -150,12 +169,25 @@ impl UserFacingError for ProvisionError {
             ProvisionError::RoleForbidden { role, .. } => Some(format!(
                 "database role \"{role}\" may not be granted to provisioned users"
             )),
+            // What the database refused, in the words of the PostgreSQL guide's
+            // troubleshooting entries, without the admin's name or the fix (those are for
+            // the operator: the log and `dbward db check`).
+            ProvisionError::AdminCannotGrant { role, .. } => {
+                Some(format!("permission denied to grant role \"{role}\""))
+            }
+            ProvisionError::AdminLacksTemporary { database, .. } => Some(format!(
+                "permission denied to create temporary tables in database \"{database}\""
+            )),
+            ProvisionError::AdminSchemaMissing { schema, .. } => Some(format!(
+                "schema \"{schema}\" for automatic user provisioning does not exist in the database"
+            )),
+            ProvisionError::AdminSchemaDenied { schema, .. } => Some(format!(
+                "access denied to schema \"{schema}\" for automatic user provisioning"
+            )),
+            ProvisionError::ReadOnly => Some(self.to_string()),
             // The admin, its privileges, the server: for the operator only.
             ProvisionError::AdminLacksCreateRole { .. }
-            | ProvisionError::AdminCannotGrant { .. }
-            | ProvisionError::AdminLacksTemporary { .. }
             | ProvisionError::AdminLacksPrivilege { .. }
-            | ProvisionError::ReadOnly
             | ProvisionError::UserNotClean { .. }
             | ProvisionError::AdminConnect { .. }
             | ProvisionError::Timeout(_)
@@ -176,6 +208,8 @@ impl UserFacingError for ProvisionError {
             | ProvisionError::AdminCannotGrant { .. }
             | ProvisionError::AdminLacksTemporary { .. }
             | ProvisionError::AdminLacksPrivilege { .. }
+            | ProvisionError::AdminSchemaMissing { .. }
+            | ProvisionError::AdminSchemaDenied { .. }
             | ProvisionError::ReadOnly
             | ProvisionError::Unsupported(_)
             | ProvisionError::UserNotClean { .. }
@@ -185,6 +219,43 @@ impl UserFacingError for ProvisionError {
             | ProvisionError::Mysql(_) => ErrorKind::Database,
             ProvisionError::UnexpectedAnswer(_) => ErrorKind::Internal,
         }
+    }
+}
+
+impl ProvisionError {
+    /// An operator can fix this in the database: `dbward db check` names the fix.
+    pub fn fixed_by_db_check(&self) -> bool {
+        matches!(
+            self,
+            ProvisionError::AdminLacksCreateRole { .. }
+                | ProvisionError::AdminCannotGrant { .. }
+                | ProvisionError::AdminLacksTemporary { .. }
+                | ProvisionError::AdminLacksPrivilege { .. }
+                | ProvisionError::AdminSchemaMissing { .. }
+                | ProvisionError::AdminSchemaDenied { .. }
+                | ProvisionError::ReadOnly
+                | ProvisionError::AdminConnect { .. }
+        )
+    }
+
+    /// PostgreSQL refused the admin's login to a database it may not enter (no CONNECT
+    /// privilege, SQLSTATE 42501) or that does not exist (3D000): the server's own error
+    /// (SQLSTATE, message, detail), which names the database only, for the client.
+    pub fn admin_login_refused(&self) -> Option<(String, String, Option<String>)> {
+        let ProvisionError::AdminConnect { source, .. } = self else {
+            return None;
+        };
+        let db = source
+            .downcast_ref::<tokio_postgres::Error>()?
+            .as_db_error()?;
+        let code = db.code().code();
+        (code == "42501" || code == "3D000").then(|| {
+            (
+                code.to_string(),
+                db.message().to_string(),
+                db.detail().map(str::to_string),
+            )
+        })
     }
 }
 

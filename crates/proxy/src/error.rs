@@ -100,6 +100,8 @@ pub enum UpstreamError {
         severity: String,
         /// Primary message.
         message: String,
+        /// Detail (`DETAIL:` in psql), when the server sent one.
+        detail: Option<String>,
     },
     /// The server sent something that does not follow the protocol.
     #[error("protocol violation from the database server: {0}")]

@@ -195,6 +195,28 @@ impl AccessChecker {
         }))
     }
 
+    /// The database names (PostgreSQL) this user may enter on `db`, as far as they are
+    /// knowable: the literal `db_names` of the roles that select it, less those denied. A
+    /// `"*"` allows names that cannot be listed and adds none. Empty when `db` is out of
+    /// reach.
+    pub fn literal_db_names(&self, db: &Db) -> BTreeSet<String> {
+        if self.reach(db).is_err() {
+            return BTreeSet::new();
+        }
+        let mut names = BTreeSet::new();
+        for role in self
+            .roles
+            .iter()
+            .filter(|r| r.allow.labels.matches(&db.metadata.labels))
+        {
+            names.extend(role.allow.db_names.iter().filter(|n| *n != "*").cloned());
+        }
+        for role in self.applying_denies(db) {
+            names.retain(|n| !names_match(&role.deny.db_names, n));
+        }
+        names
+    }
+
     /// The "Allowed Users" column of `db ls`.
     pub fn allowed_users_display(&self, db: &Db) -> String {
         if self.reach(db).is_err() {

@@ -1927,3 +1927,31 @@ fn dbward_rbac_limits(
         pin_source_ip,
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Database names `dbward db check` can know
+
+#[test]
+fn literal_db_names_are_those_of_selecting_roles_less_wildcards_and_denials() {
+    let c = checker(
+        "
+metadata: {name: a}
+spec:
+  allow: {db_labels: {env: dev}, db_names: [app, '*', reports]}
+---
+metadata: {name: b}
+spec:
+  allow: {db_labels: {env: prod}, db_names: [billing]}
+---
+metadata: {name: c}
+spec:
+  deny: {db_labels: {env: dev}, db_names: [reports]}
+",
+    );
+    let names: Vec<String> = c
+        .literal_db_names(&pg(&[("env", "dev")]))
+        .into_iter()
+        .collect();
+    assert_eq!(names, strings(&["app"]));
+    assert!(c.literal_db_names(&pg(&[("env", "test")])).is_empty());
+}

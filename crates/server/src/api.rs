@@ -150,6 +150,14 @@ pub struct AuditSearchResponse {
     pub events: Vec<serde_json::Value>,
 }
 
+/// `GET /v1/dbs/{name}/check?db_names=a,b`: further PostgreSQL databases to check.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DbCheckQuery {
+    /// Comma-separated database names.
+    #[serde(default)]
+    pub db_names: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DbCheckResponse {
     pub findings: Vec<DbCheckFinding>,

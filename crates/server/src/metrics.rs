@@ -474,6 +474,7 @@ mod tests {
                 SessionError::Database {
                     sqlstate: "28P01".into(),
                     message: "x".into(),
+                    detail: None,
                 },
                 "database",
             ),

@@ -310,11 +310,13 @@ fn unmanaged_users_and_refusals_change_nothing() {
     let files = h.db_cert(&fuser, route(&w.db, &fuser, "", &[]));
     let r = h.mariadb(&files, &fuser, "SELECT 1");
     assert!(!r.ok, "{r:?}");
-    // The client gets the generic text with its session id; the admin's name and the fix
-    // are for the log and `dbward db check`.
+    // The client reads what was refused (the guide's "permission denied to grant role"),
+    // its session id and the command to run; the admin's name and the fix are for the log
+    // and `dbward db check`.
     assert!(
-        r.stderr
-            .contains("database user provisioning failed (session ")
+        r.stderr.contains(&format!(
+            "permission denied to grant role \"{foreign}\" (session "
+        )) && r.stderr.contains(&format!("dbward db check {}", w.db))
             && !r.stderr.contains(&w.admin),
         "{}",
         r.stderr
@@ -509,7 +511,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     let user = unique("chk");
     add_user(&user, &[&w.role]);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     let mentions = |word: &str| {
         findings
@@ -527,7 +529,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     ));
     h.gw.upstream.forget_db(&w.db);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     let kill = findings
         .iter()
@@ -553,7 +555,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     // A fresh admin connection sees the new grants.
     h.gw.upstream.forget_db(&w.db);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     let process = findings
         .iter()
@@ -578,7 +580,7 @@ fn preflight_reports_missing_admin_privileges_with_fixes() {
     h.maria_sql(&format!("{} {}", process.fix, admin_of.fix));
     h.gw.upstream.forget_db(&w.db);
     let findings = h
-        .block_on(dbward_server::session::preflight(&h.gw, &w.db))
+        .block_on(dbward_server::session::preflight(&h.gw, &w.db, &[]))
         .unwrap();
     assert!(
         !findings

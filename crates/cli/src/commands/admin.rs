@@ -363,11 +363,14 @@ fn render_audit(events: &[Value]) -> String {
 }
 
 /// Prints every finding; a database with missing privileges makes the exit status 1.
-pub async fn db_check(config: &Config, db: &str) -> Result<ExitCode> {
+pub async fn db_check(config: &Config, db: &str, db_names: &[String]) -> Result<ExitCode> {
     let client = admin_client(config)?;
-    let response: DbCheckResponse = client
-        .get(&format!("/v1/dbs/{}/check", encode_component(db)))
-        .await?;
+    let mut path = format!("/v1/dbs/{}/check", encode_component(db));
+    if !db_names.is_empty() {
+        path.push_str("?db_names=");
+        path.push_str(&encode_component(&db_names.join(",")));
+    }
+    let response: DbCheckResponse = client.get(&path).await?;
     if response.findings.is_empty() {
         println!("Database \"{db}\": the admin user has every privilege dbward needs.");
         return Ok(ExitCode::SUCCESS);

@@ -64,8 +64,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             route,
             client_args,
         }) => db::connect(&db, &route, &client_args).await?,
-        Command::Db(DbCommand::Check { db }) => {
-            return admin::db_check(&load_config(&config_path)?, &db).await
+        Command::Db(DbCommand::Check { db, db_names }) => {
+            return admin::db_check(&load_config(&config_path)?, &db, &db_names).await
         }
         Command::Proxy(ProxyCommand::Db { db, port }) => proxy::db(&db, port).await?,
         Command::Audit(AuditCommand::Search {

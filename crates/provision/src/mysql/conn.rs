@@ -74,20 +74,21 @@ impl crate::pool::PooledConn for AdminConn {
 }
 
 impl AdminConn {
-    /// Logs in to `host:port` as `user` into `database` with the certificate in `tls`.
+    /// Logs in to `host:port` as `user` into `database` (none: no default schema) with the
+    /// certificate in `tls`.
     pub(crate) async fn connect(
         host: &str,
         port: u16,
         tls: Arc<ClientConfig>,
         server_name: &str,
         user: &str,
-        database: &str,
+        database: Option<&str>,
     ) -> Result<AdminConn, MysqlError> {
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|e| MysqlError::Connection(format!("invalid server name: {e}")))?;
         let login = UpstreamLogin {
             user,
-            database: Some(database),
+            database,
             client_capabilities: ADMIN_CAPABILITIES,
             charset: UTF8MB4,
         };

@@ -96,6 +96,8 @@ fn render(template: &str, values: &[(&str, &str)]) -> String {
 pub mod errno {
     /// `ER_DBACCESS_DENIED_ERROR`.
     pub const DBACCESS_DENIED: u16 = 1044;
+    /// `ER_BAD_DB_ERROR`: the schema does not exist.
+    pub const BAD_DB: u16 = 1049;
     /// `ER_ACCESS_DENIED_ERROR`.
     pub const ACCESS_DENIED: u16 = 1045;
     /// `ER_ACCESS_DENIED_NO_PASSWORD_ERROR`: also what a role grant without ADMIN gives.
@@ -132,6 +134,15 @@ pub fn mysql_user_name(dbward_name: &str) -> DbUserName {
         dbward_name,
         NameLimit::Chars(MYSQL_MAX_NAME_CHARS),
     ))
+}
+
+/// The statements that give `admin` the schema it logs into and keeps `user_attributes` in.
+pub fn schema_fix(schema: &str, admin: &str) -> String {
+    format!(
+        "CREATE DATABASE IF NOT EXISTS {q}; GRANT ALL ON {q}.* TO {}@`%`;",
+        quote_ident(admin),
+        q = quote_ident(schema)
+    )
 }
 
 /// The all-in-one role of `user`.
@@ -212,8 +223,19 @@ impl MariaProvisioner {
         }
     }
 
-    /// A new admin connection to `target`.
+    /// A new admin connection to `target`, into its schema.
     async fn fresh_conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
+        self.fresh_conn_into(target, Some(&target.database)).await
+    }
+
+    /// A new admin connection to `target`, into `schema` (none: no default schema). A
+    /// schema that does not exist, or that the admin may not enter, is
+    /// [`ProvisionError::AdminSchemaMissing`] / [`ProvisionError::AdminSchemaDenied`].
+    async fn fresh_conn_into(
+        &self,
+        target: &AdminTarget,
+        schema: Option<&str>,
+    ) -> Result<Conn, ProvisionError> {
         let timeout = self.inner.settings.operation_timeout;
         let connecting = Conn::connect(
             &target.host,
@@ -221,10 +243,23 @@ impl MariaProvisioner {
             target.client_config.clone(),
             &target.server_name,
             &target.admin_user,
-            &target.database,
+            schema,
         );
         match tokio::time::timeout(timeout, connecting).await {
             Err(_) => Err(ProvisionError::Timeout(timeout)),
+            Ok(Err(MysqlError::Server(err)))
+                if schema.is_some()
+                    && (err.code == errno::BAD_DB || err.code == errno::DBACCESS_DENIED) =>
+            {
+                let schema = schema.unwrap_or_default().to_string();
+                let admin = target.admin_user.clone();
+                let fix = schema_fix(&schema, &admin);
+                Err(if err.code == errno::BAD_DB {
+                    ProvisionError::AdminSchemaMissing { admin, schema, fix }
+                } else {
+                    ProvisionError::AdminSchemaDenied { admin, schema, fix }
+                })
+            }
             Ok(Err(err)) => Err(ProvisionError::AdminConnect {
                 admin: target.admin_user.clone(),
                 address: target.address(),
@@ -387,9 +422,22 @@ impl MariaProvisioner {
         // The operator runs the check after changing something in the database: look with a
         // new session, and let no warm connection keep the state from before.
         self.inner.pool.discard(&PoolKey::of(target));
-        let mut conn = self.fresh_conn(target).await?;
+        // Without its schema the admin cannot log in there: look from no schema, where the
+        // check reports the schema with its fix alongside everything else.
+        let (mut conn, in_schema) = match self.fresh_conn(target).await {
+            Ok(conn) => (conn, true),
+            Err(
+                ProvisionError::AdminSchemaMissing { .. }
+                | ProvisionError::AdminSchemaDenied { .. },
+            ) => (self.fresh_conn_into(target, None).await?, false),
+            Err(err) => return Err(err),
+        };
         let findings = preflight::preflight(&mut conn, target, roles_to_check).await;
-        self.finish(target, conn, findings)
+        if in_schema {
+            self.finish(target, conn, findings)
+        } else {
+            findings
+        }
     }
 
     /// The server's version string (`SELECT VERSION()`), for the version gate.

@@ -4,7 +4,9 @@
 
 use super::conn::{hex_literal, AdminConn as Conn};
 use super::quote::quote_ident;
-use super::{admin_of_role, map_error, render, role_exists, server_version, AdminTarget};
+use super::{
+    admin_of_role, count, map_error, render, role_exists, schema_fix, server_version, AdminTarget,
+};
 use crate::{Finding, ProvisionError, MARKER_ROLE};
 
 const GLOBAL_PRIVILEGES_SQL: &str = include_str!("sql/global_privileges.sql");
@@ -77,6 +79,16 @@ pub(super) async fn preflight(
     }
 
     let schema = &target.database;
+    let schema_exists = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
+            hex_literal(schema)
+        ),
+        admin,
+    )
+    .await?
+        > 0;
     let on_schema = privileges(
         conn,
         admin,
@@ -86,18 +98,24 @@ pub(super) async fn preflight(
         ),
     )
     .await?;
-    for needed in ["CREATE", "INSERT", "UPDATE", "DELETE", "SELECT"] {
-        if !on_schema.iter().any(|g| g == needed) && !global.iter().any(|g| g == needed) {
-            findings.push(Finding {
-                problem: format!(
-                    "admin user \"{admin}\" cannot keep user_attributes in schema \"{schema}\""
-                ),
-                fix: format!(
-                    "CREATE DATABASE IF NOT EXISTS {q}; GRANT ALL ON {q}.* TO {account};",
-                    q = quote_ident(schema)
-                ),
-            });
-            break;
+    if !schema_exists {
+        findings.push(Finding {
+            problem: format!(
+                "schema \"{schema}\" does not exist: admin user \"{admin}\" logs into it and keeps user_attributes there (spec.admin_user.default_database in the db resource names another schema, such as one created for Teleport)"
+            ),
+            fix: schema_fix(schema, admin),
+        });
+    } else {
+        for needed in ["CREATE", "INSERT", "UPDATE", "DELETE", "SELECT"] {
+            if !on_schema.iter().any(|g| g == needed) && !global.iter().any(|g| g == needed) {
+                findings.push(Finding {
+                    problem: format!(
+                        "admin user \"{admin}\" cannot keep user_attributes in schema \"{schema}\""
+                    ),
+                    fix: schema_fix(schema, admin),
+                });
+                break;
+            }
         }
     }
 

@@ -376,6 +376,66 @@ impl PgProvisioner {
         }
     }
 
+    /// `dbward db check` for the databases sessions may enter besides the admin's own
+    /// (`target.database`): each must exist and let every one of `roles` connect; when the
+    /// admin enters the session's database (`admin_enters`: no `default_database`, or table
+    /// permissions granted there), the admin needs CONNECT and TEMPORARY there too, and
+    /// transactions there must be writable. Cluster-wide matters are [`Self::preflight`]'s.
+    pub async fn preflight_databases(
+        &self,
+        target: &AdminTarget,
+        roles: &[String],
+        databases: &[String],
+        admin_enters: bool,
+    ) -> Result<Vec<Finding>, ProvisionError> {
+        let settings = &self.inner.settings;
+        let mut findings = Vec::new();
+        let mut conn = AdminConn::open(target, settings.connect_timeout).await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for database in databases {
+            if !seen.insert(database.as_str()) {
+                continue;
+            }
+            let checking = preflight::database_checks(
+                &mut conn,
+                &target.admin_user,
+                database,
+                roles,
+                admin_enters && *database != target.database,
+                &mut findings,
+            );
+            let enter = tokio::time::timeout(settings.operation_timeout, checking)
+                .await
+                .map_err(|_| ProvisionError::Timeout(settings.operation_timeout))??;
+            if !enter {
+                continue;
+            }
+            let mut there = target.clone();
+            there.database = database.clone();
+            let mut other = match AdminConn::open(&there, settings.connect_timeout).await {
+                Ok(conn) => conn,
+                // Not a privilege (checked above): pg_hba.conf, or the database went away.
+                Err(error) => {
+                    findings.push(Finding {
+                        problem: format!(
+                            "admin user \"{}\" cannot connect to database \"{database}\": {}",
+                            target.admin_user,
+                            crate::error_chain(&error)
+                        ),
+                        fix: String::new(),
+                    });
+                    continue;
+                }
+            };
+            let checking =
+                preflight::admin_checks_in(&mut other, &target.admin_user, &mut findings, true);
+            tokio::time::timeout(settings.operation_timeout, checking)
+                .await
+                .map_err(|_| ProvisionError::Timeout(settings.operation_timeout))??;
+        }
+        Ok(findings)
+    }
+
     /// Runs `op` on a warm connection to `target`, opening one when none is idle.
     ///
     /// A failed operation discards its connection and every idle one of the same key: the

@@ -406,22 +406,55 @@ pub fn negotiate_protocol_version(newest_minor: i32, unrecognized: &[String]) ->
 /// An ErrorResponse with the fields psql prints: severity (`S` and `V`), SQLSTATE (`C`)
 /// and message (`M`).
 pub fn error_response(severity: Severity, sqlstate: &str, message: &str) -> Bytes {
-    fields_message(tag::ERROR_RESPONSE, severity.as_str(), sqlstate, message)
+    fields_message(
+        tag::ERROR_RESPONSE,
+        severity.as_str(),
+        sqlstate,
+        message,
+        None,
+    )
+}
+
+/// An ErrorResponse with severity, SQLSTATE, message and, when given, a detail (`D`, which
+/// psql prints as `DETAIL:`).
+pub fn error_response_with_detail(
+    severity: Severity,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+) -> Bytes {
+    fields_message(
+        tag::ERROR_RESPONSE,
+        severity.as_str(),
+        sqlstate,
+        message,
+        detail,
+    )
 }
 
 /// A NoticeResponse with severity, SQLSTATE and message.
 pub fn notice_response(severity: &str, sqlstate: &str, message: &str) -> Bytes {
-    fields_message(tag::NOTICE_RESPONSE, severity, sqlstate, message)
+    fields_message(tag::NOTICE_RESPONSE, severity, sqlstate, message, None)
 }
 
-fn fields_message(tag: u8, severity: &str, sqlstate: &str, message: &str) -> Bytes {
+fn fields_message(
+    tag: u8,
+    severity: &str,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+) -> Bytes {
     typed(tag, |buf| {
+        let detail = detail.map(|d| (b'D', d));
         for (field, value) in [
             (b'S', severity),
             (b'V', severity),
             (b'C', sqlstate),
             (b'M', message),
-        ] {
+        ]
+        .into_iter()
+        .chain(detail)
+        {
             buf.put_u8(field);
             put_cstr(buf, value);
         }
@@ -438,6 +471,8 @@ pub struct ErrorFields {
     pub sqlstate: String,
     /// `M`.
     pub message: String,
+    /// `D`, when sent.
+    pub detail: Option<String>,
 }
 
 impl ErrorFields {
@@ -461,6 +496,7 @@ impl ErrorFields {
                 b'V' => fields.severity = value,
                 b'C' => fields.sqlstate = value,
                 b'M' => fields.message = value,
+                b'D' => fields.detail = Some(value),
                 _ => {}
             }
             body = rest;
@@ -617,6 +653,24 @@ mod tests {
         assert_eq!(fields.severity, "FATAL");
         assert_eq!(fields.sqlstate, "28000");
         assert_eq!(fields.message, "nope");
+    }
+
+    #[test]
+    fn error_response_detail_decodes_back() {
+        let msg = error_response_with_detail(
+            Severity::Fatal,
+            "42501",
+            "permission denied for database \"d\"",
+            Some("User does not have CONNECT privilege."),
+        );
+        let fields = ErrorFields::decode(&msg[5..]).unwrap();
+        assert_eq!(fields.message, "permission denied for database \"d\"");
+        assert_eq!(
+            fields.detail.as_deref(),
+            Some("User does not have CONNECT privilege.")
+        );
+        let plain = error_response(Severity::Fatal, "28000", "no");
+        assert_eq!(ErrorFields::decode(&plain[5..]).unwrap().detail, None);
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub use crate::relay::{RelayEnd, RelayStats, Side};
 pub use messages::Severity;
 pub use relay::{idle_goodbye, relay, relay_with_idle_limit, TapEvent};
 pub use startup::{
-    accept, send_error, write_startup_reply, Accepted, ClientStartup, ClientTlsStream,
-    PrefixedStream, TLS_REQUIRED_MESSAGE,
+    accept, send_error, send_error_with_detail, write_startup_reply, Accepted, ClientStartup,
+    ClientTlsStream, PrefixedStream, TLS_REQUIRED_MESSAGE,
 };
 pub use upstream::Upstream;
 

@@ -376,11 +376,25 @@ pub async fn send_error<S>(stream: &mut S, sqlstate: &str, message: &str) -> std
 where
     S: AsyncWrite + Unpin,
 {
+    send_error_with_detail(stream, sqlstate, message, None).await
+}
+
+/// [`send_error`] with a `DETAIL` line (field `D`) when `detail` is given.
+pub async fn send_error_with_detail<S>(
+    stream: &mut S,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     stream
-        .write_all(&messages::error_response(
+        .write_all(&messages::error_response_with_detail(
             Severity::Fatal,
             sqlstate,
             message,
+            detail,
         ))
         .await?;
     stream.flush().await

@@ -131,6 +131,7 @@ where
                     sqlstate: fields.sqlstate,
                     severity: fields.severity,
                     message: fields.message,
+                    detail: fields.detail,
                 });
             }
             tag::PARAMETER_STATUS if authenticated => {
@@ -271,6 +272,7 @@ mod tests {
             sqlstate,
             severity,
             message,
+            ..
         }) = upstream
         else {
             panic!("expected a server error, got {upstream:?}");

@@ -77,8 +77,15 @@ async fn open<E: Engine>(
 fn refused_upstream(err: UpstreamError, addr: &str) -> SessionError {
     match err {
         UpstreamError::Server {
-            sqlstate, message, ..
-        } => SessionError::Database { sqlstate, message },
+            sqlstate,
+            message,
+            detail,
+            ..
+        } => SessionError::Database {
+            sqlstate,
+            message,
+            detail,
+        },
         UpstreamError::MysqlServer {
             code,
             sqlstate,

@@ -69,9 +69,13 @@ pub enum SessionError {
     /// SQLSTATE 53300 / MySQL 1226.
     #[error("{0}")]
     TooManyConnections(String),
-    /// The database itself refused (its message is relayed as is).
+    /// The database itself refused (its message and detail are relayed as they are).
     #[error("{message}")]
-    Database { sqlstate: String, message: String },
+    Database {
+        sqlstate: String,
+        message: String,
+        detail: Option<String>,
+    },
     /// A MySQL/MariaDB server refused (relayed with its error number).
     #[error("{message}")]
     MysqlServer {
@@ -92,6 +96,14 @@ impl SessionError {
                 "dbward could not complete the connection; see the gateway log".to_string()
             }
             other => other.to_string(),
+        }
+    }
+
+    /// The database's own detail line (PostgreSQL `DETAIL:`), relayed with its message.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            SessionError::Database { detail, .. } => detail.as_deref(),
+            _ => None,
         }
     }
 

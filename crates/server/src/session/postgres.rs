@@ -96,7 +96,13 @@ impl Engine for PostgresEngine {
     }
 
     async fn send_error(client: &mut PgClient, err: &SessionError) {
-        let _ = pg::send_error(&mut client.stream, err.sqlstate(), &err.user_message()).await;
+        let _ = pg::send_error_with_detail(
+            &mut client.stream,
+            err.sqlstate(),
+            &err.user_message(),
+            err.detail(),
+        )
+        .await;
     }
 
     async fn connect(

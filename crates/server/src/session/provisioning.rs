@@ -21,9 +21,12 @@
 //! connection is described.
 //!
 //! Clients are told only what each error says they may read
-//! (`dbward_provision::UserFacingError`); every other provisioning failure reaches them as a
-//! generic message with the session id, and its detail (admin name, missing grant) goes to the
-//! log and to `dbward db check`.
+//! (`dbward_provision::UserFacingError`), followed, for what an operator fixes in the
+//! database, by the session id and the `dbward db check` command to run; PostgreSQL's own
+//! refusal of the admin's login (no CONNECT privilege, no such database) is relayed as the
+//! server wrote it. Every other provisioning failure reaches them as a generic message with
+//! the session id, and its detail (admin name, missing grant) goes to the log and to
+//! `dbward db check`.
 
 use std::time::Duration;
 
@@ -606,7 +609,23 @@ pub(super) fn provision_error(authorized: &Authorized, err: ProvisionError) -> S
     let db = &authorized.db.metadata.name;
     let detail = error_chain(&err);
     let kind = err.kind().as_str();
+    // The server refused the admin's login to the session's database: its own words
+    // (`permission denied for database "x"`, `DETAIL: User does not have CONNECT privilege.`).
+    if let Some((sqlstate, message, server_detail)) = err.admin_login_refused() {
+        tracing::warn!(%sid, user = %authorized.fields.user, %db, error = %detail, kind, "database user provisioning failed");
+        return SessionError::Database {
+            sqlstate,
+            message,
+            detail: server_detail,
+        };
+    }
     match err.client_message() {
+        Some(text) if err.fixed_by_db_check() => {
+            tracing::warn!(%sid, user = %authorized.fields.user, %db, error = %detail, kind, "database user provisioning failed");
+            SessionError::Provisioning(format!(
+                "{text} (session {sid}); ask an administrator to run `dbward db check {db}`"
+            ))
+        }
         Some(text) => {
             tracing::info!(%sid, user = %authorized.fields.user, %db, error = %detail, kind, "activation refused");
             SessionError::Provisioning(text)
@@ -621,10 +640,13 @@ pub(super) fn provision_error(authorized: &Authorized, err: ProvisionError) -> S
 }
 
 /// `dbward db check DB`: what the admin user lacks for provisioning every db role some user
-/// could be granted on this database, each with the statement that fixes it.
+/// could be granted on this database, each with the statement that fixes it. On PostgreSQL
+/// also every database sessions may enter where that is knowable: the literal `db_names` of
+/// the roles that reach `DB`, and `extra_db_names` (`--db-name`).
 pub async fn preflight(
     gw: &Gateway,
     db_name: &str,
+    extra_db_names: &[String],
 ) -> Result<Vec<crate::api::DbCheckFinding>, crate::GatewayError> {
     let snapshot = gw.catalog.snapshot().await?;
     let db = snapshot.dbs.get(db_name).ok_or_else(|| {
@@ -633,20 +655,50 @@ pub async fn preflight(
     let admin = maintenance_target(gw, db)
         .map_err(|e| crate::GatewayError::BadRequest(e.user_message()))?;
     let mut roles = std::collections::BTreeSet::new();
+    let mut databases: std::collections::BTreeSet<String> =
+        extra_db_names.iter().cloned().collect();
+    // Table permissions are granted from inside the session's database.
+    let mut permissions_apply = false;
     for user in snapshot.users.values() {
         if let Ok(checker) = snapshot.checker(user) {
             if let Ok(Some(p)) = checker.provisioning(db) {
                 roles.extend(p.roles);
+                databases.extend(checker.literal_db_names(db));
+                permissions_apply |= !checker.permission_rules(db).is_empty();
             }
         }
     }
     let roles: Vec<String> = roles.into_iter().collect();
     // The operator asked: the whole detail, with its causes (admin, server, grant).
-    let findings = gw
+    let detail = |e: ProvisionError| crate::GatewayError::BadRequest(error_chain(&e));
+    let mut findings = gw
         .provisioners
         .preflight(&admin, &roles)
         .await
-        .map_err(|e| crate::GatewayError::BadRequest(error_chain(&e)))?;
+        .map_err(detail)?;
+    if admin.engine == Engine::Postgres {
+        let default_database = db
+            .admin_user()
+            .and_then(|a| a.default_database)
+            .is_some_and(|d| !d.is_empty());
+        let databases: Vec<String> = databases.into_iter().collect();
+        findings.extend(
+            gw.provisioners
+                .postgres()
+                .preflight_databases(
+                    &admin,
+                    &roles,
+                    &databases,
+                    !default_database || permissions_apply,
+                )
+                .await
+                .map_err(detail)?,
+        );
+    }
+    // One fix for a setting of the admin's own (read-only transactions) may be found in
+    // several databases: printed once.
+    let mut fixes = std::collections::BTreeSet::new();
+    findings.retain(|f| f.fix.is_empty() || fixes.insert(f.fix.clone()));
     Ok(findings
         .into_iter()
         .map(|f| crate::api::DbCheckFinding {

@@ -639,8 +639,15 @@ async fn check_db(
     State(gw): Shared,
     _admin: AdminIdentity,
     Path(name): Path<String>,
+    Query(query): Query<DbCheckQuery>,
 ) -> Result<Json<DbCheckResponse>, GatewayError> {
-    let findings = crate::session::preflight(&gw, &name).await?;
+    let db_names: Vec<String> = query
+        .db_names
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    let findings = crate::session::preflight(&gw, &name, &db_names).await?;
     Ok(Json(DbCheckResponse { findings }))
 }
 
