@@ -90,7 +90,7 @@ fn two_gateways() -> Shared {
 
     // Resources written through instance A.
     let yaml = format!(
-        "kind: role\nversion: v7\nmetadata: {{name: shared-auto}}\nspec:\n  options: {{create_db_user_mode: keep}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_names: [\"*\"]\n    db_roles: [shared_reader]\n---\nkind: user\nversion: v2\nmetadata: {{name: dana}}\nspec: {{roles: [shared-auto]}}\n---\nkind: db\nversion: v3\nmetadata: {{name: shared-db}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n  admin_user: {{name: shared_admin, default_database: postgres}}\n",
+        "kind: role\nversion: v7\nmetadata: {{name: shared-auto}}\nspec:\n  options: {{create_db_user_mode: keep}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_names: [\"*\"]\n    db_roles: [shared_reader]\n---\nkind: user\nversion: v2\nmetadata: {{name: dana}}\nspec: {{roles: [shared-auto]}}\n---\nkind: role\nversion: v7\nmetadata: {{name: one-at-a-time}}\nspec:\n  options: {{create_db_user_mode: keep, max_connections: 1}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_names: [\"*\"]\n    db_roles: [shared_reader]\n---\nkind: user\nversion: v2\nmetadata: {{name: erin}}\nspec: {{roles: [one-at-a-time]}}\n---\nkind: db\nversion: v3\nmetadata: {{name: shared-db}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n  admin_user: {{name: shared_admin, default_database: postgres}}\n",
         target.port
     );
     let parsed = dbward_model::parse_resources(&yaml, "shared.yaml").unwrap();
@@ -120,26 +120,27 @@ fn two_gateways() -> Shared {
 }
 
 impl Shared {
-    /// A db certificate for `dana`, issued by A's user CA, and the host CA to verify either
-    /// gateway with.
-    fn dana_files(&self) -> ClientFiles {
-        let (key, csr) = dbward_pki::new_key_and_csr("dana").unwrap();
+    /// A db certificate for `user` (`dana`: role `shared-auto`; `erin`: `one-at-a-time`, one
+    /// session at a time) on `shared-db`, issued by A's user CA, and the host CA to verify
+    /// either gateway with.
+    fn db_files(&self, user: &str) -> ClientFiles {
+        let (key, csr) = dbward_pki::new_key_and_csr(user).unwrap();
         let cert = dbward_pki::issue_user_cert(
             &self.ga.cas.user,
             &Identity {
-                username: "dana".into(),
+                username: user.into(),
                 cluster: self.ga.cluster.clone(),
                 usage: CertUsage::Db,
                 expires: OffsetDateTime::now_utc() + Duration::from_secs(600),
-                route: Some(route("shared-db", "dana", "postgres", &[])),
+                route: Some(route("shared-db", user, "postgres", &[])),
                 pinned_ip: None,
             },
             &csr,
         )
         .unwrap();
         let files = ClientFiles {
-            crt: self.dir.path().join("dana.crt"),
-            key: self.dir.path().join("dana.key"),
+            crt: self.dir.path().join(format!("{user}.crt")),
+            key: self.dir.path().join(format!("{user}.key")),
             ca: self.dir.path().join("host-ca.crt"),
         };
         std::fs::write(&files.crt, cert).unwrap();
@@ -167,7 +168,7 @@ fn two_gateways_share_one_postgres_store() {
     } = &shared;
 
     // A session through instance B, with a certificate issued by A's user CA.
-    let files = shared.dana_files();
+    let files = shared.db_files("dana");
     let out = std::process::Command::new("psql")
         .arg(conninfo(*pg_b, &files, "dana", "postgres"))
         .args(["-X", "-A", "-t", "-c", "select current_user"])
@@ -246,7 +247,7 @@ fn a_cancel_request_to_another_gateway_cancels_the_session() {
     let Shared {
         rt, ga, pg_a, pg_b, ..
     } = &shared;
-    let files = shared.dana_files();
+    let files = shared.db_files("dana");
     let tls = dbward_pki::client_config(
         Some(&ga.cas.host.cert_pem),
         dbward_pki::ServerVerification::Full,
@@ -374,83 +375,9 @@ fn a_cancel_request_to_another_gateway_cancels_the_session() {
 /// session held through A takes the only slot, so B refuses one until A's has ended.
 #[test]
 fn max_connections_counts_sessions_across_gateways() {
-    let dir = tempfile::Builder::new()
-        .prefix("dwshared")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let throwaway = dbward_pki::CaSet::generate("store").unwrap();
-    let store_certs_dir = dir.path().join("store-certs");
-    std::fs::create_dir_all(&store_certs_dir).unwrap();
-    let store_pg =
-        PgServer::start(&DbServerCerts::from_cas(&throwaway, &store_certs_dir).unwrap()).unwrap();
-    store_pg.psql_super("CREATE DATABASE dwstore").unwrap();
-    let dsn = format!("{} sslmode=disable", store_pg.super_conninfo("dwstore"));
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let a = rt
-        .block_on(Started::bind(config(dir.path(), "a", &dsn)))
-        .unwrap();
-    let b = rt
-        .block_on(Started::bind(config(dir.path(), "b", &dsn)))
-        .unwrap();
-    let (ga, gb) = (a.gateway.clone(), b.gateway.clone());
-    let listener = |g: &Arc<Gateway>| -> SocketAddr {
-        rt.block_on(async { g.endpoints.read().await.postgres.clone() })
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (pg_a, pg_b) = (listener(&ga), listener(&gb));
-    rt.spawn(a.run(CancellationToken::new()));
-    rt.spawn(b.run(CancellationToken::new()));
-
-    let target_certs_dir = dir.path().join("target-certs");
-    std::fs::create_dir_all(&target_certs_dir).unwrap();
-    let target =
-        PgServer::start(&DbServerCerts::from_cas(&ga.cas, &target_certs_dir).unwrap()).unwrap();
-    target
-        .psql_super("CREATE ROLE shared_admin LOGIN CREATEROLE; CREATE ROLE shared_reader; GRANT shared_reader TO shared_admin WITH ADMIN OPTION")
-        .unwrap();
-    let yaml = format!(
-        "kind: role\nversion: v7\nmetadata: {{name: one-at-a-time}}\nspec:\n  options: {{create_db_user_mode: keep, max_connections: 1}}\n  allow:\n    db_labels: {{\"*\": \"*\"}}\n    db_names: [\"*\"]\n    db_roles: [shared_reader]\n---\nkind: user\nversion: v2\nmetadata: {{name: erin}}\nspec: {{roles: [one-at-a-time]}}\n---\nkind: db\nversion: v3\nmetadata: {{name: shared-db}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{}\n  admin_user: {{name: shared_admin, default_database: postgres}}\n",
-        target.port
-    );
-    let parsed = dbward_model::parse_resources(&yaml, "shared.yaml").unwrap();
-    rt.block_on(async {
-        for r in &parsed.resources {
-            ga.store
-                .put_resource(
-                    r.kind(),
-                    r.name(),
-                    &serde_json::to_string(r).unwrap(),
-                    PutMode::Upsert,
-                )
-                .await
-                .unwrap();
-        }
-    });
-    let (key, csr) = dbward_pki::new_key_and_csr("erin").unwrap();
-    let cert = dbward_pki::issue_user_cert(
-        &ga.cas.user,
-        &Identity {
-            username: "erin".into(),
-            cluster: ga.cluster.clone(),
-            usage: CertUsage::Db,
-            expires: OffsetDateTime::now_utc() + Duration::from_secs(600),
-            route: Some(route("shared-db", "erin", "postgres", &[])),
-            pinned_ip: None,
-        },
-        &csr,
-    )
-    .unwrap();
-    let files = ClientFiles {
-        crt: dir.path().join("erin.crt"),
-        key: dir.path().join("erin.key"),
-        ca: dir.path().join("host-ca.crt"),
-    };
-    std::fs::write(&files.crt, cert).unwrap();
-    dbward_pki::write_private_file(&files.key, key.as_bytes()).unwrap();
-    std::fs::write(&files.ca, &ga.cas.host.cert_pem).unwrap();
+    let shared = two_gateways();
+    let (pg_a, pg_b) = (shared.pg_a, shared.pg_b);
+    let files = shared.db_files("erin");
     let psql = |addr: SocketAddr| {
         std::process::Command::new("psql")
             .arg(conninfo(addr, &files, "erin", "postgres"))
