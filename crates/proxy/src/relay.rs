@@ -31,9 +31,11 @@ pub struct IdleLimit {
     /// The longest the client may send nothing.
     pub after: Duration,
     /// Written to the client before both sides are closed: the protocol's error message
-    /// saying why. It goes between two writes of server bytes, never inside one; a server
-    /// message still arriving in pieces (a client idle while a long result streams) is cut
-    /// short, which a client that is being disconnected anyway reports as it can.
+    /// saying why. It goes between two writes of server bytes, never inside one, unless the
+    /// client has stopped reading too (then it is tried for a few seconds after the unwritten
+    /// rest); a server message still arriving in pieces (a client idle while a long result
+    /// streams) is cut short, which a client that is being disconnected anyway reports as it
+    /// can.
     pub goodbye: Vec<u8>,
 }
 
@@ -298,7 +300,8 @@ where
 
 /// Copies the server to the client until the server ends, then shuts the client's side
 /// down, writing the gateway's own answers from `replies` between two server reads. Stops
-/// with [`RelayEnd::Idle`] when `silence` ends, between two writes.
+/// with [`RelayEnd::Idle`] when `silence` ends: between two writes, or during one that the
+/// client does not take (it reads nothing either).
 async fn copy_answering<R, W>(
     from: &mut R,
     to: &mut W,
@@ -334,8 +337,16 @@ where
                 continue;
             }
         };
-        to.write_all(&buf[..n]).await.map_err(failed_to)?;
-        to.flush().await.map_err(failed_to)?;
+        // A client that stops reading as well as sending blocks this write for as long as it
+        // likes: the silence is watched here too.
+        let writing = async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        };
+        tokio::select! {
+            after = &mut silence => return Err(RelayEnd::Idle(after)),
+            written = writing => written.map_err(failed_to)?,
+        }
         *copied += n as u64;
         if n == buf.len() && buf.len() < BULK_BUFFER {
             buf.resize(BULK_BUFFER, 0);
@@ -407,6 +418,33 @@ mod tests {
         let mut server_rest = Vec::new();
         db.read_to_end(&mut server_rest).await.unwrap();
         assert!(server_rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_and_sending_is_closed_when_idle() {
+        let (app, mut client) = duplex(1024);
+        let (mut server, mut db) = duplex(1024);
+        let idle = IdleLimit {
+            after: Duration::from_millis(300),
+            goodbye: b"bye".to_vec(),
+        };
+        let relay_task = tokio::spawn(async move {
+            relay_filtering(&mut client, &mut server, Some(&idle), |_, _| Ok(())).await
+        });
+        // A result far larger than what the client's side buffers, which it never reads.
+        let result = vec![b'r'; 256 * 1024];
+        let writer = tokio::spawn(async move {
+            let _ = db.write_all(&result).await;
+            db
+        });
+        let stats = tokio::time::timeout(Duration::from_secs(20), relay_task)
+            .await
+            .expect("the relay ended although the client read nothing")
+            .unwrap();
+        assert!(matches!(stats.end, RelayEnd::Idle(d) if d == Duration::from_millis(300)));
+        assert!(stats.server_to_client < 256 * 1024);
+        drop(app);
+        let _ = writer.await;
     }
 
     #[tokio::test]

@@ -482,3 +482,55 @@ fn a_role_gaining_pin_source_ip_ends_a_session_whose_certificate_has_no_address(
         h.can_login(&user) == Some(false)
     });
 }
+
+/// A record of this gateway for a session that is not running here (what a record write that
+/// landed after the session's teardown leaves behind, the store being slow) stops counting
+/// against `max_connections`: the gateway removes it.
+#[test]
+fn a_record_of_a_session_that_is_not_running_stops_holding_a_slot() {
+    let h = harness();
+    let w = world();
+    let role = w.role(", max_connections: 1");
+    let user = w.user(&role);
+    let files = h.db_cert(&user, route(&w.db, &user, "postgres", &[]));
+    let ghost = unique("ghost");
+    let now = h.block_on(h.gw.store.now_unix_ms()).unwrap();
+    h.block_on(h.gw.store.register_session(dbward_store::SessionRecord {
+        sid: ghost.clone(),
+        instance_id: h.gw.instance_id.clone(),
+        db_service: w.db.clone(),
+        db_user: user.clone(),
+        dbward_user: user.clone(),
+        mode: "keep".into(),
+        started_unix_ms: now - 60_000,
+        engine: "postgres".into(),
+        server: String::new(),
+        backend_id: None,
+    }))
+    .unwrap();
+    h.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let session = loop {
+            match connect(&files, &user, None).await {
+                Ok(session) => break session,
+                Err(err) => {
+                    let (code, message) = db_error(&err);
+                    assert_eq!(code, SqlState::TOO_MANY_CONNECTIONS, "{message}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the record of a session that is not running still holds the slot"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        assert_eq!(one(&session.0).await, 1);
+    });
+    let sids: Vec<String> = h
+        .block_on(h.gw.store.list_sessions())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.sid)
+        .collect();
+    assert!(!sids.contains(&ghost), "{sids:?}");
+}

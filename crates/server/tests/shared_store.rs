@@ -426,3 +426,66 @@ fn max_connections_counts_sessions_across_gateways() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// CancelRequests come without authentication and finish their handshake at once: a flood of
+/// them with unknown keys must not take the shared store's connections (which every gateway
+/// needs for logins, sessions and heartbeats). The store's connections from the gateways
+/// stay bounded during the flood, and a session through the flooded gateway works after it.
+#[test]
+fn a_flood_of_unknown_cancel_keys_does_not_exhaust_the_store() {
+    let shared = two_gateways();
+    let Shared { rt, pg_b, .. } = &shared;
+    let store_connections = || -> i64 {
+        shared
+            .store_sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'dwstore'")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = store_connections();
+    let flood = {
+        let target = *pg_b;
+        rt.spawn(async move {
+            let mut senders = tokio::task::JoinSet::new();
+            for i in 0..3000u32 {
+                let mut request = [0u8; 16];
+                request[..8].copy_from_slice(&[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]);
+                request[8..12].copy_from_slice(&(i + 1).to_be_bytes());
+                request[12..16].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                senders.spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    if let Ok(mut stream) = tokio::net::TcpStream::connect(target).await {
+                        let _ = stream.write_all(&request).await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+                if senders.len() >= 400 {
+                    senders.join_next().await;
+                }
+            }
+            while senders.join_next().await.is_some() {}
+        })
+    };
+    let mut most = before;
+    while !flood.is_finished() {
+        most = most.max(store_connections());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.block_on(flood).unwrap();
+    println!("store connections: {before} before the flood, at most {most} during it");
+    assert!(
+        most <= before + 24,
+        "the flood opened store connections: {before} before, {most} during"
+    );
+    let files = shared.db_files("dana");
+    let out = std::process::Command::new("psql")
+        .arg(conninfo(*pg_b, &files, "dana", "postgres"))
+        .args(["-X", "-A", "-t", "-c", "select current_user"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

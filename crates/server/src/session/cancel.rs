@@ -97,13 +97,24 @@ pub(crate) async fn forget(gw: &Gateway, sid: &str, key: BackendKey) {
     }
 }
 
+/// How many cancel requests with unknown keys this process passes on through the store at
+/// once. They come without authentication, each on a connection that is done with its
+/// handshake at once; beyond this they are dropped, so a flood of them costs the store at
+/// most this many calls in flight.
+const MAX_PASSING_ON: usize = 8;
+
 /// A cancel request with a key this instance does not know: passed on through the store to
 /// the instance relaying the session, if any.
 pub(crate) async fn pass_on(gw: &Gateway, key: BackendKey) {
+    static PASSING_ON: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PASSING_ON);
     if !shared_store(gw) {
         tracing::debug!("cancel request for an unknown key ignored");
         return;
     }
+    let Ok(_passing) = PASSING_ON.try_acquire() else {
+        tracing::debug!("cancel request dropped: {MAX_PASSING_ON} are being passed on already");
+        return;
+    };
     match tokio::time::timeout(STORE_WAIT, gw.store.request_cancel(&key_hash(key))).await {
         Ok(Ok(true)) => tracing::debug!("cancel request passed on to the instance relaying it"),
         Ok(Ok(false)) => tracing::debug!("cancel request for an unknown key ignored"),

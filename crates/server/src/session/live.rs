@@ -125,6 +125,11 @@ impl LiveSessions {
         }
     }
 
+    /// Whether a session with this id is running (or being torn down) on this gateway.
+    pub fn contains(&self, sid: &str) -> bool {
+        self.lock().sessions.contains_key(sid)
+    }
+
     /// Issues a gateway-side cancel key for a session and remembers the real one.
     pub fn add_cancel_key(&self, sid: &str, target: CancelTarget) -> BackendKey {
         let mut inner = self.lock();

@@ -40,6 +40,9 @@ const EVERY: Duration = Duration::from_secs(60);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// An instance silent for this long is dead: three missed heartbeats and some slack.
 pub(crate) const DEAD_AFTER: Duration = Duration::from_millis(7_000);
+/// A record of this instance older than this whose session is not running here is removed
+/// (a session is registered here right after its record is written, without a pause).
+const STALE_OWN_RECORD_AFTER: Duration = Duration::from_secs(30);
 /// This data directory's previous run is dead once silent for this long: a restart after a
 /// kill waits only for its last heartbeat to age, and a second process started on the same
 /// data directory by mistake does not take a live one for its predecessor.
@@ -152,10 +155,20 @@ pub async fn recover_once(
         }
         _ => None,
     };
-    let orphaned: Vec<SessionRecord> = gw
-        .store
-        .list_sessions()
-        .await?
+    let records = gw.store.list_sessions().await?;
+    // A record of this instance whose session is not running here: a write that landed
+    // after the teardown removed it (a slow store). It would count against the user's
+    // max_connections on every gateway until this one stops.
+    let stale_before = since(STALE_OWN_RECORD_AFTER);
+    for stale in records.iter().filter(|s| {
+        s.instance_id == gw.instance_id
+            && s.started_unix_ms < stale_before
+            && !gw.sessions.contains(&s.sid)
+    }) {
+        tracing::info!(sid = %stale.sid, "record of a session that has ended removed");
+        let _ = gw.store.end_session(&stale.sid).await;
+    }
+    let orphaned: Vec<SessionRecord> = records
         .into_iter()
         .filter(|s| {
             s.instance_id != gw.instance_id
