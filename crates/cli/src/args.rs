@@ -65,7 +65,7 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show resources: role(s), user(s), db(s), db_object_import_rule(s)
+    /// Show resources: role(s), user(s), db(s), db_object_import_rule(s), oidc
     Get {
         /// KIND or KIND/NAME
         #[arg(value_name = "KIND[/NAME]")]
@@ -177,11 +177,19 @@ pub struct LoginArgs {
     /// The gateway's web address
     #[arg(long, value_name = "HOST:PORT")]
     pub proxy: String,
-    #[arg(long, value_name = "NAME")]
-    pub user: String,
+    /// Log in with a password as this dbward user
+    #[arg(long, value_name = "NAME", required_unless_present = "auth")]
+    pub user: Option<String>,
     /// Read the password from stdin instead of prompting
-    #[arg(long)]
+    #[arg(long, conflicts_with = "auth")]
     pub password_stdin: bool,
+    /// Log in through this single sign-on connector (`dbward get oidc`) instead of a password
+    #[arg(long, value_name = "CONNECTOR", conflicts_with = "user")]
+    pub auth: Option<String>,
+    /// With --auth: `none` only prints the URL to open; anything else is the browser command
+    /// to open it with (by default the system's)
+    #[arg(long, value_name = "BROWSER", requires = "auth")]
+    pub browser: Option<String>,
     /// Trust only this host CA (from `dbward auth export --type host`)
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     pub ca: Option<PathBuf>,

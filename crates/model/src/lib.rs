@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod import_rule;
 pub mod labels;
 pub mod metadata;
+pub mod oidc;
 pub mod permission;
 pub mod resource;
 pub mod role;
@@ -29,6 +30,7 @@ pub use import_rule::{
 };
 pub use labels::{LabelValues, Labels};
 pub use metadata::Metadata;
+pub use oidc::{ClaimMapping, OidcConnector, OidcSpec};
 pub use permission::Permission;
 pub use resource::{
     parse_resources, parse_resources_with, ParsedResources, Resource, ResourceCheck,

@@ -9,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::source::{self, Document, FieldPath};
-use crate::{Db, DbObjectImportRule, ModelError, Role, User};
+use crate::{Db, DbObjectImportRule, ModelError, OidcConnector, Role, User};
 
 /// Any resource dbward stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +22,18 @@ pub enum Resource {
     Db(Db),
     /// `kind: db_object_import_rule`
     DbObjectImportRule(DbObjectImportRule),
+    /// `kind: oidc`
+    Oidc(OidcConnector),
 }
 
 /// Every kind, as written in files.
-pub const KINDS: [&str; 4] = [Role::KIND, User::KIND, Db::KIND, DbObjectImportRule::KIND];
+pub const KINDS: [&str; 5] = [
+    Role::KIND,
+    User::KIND,
+    Db::KIND,
+    DbObjectImportRule::KIND,
+    OidcConnector::KIND,
+];
 
 impl Resource {
     /// `role`, `user`, `db` or `db_object_import_rule`.
@@ -35,6 +43,7 @@ impl Resource {
             Resource::User(_) => User::KIND,
             Resource::Db(_) => Db::KIND,
             Resource::DbObjectImportRule(_) => DbObjectImportRule::KIND,
+            Resource::Oidc(_) => OidcConnector::KIND,
         }
     }
 
@@ -50,6 +59,7 @@ impl Resource {
             Resource::User(u) => &u.metadata,
             Resource::Db(d) => &d.metadata,
             Resource::DbObjectImportRule(r) => &r.metadata,
+            Resource::Oidc(c) => &c.metadata,
         }
     }
 
@@ -60,6 +70,7 @@ impl Resource {
             Resource::User(u) => &u.version,
             Resource::Db(d) => &d.version,
             Resource::DbObjectImportRule(r) => &r.version,
+            Resource::Oidc(c) => &c.version,
         }
     }
 
@@ -70,6 +81,7 @@ impl Resource {
             Resource::User(u) => u.validate(),
             Resource::Db(d) => d.validate(),
             Resource::DbObjectImportRule(r) => r.validate(),
+            Resource::Oidc(c) => c.validate(),
         }
     }
 
@@ -106,6 +118,11 @@ impl From<DbObjectImportRule> for Resource {
         Resource::DbObjectImportRule(r)
     }
 }
+impl From<OidcConnector> for Resource {
+    fn from(c: OidcConnector) -> Self {
+        Resource::Oidc(c)
+    }
+}
 
 /// The document: `kind` first, then the resource's own fields.
 #[derive(Serialize)]
@@ -123,6 +140,7 @@ impl Serialize for Resource {
             Resource::User(u) => Tagged { kind, inner: u }.serialize(serializer),
             Resource::Db(d) => Tagged { kind, inner: d }.serialize(serializer),
             Resource::DbObjectImportRule(r) => Tagged { kind, inner: r }.serialize(serializer),
+            Resource::Oidc(c) => Tagged { kind, inner: c }.serialize(serializer),
         }
     }
 }
@@ -147,6 +165,7 @@ impl<'de> Deserialize<'de> for Resource {
             DbObjectImportRule::KIND => {
                 serde_json::from_value(value).map(Resource::DbObjectImportRule)
             }
+            OidcConnector::KIND => serde_json::from_value(value).map(Resource::Oidc),
             other => return Err(D::Error::custom(unknown_kind(other))),
         };
         resource.map_err(D::Error::custom)
@@ -154,7 +173,7 @@ impl<'de> Deserialize<'de> for Resource {
 }
 
 fn unknown_kind(kind: &str) -> String {
-    format!("unknown kind \"{kind}\", expected role, user, db or db_object_import_rule")
+    format!("unknown kind \"{kind}\", expected role, user, db, db_object_import_rule or oidc")
 }
 
 /// What [`parse_resources`] read from a file.
@@ -298,6 +317,9 @@ fn parse_one(
         Db::KIND => decode::<Db>(doc, index, file).map(|(d, i)| (Resource::Db(d), i))?,
         DbObjectImportRule::KIND => decode::<DbObjectImportRule>(doc, index, file)
             .map(|(r, i)| (Resource::DbObjectImportRule(r), i))?,
+        OidcConnector::KIND => {
+            decode::<OidcConnector>(doc, index, file).map(|(c, i)| (Resource::Oidc(c), i))?
+        }
         other => {
             let name = map
                 .get("metadata")
@@ -555,6 +577,21 @@ const TELEPORT_USER_SPEC: &[&str] = &[
     "trusted_device_ids",
 ];
 
+/// OIDC connector spec fields of Teleport v3 that dbward does not use (PKCE is always on).
+const TELEPORT_OIDC_SPEC: &[&str] = &[
+    "acr_values",
+    "provider",
+    "google_service_account_uri",
+    "google_service_account",
+    "google_admin_email",
+    "client_redirect_settings",
+    "mfa",
+    "pkce_mode",
+    "user_matchers",
+    "entra_id_groups_provider",
+    "request_object_mode",
+];
+
 /// Metadata fields Teleport writes that dbward does not keep.
 const TELEPORT_METADATA: &[&str] = &["namespace", "expires", "revision", "id"];
 
@@ -592,6 +629,9 @@ fn classify(kind: &str, keys: &[&str]) -> Field {
         }
         ["spec", "tls", "trust_system_cert_pool", ..] if kind == Db::KIND => Field::Unsupported,
         ["spec", key, ..] if kind == User::KIND && TELEPORT_USER_SPEC.contains(key) => {
+            Field::Unsupported
+        }
+        ["spec", key, ..] if kind == OidcConnector::KIND && TELEPORT_OIDC_SPEC.contains(key) => {
             Field::Unsupported
         }
         ["spec", "mappings", "match", "view_names" | "procedure_names", ..]

@@ -48,6 +48,18 @@ impl User {
     /// The resource kind as written in files.
     pub const KIND: &'static str = "user";
 
+    /// The label marking a user that single sign-on created: `oidc/<connector>`. Such a user
+    /// has no password; its roles and traits are rewritten at each of its logins.
+    pub const CREATED_BY_LABEL: &'static str = "dbward.dev/created-by";
+
+    /// The connector that created this user (`oidc/<name>`), if single sign-on did.
+    pub fn created_by(&self) -> Option<&str> {
+        self.metadata
+            .labels
+            .get(Self::CREATED_BY_LABEL)
+            .map(String::as_str)
+    }
+
     /// A user with a name, roles and no traits: `User::new("alice", &["dev"])` or
     /// `User::new("alice", roles_vec)`.
     pub fn new<R>(name: &str, roles: R) -> Self

@@ -31,6 +31,13 @@ pub fn new_key_and_csr(common_name: &str) -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Checks that `csr_pem` is a certificate request signed by its own key (the requester holds
+/// the key), without issuing anything.
+pub fn check_csr(csr_pem: &str) -> Result<()> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::InvalidCsr)?;
+    Ok(())
+}
+
 /// Issues a user certificate for `identity`, signed by the user CA, for the key in `csr_pem`.
 ///
 /// Only the CSR's public key is used (its self-signature proves the client holds the key);

@@ -25,6 +25,38 @@ pub struct LoginResponse {
     pub expires: String,
 }
 
+/// `POST /v1/sso/oidc/login`: the start of a single sign-on login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SsoLoginRequest {
+    /// The `oidc` connector's name.
+    pub connector: String,
+    /// A certificate request for the key the CLI generated.
+    pub csr_pem: String,
+    /// The CLI's loopback callback: `http://127.0.0.1:PORT/PATH` (or `localhost`, `[::1]`).
+    pub client_redirect_url: String,
+    /// Returned unchanged to the callback, so the CLI knows the answer is for its request.
+    pub client_state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SsoLoginResponse {
+    /// Where to send the browser.
+    pub auth_url: String,
+}
+
+/// What the gateway sends to the CLI's loopback callback when a single sign-on login
+/// succeeded (the `response` query parameter, base64url of this as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SsoLoginResult {
+    /// The dbward user name the connector mapped the person to.
+    pub user: String,
+    pub cert_pem: String,
+    pub host_ca_pem: String,
+    pub cluster: String,
+    /// RFC 3339.
+    pub expires: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PingResponse {
     pub cluster: String,

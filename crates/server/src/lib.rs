@@ -16,6 +16,7 @@ pub mod listen;
 pub mod metrics;
 pub mod passwords;
 pub mod session;
+pub mod sso;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct Gateway {
     /// Prometheus metrics; records nothing when `metrics_listen_addr` is off.
     pub metrics: metrics::Metrics,
     pub limiter: passwords::LoginLimiter,
+    /// Single sign-on logins in progress and the providers they use.
+    pub sso: sso::Sso,
     /// Pending (not yet authenticated) connections of all listeners.
     pub pending: Arc<listen::PendingGate>,
     pub endpoints: RwLock<Endpoints>,
@@ -196,6 +199,7 @@ impl Started {
                 passwords::LoginPolicy::default(),
                 config.limits.max_concurrent_logins,
             ),
+            sso: sso::Sso::new(&cas.user.key_pem, &cluster),
             pending: listen::PendingGate::new(&config.limits),
             endpoints: RwLock::new(endpoints),
             sessions: session::LiveSessions::default(),

@@ -246,7 +246,17 @@ fn summary(r: &Value) -> String {
         }
     };
     match str_at(r, &["kind"]).as_str() {
-        "user" => add("roles", str_at(r, &["spec", "roles"])),
+        "user" => {
+            add("roles", str_at(r, &["spec", "roles"]));
+            add(
+                "created_by",
+                str_at(r, &["metadata", "labels", "dbward.dev/created-by"]),
+            );
+        }
+        "oidc" => {
+            add("issuer_url", str_at(r, &["spec", "issuer_url"]));
+            add("client_id", str_at(r, &["spec", "client_id"]));
+        }
         "role" => {
             add(
                 "create_db_user_mode",

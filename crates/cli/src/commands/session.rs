@@ -2,13 +2,13 @@
 //! `$DBWARD_HOME`. The key is generated here and only its CSR is sent.
 
 use anyhow::{bail, Context, Result};
-use dbward_server::api::{LoginRequest, LoginResponse};
+use dbward_server::api::{LoginRequest, LoginResponse, SsoLoginRequest, SsoLoginResponse};
 
 use crate::args::LoginArgs;
 use crate::client::{ApiClient, ClientCert, Trust};
 use crate::commands::{display_time, remaining};
 use crate::home::{ClientHome, Profile};
-use crate::prompt;
+use crate::{prompt, sso};
 
 /// A client presenting the login certificate to the gateway the profile names.
 pub fn user_client(home: &ClientHome) -> Result<(Profile, ApiClient)> {
@@ -47,21 +47,28 @@ pub async fn login(args: LoginArgs) -> Result<()> {
             ),
         }
     };
+    if let Some(connector) = &args.auth {
+        return sso_login(&home, &args, connector, trust).await;
+    }
+    let user = args
+        .user
+        .clone()
+        .context("--user NAME (or --auth CONNECTOR) is required")?;
     let password = if args.password_stdin {
         prompt::password_from_stdin()?
     } else {
-        prompt::prompt_password(&format!("Password for {}: ", args.user))?
+        prompt::prompt_password(&format!("Password for {user}: "))?
     };
     if password.is_empty() {
         bail!("empty password");
     }
-    let (key_pem, csr_pem) = dbward_pki::new_key_and_csr(&args.user)?;
+    let (key_pem, csr_pem) = dbward_pki::new_key_and_csr(&user)?;
     let client = ApiClient::new(&args.proxy, trust, None)?;
     let response: LoginResponse = client
         .post(
             "/v1/login",
             &LoginRequest {
-                user: args.user.clone(),
+                user: user.clone(),
                 password,
                 csr_pem,
                 ttl_secs: None,
@@ -69,21 +76,44 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         )
         .await
         .context("login failed")?;
+    save_login(
+        &home,
+        &args.proxy,
+        &user,
+        &key_pem,
+        &response.cert_pem,
+        &response.host_ca_pem,
+        &response.cluster,
+        &response.expires,
+    )
+}
 
+/// Writes a new login's key, certificate and host CA, replacing any earlier login.
+#[allow(clippy::too_many_arguments)]
+fn save_login(
+    home: &ClientHome,
+    proxy: &str,
+    user: &str,
+    key_pem: &str,
+    cert_pem: &str,
+    host_ca_pem: &str,
+    cluster: &str,
+    expires: &str,
+) -> Result<()> {
     // Certificates of an earlier login (possibly another user) must not outlive it.
     home.clear()?;
     home.ensure_root()?;
     dbward_pki::write_private_file(&home.key(), key_pem.as_bytes())
         .with_context(|| format!("writing {}", home.key().display()))?;
-    std::fs::write(home.cert(), &response.cert_pem)
+    std::fs::write(home.cert(), cert_pem)
         .with_context(|| format!("writing {}", home.cert().display()))?;
-    std::fs::write(home.host_ca(), &response.host_ca_pem)
+    std::fs::write(home.host_ca(), host_ca_pem)
         .with_context(|| format!("writing {}", home.host_ca().display()))?;
     let profile = Profile {
-        proxy: args.proxy.clone(),
-        user: args.user.clone(),
-        cluster: response.cluster.clone(),
-        expires: response.expires.clone(),
+        proxy: proxy.to_string(),
+        user: user.to_string(),
+        cluster: cluster.to_string(),
+        expires: expires.to_string(),
     };
     home.save_profile(&profile)?;
     println!(
@@ -94,6 +124,76 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         display_time(&profile.expires)
     );
     Ok(())
+}
+
+/// `dbward login --auth CONNECTOR`: the browser logs in at the identity provider, the gateway
+/// sends it back to a loopback listener of this command with the certificate.
+async fn sso_login(
+    home: &ClientHome,
+    args: &LoginArgs,
+    connector: &str,
+    trust: Trust,
+) -> Result<()> {
+    let (key_pem, csr_pem) = dbward_pki::new_key_and_csr("dbward-sso")?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("listening on a loopback port for the login's callback")?;
+    let port = listener.local_addr()?.port();
+    let client_state = dbward_server::sso::state::random_token(24).map_err(anyhow::Error::msg)?;
+    let client = ApiClient::new(&args.proxy, trust, None)?;
+    let started: SsoLoginResponse = client
+        .post(
+            "/v1/sso/oidc/login",
+            &SsoLoginRequest {
+                connector: connector.to_string(),
+                csr_pem,
+                client_redirect_url: format!("http://127.0.0.1:{port}{CALLBACK_PATH}"),
+                client_state: client_state.clone(),
+            },
+        )
+        .await
+        .context("single sign-on login failed")?;
+    println!("To log in through {connector}, open this URL in a browser:");
+    println!("{}", started.auth_url);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    match args.browser.as_deref() {
+        Some("none") => {}
+        browser => open_browser(browser, &started.auth_url),
+    }
+    let result = sso::wait_for_callback(listener, &client_state, LOGIN_WAIT).await?;
+    save_login(
+        home,
+        &args.proxy,
+        &result.user,
+        &key_pem,
+        &result.cert_pem,
+        &result.host_ca_pem,
+        &result.cluster,
+        &result.expires,
+    )
+}
+
+/// The path of the loopback callback.
+const CALLBACK_PATH: &str = "/callback";
+/// How long `dbward login --auth` waits for the browser to come back.
+const LOGIN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Opens `url` with `browser`, or the system's opener; a failure only leaves the printed URL.
+fn open_browser(browser: Option<&str>, url: &str) {
+    let program = browser.unwrap_or(if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    });
+    let spawned = std::process::Command::new(program)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if spawned.is_err() {
+        eprintln!("(could not start {program}; open the URL above yourself)");
+    }
 }
 
 pub fn logout() -> Result<()> {

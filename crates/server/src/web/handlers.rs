@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::Peer;
 use crate::api::*;
-use crate::catalog::{canonical_kind, KIND_USER};
+use crate::catalog::{canonical_kind, KIND_OIDC, KIND_USER};
 use crate::error::GatewayError;
 use crate::metrics::LoginResult;
 use crate::passwords;
@@ -60,6 +60,15 @@ pub fn routes() -> Router<Arc<Gateway>> {
             post(issue_db_cert).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
         )
         .route("/v1/audit", get(search_audit))
+        .route(
+            "/v1/sso/oidc/login",
+            post(crate::sso::start_login).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
+        )
+        .route(dbward_model::oidc::CALLBACK_PATH, get(crate::sso::callback))
+        .route(
+            dbward_model::oidc::TELEPORT_CALLBACK_PATH,
+            get(crate::sso::callback),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -344,7 +353,7 @@ async fn create_resources(
 fn kind_of(word: &str) -> Result<&'static str, GatewayError> {
     canonical_kind(word).ok_or_else(|| {
         GatewayError::BadRequest(format!(
-            "unknown resource kind \"{word}\"; expected role, user, db or db_object_import_rule"
+            "unknown resource kind \"{word}\"; expected role, user, db, db_object_import_rule or oidc"
         ))
     })
 }
@@ -357,9 +366,7 @@ async fn list_resources(
     let kind = kind_of(&kind)?;
     let mut resources = Vec::new();
     for (_, json) in gw.store.list_resources(kind).await? {
-        let value: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| GatewayError::Internal(e.to_string()))?;
-        resources.push(value);
+        resources.push(shown(kind, &json)?);
     }
     Ok(Json(ResourceList { resources }))
 }
@@ -375,11 +382,21 @@ async fn get_resource(
         .get_resource(kind, &name)
         .await?
         .ok_or_else(|| GatewayError::NotFound(format!("{kind}/{name} not found")))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&json).map_err(|e| GatewayError::Internal(e.to_string()))?;
     Ok(Json(ResourceList {
-        resources: vec![value],
+        resources: vec![shown(kind, &json)?],
     }))
+}
+
+/// A stored resource as `dbward get` shows it: a connector's client secret stays inside.
+fn shown(kind: &str, json: &str) -> Result<serde_json::Value, GatewayError> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    if kind == KIND_OIDC {
+        if let Some(spec) = value.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            spec.remove("client_secret");
+        }
+    }
+    Ok(value)
 }
 
 async fn delete_resource(
