@@ -603,6 +603,76 @@ fn sso_login_creates_the_user_and_the_groups_claim_becomes_database_roles() {
     );
     assert_eq!(w.pg_session_roles("alice"), "alice:db-writers");
     assert_eq!(w.maria_session_roles("alice"), "alice:db-writers");
+
+    // Out of every mapped group: the login is refused and the user loses its roles, so the
+    // database certificate alice still holds opens nothing.
+    w.set_accounts(serde_json::json!({
+        "alice": {"preferred_username": "alice", "email_verified": true, "groups": ["sales"]},
+    }));
+    let out = w.sso_login("alice", "alice");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("none of your claims maps to a role"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user = w.admin(&["get", "user/alice", "--format", "json"], "");
+    assert!(!user.contains("sso-db"), "roles removed: {user}");
+    let out = w.user(
+        "alice",
+        &[
+            "db", "connect", "pg-db", "--", "-X", "-A", "-t", "-c", "select 1",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "the old certificate must open nothing"
+    );
+
+    // Each login is audited with its outcome.
+    let audit = w.admin(
+        &[
+            "audit",
+            "search",
+            "--type",
+            "user.login",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    let events: Vec<serde_json::Value> = serde_json::from_str(&audit).expect("audit JSON");
+    let outcomes: Vec<(String, bool)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap_or_default().to_string(),
+                e["success"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(u, ok)| u == "alice" && *ok)
+            .count(),
+        2,
+        "{audit}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(u, ok)| u == "alice" && !*ok)
+            .count(),
+        1,
+        "{audit}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["method"] == "oidc" && e["connector"] == "test-idp"),
+        "{audit}"
+    );
 }
 
 #[test]

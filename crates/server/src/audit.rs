@@ -37,6 +37,8 @@ pub const SESSION_QUERY: &str = "db.session.query";
 pub const USER_CREATE: &str = "db.session.user.create";
 pub const PERMISSIONS_UPDATE: &str = "db.session.permissions.update";
 pub const USER_DEACTIVATE: &str = "db.session.user.deactivate";
+/// A single sign-on login (`method: oidc`), with `success`, `connector` and `error`.
+pub const USER_LOGIN: &str = "user.login";
 
 /// How often the writer drains the queue when nobody asks it to flush.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);

@@ -329,31 +329,55 @@ pub async fn callback(
         }
     };
     let outcome = match (&query.error, &query.code) {
-        (Some(error), _) => Err(format!(
-            "the identity provider refused the login: {error} {}",
-            query.error_description.as_deref().unwrap_or_default()
-        )
-        .trim()
-        .to_string()),
+        (Some(error), _) => Err((
+            String::new(),
+            format!(
+                "the identity provider refused the login: {error} {}",
+                query.error_description.as_deref().unwrap_or_default()
+            )
+            .trim()
+            .to_string(),
+        )),
         (None, Some(code)) => finish_login(&gw, &login, code).await,
-        (None, None) => Err("the provider's answer has no code".into()),
+        (None, None) => Err((String::new(), "the provider's answer has no code".into())),
     };
-    let mut to_client = form_urlencoded::Serializer::new(String::new());
-    to_client.append_pair("client_state", &login.client_state);
+    // (The serializer is not Send: it is only built after the last await.)
+    let mut to_client: Vec<(&str, String)> = vec![("client_state", login.client_state.clone())];
+    let audited = |user: &str| crate::audit::SessionFields {
+        user: user.to_string(),
+        ..Default::default()
+    };
     match outcome {
         Ok(result) => {
             tracing::info!(user = %result.user, connector = %login.connector, "single sign-on login succeeded");
             gw.metrics.login(LoginResult::Succeeded);
+            gw.audit
+                .emit(
+                    crate::audit::USER_LOGIN,
+                    &audited(&result.user),
+                    serde_json::json!({"success": true, "method": "oidc", "connector": login.connector}),
+                )
+                .await;
             let json = serde_json::to_vec(&result).unwrap_or_default();
-            to_client.append_pair("response", &URL_SAFE_NO_PAD.encode(json));
+            to_client.push(("response", URL_SAFE_NO_PAD.encode(json)));
         }
-        Err(message) => {
+        Err((user, message)) => {
             tracing::info!(connector = %login.connector, %message, "single sign-on login failed");
             gw.metrics.login(LoginResult::Failed);
-            to_client.append_pair("error", &message);
+            gw.audit
+                .emit(
+                    crate::audit::USER_LOGIN,
+                    &audited(&user),
+                    serde_json::json!({"success": false, "method": "oidc", "connector": login.connector, "error": message}),
+                )
+                .await;
+            to_client.push(("error", message));
         }
     }
-    Redirect::to(&format!("{}?{}", login.client_redirect, to_client.finish())).into_response()
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(to_client)
+        .finish();
+    Redirect::to(&format!("{}?{query}", login.client_redirect)).into_response()
 }
 
 /// A small page for the browser when there is no CLI to send it to.
@@ -375,11 +399,24 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Code exchange, token checks, user and certificate.
+/// Code exchange, token checks, user and certificate. A failure names the user when the
+/// provider had already said who it is (for the audit).
 async fn finish_login(
     gw: &Gateway,
     login: &PendingLogin,
     code: &str,
+) -> Result<SsoLoginResult, (String, String)> {
+    let mut who = String::new();
+    finish_login_as(gw, login, code, &mut who)
+        .await
+        .map_err(|message| (who, message))
+}
+
+async fn finish_login_as(
+    gw: &Gateway,
+    login: &PendingLogin,
+    code: &str,
+    who: &mut String,
 ) -> Result<SsoLoginResult, String> {
     let snapshot = gw.catalog.snapshot().await.map_err(|e| e.to_string())?;
     let connector = snapshot
@@ -445,9 +482,20 @@ async fn finish_login(
             )
         })?
         .to_string();
+    who.clone_from(&username);
     let traits = claims_to_traits(&claims);
     let roles = map_roles(connector, &traits, &snapshot)?;
-    let user = save_user(gw, &snapshot, connector, &username, roles, traits).await?;
+    let no_role = roles.is_empty();
+    // A person the provider no longer puts in any mapped group loses the roles of the user
+    // this connector created, so certificates issued earlier stop opening sessions; nobody
+    // is created without a role.
+    let user = save_user(gw, &snapshot, connector, &username, roles, traits, !no_role).await?;
+    if no_role {
+        return Err(format!(
+            "none of your claims maps to a role of this cluster (connector \"{}\", claims_to_roles)",
+            connector.name()
+        ));
+    }
     issue_certificate(gw, &user, login).await
 }
 
@@ -614,12 +662,6 @@ fn map_roles(
     if !unknown.is_empty() {
         tracing::warn!(connector = %connector.name(), roles = ?unknown, "claims_to_roles names roles that do not exist; skipped");
     }
-    if roles.is_empty() {
-        return Err(format!(
-            "none of your claims maps to a role of this cluster (connector \"{}\", claims_to_roles)",
-            connector.name()
-        ));
-    }
     Ok(roles)
 }
 
@@ -644,6 +686,7 @@ async fn save_user(
     username: &str,
     roles: Vec<String>,
     traits: BTreeMap<String, Vec<String>>,
+    create: bool,
 ) -> Result<User, String> {
     let marker = format!("oidc/{}", connector.name());
     let not_ours = || {
@@ -675,6 +718,7 @@ async fn save_user(
             }
         }
         None if snapshot.users.contains_key(username) => return Err(not_ours()),
+        None if !create => return Ok(User::new(username, &roles)),
         None => {}
     }
     if gw
