@@ -235,16 +235,27 @@ fn check_issuer(issuer: &str) -> Result<(), String> {
     Err(format!("\"{issuer}\" must be an https:// URL"))
 }
 
-/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port; nothing else (no user
+/// info: `127.0.0.1:80@evil.example` is the host `evil.example`).
 pub fn is_loopback_authority(authority: &str) -> bool {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         match rest.split_once(']') {
-            Some((host, port)) if port.is_empty() || port.starts_with(':') => host,
-            _ => return false,
+            Some((host, "")) => (host, None),
+            Some((host, port)) => match port.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return false,
+            },
+            None => return false,
         }
     } else {
-        authority.split(':').next().unwrap_or_default()
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
     };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
@@ -280,6 +291,9 @@ mod tests {
             ("http://[::1]:4444", true),
             ("http://idp.example.com", false),
             ("http://127.0.0.1.evil.com", false),
+            ("http://127.0.0.1:80@evil.com", false),
+            ("http://localhost@evil.com", false),
+            ("http://[::1]:80@evil.com", false),
             ("ftp://idp.example.com", false),
             ("https://", false),
             ("https://idp.example.com?x=1", false),
