@@ -30,22 +30,39 @@ pub async fn wait_for_callback(
     wait: Duration,
 ) -> Result<SsoLoginResult> {
     let deadline = tokio::time::Instant::now() + wait;
+    // Each connection is served on its own, so one that sends nothing cannot hold up the
+    // browser's.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<SsoLoginResult, String>>(1);
     loop {
-        let (stream, _) = tokio::time::timeout_at(deadline, listener.accept())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no answer from the browser within {} s; run `dbward login --auth` again",
-                    wait.as_secs()
-                )
-            })?
-            .context("accepting the browser's connection")?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, client_state)).await {
-            Ok(Ok(Callback::Done(Ok(result)))) => return Ok(result),
-            Ok(Ok(Callback::Done(Err(message)))) => bail!("single sign-on login failed: {message}"),
-            Ok(Ok(Callback::Ignored)) | Ok(Err(_)) | Err(_) => continue,
-        }
+        let (stream, _) = tokio::select! {
+            accepted = tokio::time::timeout_at(deadline, listener.accept()) => accepted
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no answer from the browser within {} s; run `dbward login --auth` again",
+                        wait.as_secs()
+                    )
+                })?
+                .context("accepting the browser's connection")?,
+            Some(done) = done_rx.recv() => match done {
+                Ok(result) => return Ok(result),
+                Err(message) => bail!("single sign-on login failed: {}", printable(&message)),
+            },
+        };
+        let done_tx = done_tx.clone();
+        let client_state = client_state.to_string();
+        tokio::spawn(async move {
+            if let Ok(Ok(Callback::Done(outcome))) =
+                tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &client_state)).await
+            {
+                let _ = done_tx.send(outcome).await;
+            }
+        });
     }
+}
+
+/// Text from the network made safe for a terminal: no control characters (escape sequences).
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 async fn serve(mut stream: TcpStream, client_state: &str) -> Result<Callback> {

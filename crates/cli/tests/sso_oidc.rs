@@ -697,6 +697,8 @@ fn sso_never_takes_over_a_local_user_and_refuses_people_without_a_role() {
         "carol": {"preferred_username": "carol", "email_verified": true, "groups": ["sales"]},
         "dave": {"preferred_username": "dave", "email": "dave@example.com",
                  "email_verified": false, "groups": ["db-readers"]},
+        "erin": {"preferred_username": "erin", "email_verified": true, "groups": ["db-readers"]},
+        "mallory": {"preferred_username": "erin", "email_verified": true, "groups": ["db-writers"]},
     }));
 
     let out = w.sso_login("bob", "bob");
@@ -717,6 +719,23 @@ fn sso_never_takes_over_a_local_user_and_refuses_people_without_a_role() {
         "bob is unchanged"
     );
     assert!(!w.path("bob/cert.pem").exists(), "no certificate was saved");
+
+    // An SSO user belongs to the person (issuer and subject) who created it, not to whoever
+    // the provider lets claim the same name later.
+    assert_success("erin's login", &w.sso_login("erin", "erin"));
+    let erin = w.admin(&["get", "user/erin", "--format", "json"], "");
+    let out = w.sso_login("mallory", "mallory");
+    assert!(!out.status.success(), "mallory must not become erin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to another person at the identity provider"),
+        "{err}"
+    );
+    assert_eq!(
+        w.admin(&["get", "user/erin", "--format", "json"], ""),
+        erin,
+        "erin is unchanged"
+    );
 
     let out = w.sso_login("carol", "carol");
     assert!(!out.status.success());
@@ -810,6 +829,17 @@ fn a_forged_or_replayed_callback_gets_no_certificate() {
     assert!(location.contains("error="), "{location}");
     let (status, _, _) = browser.request(&location, None);
     assert_eq!(status, 200);
+    // The same state again: refused before anything is sent to the provider.
+    let (status, location, body) = browser.request(
+        &format!(
+            "https://localhost:{}/v1/sso/oidc/callback?code=another-code&state={state}",
+            w.web_port()
+        ),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(location.is_none());
+    assert!(body.contains("already completed or refused"), "{body}");
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -818,4 +848,105 @@ fn a_forged_or_replayed_callback_gets_no_certificate() {
         "{err}"
     );
     assert!(!w.path("erin/cert.pem").exists());
+}
+
+/// `POST /v1/sso/oidc/login` for `connector` with curl; returns the HTTP status.
+fn start_login(w: &World, connector: &str) -> u16 {
+    let (_, csr_pem) = dbward_pki::new_key_and_csr("someone").unwrap();
+    let body = serde_json::json!({
+        "connector": connector,
+        "csr_pem": csr_pem,
+        "client_redirect_url": "http://127.0.0.1:9/callback",
+        "client_state": "s",
+    });
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "120",
+        ])
+        .arg("--cacert")
+        .arg(&w.host_ca)
+        .args(["-H", "content-type: application/json", "--data"])
+        .arg(body.to_string())
+        .arg(format!(
+            "https://localhost:{}/v1/sso/oidc/login",
+            w.web_port()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_provider_that_never_answers_holds_up_only_its_own_connector() {
+    let w = world();
+    // A provider that accepts connections and never answers.
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tarpit_port = tarpit.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in tarpit.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    w.admin(
+        &["create", "-f", "-"],
+        &format!(
+            "kind: oidc\nversion: v3\nmetadata: {{name: slow-idp}}\nspec:\n  issuer_url: http://127.0.0.1:{tarpit_port}\n  client_id: x\n  client_secret: y\n  redirect_url: https://localhost:{}/v1/sso/oidc/callback\n  claims_to_roles: [{{claim: groups, value: '*', roles: [sso-db]}}]\n",
+            w.web_port()
+        ),
+    );
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let finished = finished.clone();
+            let web_port = w.web_port();
+            let ca = w.host_ca.clone();
+            std::thread::spawn(move || {
+                let (_, csr_pem) = dbward_pki::new_key_and_csr("someone").unwrap();
+                let body = serde_json::json!({"connector": "slow-idp", "csr_pem": csr_pem,
+                    "client_redirect_url": "http://127.0.0.1:9/callback", "client_state": "s"});
+                let out = Command::new("curl")
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "120",
+                    ])
+                    .arg("--cacert")
+                    .arg(&ca)
+                    .args(["-H", "content-type: application/json", "--data"])
+                    .arg(body.to_string())
+                    .arg(format!("https://localhost:{web_port}/v1/sso/oidc/login"))
+                    .output()
+                    .unwrap();
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            })
+        })
+        .collect();
+    // Let the slow requests reach the gateway and start waiting on the tarpit.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(start_login(&w, "test-idp"), 200);
+    assert_eq!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the working connector answered only after the stuck one gave up"
+    );
+    // The stuck provider is reported as unavailable, the later requests from the remembered
+    // failure.
+    for handle in slow {
+        assert_eq!(handle.join().unwrap(), "503");
+    }
 }

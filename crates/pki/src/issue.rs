@@ -31,6 +31,24 @@ pub fn new_key_and_csr(common_name: &str) -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Whether the first certificate of `cert_pem` is for the key pair `key_pem` (a client
+/// making sure a certificate it was handed is for the key it generated).
+pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(der) = crate::parse_cert_pem(cert_pem)
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+    else {
+        return false;
+    };
+    match x509_parser::parse_x509_certificate(der.as_ref()) {
+        Ok((_, cert)) => cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw(),
+        Err(_) => false,
+    }
+}
+
 /// Checks that `csr_pem` is a certificate request signed by its own key (the requester holds
 /// the key), without issuing anything.
 pub fn check_csr(csr_pem: &str) -> Result<()> {
@@ -268,6 +286,26 @@ mod tests {
         let oid_cn = [0x06, 0x03, 0x55, 0x04, 0x03];
         let attribute = tlv(0x30, &[&oid_cn[..], &tlv(0x0c, cn.as_bytes())].concat());
         tlv(0x30, &tlv(0x31, &attribute))
+    }
+
+    #[test]
+    fn a_certificate_matches_only_the_key_it_was_issued_for() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let (key, csr) = new_key_and_csr("alice")?;
+        let (other_key, _) = new_key_and_csr("mallory")?;
+        let identity = Identity {
+            username: "alice".into(),
+            cluster: "prod".into(),
+            usage: crate::CertUsage::Login,
+            expires: OffsetDateTime::now_utc() + Duration::hours(1),
+            route: None,
+            pinned_ip: None,
+        };
+        let cert = issue_user_cert(&cas.user, &identity, &csr)?;
+        assert!(cert_matches_key(&cert, &key));
+        assert!(!cert_matches_key(&cert, &other_key));
+        assert!(!cert_matches_key("not a certificate", &key));
+        Ok(())
     }
 
     #[test]

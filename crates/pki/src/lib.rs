@@ -18,8 +18,8 @@ pub use error::{PkiError, Result};
 pub use files::{parse_cert_pem, parse_key_pem, write_private_file};
 pub use identity::{read_identity, CertUsage, DbRoute, Identity, IDENTITY_EXTENSION_OID};
 pub use issue::{
-    check_csr, issue_db_client_cert, issue_db_server_cert, issue_host_cert, issue_user_cert,
-    new_key_and_csr, x509_oneline_subject,
+    cert_matches_key, check_csr, issue_db_client_cert, issue_db_server_cert, issue_host_cert,
+    issue_user_cert, new_key_and_csr, x509_oneline_subject,
 };
 pub use tls::{
     client_config, server_config, tls_provider, ClientAuth, ServerVerification, CIPHER_SUITES,

@@ -134,6 +134,10 @@ async fn sso_login(
     connector: &str,
     trust: Trust,
 ) -> Result<()> {
+    let trusted_ca = match &trust {
+        Trust::Ca(pem) => Some(pem.clone()),
+        Trust::Insecure => None,
+    };
     let (key_pem, csr_pem) = dbward_pki::new_key_and_csr("dbward-sso")?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -161,14 +165,25 @@ async fn sso_login(
         browser => open_browser(browser, &started.auth_url),
     }
     let result = sso::wait_for_callback(listener, &client_state, LOGIN_WAIT).await?;
+    if !dbward_pki::cert_matches_key(&result.cert_pem, &key_pem) {
+        bail!("the certificate the browser brought back is not for this login's key; nothing was saved");
+    }
+    let identity = dbward_pki::parse_cert_pem(&result.cert_pem)
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .and_then(|der| dbward_pki::read_identity(der.as_ref()).ok())
+        .context("the certificate the browser brought back carries no dbward identity")?;
+    // The gateway was verified with the CA this command trusts: keep that one, not whatever
+    // came back through the browser.
+    let host_ca_pem = trusted_ca.unwrap_or(result.host_ca_pem);
     save_login(
         home,
         &args.proxy,
-        &result.user,
+        &identity.username,
         &key_pem,
         &result.cert_pem,
-        &result.host_ca_pem,
-        &result.cluster,
+        &host_ca_pem,
+        &identity.cluster,
         &result.expires,
     )
 }

@@ -52,6 +52,16 @@ use state::{PendingLogin, StateKey};
 
 /// How long discovery documents and keys of a provider are reused.
 const PROVIDER_CACHE: Duration = Duration::from_secs(300);
+/// How long a failed fetch of a provider is remembered before it is tried again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+/// The shortest time between two fetches of a provider's keys forced by unknown keys.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Connectors cached at most (stale entries of renamed or changed connectors go first).
+const MAX_PROVIDER_SLOTS: usize = 64;
+/// States remembered as used at most; beyond, callbacks are refused until some expire.
+const MAX_USED_STATES: usize = 100_000;
+/// The longest provider error text passed on to the CLI and the audit.
+const MAX_ERROR_CHARS: usize = 200;
 /// Clock skew tolerated between the gateway and the provider.
 const LEEWAY_SECS: i64 = 60;
 /// The longest connector name, CSR or loopback URL a login start may carry.
@@ -80,7 +90,11 @@ const TOKEN_CLAIMS: &[&str] = &[
 /// providers' discovery documents and keys.
 pub struct Sso {
     state_key: StateKey,
-    providers: tokio::sync::Mutex<HashMap<String, Arc<Provider>>>,
+    /// Per connector (name, issuer, CA): its provider, fetched one request at a time.
+    providers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// SHA-256 of the states already brought back by a callback, with their expiry: a state
+    /// is good for one callback.
+    used_states: std::sync::Mutex<HashMap<[u8; 32], i64>>,
 }
 
 /// What discovery told about a provider, and its keys.
@@ -116,12 +130,18 @@ impl Sso {
     pub fn new(user_ca_key_pem: &str, cluster: &str) -> Sso {
         Sso {
             state_key: StateKey::derive(user_ca_key_pem, cluster),
-            providers: tokio::sync::Mutex::new(HashMap::new()),
+            providers: std::sync::Mutex::new(HashMap::new()),
+            used_states: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// The provider of `connector`, from the cache when fresh; `refresh` fetches it again
-    /// (after a token signed with a key the cache does not know).
+    /// (after a token whose key the cache does not have, at most every
+    /// [`MIN_REFRESH_INTERVAL`]).
+    ///
+    /// Each connector has its own slot: a slow or unreachable provider delays only its own
+    /// logins, one fetch at a time, and a failed fetch is remembered for [`FAILURE_BACKOFF`]
+    /// so that waiting and later requests get the error at once instead of fetching again.
     async fn provider(
         &self,
         connector: &OidcConnector,
@@ -142,38 +162,94 @@ impl Sso {
             connector.spec.issuer_url,
             ca_pem.as_deref().unwrap_or_default()
         );
-        let mut providers = self.providers.lock().await;
-        if !refresh {
-            if let Some(p) = providers.get(&cache_key) {
-                if p.fetched.elapsed() < PROVIDER_CACHE {
-                    return Ok(p.clone());
-                }
+        let slot = {
+            let mut slots = self.lock_slots();
+            if slots.len() > MAX_PROVIDER_SLOTS {
+                slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            slots.entry(cache_key).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some((at, err)) = &slot.failed {
+            if at.elapsed() < FAILURE_BACKOFF {
+                return Err(err.clone());
             }
         }
-        let tls = ProviderTls::new(ca_pem.as_deref())?;
-        let issuer = connector.spec.issuer_url.trim_end_matches('/');
-        let url = format!("{issuer}/.well-known/openid-configuration");
-        let discovery: Discovery = fetch_json(&tls, Call::get(&url)).await?;
-        if discovery.issuer.trim_end_matches('/') != issuer {
-            return Err(format!(
-                "the provider at {issuer} calls itself \"{}\"; issuer_url must be exactly the provider's issuer",
-                discovery.issuer
-            ));
+        if let Some(p) = &slot.provider {
+            let fresh = p.fetched.elapsed() < PROVIDER_CACHE;
+            let refreshed_lately = p.fetched.elapsed() < MIN_REFRESH_INTERVAL;
+            if (fresh && !refresh) || (refresh && refreshed_lately) {
+                return Ok(p.clone());
+            }
         }
-        let jwks: Jwks = fetch_json(&tls, Call::get(&discovery.jwks_uri)).await?;
-        let provider = Arc::new(Provider {
-            fetched: Instant::now(),
-            issuer: discovery.issuer,
-            authorization_endpoint: discovery.authorization_endpoint,
-            token_endpoint: discovery.token_endpoint,
-            userinfo_endpoint: discovery.userinfo_endpoint,
-            jwks,
-            tls,
-        });
-        providers.retain(|_, p| p.fetched.elapsed() < PROVIDER_CACHE);
-        providers.insert(cache_key, provider.clone());
-        Ok(provider)
+        match fetch_provider(connector, ca_pem.as_deref()).await {
+            Ok(provider) => {
+                let provider = Arc::new(provider);
+                slot.provider = Some(provider.clone());
+                slot.failed = None;
+                Ok(provider)
+            }
+            Err(err) => {
+                slot.failed = Some((Instant::now(), err.clone()));
+                Err(err)
+            }
+        }
     }
+
+    fn lock_slots(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Slot>>>> {
+        self.providers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the use of a `state`; false when it was used before (a replayed callback).
+    fn first_use(&self, state: &str, expires: i64, now: i64) -> Result<bool, String> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, state.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let mut used = self.used_states.lock().unwrap_or_else(|p| p.into_inner());
+        if used.len() >= MAX_USED_STATES {
+            used.retain(|_, until| *until >= now);
+            if used.len() >= MAX_USED_STATES {
+                return Err("the gateway is busy with other logins; try again in a moment".into());
+            }
+        }
+        Ok(used.insert(key, expires).is_none())
+    }
+}
+
+/// What the cache holds for one connector.
+#[derive(Default)]
+struct Slot {
+    provider: Option<Arc<Provider>>,
+    failed: Option<(Instant, String)>,
+}
+
+/// Discovery and keys, fetched now.
+async fn fetch_provider(
+    connector: &OidcConnector,
+    ca_pem: Option<&str>,
+) -> Result<Provider, String> {
+    let tls = ProviderTls::new(ca_pem)?;
+    let issuer = connector.spec.issuer_url.trim_end_matches('/');
+    let url = format!("{issuer}/.well-known/openid-configuration");
+    let discovery: Discovery = fetch_json(&tls, Call::get(&url)).await?;
+    if discovery.issuer.trim_end_matches('/') != issuer {
+        return Err(format!(
+            "the provider at {issuer} calls itself \"{}\"; issuer_url must be exactly the provider's issuer",
+            discovery.issuer
+        ));
+    }
+    let jwks: Jwks = fetch_json(&tls, Call::get(&discovery.jwks_uri)).await?;
+    Ok(Provider {
+        fetched: Instant::now(),
+        issuer: discovery.issuer,
+        authorization_endpoint: discovery.authorization_endpoint,
+        token_endpoint: discovery.token_endpoint,
+        userinfo_endpoint: discovery.userinfo_endpoint,
+        jwks,
+        tls,
+    })
 }
 
 async fn fetch_json<T: serde::de::DeserializeOwned>(
@@ -191,6 +267,17 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| format!("{url} answered unreadable JSON: {e}"))
 }
 
+/// Provider text fit to show and record: control characters gone, at most
+/// [`MAX_ERROR_CHARS`] characters.
+fn clean_text(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_CHARS)
+        .collect();
+    cleaned.trim().to_string()
+}
+
 /// The `error` / `error_description` of an OAuth error answer, or the start of the body.
 fn provider_error(body: &[u8]) -> String {
     if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
@@ -200,10 +287,12 @@ fn provider_error(body: &[u8]) -> String {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if !error.is_empty() {
-            return format!("{error} {description}").trim().to_string();
+            return clean_text(&format!("{error} {description}"));
         }
     }
-    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+    clean_text(&String::from_utf8_lossy(
+        &body[..body.len().min(MAX_ERROR_CHARS)],
+    ))
 }
 
 /// `POST /v1/sso/oidc/login`.
@@ -320,8 +409,13 @@ pub async fn callback(
         .state
         .as_deref()
         .ok_or_else(|| "the provider's answer has no state".to_string())
-        .and_then(|s| gw.sso.state_key.open(s, now))
-    {
+        .and_then(|s| {
+            let login = gw.sso.state_key.open(s, now)?;
+            if !gw.sso.first_use(s, login.expires, now)? {
+                return Err("this login was already completed or refused; start again with `dbward login --auth`".into());
+            }
+            Ok(login)
+        }) {
         Ok(login) => login,
         Err(message) => {
             tracing::info!(addr = %peer.addr, %message, "single sign-on callback refused");
@@ -332,11 +426,12 @@ pub async fn callback(
         (Some(error), _) => Err((
             String::new(),
             format!(
-                "the identity provider refused the login: {error} {}",
-                query.error_description.as_deref().unwrap_or_default()
-            )
-            .trim()
-            .to_string(),
+                "the identity provider refused the login: {}",
+                clean_text(&format!(
+                    "{error} {}",
+                    query.error_description.as_deref().unwrap_or_default()
+                ))
+            ),
         )),
         (None, Some(code)) => finish_login(&gw, &login, code).await,
         (None, None) => Err((String::new(), "the provider's answer has no code".into())),
@@ -429,8 +524,8 @@ async fn finish_login_as(
         "the identity provider returned no ID token (is `openid` allowed for the client?)",
     )?;
     let mut claims = match jwt::verify(&id_token, &provider.jwks) {
-        Err(jwt::JwtError::UnknownKey(_)) => {
-            // The provider may have rotated its keys since they were fetched.
+        // The provider may have rotated its keys, also under a kid it used before.
+        Err(jwt::JwtError::UnknownKey(_) | jwt::JwtError::Signature) => {
             let provider = gw.sso.provider(connector, true).await?;
             jwt::verify(&id_token, &provider.jwks)
         }
@@ -461,9 +556,10 @@ async fn finish_login_as(
         }
     }
     let unverified = match claims.get("email_verified") {
+        None | Some(Value::Null) => false,
         Some(Value::Bool(verified)) => !verified,
-        Some(Value::String(verified)) => verified == "false",
-        _ => false,
+        Some(Value::String(verified)) => !verified.eq_ignore_ascii_case("true"),
+        Some(_) => true,
     };
     if unverified && !connector.spec.allow_unverified_email {
         return Err(
@@ -483,13 +579,34 @@ async fn finish_login_as(
         })?
         .to_string();
     who.clone_from(&username);
+    check_sso_username(&username)?;
+    // The person at the provider: the subject of the issuer, never a claim they may edit.
+    let subject = subject_hash(
+        &provider.issuer,
+        claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    );
     let traits = claims_to_traits(&claims);
     let roles = map_roles(connector, &traits, &snapshot)?;
     let no_role = roles.is_empty();
     // A person the provider no longer puts in any mapped group loses the roles of the user
     // this connector created, so certificates issued earlier stop opening sessions; nobody
     // is created without a role.
-    let user = save_user(gw, &snapshot, connector, &username, roles, traits, !no_role).await?;
+    let user = save_user(
+        gw,
+        &snapshot,
+        connector,
+        SsoPerson {
+            username: &username,
+            subject: &subject,
+        },
+        roles,
+        traits,
+        !no_role,
+    )
+    .await?;
     if no_role {
         return Err(format!(
             "none of your claims maps to a role of this cluster (connector \"{}\", claims_to_roles)",
@@ -667,8 +784,9 @@ fn map_roles(
 
 /// `value` of a claim mapping: `^regexp$`, else a literal with `*` globs, matched whole.
 fn claim_matcher(value: &str) -> Result<regex::Regex, String> {
-    let pattern = if value.starts_with('^') && value.ends_with('$') {
-        value.to_string()
+    let pattern = if value.len() >= 2 && value.starts_with('^') && value.ends_with('$') {
+        // Grouped, so that an alternation inside matches the whole value too.
+        format!("^(?:{})$", &value[1..value.len() - 1])
     } else {
         let parts: Vec<String> = value.split('*').map(regex::escape).collect();
         format!("^{}$", parts.join("(.*)"))
@@ -677,17 +795,51 @@ fn claim_matcher(value: &str) -> Result<regex::Regex, String> {
         .map_err(|e| format!("claims_to_roles value \"{value}\" is not a valid pattern: {e}"))
 }
 
+/// The label binding an SSO user to the person at the provider (a hash of issuer and
+/// subject).
+pub const SUBJECT_LABEL: &str = "dbward.dev/oidc-subject";
+
+/// Who logged in: the dbward name the claims give, and the hash of issuer and subject.
+struct SsoPerson<'a> {
+    username: &'a str,
+    subject: &'a str,
+}
+
+/// SHA-256 of the issuer and the subject, hex (the same person for as long as the provider
+/// keeps its subject identifiers).
+fn subject_hash(issuer: &str, sub: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{issuer}\n{sub}").as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A user name from a claim: no surrounding spaces, no invisible or direction-changing
+/// characters (which would make one name look like another in listings and audit).
+fn check_sso_username(name: &str) -> Result<(), String> {
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}');
+    if name.trim() != name
+        || name.chars().any(|c| c.is_control() || invisible(c))
+        || name.len() > 255
+    {
+        return Err(format!(
+            "the identity provider's user name {name:?} cannot be used: no surrounding spaces, control or invisible characters, at most 255 bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Creates the user at its first login, refreshes its roles and traits later; refuses a
-/// user of that name that this connector did not create.
+/// user of that name that this connector did not create, or that another person at the
+/// provider created.
 async fn save_user(
     gw: &Gateway,
     snapshot: &Snapshot,
     connector: &OidcConnector,
-    username: &str,
+    person: SsoPerson<'_>,
     roles: Vec<String>,
     traits: BTreeMap<String, Vec<String>>,
     create: bool,
 ) -> Result<User, String> {
+    let username = person.username;
     let marker = format!("oidc/{}", connector.name());
     let not_ours = || {
         format!(
@@ -713,7 +865,14 @@ async fn save_user(
         Some(json) => {
             let existing: Resource = serde_json::from_str(&json).map_err(|e| e.to_string())?;
             match existing {
-                Resource::User(u) if u.created_by() == Some(marker.as_str()) => {}
+                Resource::User(u) if u.created_by() == Some(marker.as_str()) => {
+                    let owner = u.metadata.labels.get(SUBJECT_LABEL);
+                    if owner.is_some_and(|owner| owner != person.subject) {
+                        return Err(format!(
+                            "the dbward user \"{username}\" belongs to another person at the identity provider (another subject); it is left unchanged"
+                        ));
+                    }
+                }
                 _ => return Err(not_ours()),
             }
         }
@@ -734,6 +893,9 @@ async fn save_user(
     user.metadata
         .labels
         .insert(User::CREATED_BY_LABEL.to_string(), marker);
+    user.metadata
+        .labels
+        .insert(SUBJECT_LABEL.to_string(), person.subject.to_string());
     let resource = Resource::User(user.clone());
     resource
         .validate()
@@ -906,6 +1068,8 @@ mod tests {
         assert_eq!(out, "role-readers");
         let m = claim_matcher("^team-(.+)@example\\.com$").unwrap();
         assert!(m.is_match("team-a@example.com") && !m.is_match("team-a@example.org"));
+        let m = claim_matcher("^admins|ops$").unwrap();
+        assert!(m.is_match("ops") && !m.is_match("admins-x") && !m.is_match("x-ops"));
         let m = claim_matcher("a.b").unwrap();
         assert!(!m.is_match("axb"), "a literal dot is not a wildcard");
     }
