@@ -2,10 +2,10 @@
 //! `$DBWARD_HOME`. The key is generated here and only its CSR is sent.
 
 use anyhow::{bail, Context, Result};
-use dbward_server::api::{LoginRequest, LoginResponse};
+use dbward_server::api::{LoginRequest, LoginResponse, MfaDeviceRequest, MfaDeviceResponse};
 
 use crate::args::LoginArgs;
-use crate::client::{ApiClient, ClientCert, Trust};
+use crate::client::{ApiClient, ClientCert, ClientError, Trust};
 use crate::commands::{display_time, remaining};
 use crate::home::{ClientHome, Profile};
 use crate::prompt;
@@ -57,18 +57,23 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     }
     let (key_pem, csr_pem) = dbward_pki::new_key_and_csr(&args.user)?;
     let client = ApiClient::new(&args.proxy, trust, None)?;
-    let response: LoginResponse = client
-        .post(
-            "/v1/login",
-            &LoginRequest {
-                user: args.user.clone(),
-                password,
-                csr_pem,
-                ttl_secs: None,
-            },
-        )
-        .await
-        .context("login failed")?;
+    let mut request = LoginRequest {
+        user: args.user.clone(),
+        password,
+        csr_pem,
+        ttl_secs: None,
+        otp: args.otp.clone(),
+    };
+    let mut answer = client.post("/v1/login", &request).await;
+    // A user with an MFA device: the gateway says so only once the password is right.
+    if request.otp.is_none() && needs_code(&answer) && prompt::can_prompt_code() {
+        request.otp = Some(prompt::prompt_code(&format!(
+            "One-time code for {}: ",
+            args.user
+        ))?);
+        answer = client.post("/v1/login", &request).await;
+    }
+    let response: LoginResponse = answer.context("login failed")?;
 
     // Certificates of an earlier login (possibly another user) must not outlive it.
     home.clear()?;
@@ -93,6 +98,32 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         profile.proxy,
         display_time(&profile.expires)
     );
+    Ok(())
+}
+
+/// True when the gateway refused because a one-time code was missing.
+pub fn needs_code<T>(answer: &std::result::Result<T, ClientError>) -> bool {
+    matches!(answer, Err(ClientError::Api(msg)) if msg.starts_with(dbward_server::mfa::CODE_REQUIRED))
+}
+
+/// `dbward mfa add`: registers a TOTP device for the logged-in user and shows it once.
+pub async fn mfa_add(otp: Option<String>) -> Result<()> {
+    let home = ClientHome::from_env()?;
+    let (profile, client) = user_client(&home)?;
+    let mut request = MfaDeviceRequest { otp };
+    let mut answer = client.post("/v1/mfa/devices", &request).await;
+    if request.otp.is_none() && needs_code(&answer) && prompt::can_prompt_code() {
+        request.otp = Some(prompt::prompt_code(
+            "One-time code of your current device: ",
+        )?);
+        answer = client.post("/v1/mfa/devices", &request).await;
+    }
+    let response: MfaDeviceResponse = answer.context("registering an MFA device failed")?;
+    println!(
+        "MFA device registered for {}. Add it to an authenticator app (shown only once):",
+        profile.user
+    );
+    crate::qr::print_otpauth(&response.otpauth_uri);
     Ok(())
 }
 
