@@ -162,7 +162,7 @@ mod tests {
             to.extend_from_slice(version);
             to.push(b',');
             replace_once(&mut der, br#"{"v":3,"#, &to);
-            let err = crate::read_identity(&der).err();
+            let err = read_identity(&der).err();
             if unsupported {
                 assert!(
                     matches!(err, Some(PkiError::UnsupportedIdentityVersion(4))),
