@@ -59,7 +59,10 @@ impl World {
 
 /// Registers a TOTP device for `user` and returns the authenticator built from its URI.
 fn device(user: &str) -> totp_rs::TOTP {
-    let h = harness();
+    device_on(harness(), user)
+}
+
+fn device_on(h: &Harness, user: &str) -> totp_rs::TOTP {
     let uri = h
         .block_on(dbward_server::mfa::register(&h.gw.store, "test", user))
         .unwrap();
@@ -87,9 +90,14 @@ fn code_next(totp: &totp_rs::TOTP) -> String {
 
 const HERE: &str = "127.0.0.1";
 
-async fn https(cert: Option<(&str, &str)>, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+async fn https(
+    h: &Harness,
+    cert: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let h = harness();
     let web: SocketAddr = h.gw.endpoints.read().await.web.parse().unwrap();
     let config = dbward_pki::client_config(
         Some(&h.gw.cas.host.cert_pem),
@@ -137,13 +145,22 @@ struct Login {
 
 /// `POST /v1/login`; the status and body, and the certificate when it succeeded.
 fn login(user: &str, password: &str, otp: Option<&str>) -> (u16, String, Option<Login>) {
-    let h = harness();
+    login_on(harness(), user, password, otp)
+}
+
+fn login_on(
+    h: &Harness,
+    user: &str,
+    password: &str,
+    otp: Option<&str>,
+) -> (u16, String, Option<Login>) {
     let (key, csr) = dbward_pki::new_key_and_csr(user).unwrap();
     let mut body = serde_json::json!({"user": user, "password": password, "csr_pem": csr});
     if let Some(otp) = otp {
         body["otp"] = otp.into();
     }
     let (status, text) = h.block_on(https(
+        h,
         None,
         "POST",
         "/v1/login",
@@ -166,13 +183,23 @@ fn db_login(
     db: &str,
     otp: Option<&str>,
 ) -> Result<(ClientFiles, dbward_pki::Identity), (u16, String)> {
-    let h = harness();
+    db_login_on(harness(), user, login, db, otp)
+}
+
+fn db_login_on(
+    h: &Harness,
+    user: &str,
+    login: &Login,
+    db: &str,
+    otp: Option<&str>,
+) -> Result<(ClientFiles, dbward_pki::Identity), (u16, String)> {
     let (key, csr) = dbward_pki::new_key_and_csr(user).unwrap();
     let mut body = serde_json::json!({"db": db, "csr_pem": csr});
     if let Some(otp) = otp {
         body["otp"] = otp.into();
     }
     let (status, text) = h.block_on(https(
+        h,
         Some((&login.cert, &login.key)),
         "POST",
         "/v1/db-certs",
@@ -271,6 +298,7 @@ fn login_needs_a_valid_unused_code_once_the_password_is_right() {
     // Through the admin API, as `dbward users rm` does.
     let admin = admin_login();
     let (status, body) = h.block_on(https(
+        h,
         Some((&admin.cert, &admin.key)),
         "DELETE",
         &format!("/v1/users/{user}"),
@@ -418,4 +446,59 @@ fn session_mfa_applies_only_to_the_databases_the_role_selects() {
         401,
         "a one-time code is required",
     );
+}
+
+#[test]
+fn session_mfa_is_enforced_on_the_mysql_listener_too() {
+    let h = maria_harness();
+    let n = unique("mm");
+    let (db, admin, reader, role) = (
+        format!("my-{n}"),
+        format!("adm_{n}"),
+        format!("reader_{n}"),
+        format!("mfa-{n}"),
+    );
+    h.maria_sql(&format!(
+        "CREATE USER '{a}'@'%' REQUIRE SUBJECT '/CN={a}';
+         GRANT PROCESS, CREATE USER, CONNECTION ADMIN ON *.* TO '{a}'@'%';
+         GRANT SELECT ON mysql.roles_mapping TO '{a}'@'%';
+         GRANT UPDATE ON mysql.* TO '{a}'@'%';
+         GRANT SELECT ON *.* TO '{a}'@'%';
+         CREATE ROLE IF NOT EXISTS `dbward-auto-user`;
+         GRANT `dbward-auto-user` TO '{a}'@'%' WITH ADMIN OPTION;
+         CREATE DATABASE IF NOT EXISTS dbward;
+         GRANT ALL ON dbward.* TO '{a}'@'%' WITH GRANT OPTION;
+         CREATE ROLE `{r}` WITH ADMIN '{a}'@'%';",
+        a = admin,
+        r = reader,
+    ));
+    let labels = format!("{{test: \"{n}\"}}");
+    h.apply(&h.maria_db_yaml(&db, &labels, Some(&admin)));
+    h.apply(&format!(
+        "kind: role\nversion: v7\nmetadata: {{name: {role}}}\nspec:\n  options: {{create_db_user_mode: keep, require_session_mfa: true}}\n  allow:\n    db_labels: {labels}\n    db_roles: [\"{reader}\"]\n"
+    ));
+    let user = unique("mu");
+    h.apply(&format!(
+        "kind: user\nversion: v2\nmetadata: {{name: {user}}}\nspec: {{roles: [{role}]}}\n"
+    ));
+    let phc = dbward_server::passwords::hash_password(PASSWORD).unwrap();
+    h.block_on(h.gw.store.set_password_hash(&user, &phc))
+        .unwrap();
+    let totp = device_on(h, &user);
+    let (status, body, login_cert) = login_on(h, &user, PASSWORD, Some(&code_now(&totp)));
+    assert_eq!(status, 200, "{body}");
+    let login_cert = login_cert.unwrap();
+
+    // A database certificate without the MFA mark is refused by the MySQL listener.
+    let plain = h.db_cert(&user, route(&db, &user, "", &[]));
+    let r = h.mariadb(&plain, &user, "select current_user()");
+    assert!(!r.ok, "connected with a certificate issued without a code");
+    assert!(r.stderr.contains("require_session_mfa"), "{}", r.stderr);
+    // The one `db login` issues with a fresh code connects.
+    let (files, identity) =
+        db_login_on(h, &user, &login_cert, &db, Some(&code_next(&totp))).unwrap();
+    assert!(identity.mfa_session_until.is_some());
+    let r = h.mariadb(&files, &user, "select current_user()");
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, format!("{user}@%"));
 }
