@@ -650,7 +650,7 @@ fn users_add_mfa_login_otp_and_mfa_add_through_the_binary() {
     let roles = sandbox.path("roles.yaml");
     std::fs::write(
         &roles,
-        "kind: role\nversion: v7\nmetadata: {name: dev}\nspec:\n  allow:\n    db_labels: {env: dev}\n",
+        "kind: role\nversion: v7\nmetadata: {name: dev}\nspec:\n  options: {create_db_user_mode: keep, require_session_mfa: true}\n  allow:\n    db_labels: {env: dev}\n    db_names: [\"*\"]\n---\nkind: db\nversion: v3\nmetadata: {name: shop, labels: {env: dev}}\nspec: {protocol: postgres, uri: \"127.0.0.1:5999\", admin_user: {name: adm}}\n",
     )
     .expect("write role");
     sandbox.ok(
@@ -745,6 +745,36 @@ fn users_add_mfa_login_otp_and_mfa_add_through_the_binary() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // require_session_mfa: `db login` needs a fresh code and says how to give it.
+    let out = sandbox.run("dave-home", &["db", "login", "shop"], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a one-time code is required") && stderr.contains("--otp"),
+        "{stderr}"
+    );
+    let fresh = new_device.generate(unix_now() + 30);
+    let db_login = sandbox.ok("dave-home", &["db", "login", "shop", "--otp", &fresh], "");
+    assert!(
+        db_login.contains("Logged in to database \"shop\""),
+        "{db_login}"
+    );
+    let config: serde_json::Value = serde_json::from_str(&sandbox.ok(
+        "dave-home",
+        &["db", "config", "shop", "--format", "json"],
+        "",
+    ))
+    .expect("db config json");
+    let cert_pem = std::fs::read_to_string(config["cert"].as_str().expect("a cert path"))
+        .expect("the database certificate");
+    let der = dbward_pki::parse_cert_pem(&cert_pem)
+        .expect("PEM")
+        .remove(0);
+    let identity = dbward_pki::read_identity(der.as_ref()).expect("an identity");
+    assert!(identity.mfa_session_until.is_some());
+    let left = identity.expires - time::OffsetDateTime::now_utc();
+    assert!(left <= time::Duration::seconds(60), "{left}");
 
     // Removing the user removes the device: the name added again has none.
     sandbox.ok("admin-home", &["rm", "user/dave"], "");

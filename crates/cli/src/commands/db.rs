@@ -6,7 +6,7 @@ use dbward_server::api::{DbCertRequest, DbCertResponse, DbListEntry, DbListRespo
 
 use crate::args::{ConfigFormat, ListFormat, RouteArgs};
 use crate::commands::admin::format_labels;
-use crate::commands::session::{needs_code, user_client};
+use crate::commands::session::{code_hint, needs_code, user_client};
 use crate::commands::{display_time, is_expired};
 use crate::dbconfig::DbConnectionConfig;
 use crate::home::{ClientHome, DbRouteState};
@@ -92,7 +92,7 @@ async fn issue(
         answer = client.post("/v1/db-certs", &request).await;
     }
     let response: DbCertResponse =
-        answer.with_context(|| format!("database login to \"{db}\" failed"))?;
+        code_hint(answer).with_context(|| format!("database login to \"{db}\" failed"))?;
     let state = DbRouteState {
         db: db.to_string(),
         protocol: response.protocol,

@@ -73,7 +73,7 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         ))?);
         answer = client.post("/v1/login", &request).await;
     }
-    let response: LoginResponse = answer.context("login failed")?;
+    let response: LoginResponse = code_hint(answer).context("login failed")?;
 
     // Certificates of an earlier login (possibly another user) must not outlive it.
     home.clear()?;
@@ -104,6 +104,16 @@ pub async fn login(args: LoginArgs) -> Result<()> {
 /// True when the gateway refused because a one-time code was missing.
 pub fn needs_code<T>(answer: &std::result::Result<T, ClientError>) -> bool {
     matches!(answer, Err(ClientError::Api(msg)) if msg.starts_with(dbward_server::mfa::CODE_REQUIRED))
+}
+
+/// A refusal for a missing code, without a terminal to ask on, says how to give one.
+pub fn code_hint<T>(answer: std::result::Result<T, ClientError>) -> Result<T> {
+    match answer {
+        Err(ClientError::Api(msg)) if msg.starts_with(dbward_server::mfa::CODE_REQUIRED) => {
+            bail!("{msg}: pass the current code of your authenticator app with --otp CODE")
+        }
+        other => Ok(other?),
+    }
 }
 
 /// `dbward mfa add`: registers a TOTP device for the logged-in user and shows it once.
