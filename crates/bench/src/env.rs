@@ -220,6 +220,7 @@ impl Env {
                 db_roles: Vec::new(),
             }),
             pinned_ip: None,
+            mfa_session_until: None,
         };
         let cert = dbward_pki::issue_user_cert(&self.cas.user, &identity, &csr)?;
         let files = ClientFiles {

@@ -96,6 +96,19 @@ pub enum Command {
     /// The audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Second factor: register a TOTP device for yourself
+    #[command(subcommand)]
+    Mfa(MfaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MfaCommand {
+    /// Register a TOTP device (prints its otpauth:// URI and a QR code once)
+    Add {
+        /// A current code of the device being replaced (needed when you have one)
+        #[arg(long, value_name = "CODE")]
+        otp: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +143,9 @@ pub struct UsersAddArgs {
     /// Read the password from stdin instead of generating one
     #[arg(long)]
     pub password_stdin: bool,
+    /// Register a TOTP device and print its otpauth:// URI once
+    #[arg(long)]
+    pub mfa: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +212,9 @@ pub struct LoginArgs {
     /// Do not verify the gateway's certificate
     #[arg(long)]
     pub insecure: bool,
+    /// The current code of your TOTP device (asked for on a terminal when needed)
+    #[arg(long, value_name = "CODE", conflicts_with = "auth")]
+    pub otp: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +233,9 @@ pub enum DbCommand {
         db: String,
         #[command(flatten)]
         route: RouteArgs,
+        /// A fresh TOTP code, for databases whose roles require one per session
+        #[arg(long, value_name = "CODE")]
+        otp: Option<String>,
     },
     /// Show how to connect to a database you logged in to
     Config {
@@ -228,6 +250,9 @@ pub enum DbCommand {
         db: String,
         #[command(flatten)]
         route: RouteArgs,
+        /// A fresh TOTP code, for databases whose roles require one per session
+        #[arg(long, value_name = "CODE")]
+        otp: Option<String>,
         /// Arguments passed to the client after `--`
         #[arg(last = true, value_name = "CLIENT-ARGS")]
         client_args: Vec<String>,
@@ -395,6 +420,7 @@ mod tests {
             db,
             route,
             client_args,
+            ..
         }) = cli.command
         else {
             panic!("not db connect");

@@ -330,6 +330,7 @@ mod tests {
             expires: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
             route: None,
             pinned_ip: None,
+            mfa_session_until: None,
         };
         let cert_pem = dbward_pki::issue_user_cert(&cas.user, &identity, &csr_pem)?;
         Ok(ClientCert { cert_pem, key_pem })

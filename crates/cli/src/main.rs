@@ -10,6 +10,7 @@ mod commands;
 mod dbconfig;
 mod home;
 mod prompt;
+mod qr;
 mod sso;
 mod table;
 

@@ -65,6 +65,28 @@ fn read_from_tty(tty: std::fs::File, prompt: &str) -> Result<String> {
     Ok(strip_line_ending(&line).to_string())
 }
 
+/// Whether a one-time code may be asked for: stdin is a terminal (scripts pass `--otp`).
+pub fn can_prompt_code() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
+}
+
+/// Asks for a one-time code on the terminal (echoed: it is useless once used).
+pub fn prompt_code(prompt: &str) -> Result<String> {
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the one-time code")?;
+    let code = line.trim().to_string();
+    if code.is_empty() {
+        bail!("no one-time code given");
+    }
+    Ok(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -626,3 +626,168 @@ spec: {protocol: postgres, uri: "127.0.0.1:5999", admin_user: {name: adm}}
         "{login}"
     );
 }
+
+/// The `otpauth://` line of a command's output, which must stand alone on its line.
+fn otpauth_line(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("otpauth://")).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].starts_with("otpauth://totp/"), "{out}");
+    assert_eq!(lines[0].trim(), lines[0], "{out}");
+    lines[0].to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+#[test]
+fn users_add_mfa_login_otp_and_mfa_add_through_the_binary() {
+    let sandbox = Sandbox::new();
+    let _gateway = sandbox.start();
+    let roles = sandbox.path("roles.yaml");
+    std::fs::write(
+        &roles,
+        "kind: role\nversion: v7\nmetadata: {name: dev}\nspec:\n  options: {create_db_user_mode: keep, require_session_mfa: true}\n  allow:\n    db_labels: {env: dev}\n    db_names: [\"*\"]\n---\nkind: db\nversion: v3\nmetadata: {name: shop, labels: {env: dev}}\nspec: {protocol: postgres, uri: \"127.0.0.1:5999\", admin_user: {name: adm}}\n",
+    )
+    .expect("write role");
+    sandbox.ok(
+        "admin-home",
+        &["create", "-f", &roles.display().to_string()],
+        "",
+    );
+    let added = sandbox.ok(
+        "admin-home",
+        &[
+            "users",
+            "add",
+            "dave",
+            "--roles",
+            "dev",
+            "--password-stdin",
+            "--mfa",
+        ],
+        "pass word\n",
+    );
+    let uri = otpauth_line(&added);
+    let device = totp_rs::TOTP::from_url(&uri).expect("an otpauth URI totp-rs reads");
+    // The secret is shown once and is not part of the user resource.
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("a secret parameter")
+        .to_string();
+    for format in ["yaml", "json", "text"] {
+        let user = sandbox.ok("admin-home", &["get", "user/dave", "--format", format], "");
+        assert!(!user.contains(&secret), "{user}");
+    }
+
+    let host_ca = sandbox.path("host-ca.pem");
+    let ca_pem = sandbox.ok("admin-home", &["auth", "export", "--type", "host"], "");
+    std::fs::write(&host_ca, &ca_pem).expect("write host CA");
+    let ca_arg = host_ca.display().to_string();
+    let login = |otp: Option<&str>| {
+        let mut args = vec![
+            "login",
+            "--proxy",
+            sandbox.web.as_str(),
+            "--user",
+            "dave",
+            "--password-stdin",
+            "--ca",
+            ca_arg.as_str(),
+        ];
+        if let Some(otp) = otp {
+            args.extend(["--otp", otp]);
+        }
+        sandbox.run("dave-home", &args, "pass word\n")
+    };
+
+    // Without a code (and no terminal to ask on) the login is refused and says why.
+    let out = login(None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a one-time code is required"), "{stderr}");
+    assert!(!has_file(&sandbox.path("dave-home"), "cert.pem"));
+    // With the code it succeeds; the same code a second time is refused.
+    let code = device.generate(unix_now());
+    let out = login(Some(&code));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = login(Some(&code));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid or already used one-time code"),
+        "{stderr}"
+    );
+    // A refused login leaves the certificate of the earlier one in place.
+    assert!(has_file(&sandbox.path("dave-home"), "cert.pem"));
+
+    // Replacing the device needs a current code of it.
+    let out = sandbox.run("dave-home", &["mfa", "add"], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--otp"), "{stderr}");
+    let next = device.generate(unix_now() + 30);
+    let replaced = sandbox.ok("dave-home", &["mfa", "add", "--otp", &next], "");
+    let new_device =
+        totp_rs::TOTP::from_url(otpauth_line(&replaced)).expect("an otpauth URI totp-rs reads");
+    let out = login(Some(&new_device.generate(unix_now())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // require_session_mfa: `db login` needs a fresh code and says how to give it.
+    let out = sandbox.run("dave-home", &["db", "login", "shop"], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a one-time code is required") && stderr.contains("--otp"),
+        "{stderr}"
+    );
+    let fresh = new_device.generate(unix_now() + 30);
+    let db_login = sandbox.ok("dave-home", &["db", "login", "shop", "--otp", &fresh], "");
+    assert!(
+        db_login.contains("Logged in to database \"shop\""),
+        "{db_login}"
+    );
+    let config: serde_json::Value = serde_json::from_str(&sandbox.ok(
+        "dave-home",
+        &["db", "config", "shop", "--format", "json"],
+        "",
+    ))
+    .expect("db config json");
+    let cert_pem = std::fs::read_to_string(config["cert"].as_str().expect("a cert path"))
+        .expect("the database certificate");
+    let der = dbward_pki::parse_cert_pem(&cert_pem)
+        .expect("PEM")
+        .remove(0);
+    let identity = dbward_pki::read_identity(der.as_ref()).expect("an identity");
+    assert!(identity.mfa_session_until.is_some());
+    let left = identity.expires - time::OffsetDateTime::now_utc();
+    assert!(left <= time::Duration::seconds(60), "{left}");
+
+    // Removing the user removes the device: the name added again has none.
+    sandbox.ok("admin-home", &["rm", "user/dave"], "");
+    let added = sandbox.ok(
+        "admin-home",
+        &["users", "add", "dave", "--roles", "dev", "--password-stdin"],
+        "pass word\n",
+    );
+    assert!(!added.contains("otpauth://"), "{added}");
+    let out = login(None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

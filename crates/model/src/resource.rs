@@ -914,12 +914,12 @@ version: v7
 
     #[test]
     fn restricting_options_load_with_a_warning_and_survive_the_store() {
-        let text = "kind: role\nversion: v7\nmetadata:\n  name: mfa\nspec:\n  options:\n    require_session_mfa: true\n    device_trust_mode: required\n    max_connections: 3\n    pin_source_ip: false\n  allow:\n    db_labels: {'*': '*'}\n";
+        let text = "kind: role\nversion: v7\nmetadata:\n  name: mfa\nspec:\n  options:\n    require_session_mfa: hardware_key_touch\n    device_trust_mode: required\n    max_connections: 3\n    pin_source_ip: false\n  allow:\n    db_labels: {'*': '*'}\n";
         let parsed = parse(text);
         assert_eq!(
             parsed.warnings,
             [
-                "test.yaml:7: role \"mfa\": option \"require_session_mfa: true\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
+                "test.yaml:7: role \"mfa\": option \"require_session_mfa: \"hardware_key_touch\"\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
                 "test.yaml:8: role \"mfa\": option \"device_trust_mode: \"required\"\" restricts access and dbward does not enforce it: access through this role to the databases it grants is refused",
             ]
         );

@@ -16,14 +16,15 @@
 //! |---|---|---|
 //! | `options.max_session_ttl` | any | enforced: caps the lifetime of the user certificate issued at login (the smallest of the user's roles wins); a database certificate never outlives it |
 //! | `options.disconnect_expired_cert` | `true` | enforced, always on: sessions end when their certificate expires (checked every 2 s) |
-//! | `options.require_session_mfa` | anything but `false`/`off` | refuses, for databases the role's `allow.db_labels` select |
+//! | `options.require_session_mfa` | `true` | enforced, for databases the role's `allow.db_labels` select: `dbward db login` needs a fresh one-time code (TOTP), and the database certificate is valid for one minute and marked MFA-verified; the listeners refuse a certificate without the mark ([`RoleOptions::requires_session_mfa`]) |
+//! | `options.require_session_mfa` | `hardware_key`, `hardware_key_touch`, `hardware_key_pin`, `hardware_key_touch_and_pin`, or any other value but `false`/`off` | refuses, for databases the role's `allow.db_labels` select: dbward has no hardware keys |
 //! | `options.device_trust_mode` | `required`, `required-for-humans` (anything but `off`/`optional`) | refuses, for databases the role's `allow.db_labels` select |
 //! | `options.max_connections` | above 0 | enforced: concurrent database sessions of the user, counted across every gateway sharing the store (the smallest of the user's roles wins); one more is refused with a message naming the limit ([`RoleOptions::max_connections_limit`]) |
 //! | `options.client_idle_timeout` | above 0 | enforced: a session whose client sends nothing for that long is closed by the gateway with a message, then torn down (the smallest of the user's roles wins) |
 //! | `options.pin_source_ip` | `true` | enforced: login and `db login` write the client's IP address into the certificate; a database connection or an API call from another address, or with a certificate without one, is refused |
 //! | `allow`/`deny.db_labels_expression` | any | the file is refused at load: expressions are not evaluated |
 //! | `options.lock` | `strict` | warning: dbward reads roles and users from its store at every connect and refuses when it cannot, which is what strict locking asks |
-//! | `options.mfa_verification_interval` | any | warning: only meaningful with `require_session_mfa`, which refuses |
+//! | `options.mfa_verification_interval` | any | warning: Teleport's reuse window for a session MFA check; dbward asks for a fresh code at every `db login` to such a database, which is stricter |
 //! | `options.record_session` | `strict` | warning: recording modes apply to SSH and desktop sessions; database sessions are audited |
 //! | `options.max_sessions`, `max_kubernetes_connections` | above 0 | warning: SSH channels per connection and Kubernetes sessions, which dbward does not serve |
 //! | `options.request_access`, `request_prompt` | any | warning: access requests; they never take away what the role grants |
@@ -129,7 +130,8 @@ pub struct RoleOptions {
     /// Sessions end when the certificate expires; dbward always does this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect_expired_cert: Option<Box<serde_json::Value>>,
-    /// Per-session MFA; not enforced: a restricting value refuses access (module docs).
+    /// Per-session MFA: `true` is enforced ([`RoleOptions::requires_session_mfa`]); the
+    /// hardware key values are not and refuse access (module docs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_session_mfa: Option<Box<serde_json::Value>>,
     /// Trusted-device requirement; not enforced: `required` refuses access.
@@ -265,11 +267,12 @@ impl RoleOptions {
                 }
             }
         };
+        // `true` is enforced (a one-time code at `db login`); the hardware key levels are not.
         check(
             "require_session_mfa",
             &self.require_session_mfa,
             RestrictionScope::Granted,
-            |v| !is_off(v),
+            |v| !is_off(v) && read_switch(v) != Ok(true),
         );
         check(
             "device_trust_mode",
@@ -316,6 +319,15 @@ impl RoleOptions {
             .as_deref()
             .and_then(|v| read_timeout(v).ok())
             .filter(|d| !d.is_zero())
+    }
+
+    /// True when `require_session_mfa` is `true`: a database certificate for the databases
+    /// this role grants needs a fresh one-time code. Other restricting values are not
+    /// enforced and refuse ([`RoleOptions::unenforced_restrictions`]).
+    pub fn requires_session_mfa(&self) -> bool {
+        self.require_session_mfa
+            .as_deref()
+            .is_some_and(|v| read_switch(v) == Ok(true))
     }
 
     /// True when `pin_source_ip` is on.
@@ -641,8 +653,11 @@ mod tests {
             ("{}", &[]),
             ("{require_session_mfa: false, device_trust_mode: optional, max_connections: 0, client_idle_timeout: 0s, pin_source_ip: false, disconnect_expired_cert: true}", &[]),
             ("{require_session_mfa: 'off', device_trust_mode: 'off', client_idle_timeout: '0', pin_source_ip: 'no'}", &[]),
-            ("{require_session_mfa: true}", &["require_session_mfa"]),
+            // `true` is enforced; hardware keys are not.
+            ("{require_session_mfa: true}", &[]),
+            ("{require_session_mfa: 'yes'}", &[]),
             ("{require_session_mfa: hardware_key_touch}", &["require_session_mfa"]),
+            ("{require_session_mfa: hardware_key}", &["require_session_mfa"]),
             ("{device_trust_mode: required}", &["device_trust_mode"]),
             ("{device_trust_mode: required-for-humans}", &["device_trust_mode"]),
             // Enforced: reported only when the value cannot be read.

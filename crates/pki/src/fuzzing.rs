@@ -37,6 +37,7 @@ pub fn csr(data: &[u8]) {
         expires: fixed_now() + time::Duration::hours(1),
         route: None,
         pinned_ip: None,
+        mfa_session_until: None,
     };
     let _ = issue_user_cert(user_ca(), &identity, &pem);
 }

@@ -3,7 +3,11 @@
 //! The extension value is a DER UTF8String holding a versioned JSON payload (`{"v":1,...}`).
 //! Version 2 adds the pinned source IP (`ip`); a certificate without one is still written as
 //! version 1, so older gateways read it, and one with a pinned IP as version 2, which older
-//! gateways refuse instead of ignoring the pin. Both versions are read.
+//! gateways refuse instead of ignoring the pin. Version 3 adds the MFA mark (`mfa`): the
+//! database certificate was issued after a fresh one-time code (the role option
+//! `require_session_mfa`), and `mfa` holds the end of the login certificate it came from,
+//! which sessions opened with it may last until. A certificate without the mark is written as
+//! version 1 or 2 as before. All three versions are read; any other is refused.
 //! Reading an identity does not check who signed the certificate: call [`read_identity`] only
 //! on a certificate whose chain was verified (by a TLS handshake with a client verifier, or by
 //! `verify_user_cert`).
@@ -22,6 +26,8 @@ const IDENTITY_EXTENSION_OID_STR: &str = "1.3.6.1.4.1.59934.1.1";
 const IDENTITY_VERSION: u64 = 1;
 /// The payload version of certificates with a pinned IP.
 const IDENTITY_VERSION_PINNED: u64 = 2;
+/// The payload version of MFA-verified database certificates (with or without a pinned IP).
+const IDENTITY_VERSION_MFA: u64 = 3;
 
 /// What a user certificate may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +73,24 @@ pub struct Identity {
     /// recorded at login and copied into database certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_ip: Option<std::net::IpAddr>,
+    /// Set on a database certificate issued after a fresh one-time code (the role option
+    /// `require_session_mfa`): the end of the login certificate it was issued with. The
+    /// certificate itself is valid for a minute, enough to open sessions; a session opened
+    /// with it lasts until this time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "::time::serde::rfc3339::option"
+    )]
+    pub mfa_session_until: Option<OffsetDateTime>,
+}
+
+impl Identity {
+    /// When a session opened with this certificate must end: the certificate's own expiry,
+    /// or for an MFA-verified database certificate the end of the login it came from.
+    pub fn session_expires(&self) -> OffsetDateTime {
+        self.mfa_session_until.unwrap_or(self.expires)
+    }
 }
 
 /// The JSON written into the extension. Separate from [`Identity`] so the wire format is
@@ -84,6 +108,9 @@ struct IdentityPayload {
     /// Version 2 only: the pinned source IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip: Option<std::net::IpAddr>,
+    /// Version 3 only: MFA-verified; sessions may last until then (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mfa: Option<i64>,
 }
 
 /// Only the version, read first so a newer payload gives a clear error.
@@ -95,7 +122,9 @@ struct PayloadVersion {
 /// Encodes the identity as the extension's value (a DER UTF8String of the JSON payload).
 pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::CustomExtension> {
     let payload = IdentityPayload {
-        v: if identity.pinned_ip.is_some() {
+        v: if identity.mfa_session_until.is_some() {
+            IDENTITY_VERSION_MFA
+        } else if identity.pinned_ip.is_some() {
             IDENTITY_VERSION_PINNED
         } else {
             IDENTITY_VERSION
@@ -106,6 +135,9 @@ pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::Cu
         exp: identity.expires.unix_timestamp(),
         route: identity.route.clone(),
         ip: identity.pinned_ip,
+        mfa: identity
+            .mfa_session_until
+            .map(OffsetDateTime::unix_timestamp),
     };
     let json = serde_json::to_vec(&payload)
         .map_err(|e| PkiError::InvalidIdentity(format!("cannot encode: {e}")))?;
@@ -133,15 +165,29 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
     let json = decode_utf8_string(extension.value)?;
     let version: PayloadVersion = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
-    if version.v != IDENTITY_VERSION && version.v != IDENTITY_VERSION_PINNED {
+    if ![
+        IDENTITY_VERSION,
+        IDENTITY_VERSION_PINNED,
+        IDENTITY_VERSION_MFA,
+    ]
+    .contains(&version.v)
+    {
         return Err(PkiError::UnsupportedIdentityVersion(version.v));
     }
     let payload: IdentityPayload = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
-    // Version 1 never pins; version 2 always does.
-    if (version.v == IDENTITY_VERSION_PINNED) != payload.ip.is_some() {
+    // Version 1 never pins; version 2 always does; version 3 may.
+    if version.v != IDENTITY_VERSION_MFA
+        && (version.v == IDENTITY_VERSION_PINNED) != payload.ip.is_some()
+    {
         return Err(PkiError::InvalidIdentity(
             "pinned IP does not match the payload version".into(),
+        ));
+    }
+    // Only version 3 carries the MFA mark, and always does.
+    if (version.v == IDENTITY_VERSION_MFA) != payload.mfa.is_some() {
+        return Err(PkiError::InvalidIdentity(
+            "MFA mark does not match the payload version".into(),
         ));
     }
 
@@ -164,6 +210,20 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
     }
     let expires = OffsetDateTime::from_unix_timestamp(payload.exp)
         .map_err(|e| PkiError::InvalidIdentity(format!("expiry: {e}")))?;
+    let mfa_session_until = payload
+        .mfa
+        .map(OffsetDateTime::from_unix_timestamp)
+        .transpose()
+        .map_err(|e| PkiError::InvalidIdentity(format!("MFA session end: {e}")))?;
+    // An MFA mark on anything but a database certificate, or one that ends before the
+    // certificate does, was not written by this gateway.
+    if let Some(until) = mfa_session_until {
+        if payload.usage != CertUsage::Db || until < expires {
+            return Err(PkiError::InvalidIdentity(
+                "MFA mark on a certificate it does not apply to".into(),
+            ));
+        }
+    }
     Ok(Identity {
         username: payload.user,
         cluster: payload.cluster,
@@ -171,6 +231,7 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
         expires,
         route: payload.route,
         pinned_ip: payload.ip,
+        mfa_session_until,
     })
 }
 

@@ -300,6 +300,7 @@ mod tests {
             expires: OffsetDateTime::now_utc() + Duration::hours(1),
             route: None,
             pinned_ip: None,
+            mfa_session_until: None,
         };
         let cert = issue_user_cert(&cas.user, &identity, &csr)?;
         assert!(cert_matches_key(&cert, &key));

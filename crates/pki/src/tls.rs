@@ -379,6 +379,7 @@ mod tests {
             expires: OffsetDateTime::now_utc() + time::Duration::hours(1),
             route: None,
             pinned_ip: None,
+            mfa_session_until: None,
         };
         Ok((issue_user_cert(ca, &identity, &csr)?, key))
     }

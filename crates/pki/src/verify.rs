@@ -93,6 +93,7 @@ mod tests {
                 db_roles: vec!["reader".into(), "writer".into()],
             }),
             pinned_ip: None,
+            mfa_session_until: None,
         }
     }
 
@@ -127,6 +128,56 @@ mod tests {
         assert!(contains(pinned[0].as_ref(), br#""ip":"127.0.0.1""#));
         let got = verify_user_cert(&pinned, &cas.user, "prod", now)?;
         assert_eq!(got.pinned_ip, wanted.pinned_ip);
+        Ok(())
+    }
+
+    #[test]
+    fn mfa_mark_round_trips_as_version_3_and_other_versions_are_refused() -> Result<()> {
+        let cas = CaSet::generate("prod")?;
+        let now = OffsetDateTime::now_utc();
+        let mut wanted = identity(now + Duration::minutes(1));
+        let login_end = now + Duration::hours(8);
+        wanted.mfa_session_until = Some(login_end);
+        for pin in [None, Some("127.0.0.1".parse().expect("an address"))] {
+            wanted.pinned_ip = pin;
+            let chain = issue(&cas.user, &wanted)?;
+            assert!(contains(chain[0].as_ref(), br#"{"v":3,"#));
+            let got = verify_user_cert(&chain, &cas.user, "prod", now)?;
+            assert_eq!(got.pinned_ip, pin);
+            assert_eq!(
+                got.mfa_session_until.map(OffsetDateTime::unix_timestamp),
+                Some(login_end.unix_timestamp())
+            );
+            assert_eq!(
+                got.session_expires().unix_timestamp(),
+                login_end.unix_timestamp()
+            );
+        }
+        wanted.pinned_ip = None;
+        let chain = issue(&cas.user, &wanted)?;
+        // The payload is read without the signature check here, so edits reach the parser.
+        for (version, unsupported) in [(&b"4"[..], true), (b"1", false), (b"2", false)] {
+            let mut der = chain[0].to_vec();
+            let mut to = br#"{"v":"#.to_vec();
+            to.extend_from_slice(version);
+            to.push(b',');
+            replace_once(&mut der, br#"{"v":3,"#, &to);
+            let err = read_identity(&der).err();
+            if unsupported {
+                assert!(
+                    matches!(err, Some(PkiError::UnsupportedIdentityVersion(4))),
+                    "{err:?}"
+                );
+            } else {
+                assert!(matches!(err, Some(PkiError::InvalidIdentity(_))), "{err:?}");
+            }
+        }
+        // Without the mark, a database certificate's session ends with the certificate.
+        wanted.mfa_session_until = None;
+        let plain = issue(&cas.user, &wanted)?;
+        assert!(contains(plain[0].as_ref(), br#"{"v":1,"#));
+        let got = verify_user_cert(&plain, &cas.user, "prod", now)?;
+        assert_eq!(got.session_expires(), got.expires);
         Ok(())
     }
 

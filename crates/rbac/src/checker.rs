@@ -80,6 +80,9 @@ pub struct Decision {
     pub db_permissions: Vec<PermissionRule>,
     /// The user's session limits, from all of their roles.
     pub limits: SessionLimits,
+    /// Some role granting this database sets `require_session_mfa: true`: only a database
+    /// certificate issued after a fresh one-time code may open the session.
+    pub session_mfa: bool,
 }
 
 /// Limits on a user's sessions from the role options Teleport defines for them; the smallest
@@ -134,6 +137,9 @@ struct CompiledRole {
     /// Options that restrict access in Teleport and that dbward does not enforce (or cannot
     /// read): while one applies, every connection this role takes part in is refused.
     unenforced: Vec<UnenforcedOption>,
+    /// `require_session_mfa: true`: the databases this role grants need an MFA-verified
+    /// database certificate.
+    session_mfa: bool,
 }
 
 /// Access decisions for one dbward user holding a set of roles.
@@ -352,6 +358,7 @@ impl AccessChecker {
                 db_roles: Vec::new(),
                 db_permissions: Vec::new(),
                 limits: self.limits,
+                session_mfa: self.requires_session_mfa(db),
             });
         }
 
@@ -432,7 +439,16 @@ impl AccessChecker {
             db_roles,
             db_permissions,
             limits: self.limits,
+            session_mfa: self.requires_session_mfa(db),
         })
+    }
+
+    /// True when some role of the user whose allow labels select `db` sets
+    /// `require_session_mfa: true`: the scope Teleport gives the option.
+    pub fn requires_session_mfa(&self, db: &Db) -> bool {
+        self.roles
+            .iter()
+            .any(|role| role.session_mfa && role.allow.labels.matches(&db.metadata.labels))
     }
 
     /// The table permission rules that apply to `db`: allow entries of every role whose
@@ -571,6 +587,7 @@ fn compile_role(role: &Role, traits: &Traits) -> Result<CompiledRole, RbacError>
         deny,
         deny_is_total,
         unenforced: role.spec.options.unenforced_restrictions(),
+        session_mfa: role.spec.options.requires_session_mfa(),
     })
 }
 

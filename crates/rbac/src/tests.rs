@@ -1253,10 +1253,11 @@ spec:
     let cases: &[Row] = &[
         ("no option", "", &[("env", "dev")], None),
         (
+            // Enforced: allowed here, the decision asks for an MFA-verified certificate.
             "per-session MFA on the granting role",
             "options: {require_session_mfa: true}\n  allow: {db_labels: {env: dev}}",
             &[("env", "dev")],
-            Some("require_session_mfa"),
+            None,
         ),
         (
             "hardware key MFA",
@@ -1350,7 +1351,7 @@ spec:
 }
 
 #[test]
-fn the_teleport_role_with_require_session_mfa_never_grants_silently() {
+fn the_teleport_role_with_require_session_mfa_asks_for_mfa_on_what_it_grants() {
     // A role as Teleport's per-session MFA guide sets it up, on the provisioning role itself.
     let c = checker(
         "
@@ -1362,13 +1363,35 @@ spec:
     create_db_user_mode: keep
     require_session_mfa: true
   allow:
-    db_labels: {'*': '*'}
+    db_labels: {env: dev}
     db_names: ['*']
     db_roles: [reader]
 ",
     );
+    for db in [pg(&[("env", "dev")]), my(&[("env", "dev")])] {
+        let d = c.authorize(&db, "alice", "x", &[]).unwrap();
+        assert!(d.session_mfa);
+        assert!(c.requires_session_mfa(&db));
+    }
+    // A database the role does not select is not in its scope.
+    assert!(!c.requires_session_mfa(&pg(&[("env", "prod")])));
+    // The hardware key levels cannot be enforced: they refuse.
+    let hw = checker(
+        "
+kind: role
+version: v7
+metadata: {name: hw}
+spec:
+  options:
+    create_db_user_mode: keep
+    require_session_mfa: hardware_key_touch
+  allow:
+    db_labels: {'*': '*'}
+    db_roles: [reader]
+",
+    );
     for db in [pg(&[]), my(&[])] {
-        let e = c.authorize(&db, "alice", "x", &[]).unwrap_err();
+        let e = hw.authorize(&db, "alice", "x", &[]).unwrap_err();
         assert_eq!(e.user_message(), GENERIC_DENIAL);
         assert!(e.reason().contains("require_session_mfa"), "{}", e.reason());
     }

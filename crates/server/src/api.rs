@@ -14,6 +14,9 @@ pub struct LoginRequest {
     /// `max_session_ttl`.
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// The current code of the user's TOTP device (`--otp`); required when they have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +100,9 @@ pub struct AddUserRequest {
     /// When absent the server generates one and returns it once.
     #[serde(default)]
     pub password: Option<String>,
+    /// Register a TOTP device too (`--mfa`); its URI is returned once.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 /// `POST /v1/users/{name}/password` (`dbward users reset`); answered with an
@@ -112,6 +118,23 @@ pub struct ResetPasswordRequest {
 pub struct AddUserResponse {
     pub name: String,
     pub generated_password: Option<String>,
+    /// The `otpauth://` URI of the device registered with `--mfa`, shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otpauth_uri: Option<String>,
+}
+
+/// `POST /v1/mfa/devices` (`dbward mfa add`): registers a TOTP device for the caller.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MfaDeviceRequest {
+    /// A current code of the device being replaced; required when the caller has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MfaDeviceResponse {
+    /// The new device's `otpauth://` URI, shown once.
+    pub otpauth_uri: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +169,9 @@ pub struct DbCertRequest {
     #[serde(default)]
     pub db_roles: Vec<String>,
     pub csr_pem: String,
+    /// A fresh TOTP code (`--otp`), for databases whose roles set `require_session_mfa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

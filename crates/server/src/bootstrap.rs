@@ -101,6 +101,7 @@ pub fn write_admin_identity(
         expires: OffsetDateTime::now_utc() + Duration::from_secs(365 * 24 * 3600),
         route: None,
         pinned_ip: None,
+        mfa_session_until: None,
     };
     let cert = dbward_pki::issue_user_cert(&cas.user, &identity, &csr_pem)?;
     dbward_pki::write_private_file(&files.key(), key_pem.as_bytes())?;

@@ -68,6 +68,7 @@ fn issue(route: Option<DbRoute>, csr_pem: &str) {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         route,
         pinned_ip: None,
+        mfa_session_until: None,
     };
     let _ = dbward_pki::issue_user_cert(ca, &identity, csr_pem);
 }

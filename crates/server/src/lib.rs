@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod listen;
 pub mod metrics;
+pub mod mfa;
 pub mod passwords;
 pub mod session;
 pub mod sso;

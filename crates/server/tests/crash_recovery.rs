@@ -331,6 +331,7 @@ impl Site {
                 db_roles: Vec::new(),
             }),
             pinned_ip: None,
+            mfa_session_until: None,
         };
         let cert = dbward_pki::issue_user_cert(&cas.user, &identity, &csr).expect("cert");
         let files = ClientFiles {

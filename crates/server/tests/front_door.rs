@@ -233,6 +233,7 @@ impl GatewayProcess {
             expires,
             route,
             pinned_ip: None,
+            mfa_session_until: None,
         };
         (
             dbward_pki::issue_user_cert(&self.cas.user, &identity, &csr).expect("issue"),
@@ -1029,6 +1030,7 @@ fn foreign_expired_and_other_cluster_certificates_are_refused_at_the_handshake()
                 expires: in_an_hour,
                 route: route(),
                 pinned_ip: None,
+                mfa_session_until: None,
             },
             &csr,
         )

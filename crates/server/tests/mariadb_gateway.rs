@@ -401,6 +401,7 @@ fn driver_opts(db: &str, user: &str) -> mysql_async::OptsBuilder {
         expires: time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(600),
         route: Some(route(db, user, "", &[])),
         pinned_ip: None,
+        mfa_session_until: None,
     };
     let cert = dbward_pki::issue_user_cert(
         &h.gw.cas.user,

@@ -470,6 +470,7 @@ fn certificate_from_another_ca_is_refused_at_handshake() {
         expires: time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(600),
         route: Some(route("x", "mallory", "postgres", &[])),
         pinned_ip: None,
+        mfa_session_until: None,
     };
     let cert = dbward_pki::issue_user_cert(&other.user, &identity, &csr).unwrap();
     let files = ClientFiles {

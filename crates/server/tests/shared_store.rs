@@ -134,6 +134,7 @@ impl Shared {
                 expires: OffsetDateTime::now_utc() + Duration::from_secs(600),
                 route: Some(route("shared-db", user, "postgres", &[])),
                 pinned_ip: None,
+                mfa_session_until: None,
             },
             &csr,
         )

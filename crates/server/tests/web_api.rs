@@ -45,6 +45,7 @@ fn login_cert(expires: OffsetDateTime) -> (String, String) {
         expires,
         route: None,
         pinned_ip: None,
+        mfa_session_until: None,
     };
     (
         dbward_pki::issue_user_cert(&h.gw.cas.user, &identity, &csr).unwrap(),

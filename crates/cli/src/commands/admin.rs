@@ -64,11 +64,16 @@ pub async fn users_add(config: &Config, add: UsersAddArgs) -> Result<()> {
         roles: add.roles.into_iter().filter(|r| !r.is_empty()).collect(),
         traits,
         password,
+        mfa: add.mfa,
     };
     let response: AddUserResponse = client.post("/v1/users", &request).await?;
     println!("User \"{}\" has been created.", response.name);
     if let Some(password) = response.generated_password {
         println!("Password (shown only once): {password}");
+    }
+    if let Some(uri) = response.otpauth_uri {
+        println!("MFA device registered. Add it to an authenticator app (shown only once):");
+        crate::qr::print_otpauth(&uri);
     }
     Ok(())
 }

@@ -6,10 +6,11 @@ use dbward_server::api::{DbCertRequest, DbCertResponse, DbListEntry, DbListRespo
 
 use crate::args::{ConfigFormat, ListFormat, RouteArgs};
 use crate::commands::admin::format_labels;
-use crate::commands::session::user_client;
+use crate::commands::session::{code_hint, needs_code, user_client};
 use crate::commands::{display_time, is_expired};
 use crate::dbconfig::DbConnectionConfig;
 use crate::home::{ClientHome, DbRouteState};
+use crate::prompt;
 use crate::table::Table;
 
 pub async fn ls(verbose: bool, format: ListFormat) -> Result<()> {
@@ -69,23 +70,29 @@ async fn issue(
     home: &ClientHome,
     db: &str,
     route: &RouteArgs,
+    otp: Option<String>,
 ) -> Result<(DbRouteState, Vec<String>)> {
     let files = home.db(db)?;
     let (profile, client) = user_client(home)?;
     let (key_pem, csr_pem) = dbward_pki::new_key_and_csr(&profile.user)?;
-    let response: DbCertResponse = client
-        .post(
-            "/v1/db-certs",
-            &DbCertRequest {
-                db: db.to_string(),
-                db_user: route.db_user.clone(),
-                db_name: route.db_name.clone(),
-                db_roles: route.db_roles.clone(),
-                csr_pem,
-            },
-        )
-        .await
-        .with_context(|| format!("database login to \"{db}\" failed"))?;
+    let mut request = DbCertRequest {
+        db: db.to_string(),
+        db_user: route.db_user.clone(),
+        db_name: route.db_name.clone(),
+        db_roles: route.db_roles.clone(),
+        csr_pem,
+        otp,
+    };
+    let mut answer = client.post("/v1/db-certs", &request).await;
+    // require_session_mfa: a fresh code for this database login.
+    if request.otp.is_none() && needs_code(&answer) && prompt::can_prompt_code() {
+        request.otp = Some(prompt::prompt_code(&format!(
+            "One-time code for database \"{db}\": "
+        ))?);
+        answer = client.post("/v1/db-certs", &request).await;
+    }
+    let response: DbCertResponse =
+        code_hint(answer).with_context(|| format!("database login to \"{db}\" failed"))?;
     let state = DbRouteState {
         db: db.to_string(),
         protocol: response.protocol,
@@ -103,9 +110,9 @@ async fn issue(
     Ok((state, response.db_permissions))
 }
 
-pub async fn login(db: &str, route: &RouteArgs) -> Result<()> {
+pub async fn login(db: &str, route: &RouteArgs, otp: Option<String>) -> Result<()> {
     let home = ClientHome::from_env()?;
-    let (state, permissions) = issue(&home, db, route).await?;
+    let (state, permissions) = issue(&home, db, route, otp).await?;
     let config = DbConnectionConfig::new(&home, &state)?;
     println!(
         "Logged in to database \"{db}\" as db user \"{}\", valid until {}.",
@@ -162,11 +169,17 @@ pub fn route_satisfies(route: &DbRouteState, wanted: &RouteArgs) -> bool {
     !is_expired(&route.expires) && user_matches && name_matches && roles_match
 }
 
-pub async fn connect(db: &str, route: &RouteArgs, client_args: &[String]) -> Result<()> {
+pub async fn connect(
+    db: &str,
+    route: &RouteArgs,
+    otp: Option<String>,
+    client_args: &[String],
+) -> Result<()> {
     let home = ClientHome::from_env()?;
     let state = match home.db(db)?.load_route()? {
-        Some(existing) if route_satisfies(&existing, route) => existing,
-        _ => issue(&home, db, route).await?.0,
+        // A code given means a new certificate is wanted (the stored one may be a minute old).
+        Some(existing) if otp.is_none() && route_satisfies(&existing, route) => existing,
+        _ => issue(&home, db, route, otp).await?.0,
     };
     let config = DbConnectionConfig::new(&home, &state)?;
     let (program, mut args) = config.client_argv()?;

@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use dbward_model::{Config, LogFormat};
 
-use crate::args::{AuditCommand, AuthCommand, Cli, Command, DbCommand, ProxyCommand, UsersCommand};
+use crate::args::{
+    AuditCommand, AuthCommand, Cli, Command, DbCommand, MfaCommand, ProxyCommand, UsersCommand,
+};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config_path = cli.config_path();
@@ -57,17 +59,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logout => session::logout()?,
         Command::Status => session::status()?,
         Command::Db(DbCommand::Ls { verbose, format }) => db::ls(verbose, format).await?,
-        Command::Db(DbCommand::Login { db, route }) => db::login(&db, &route).await?,
+        Command::Db(DbCommand::Login { db, route, otp }) => db::login(&db, &route, otp).await?,
         Command::Db(DbCommand::Config { db, format }) => db::config(&db, format)?,
         Command::Db(DbCommand::Connect {
             db,
             route,
+            otp,
             client_args,
-        }) => db::connect(&db, &route, &client_args).await?,
+        }) => db::connect(&db, &route, otp, &client_args).await?,
         Command::Db(DbCommand::Check { db, db_names }) => {
             return admin::db_check(&load_config(&config_path)?, &db, &db_names).await
         }
         Command::Proxy(ProxyCommand::Db { db, port }) => proxy::db(&db, port).await?,
+        Command::Mfa(MfaCommand::Add { otp }) => session::mfa_add(otp).await?,
         Command::Audit(AuditCommand::Search {
             event_type,
             user,

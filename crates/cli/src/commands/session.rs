@@ -2,10 +2,13 @@
 //! `$DBWARD_HOME`. The key is generated here and only its CSR is sent.
 
 use anyhow::{bail, Context, Result};
-use dbward_server::api::{LoginRequest, LoginResponse, SsoLoginRequest, SsoLoginResponse};
+use dbward_server::api::{
+    LoginRequest, LoginResponse, MfaDeviceRequest, MfaDeviceResponse, SsoLoginRequest,
+    SsoLoginResponse,
+};
 
 use crate::args::LoginArgs;
-use crate::client::{ApiClient, ClientCert, Trust};
+use crate::client::{ApiClient, ClientCert, ClientError, Trust};
 use crate::commands::{display_time, remaining};
 use crate::home::{ClientHome, Profile};
 use crate::{prompt, sso};
@@ -64,18 +67,20 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     }
     let (key_pem, csr_pem) = dbward_pki::new_key_and_csr(&user)?;
     let client = ApiClient::new(&args.proxy, trust, None)?;
-    let response: LoginResponse = client
-        .post(
-            "/v1/login",
-            &LoginRequest {
-                user: user.clone(),
-                password,
-                csr_pem,
-                ttl_secs: None,
-            },
-        )
-        .await
-        .context("login failed")?;
+    let mut request = LoginRequest {
+        user: user.clone(),
+        password,
+        csr_pem,
+        ttl_secs: None,
+        otp: args.otp.clone(),
+    };
+    let mut answer = client.post("/v1/login", &request).await;
+    // A user with an MFA device: the gateway says so only once the password is right.
+    if request.otp.is_none() && needs_code(&answer) && prompt::can_prompt_code() {
+        request.otp = Some(prompt::prompt_code(&format!("One-time code for {user}: "))?);
+        answer = client.post("/v1/login", &request).await;
+    }
+    let response: LoginResponse = code_hint(answer).context("login failed")?;
     save_login(
         &home,
         &args.proxy,
@@ -209,6 +214,42 @@ fn open_browser(browser: Option<&str>, url: &str) {
     if spawned.is_err() {
         eprintln!("(could not start {program}; open the URL above yourself)");
     }
+}
+
+/// True when the gateway refused because a one-time code was missing.
+pub fn needs_code<T>(answer: &std::result::Result<T, ClientError>) -> bool {
+    matches!(answer, Err(ClientError::Api(msg)) if msg.starts_with(dbward_server::mfa::CODE_REQUIRED))
+}
+
+/// A refusal for a missing code, without a terminal to ask on, says how to give one.
+pub fn code_hint<T>(answer: std::result::Result<T, ClientError>) -> Result<T> {
+    match answer {
+        Err(ClientError::Api(msg)) if msg.starts_with(dbward_server::mfa::CODE_REQUIRED) => {
+            bail!("{msg}: pass the current code of your authenticator app with --otp CODE")
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `dbward mfa add`: registers a TOTP device for the logged-in user and shows it once.
+pub async fn mfa_add(otp: Option<String>) -> Result<()> {
+    let home = ClientHome::from_env()?;
+    let (profile, client) = user_client(&home)?;
+    let mut request = MfaDeviceRequest { otp };
+    let mut answer = client.post("/v1/mfa/devices", &request).await;
+    if request.otp.is_none() && needs_code(&answer) && prompt::can_prompt_code() {
+        request.otp = Some(prompt::prompt_code(
+            "One-time code of your current device: ",
+        )?);
+        answer = client.post("/v1/mfa/devices", &request).await;
+    }
+    let response: MfaDeviceResponse = answer.context("registering an MFA device failed")?;
+    println!(
+        "MFA device registered for {}. Add it to an authenticator app (shown only once):",
+        profile.user
+    );
+    crate::qr::print_otpauth(&response.otpauth_uri);
+    Ok(())
 }
 
 pub fn logout() -> Result<()> {

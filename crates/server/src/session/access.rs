@@ -124,6 +124,10 @@ pub async fn authorize(
         tracing::info!(%reason, "database access denied: source IP pinning");
         return Err(SessionError::AccessDenied(reason));
     }
+    if let Err(reason) = check_session_mfa(&auth.identity, &decision) {
+        tracing::info!(%reason, "database access denied: session MFA");
+        return Err(SessionError::AccessDenied(reason));
+    }
     let fields = SessionFields {
         user: user.metadata.name.clone(),
         sid: auth.sid.clone(),
@@ -149,7 +153,9 @@ pub(crate) fn still_allowed(
     snapshot: &crate::catalog::Snapshot,
     authorized: &Authorized,
 ) -> Result<(), String> {
-    if authorized.auth.identity.expires <= OffsetDateTime::now_utc() {
+    // disconnect_expired_cert: an MFA-verified certificate opens sessions for a minute, and
+    // the sessions it opened last until the login it came from ends.
+    if authorized.auth.identity.session_expires() <= OffsetDateTime::now_utc() {
         return Err("certificate expired".into());
     }
     let user = snapshot
@@ -177,6 +183,7 @@ pub(crate) fn still_allowed(
         authorized.auth.peer.ip(),
         decision.limits,
     )?;
+    check_session_mfa(&authorized.auth.identity, &decision)?;
     let granted: std::collections::BTreeSet<_> = authorized.decision.db_roles.iter().collect();
     if !granted.is_subset(&decision.db_roles.iter().collect()) {
         return Err("database roles were revoked".into());
@@ -206,6 +213,19 @@ pub(crate) fn check_pinned_ip(
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// The role option `require_session_mfa: true`: a database some role granting it sets the
+/// option on is reached only with a database certificate issued after a fresh one-time code
+/// (its identity carries the MFA mark). `Err` carries what the client is told.
+pub(crate) fn check_session_mfa(identity: &Identity, decision: &Decision) -> Result<(), String> {
+    if decision.session_mfa && identity.mfa_session_until.is_none() {
+        return Err(
+            "your roles require a one-time code for each session to this database (require_session_mfa), and this certificate was issued without one: run `dbward db login` again with the code"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn non_empty(s: &str) -> Option<&str> {

@@ -259,6 +259,7 @@ mod tests {
                     expires: time::OffsetDateTime::now_utc(),
                     route: Some(route.clone()),
                     pinned_ip: None,
+                    mfa_session_until: None,
                 },
                 route,
                 peer,

@@ -930,6 +930,7 @@ async fn issue_certificate(
         expires,
         route: None,
         pinned_ip,
+        mfa_session_until: None,
     };
     let csr_pem = format!(
         "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",

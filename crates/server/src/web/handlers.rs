@@ -20,6 +20,7 @@ use crate::api::*;
 use crate::catalog::{canonical_kind, KIND_OIDC, KIND_USER};
 use crate::error::GatewayError;
 use crate::metrics::LoginResult;
+use crate::mfa::{self, CodeCheck};
 use crate::passwords;
 use crate::Gateway;
 
@@ -32,6 +33,8 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 pub const MAX_SMALL_BODY_BYTES: usize = 64 << 10;
 /// Most database roles one database certificate may ask for.
 pub const MAX_REQUESTED_DB_ROLES: usize = 64;
+/// Lifetime of a database certificate issued after a session MFA check.
+pub const MFA_DB_CERT_TTL: time::Duration = time::Duration::seconds(60);
 /// Most audit events one search returns.
 pub const MAX_AUDIT_LIMIT: usize = 10_000;
 /// Farthest back an audit search may reach (100 years), so the arithmetic cannot overflow.
@@ -53,6 +56,10 @@ pub fn routes() -> Router<Arc<Gateway>> {
         .route("/v1/users", post(add_user))
         .route("/v1/users/{name}", delete(remove_user))
         .route("/v1/users/{name}/password", post(reset_password))
+        .route(
+            "/v1/mfa/devices",
+            post(add_mfa_device).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
+        )
         .route("/v1/dbs", get(list_dbs))
         .route("/v1/dbs/{name}/check", get(check_db))
         .route(
@@ -259,6 +266,26 @@ async fn login(
         gw.metrics.login(LoginResult::Failed);
         return Err(denied());
     };
+    // The second factor, asked for only once the password is right, so that whether a user
+    // has one is not told to someone who does not know the password. A wrong code stays
+    // counted as a failed attempt; a missing one was no guess and is taken back, without
+    // forgetting earlier failures (which `succeeded` would).
+    match second_factor(&gw, &user.metadata.name, req.otp.as_deref()).await {
+        Ok(()) => {}
+        Err(LoginFactor::Missing) => {
+            gw.limiter.not_checked(&attempt);
+            return Err(GatewayError::Unauthorized(mfa::CODE_REQUIRED.into()));
+        }
+        Err(LoginFactor::Refused) => {
+            tracing::info!(user = %req.user, addr = %peer.addr, "login failed: one-time code refused");
+            gw.metrics.login(LoginResult::Failed);
+            return Err(GatewayError::Unauthorized(mfa::CODE_INVALID.into()));
+        }
+        Err(LoginFactor::Failed(err)) => {
+            gw.limiter.not_checked(&attempt);
+            return Err(err);
+        }
+    }
     gw.limiter.succeeded(&attempt);
     let checker = snapshot
         .checker(&user)
@@ -289,6 +316,7 @@ async fn login(
         expires,
         route: None,
         pinned_ip,
+        mfa_session_until: None,
     };
     let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &identity, &req.csr_pem)
         .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
@@ -300,6 +328,99 @@ async fn login(
         cluster: gw.cluster.clone(),
         expires: rfc3339(expires),
     }))
+}
+
+/// Why the second factor of a login did not pass.
+enum LoginFactor {
+    /// The user has a device and no code was sent.
+    Missing,
+    /// The code was wrong or already used.
+    Refused,
+    /// The device could not be checked (store).
+    Failed(GatewayError),
+}
+
+/// Checks the TOTP code of a login when `user` has a device; `Ok` when they have none.
+async fn second_factor(gw: &Gateway, user: &str, otp: Option<&str>) -> Result<(), LoginFactor> {
+    if !mfa::has_device(&gw.store, user)
+        .await
+        .map_err(LoginFactor::Failed)?
+    {
+        return Ok(());
+    }
+    let code = otp
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .ok_or(LoginFactor::Missing)?;
+    match mfa::check_code(&gw.store, &gw.instance_id, user, code)
+        .await
+        .map_err(LoginFactor::Failed)?
+    {
+        CodeCheck::Accepted => Ok(()),
+        // Removed between the two reads: the login goes on as for a user without one.
+        CodeCheck::NoDevice => Ok(()),
+        CodeCheck::Refused => Err(LoginFactor::Refused),
+    }
+}
+
+/// A TOTP code for an action of a logged-in user (session MFA, replacing a device), counted
+/// by the login limiter like a password: a wrong code is a failed attempt.
+async fn check_user_code(
+    gw: &Gateway,
+    peer: &Peer,
+    user: &str,
+    otp: Option<&str>,
+) -> Result<(), GatewayError> {
+    let code = otp
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| GatewayError::Unauthorized(mfa::CODE_REQUIRED.into()))?;
+    let Some(attempt) = gw.limiter.begin(user, peer.addr.ip()) else {
+        tracing::info!(%user, addr = %peer.addr, "one-time code refused: too many failed attempts");
+        return Err(GatewayError::TooManyRequests(
+            "too many failed attempts; try again later".into(),
+        ));
+    };
+    match mfa::check_code(&gw.store, &gw.instance_id, user, code).await {
+        Ok(CodeCheck::Accepted) => {
+            gw.limiter.succeeded(&attempt);
+            Ok(())
+        }
+        Ok(CodeCheck::Refused | CodeCheck::NoDevice) => {
+            tracing::info!(%user, addr = %peer.addr, "one-time code refused");
+            Err(GatewayError::Unauthorized(mfa::CODE_INVALID.into()))
+        }
+        Err(err) => {
+            gw.limiter.not_checked(&attempt);
+            Err(err)
+        }
+    }
+}
+
+/// `dbward mfa add`: a new TOTP device for the caller. Replacing an existing one needs a
+/// current code of it, so a stolen login certificate alone cannot swap the device.
+async fn add_mfa_device(
+    State(gw): Shared,
+    Extension(peer): Extension<Peer>,
+    UserIdentity(identity): UserIdentity,
+    Json(req): Json<MfaDeviceRequest>,
+) -> Result<Json<MfaDeviceResponse>, GatewayError> {
+    let user = &identity.username;
+    if mfa::has_device(&gw.store, user).await? {
+        check_user_code(&gw, &peer, user, req.otp.as_deref())
+            .await
+            .map_err(|err| match err {
+                GatewayError::Unauthorized(msg) if msg == mfa::CODE_REQUIRED => {
+                    GatewayError::Unauthorized(format!(
+                        "{msg}: you already have an MFA device; give a current code of it with --otp to replace it"
+                    ))
+                }
+                other => other,
+            })?;
+    }
+    let otpauth_uri = mfa::register(&gw.store, &gw.cluster, user).await?;
+    tracing::info!(%user, "MFA device registered");
+    Ok(Json(MfaDeviceResponse { otpauth_uri }))
 }
 
 async fn create_resources(
@@ -410,6 +531,7 @@ async fn delete_resource(
     }
     if kind == KIND_USER {
         gw.store.delete_password(&name).await?;
+        mfa::remove(&gw.store, &name).await?;
     }
     gw.sessions.revalidate_soon();
     Ok(StatusCode::NO_CONTENT)
@@ -455,9 +577,15 @@ async fn add_user(
             other => other.into(),
         })?;
     gw.store.set_password_hash(&req.name, &hash).await?;
+    let otpauth_uri = if req.mfa {
+        Some(mfa::register(&gw.store, &gw.cluster, &req.name).await?)
+    } else {
+        None
+    };
     Ok(Json(AddUserResponse {
         name: req.name,
         generated_password: generated,
+        otpauth_uri,
     }))
 }
 
@@ -489,6 +617,7 @@ async fn reset_password(
     Ok(Json(AddUserResponse {
         name,
         generated_password: generated,
+        otpauth_uri: None,
     }))
 }
 
@@ -501,6 +630,7 @@ async fn remove_user(
         return Err(GatewayError::NotFound(format!("user \"{name}\" not found")));
     }
     gw.store.delete_password(&name).await?;
+    mfa::remove(&gw.store, &name).await?;
     gw.sessions.revalidate_soon();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -547,6 +677,7 @@ async fn list_dbs(
 
 async fn issue_db_cert(
     State(gw): Shared,
+    Extension(peer): Extension<Peer>,
     UserIdentity(identity): UserIdentity,
     Json(req): Json<DbCertRequest>,
 ) -> Result<Json<DbCertResponse>, GatewayError> {
@@ -589,7 +720,21 @@ async fn issue_db_cert(
             tracing::info!(user = %identity.username, db = %req.db, reason = %denied.reason(), "db login denied");
             GatewayError::Forbidden(denied.user_message())
         })?;
-    let expires = identity.expires;
+    // require_session_mfa: a fresh code, and a certificate that opens sessions for a minute
+    // only; the sessions it opens may last as long as the login.
+    let (expires, mfa_session_until) = if decision.session_mfa {
+        if !mfa::has_device(&gw.store, &identity.username).await? {
+            return Err(GatewayError::Forbidden(format!(
+                "database \"{}\" requires a one-time code for each database login (require_session_mfa) and you have no MFA device: register one with `dbward mfa add`",
+                req.db
+            )));
+        }
+        check_user_code(&gw, &peer, &identity.username, req.otp.as_deref()).await?;
+        let minute = OffsetDateTime::now_utc() + MFA_DB_CERT_TTL;
+        (minute.min(identity.expires), Some(identity.expires))
+    } else {
+        (identity.expires, None)
+    };
     let db_identity = Identity {
         username: identity.username.clone(),
         cluster: gw.cluster.clone(),
@@ -604,6 +749,7 @@ async fn issue_db_cert(
         // The login certificate's pin (checked against this call's address when the user's
         // roles pin) carries over: a database certificate is valid from the same address.
         pinned_ip: identity.pinned_ip,
+        mfa_session_until,
     };
     let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &db_identity, &req.csr_pem)
         .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;

@@ -265,6 +265,7 @@ impl Harness {
             expires: OffsetDateTime::now_utc() + ttl,
             route: Some(route),
             pinned_ip,
+            mfa_session_until: None,
         };
         let cert = dbward_pki::issue_user_cert(&self.gw.cas.user, &identity, &csr).unwrap();
         let files = ClientFiles {
