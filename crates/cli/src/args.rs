@@ -96,6 +96,22 @@ pub enum Command {
     /// The audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Join tokens (root cluster, admin)
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a join token; the token is printed alone on the last line
+    Add {
+        /// Token type: trusted_cluster (a leaf cluster joins this one)
+        #[arg(long = "type", value_name = "TYPE")]
+        token_type: String,
+        /// Lifetime (e.g. 30m, 2h)
+        #[arg(long, value_name = "DURATION", default_value = "30m")]
+        ttl: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +215,9 @@ pub enum DbCommand {
         verbose: bool,
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
+        /// A trusted leaf cluster's databases
+        #[arg(long, value_name = "LEAF")]
+        cluster: Option<String>,
     },
     /// Issue a database certificate for a route
     Login {
@@ -206,6 +225,9 @@ pub enum DbCommand {
         db: String,
         #[command(flatten)]
         route: RouteArgs,
+        /// A database of a trusted leaf cluster, reached through this gateway
+        #[arg(long, value_name = "LEAF")]
+        cluster: Option<String>,
     },
     /// Show how to connect to a database you logged in to
     Config {
@@ -220,6 +242,9 @@ pub enum DbCommand {
         db: String,
         #[command(flatten)]
         route: RouteArgs,
+        /// A database of a trusted leaf cluster, reached through this gateway
+        #[arg(long, value_name = "LEAF")]
+        cluster: Option<String>,
         /// Arguments passed to the client after `--`
         #[arg(last = true, value_name = "CLIENT-ARGS")]
         client_args: Vec<String>,
@@ -387,6 +412,7 @@ mod tests {
             db,
             route,
             client_args,
+            ..
         }) = cli.command
         else {
             panic!("not db connect");

@@ -9,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::source::{self, Document, FieldPath};
-use crate::{Db, DbObjectImportRule, ModelError, Role, User};
+use crate::{Db, DbObjectImportRule, ModelError, Role, TrustedCluster, User};
 
 /// Any resource dbward stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +22,18 @@ pub enum Resource {
     Db(Db),
     /// `kind: db_object_import_rule`
     DbObjectImportRule(DbObjectImportRule),
+    /// `kind: trusted_cluster`
+    TrustedCluster(TrustedCluster),
 }
 
 /// Every kind, as written in files.
-pub const KINDS: [&str; 4] = [Role::KIND, User::KIND, Db::KIND, DbObjectImportRule::KIND];
+pub const KINDS: [&str; 5] = [
+    Role::KIND,
+    User::KIND,
+    Db::KIND,
+    DbObjectImportRule::KIND,
+    TrustedCluster::KIND,
+];
 
 impl Resource {
     /// `role`, `user`, `db` or `db_object_import_rule`.
@@ -35,6 +43,7 @@ impl Resource {
             Resource::User(_) => User::KIND,
             Resource::Db(_) => Db::KIND,
             Resource::DbObjectImportRule(_) => DbObjectImportRule::KIND,
+            Resource::TrustedCluster(_) => TrustedCluster::KIND,
         }
     }
 
@@ -50,6 +59,7 @@ impl Resource {
             Resource::User(u) => &u.metadata,
             Resource::Db(d) => &d.metadata,
             Resource::DbObjectImportRule(r) => &r.metadata,
+            Resource::TrustedCluster(t) => &t.metadata,
         }
     }
 
@@ -60,6 +70,7 @@ impl Resource {
             Resource::User(u) => &u.version,
             Resource::Db(d) => &d.version,
             Resource::DbObjectImportRule(r) => &r.version,
+            Resource::TrustedCluster(t) => &t.version,
         }
     }
 
@@ -70,6 +81,7 @@ impl Resource {
             Resource::User(u) => u.validate(),
             Resource::Db(d) => d.validate(),
             Resource::DbObjectImportRule(r) => r.validate(),
+            Resource::TrustedCluster(t) => t.validate(),
         }
     }
 
@@ -101,6 +113,11 @@ impl From<Db> for Resource {
         Resource::Db(d)
     }
 }
+impl From<TrustedCluster> for Resource {
+    fn from(t: TrustedCluster) -> Self {
+        Resource::TrustedCluster(t)
+    }
+}
 impl From<DbObjectImportRule> for Resource {
     fn from(r: DbObjectImportRule) -> Self {
         Resource::DbObjectImportRule(r)
@@ -123,6 +140,7 @@ impl Serialize for Resource {
             Resource::User(u) => Tagged { kind, inner: u }.serialize(serializer),
             Resource::Db(d) => Tagged { kind, inner: d }.serialize(serializer),
             Resource::DbObjectImportRule(r) => Tagged { kind, inner: r }.serialize(serializer),
+            Resource::TrustedCluster(t) => Tagged { kind, inner: t }.serialize(serializer),
         }
     }
 }
@@ -147,6 +165,7 @@ impl<'de> Deserialize<'de> for Resource {
             DbObjectImportRule::KIND => {
                 serde_json::from_value(value).map(Resource::DbObjectImportRule)
             }
+            TrustedCluster::KIND => serde_json::from_value(value).map(Resource::TrustedCluster),
             other => return Err(D::Error::custom(unknown_kind(other))),
         };
         resource.map_err(D::Error::custom)
@@ -154,7 +173,9 @@ impl<'de> Deserialize<'de> for Resource {
 }
 
 fn unknown_kind(kind: &str) -> String {
-    format!("unknown kind \"{kind}\", expected role, user, db or db_object_import_rule")
+    format!(
+        "unknown kind \"{kind}\", expected role, user, db, db_object_import_rule or trusted_cluster"
+    )
 }
 
 /// What [`parse_resources`] read from a file.
@@ -298,6 +319,8 @@ fn parse_one(
         Db::KIND => decode::<Db>(doc, index, file).map(|(d, i)| (Resource::Db(d), i))?,
         DbObjectImportRule::KIND => decode::<DbObjectImportRule>(doc, index, file)
             .map(|(r, i)| (Resource::DbObjectImportRule(r), i))?,
+        TrustedCluster::KIND => decode::<TrustedCluster>(doc, index, file)
+            .map(|(t, i)| (Resource::TrustedCluster(t), i))?,
         other => {
             let name = map
                 .get("metadata")
@@ -599,6 +622,8 @@ fn classify(kind: &str, keys: &[&str]) -> Field {
         {
             Field::Unsupported
         }
+        // Teleport's reverse tunnel address: dbward connects gateway to gateway directly.
+        ["spec", "tunnel_addr", ..] if kind == TrustedCluster::KIND => Field::Unsupported,
         _ => Field::Unknown,
     }
 }

@@ -3,7 +3,10 @@
 //! The extension value is a DER UTF8String holding a versioned JSON payload (`{"v":1,...}`).
 //! Version 2 adds the pinned source IP (`ip`); a certificate without one is still written as
 //! version 1, so older gateways read it, and one with a pinned IP as version 2, which older
-//! gateways refuse instead of ignoring the pin. Both versions are read.
+//! gateways refuse instead of ignoring the pin. Version 3 carries [`ClusterClaims`] as well
+//! (the leaf cluster a root's database route leads to; the home roles and traits a root
+//! cluster vouches for in certificates it mints for a trusted leaf); it is written only when a
+//! claim is present. All three versions are read.
 //! Reading an identity does not check who signed the certificate: call [`read_identity`] only
 //! on a certificate whose chain was verified (by a TLS handshake with a client verifier, or by
 //! `verify_user_cert`).
@@ -22,6 +25,32 @@ const IDENTITY_EXTENSION_OID_STR: &str = "1.3.6.1.4.1.59934.1.1";
 const IDENTITY_VERSION: u64 = 1;
 /// The payload version of certificates with a pinned IP.
 const IDENTITY_VERSION_PINNED: u64 = 2;
+/// The payload version of certificates with cluster claims (the pin is optional).
+const IDENTITY_VERSION_CLAIMS: u64 = 3;
+
+/// What a certificate says about clusters other than the one it was issued in. Kept apart
+/// from [`Identity`]: a gateway reads these only where it has decided to trust them (a leaf
+/// takes roles and traits only from a certificate signed by a trusted root's user CA, never
+/// from one of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterClaims {
+    /// A database route of a root cluster's certificate: the leaf cluster whose database it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_cluster: Option<String>,
+    /// The user's roles in the issuing cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The user's traits in the issuing cluster.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub traits: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl ClusterClaims {
+    /// Whether there is anything to write.
+    pub fn is_empty(&self) -> bool {
+        self.route_cluster.is_none() && self.roles.is_empty() && self.traits.is_empty()
+    }
+}
 
 /// What a user certificate may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,9 +110,12 @@ struct IdentityPayload {
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     route: Option<DbRoute>,
-    /// Version 2 only: the pinned source IP.
+    /// Version 2 and 3: the pinned source IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip: Option<std::net::IpAddr>,
+    /// Version 3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<ClusterClaims>,
 }
 
 /// Only the version, read first so a newer payload gives a clear error.
@@ -93,9 +125,15 @@ struct PayloadVersion {
 }
 
 /// Encodes the identity as the extension's value (a DER UTF8String of the JSON payload).
-pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::CustomExtension> {
+pub(crate) fn encode_identity_extension(
+    identity: &Identity,
+    claims: Option<&ClusterClaims>,
+) -> Result<rcgen::CustomExtension> {
+    let claims = claims.filter(|c| !c.is_empty());
     let payload = IdentityPayload {
-        v: if identity.pinned_ip.is_some() {
+        v: if claims.is_some() {
+            IDENTITY_VERSION_CLAIMS
+        } else if identity.pinned_ip.is_some() {
             IDENTITY_VERSION_PINNED
         } else {
             IDENTITY_VERSION
@@ -106,6 +144,7 @@ pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::Cu
         exp: identity.expires.unix_timestamp(),
         route: identity.route.clone(),
         ip: identity.pinned_ip,
+        claims: claims.cloned(),
     };
     let json = serde_json::to_vec(&payload)
         .map_err(|e| PkiError::InvalidIdentity(format!("cannot encode: {e}")))?;
@@ -124,6 +163,13 @@ pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::Cu
 /// This does **not** verify the certificate: only call it after the chain was verified against
 /// the user CA, otherwise anyone can write any identity into a self-made certificate.
 pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
+    read_identity_and_claims(cert_der).map(|(identity, _)| identity)
+}
+
+/// Reads the identity and the cluster claims (empty before version 3) from a certificate.
+/// The same warning as [`read_identity`] applies, and more: claims are to be believed only
+/// from a certificate of a CA trusted to make them.
+pub fn read_identity_and_claims(cert_der: &[u8]) -> Result<(Identity, ClusterClaims)> {
     let (_, cert) = parse_x509_certificate(cert_der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let extension = cert
         .extensions()
@@ -133,15 +179,31 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
     let json = decode_utf8_string(extension.value)?;
     let version: PayloadVersion = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
-    if version.v != IDENTITY_VERSION && version.v != IDENTITY_VERSION_PINNED {
+    if ![
+        IDENTITY_VERSION,
+        IDENTITY_VERSION_PINNED,
+        IDENTITY_VERSION_CLAIMS,
+    ]
+    .contains(&version.v)
+    {
         return Err(PkiError::UnsupportedIdentityVersion(version.v));
     }
     let payload: IdentityPayload = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
-    // Version 1 never pins; version 2 always does.
-    if (version.v == IDENTITY_VERSION_PINNED) != payload.ip.is_some() {
+    // Version 1 never pins; version 2 always does; version 3 may.
+    if version.v != IDENTITY_VERSION_CLAIMS
+        && (version.v == IDENTITY_VERSION_PINNED) != payload.ip.is_some()
+    {
         return Err(PkiError::InvalidIdentity(
             "pinned IP does not match the payload version".into(),
+        ));
+    }
+    // Claims only in version 3, and version 3 only with claims.
+    if (version.v == IDENTITY_VERSION_CLAIMS)
+        != payload.claims.as_ref().is_some_and(|c| !c.is_empty())
+    {
+        return Err(PkiError::InvalidIdentity(
+            "cluster claims do not match the payload version".into(),
         ));
     }
 
@@ -164,14 +226,17 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
     }
     let expires = OffsetDateTime::from_unix_timestamp(payload.exp)
         .map_err(|e| PkiError::InvalidIdentity(format!("expiry: {e}")))?;
-    Ok(Identity {
-        username: payload.user,
-        cluster: payload.cluster,
-        usage: payload.usage,
-        expires,
-        route: payload.route,
-        pinned_ip: payload.ip,
-    })
+    Ok((
+        Identity {
+            username: payload.user,
+            cluster: payload.cluster,
+            usage: payload.usage,
+            expires,
+            route: payload.route,
+            pinned_ip: payload.ip,
+        },
+        payload.claims.unwrap_or_default(),
+    ))
 }
 
 const UTF8_STRING_TAG: u8 = 0x0c;

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::ca::{CaKind, CertAuthority};
 use crate::error::{PkiError, Result};
-use crate::identity::{read_identity, Identity};
+use crate::identity::{read_identity_and_claims, ClusterClaims, Identity};
 use crate::tls::provider;
 
 /// Verifies `chain` (leaf first) against the user CA at time `now` and returns the identity of
@@ -25,6 +25,17 @@ pub fn verify_user_cert(
     cluster: &str,
     now: OffsetDateTime,
 ) -> Result<Identity> {
+    verify_user_cert_with_claims(chain, user_ca, cluster, now).map(|(identity, _)| identity)
+}
+
+/// [`verify_user_cert`] that also returns the certificate's cluster claims. A caller decides
+/// whether the CA it passed is trusted to make them.
+pub fn verify_user_cert_with_claims(
+    chain: &[CertificateDer<'_>],
+    user_ca: &CertAuthority,
+    cluster: &str,
+    now: OffsetDateTime,
+) -> Result<(Identity, ClusterClaims)> {
     if user_ca.kind != CaKind::User {
         return Err(PkiError::CertificateRejected(format!(
             "user certificates are verified with the user CA, not the {} CA",
@@ -44,14 +55,14 @@ pub fn verify_user_cert(
         .verify_client_cert(leaf, intermediates, now_unix)
         .map_err(verification_error)?;
 
-    let identity = read_identity(leaf.as_ref())?;
+    let (identity, claims) = read_identity_and_claims(leaf.as_ref())?;
     if identity.cluster != cluster {
         return Err(PkiError::CertificateRejected(format!(
             "certificate was issued for cluster {:?}, this is {cluster:?}",
             identity.cluster
         )));
     }
-    Ok(identity)
+    Ok((identity, claims))
 }
 
 /// Maps webpki's reasons to this crate's precise variants.

@@ -12,10 +12,14 @@ use crate::dbconfig::DbConnectionConfig;
 use crate::home::{ClientHome, DbRouteState};
 use crate::table::Table;
 
-pub async fn ls(verbose: bool, format: ListFormat) -> Result<()> {
+pub async fn ls(verbose: bool, format: ListFormat, cluster: Option<&str>) -> Result<()> {
     let home = ClientHome::from_env()?;
     let (_, client) = user_client(&home)?;
-    let response: DbListResponse = client.get("/v1/dbs").await?;
+    let path = match cluster {
+        Some(leaf) => format!("/v1/dbs?cluster={}", crate::client::encode_component(leaf)),
+        None => "/v1/dbs".to_string(),
+    };
+    let response: DbListResponse = client.get(&path).await?;
     match format {
         ListFormat::Json => println!("{}", serde_json::to_string_pretty(&response.databases)?),
         ListFormat::Text => print!("{}", render_db_list(&response.databases, verbose)),
@@ -69,6 +73,7 @@ async fn issue(
     home: &ClientHome,
     db: &str,
     route: &RouteArgs,
+    cluster: Option<&str>,
 ) -> Result<(DbRouteState, Vec<String>)> {
     let files = home.db(db)?;
     let (profile, client) = user_client(home)?;
@@ -82,6 +87,7 @@ async fn issue(
                 db_name: route.db_name.clone(),
                 db_roles: route.db_roles.clone(),
                 csr_pem,
+                cluster: cluster.map(str::to_string),
             },
         )
         .await
@@ -103,9 +109,9 @@ async fn issue(
     Ok((state, response.db_permissions))
 }
 
-pub async fn login(db: &str, route: &RouteArgs) -> Result<()> {
+pub async fn login(db: &str, route: &RouteArgs, cluster: Option<&str>) -> Result<()> {
     let home = ClientHome::from_env()?;
-    let (state, permissions) = issue(&home, db, route).await?;
+    let (state, permissions) = issue(&home, db, route, cluster).await?;
     let config = DbConnectionConfig::new(&home, &state)?;
     println!(
         "Logged in to database \"{db}\" as db user \"{}\", valid until {}.",
@@ -162,11 +168,16 @@ pub fn route_satisfies(route: &DbRouteState, wanted: &RouteArgs) -> bool {
     !is_expired(&route.expires) && user_matches && name_matches && roles_match
 }
 
-pub async fn connect(db: &str, route: &RouteArgs, client_args: &[String]) -> Result<()> {
+pub async fn connect(
+    db: &str,
+    route: &RouteArgs,
+    cluster: Option<&str>,
+    client_args: &[String],
+) -> Result<()> {
     let home = ClientHome::from_env()?;
     let state = match home.db(db)?.load_route()? {
-        Some(existing) if route_satisfies(&existing, route) => existing,
-        _ => issue(&home, db, route).await?.0,
+        Some(existing) if cluster.is_none() && route_satisfies(&existing, route) => existing,
+        _ => issue(&home, db, route, cluster).await?.0,
     };
     let config = DbConnectionConfig::new(&home, &state)?;
     let (program, mut args) = config.client_argv()?;

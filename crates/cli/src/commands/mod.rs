@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use dbward_model::{Config, LogFormat};
 
-use crate::args::{AuditCommand, AuthCommand, Cli, Command, DbCommand, ProxyCommand, UsersCommand};
+use crate::args::{
+    AuditCommand, AuthCommand, Cli, Command, DbCommand, ProxyCommand, TokensCommand, UsersCommand,
+};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let config_path = cli.config_path();
@@ -56,14 +58,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login(login) => session::login(login).await?,
         Command::Logout => session::logout()?,
         Command::Status => session::status()?,
-        Command::Db(DbCommand::Ls { verbose, format }) => db::ls(verbose, format).await?,
-        Command::Db(DbCommand::Login { db, route }) => db::login(&db, &route).await?,
+        Command::Db(DbCommand::Ls {
+            verbose,
+            format,
+            cluster,
+        }) => db::ls(verbose, format, cluster.as_deref()).await?,
+        Command::Db(DbCommand::Login { db, route, cluster }) => {
+            db::login(&db, &route, cluster.as_deref()).await?
+        }
         Command::Db(DbCommand::Config { db, format }) => db::config(&db, format)?,
         Command::Db(DbCommand::Connect {
             db,
             route,
+            cluster,
             client_args,
-        }) => db::connect(&db, &route, &client_args).await?,
+        }) => db::connect(&db, &route, cluster.as_deref(), &client_args).await?,
+        Command::Tokens(TokensCommand::Add { token_type, ttl }) => {
+            admin::tokens_add(&load_config(&config_path)?, &token_type, &ttl).await?
+        }
         Command::Db(DbCommand::Check { db, db_names }) => {
             return admin::db_check(&load_config(&config_path)?, &db, &db_names).await
         }
