@@ -141,6 +141,31 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn cluster_claims_round_trip_as_version_3_and_older_payloads_have_none() -> Result<()> {
+        let cas = CaSet::generate("root")?;
+        let now = OffsetDateTime::now_utc();
+        let wanted = identity(now + Duration::hours(1));
+        let claims = ClusterClaims {
+            route_cluster: Some("leaf".into()),
+            roles: vec!["dev".into()],
+            traits: [("db_roles".to_string(), vec!["writer".to_string()])].into(),
+        };
+        let (_key, csr) = new_key_and_csr("ignored")?;
+        let pem = crate::issue::issue_user_cert_with_claims(&cas.user, &wanted, &claims, &csr)?;
+        let chain = parse_cert_pem(&pem)?;
+        assert!(contains(chain[0].as_ref(), br#"{"v":3,"#));
+        let (got, got_claims) = verify_user_cert_with_claims(&chain, &cas.user, "prod", now)?;
+        assert_eq!(got.username, "alice");
+        assert_eq!(got_claims, claims);
+        // Empty claims write the older versions, which read back with none.
+        let plain = issue(&cas.user, &wanted)?;
+        assert!(contains(plain[0].as_ref(), br#"{"v":1,"#));
+        let (_, none) = verify_user_cert_with_claims(&plain, &cas.user, "prod", now)?;
+        assert!(none.is_empty());
+        Ok(())
+    }
+
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }

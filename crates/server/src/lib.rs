@@ -272,6 +272,7 @@ impl Started {
         tasks.spawn(session::watch_revocations(gw.clone(), shutdown.clone()));
         tasks.spawn(session::reconcile_loop(gw.clone(), shutdown.clone()));
         tasks.spawn(session::watch_cancel_requests(gw.clone(), shutdown.clone()));
+        tasks.spawn(trust::refresh_loop(gw.clone(), shutdown.clone()));
         let endpoints = gw.endpoints.read().await.clone();
         tracing::info!(
             cluster = %gw.cluster,

@@ -409,6 +409,19 @@ pub async fn refresh_listeners(gw: &Gateway) {
     }
 }
 
+/// Keeps the listeners' trusted roots in step with the store, for changes made through
+/// another gateway sharing it (this gateway's own changes apply at once).
+pub async fn refresh_loop(gw: Arc<Gateway>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => refresh_listeners(&gw).await,
+        }
+    }
+}
+
 /// Whether a chain that did not verify against this cluster's CA is a trusted root's user's:
 /// the identity and the [`RemoteUser`] it stands for.
 pub fn verify_remote(
