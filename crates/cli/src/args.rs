@@ -65,7 +65,7 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show resources: role(s), user(s), db(s), db_object_import_rule(s)
+    /// Show resources: role(s), user(s), db(s), db_object_import_rule(s), trusted_cluster(s)
     Get {
         /// KIND or KIND/NAME
         #[arg(value_name = "KIND[/NAME]")]

@@ -123,6 +123,10 @@ pub async fn authorize(
     if let Some(leaf) = auth.leaf.clone() {
         return authorize_forward(gw, &snapshot, auth, user, &leaf, protocol, requested).await;
     }
+    if holds_a_remote_name(&snapshot, &user.metadata.name) {
+        tracing::warn!("denied: a local user holds the name of a trusted root's users");
+        return Err(denied());
+    }
     let db = snapshot
         .dbs
         .get(&auth.route.service)
@@ -190,6 +194,11 @@ fn authorize_remote(
     let denied = || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
     let remote = auth.remote.clone().ok_or_else(denied)?;
     let user = remote_leaf_user(snapshot, &auth.identity.username, &remote)?;
+    // Never the database user of a local user of the same name.
+    if snapshot.users.contains_key(&user.metadata.name) {
+        tracing::warn!(name = %user.metadata.name, "denied: a local user holds the mapped remote name");
+        return Err(denied());
+    }
     let db = snapshot
         .dbs
         .get(&auth.route.service)
@@ -250,6 +259,16 @@ fn authorize_remote(
         fields,
         forward: None,
     })
+}
+
+/// Whether a local user's name has the shape of a trusted root's users'
+/// (`remote-<user>-<root>`): such a user would share their database users, so it is refused.
+fn holds_a_remote_name(snapshot: &crate::catalog::Snapshot, name: &str) -> bool {
+    name.starts_with("remote-")
+        && snapshot
+            .trusted_clusters
+            .keys()
+            .any(|root| name.ends_with(&format!("-{root}")))
 }
 
 /// The leaf user a trusted root's user is now: refused when the trust is gone (disabled,

@@ -73,7 +73,19 @@ async fn open<E: Engine>(
     let upstream = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
         .await
         .map_err(|_| SessionError::Internal(format!("connecting to {} timed out", target.addr)))?
-        .map_err(|err| refused_upstream(err, &target.addr))?;
+        .map_err(|err| refused_upstream(err, &target.addr))
+        .map_err(|err| match (&authorized.forward, err) {
+            // The leaf's own refusals (access, provisioning) reach the client as it wrote
+            // them; a failed TLS or network connection is named, its details logged.
+            (Some(leaf), SessionError::Internal(detail)) => {
+                tracing::info!(leaf = %leaf.cluster, %detail, "forwarding to the leaf failed");
+                SessionError::AccessDenied(format!(
+                    "the trusted cluster \"{}\" could not be reached or refused the connection",
+                    leaf.cluster
+                ))
+            }
+            (_, err) => err,
+        })?;
     Ok((target, upstream))
 }
 
