@@ -290,6 +290,10 @@ fn summary(r: &Value) -> String {
                 );
             }
         }
+        "trusted_cluster" => {
+            add("enabled", str_at(r, &["spec", "enabled"]));
+            add("web_proxy_addr", str_at(r, &["spec", "web_proxy_addr"]));
+        }
         _ => {}
     }
     parts.join(" ")

@@ -41,8 +41,8 @@ const REQUEST_CONTEXT: &[u8] = b"dbward trusted cluster join request v1\n";
 const ANSWER_CONTEXT: &[u8] = b"dbward trusted cluster join answer v1\n";
 /// Longest lifetime of a join token.
 pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
-/// Lifetime of the certificates a root mints to speak for a user to a leaf.
-const FORWARD_CERT_SECS: i64 = 3600;
+/// Lifetime of the login certificates a root mints to list a leaf's databases for a user.
+const LISTING_CERT_SECS: i64 = 300;
 
 /// What a join token's record holds.
 #[derive(Serialize, Deserialize)]
@@ -453,7 +453,9 @@ pub fn verify_remote(
 // ---------------------------------------------------------------- root → leaf
 
 /// A certificate this root mints for `user` to present to a leaf: usage, route, expiry as
-/// given, and the user's roles and traits here, which the leaf maps. Returns (cert, key).
+/// given (never later than the user's own certificate: a forwarded session lasts as long as
+/// the certificate the client showed), and the user's roles and traits here, which the leaf
+/// maps. It never leaves this gateway. Returns (cert, key).
 pub fn mint_for_leaf(
     gw: &Gateway,
     user: &User,
@@ -461,13 +463,11 @@ pub fn mint_for_leaf(
     route: Option<DbRoute>,
     not_after: OffsetDateTime,
 ) -> Result<(String, String), GatewayError> {
-    let expires =
-        not_after.min(OffsetDateTime::now_utc() + time::Duration::seconds(FORWARD_CERT_SECS));
     let identity = Identity {
         username: user.metadata.name.clone(),
         cluster: gw.cluster.clone(),
         usage,
-        expires,
+        expires: not_after,
         route,
         pinned_ip: None,
     };
@@ -516,7 +516,9 @@ pub async fn leaf_dbs(
             "cluster \"{leaf_name}\" is not a leaf of this cluster"
         ))
     })?;
-    let (cert, key) = mint_for_leaf(gw, user, CertUsage::Login, None, login_expires)?;
+    let not_after =
+        login_expires.min(OffsetDateTime::now_utc() + time::Duration::seconds(LISTING_CERT_SECS));
+    let (cert, key) = mint_for_leaf(gw, user, CertUsage::Login, None, not_after)?;
     let tls = leaf_tls(&leaf, Some((&cert, &key)))?;
     http::call::<(), _>(&leaf.web_addr, tls, Method::GET, "/v1/remote/dbs", None)
         .await
