@@ -570,6 +570,63 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
         .expect("pg_roles");
     assert_eq!(mallory.trim(), "0");
 
+    // A local user named like the root's users never gets their database user.
+    leaf.ok(
+        "admin-home",
+        &[
+            "users",
+            "add",
+            "remote-alice-root",
+            "--roles",
+            "leaf-dev",
+            "--password-stdin",
+        ],
+        "impostor password\n",
+    );
+    let leaf_ca_arg = leaf_ca.display().to_string();
+    leaf.ok(
+        "impostor-home",
+        &[
+            "login",
+            "--proxy",
+            &leaf.web,
+            "--user",
+            "remote-alice-root",
+            "--password-stdin",
+            "--ca",
+            &leaf_ca_arg,
+        ],
+        "impostor password\n",
+    );
+    let impostor = leaf.run(
+        "impostor-home",
+        &[
+            "db",
+            "connect",
+            "pgdb",
+            "--db-name",
+            "postgres",
+            "--",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select current_user",
+        ],
+        "",
+    );
+    assert!(
+        !impostor.status.success(),
+        "{}",
+        stderr_and_stdout(&impostor)
+    );
+    assert!(
+        stderr_and_stdout(&impostor).contains("access to db denied"),
+        "{}",
+        stderr_and_stdout(&impostor)
+    );
+    leaf.ok("admin-home", &["users", "rm", "remote-alice-root"], "");
+
     // --- MariaDB through the root too.
     root.ok(
         "alice-home",
