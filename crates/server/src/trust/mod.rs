@@ -529,3 +529,50 @@ pub async fn leaf_dbs(
             other => GatewayError::Unavailable(format!("leaf cluster \"{leaf_name}\": {other}")),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_macs_bind_the_token_the_context_and_every_byte_of_the_body() {
+        let token = "ab".repeat(32);
+        let body = r#"{"root_cluster":"root","nonce":"n1"}"#;
+        let tag = mac(&token, REQUEST_CONTEXT, body);
+        assert!(mac_ok(&token, REQUEST_CONTEXT, body, &tag));
+        // Another token, the other direction's context, a changed body or tag: refused.
+        assert!(!mac_ok(&"cd".repeat(32), REQUEST_CONTEXT, body, &tag));
+        assert!(!mac_ok(&token, ANSWER_CONTEXT, body, &tag));
+        assert!(!mac_ok(
+            &token,
+            REQUEST_CONTEXT,
+            &body.replace("n1", "n2"),
+            &tag
+        ));
+        let mut flipped = tag.clone().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).expect("hex");
+        assert!(!mac_ok(&token, REQUEST_CONTEXT, body, &flipped));
+        assert!(!mac_ok(
+            &token,
+            REQUEST_CONTEXT,
+            body,
+            &tag[..tag.len() - 1]
+        ));
+        assert!(!mac_ok(&token, REQUEST_CONTEXT, body, "zz"));
+        assert!(!mac_ok(&token, REQUEST_CONTEXT, body, ""));
+    }
+
+    #[test]
+    fn token_ids_are_sha256_and_names_follow_the_reference_form() {
+        assert_eq!(token_id("abc").len(), 64);
+        assert_ne!(token_id("abc"), "abc");
+        assert_eq!(unhex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(mapped_remote_name("alice", "root"), "remote-alice-root");
+        assert_eq!(
+            wrong_remote_name("remote-alice-root", "bob"),
+            "please use your mapped remote username (\"remote-alice-root\") to connect instead of \"bob\""
+        );
+    }
+}
