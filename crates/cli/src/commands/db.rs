@@ -101,6 +101,7 @@ async fn issue(
         gateway_host: response.gateway_host,
         gateway_port: response.gateway_port,
         expires: response.expires,
+        cluster: cluster.map(str::to_string),
     };
     // The host CA may have been rotated since login; the db clients verify with this file.
     std::fs::write(home.host_ca(), &response.host_ca_pem)
@@ -177,6 +178,12 @@ pub async fn connect(
     let home = ClientHome::from_env()?;
     let state = match home.db(db)?.load_route()? {
         Some(existing) if cluster.is_none() && route_satisfies(&existing, route) => existing,
+        // A route of a leaf's database stays there when it is renewed.
+        Some(existing) if cluster.is_none() => {
+            issue(&home, db, route, existing.cluster.as_deref())
+                .await?
+                .0
+        }
         _ => issue(&home, db, route, cluster).await?.0,
     };
     let config = DbConnectionConfig::new(&home, &state)?;
@@ -284,6 +291,7 @@ mod tests {
             gateway_host: "localhost".into(),
             gateway_port: 3432,
             expires: expires.into(),
+            cluster: None,
         }
     }
 
