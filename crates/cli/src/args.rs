@@ -65,7 +65,7 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show resources: role(s), user(s), db(s), db_object_import_rule(s), oidc
+    /// Show resources: role(s), user(s), db(s), db_object_import_rule(s), oidc, trusted_cluster(s)
     Get {
         /// KIND or KIND/NAME
         #[arg(value_name = "KIND[/NAME]")]
@@ -99,6 +99,9 @@ pub enum Command {
     /// Second factor: register a TOTP device for yourself
     #[command(subcommand)]
     Mfa(MfaCommand),
+    /// Join tokens (root cluster, admin)
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +111,19 @@ pub enum MfaCommand {
         /// A current code of the device being replaced (needed when you have one)
         #[arg(long, value_name = "CODE")]
         otp: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a join token; the token is printed alone on the last line
+    Add {
+        /// Token type: trusted_cluster (a leaf cluster joins this one)
+        #[arg(long = "type", value_name = "TYPE")]
+        token_type: String,
+        /// Lifetime (e.g. 30m, 2h)
+        #[arg(long, value_name = "DURATION", default_value = "30m")]
+        ttl: String,
     },
 }
 
@@ -226,6 +242,9 @@ pub enum DbCommand {
         verbose: bool,
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
+        /// A trusted leaf cluster's databases
+        #[arg(long, value_name = "LEAF")]
+        cluster: Option<String>,
     },
     /// Issue a database certificate for a route
     Login {
@@ -236,6 +255,9 @@ pub enum DbCommand {
         /// A fresh TOTP code, for databases whose roles require one per session
         #[arg(long, value_name = "CODE")]
         otp: Option<String>,
+        /// A database of a trusted leaf cluster, reached through this gateway
+        #[arg(long, value_name = "LEAF")]
+        cluster: Option<String>,
     },
     /// Show how to connect to a database you logged in to
     Config {
@@ -253,6 +275,9 @@ pub enum DbCommand {
         /// A fresh TOTP code, for databases whose roles require one per session
         #[arg(long, value_name = "CODE")]
         otp: Option<String>,
+        /// A database of a trusted leaf cluster, reached through this gateway
+        #[arg(long, value_name = "LEAF")]
+        cluster: Option<String>,
         /// Arguments passed to the client after `--`
         #[arg(last = true, value_name = "CLIENT-ARGS")]
         client_args: Vec<String>,

@@ -206,6 +206,7 @@ mod tests {
             gateway_host: "localhost".into(),
             gateway_port: 3432,
             expires: "2030-01-01T00:00:00Z".into(),
+            cluster: None,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct DbRouteState {
     pub gateway_port: u16,
     /// RFC 3339.
     pub expires: String,
+    /// The trusted leaf cluster of the database (`db login --cluster`), so that a new
+    /// certificate for the route goes there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// The paths of the client state.
@@ -231,6 +235,7 @@ mod tests {
             gateway_host: "localhost".into(),
             gateway_port: 3432,
             expires: "2030-01-01T00:00:00Z".into(),
+            cluster: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod permission;
 pub mod resource;
 pub mod role;
 mod source;
+pub mod trusted_cluster;
 pub mod user;
 
 pub use config::{Config, Limits, LogFormat, StaticDb, Storage, StorageBackend};
@@ -39,4 +40,5 @@ pub use role::{
     CreateDbUserMode, DbPermission, RestrictionScope, Role, RoleConditions, RoleOptions, RoleSpec,
     UnenforcedOption,
 };
+pub use trusted_cluster::{RoleMapping, TrustedCluster, TrustedClusterSpec};
 pub use user::{User, UserSpec};

@@ -9,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::source::{self, Document, FieldPath};
-use crate::{Db, DbObjectImportRule, ModelError, OidcConnector, Role, User};
+use crate::{Db, DbObjectImportRule, ModelError, OidcConnector, Role, TrustedCluster, User};
 
 /// Any resource dbward stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +24,18 @@ pub enum Resource {
     DbObjectImportRule(DbObjectImportRule),
     /// `kind: oidc`
     Oidc(OidcConnector),
+    /// `kind: trusted_cluster`
+    TrustedCluster(TrustedCluster),
 }
 
 /// Every kind, as written in files.
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 6] = [
     Role::KIND,
     User::KIND,
     Db::KIND,
     DbObjectImportRule::KIND,
     OidcConnector::KIND,
+    TrustedCluster::KIND,
 ];
 
 impl Resource {
@@ -44,6 +47,7 @@ impl Resource {
             Resource::Db(_) => Db::KIND,
             Resource::DbObjectImportRule(_) => DbObjectImportRule::KIND,
             Resource::Oidc(_) => OidcConnector::KIND,
+            Resource::TrustedCluster(_) => TrustedCluster::KIND,
         }
     }
 
@@ -60,6 +64,7 @@ impl Resource {
             Resource::Db(d) => &d.metadata,
             Resource::DbObjectImportRule(r) => &r.metadata,
             Resource::Oidc(c) => &c.metadata,
+            Resource::TrustedCluster(t) => &t.metadata,
         }
     }
 
@@ -71,6 +76,7 @@ impl Resource {
             Resource::Db(d) => &d.version,
             Resource::DbObjectImportRule(r) => &r.version,
             Resource::Oidc(c) => &c.version,
+            Resource::TrustedCluster(t) => &t.version,
         }
     }
 
@@ -82,6 +88,7 @@ impl Resource {
             Resource::Db(d) => d.validate(),
             Resource::DbObjectImportRule(r) => r.validate(),
             Resource::Oidc(c) => c.validate(),
+            Resource::TrustedCluster(t) => t.validate(),
         }
     }
 
@@ -113,6 +120,11 @@ impl From<Db> for Resource {
         Resource::Db(d)
     }
 }
+impl From<TrustedCluster> for Resource {
+    fn from(t: TrustedCluster) -> Self {
+        Resource::TrustedCluster(t)
+    }
+}
 impl From<DbObjectImportRule> for Resource {
     fn from(r: DbObjectImportRule) -> Self {
         Resource::DbObjectImportRule(r)
@@ -141,6 +153,7 @@ impl Serialize for Resource {
             Resource::Db(d) => Tagged { kind, inner: d }.serialize(serializer),
             Resource::DbObjectImportRule(r) => Tagged { kind, inner: r }.serialize(serializer),
             Resource::Oidc(c) => Tagged { kind, inner: c }.serialize(serializer),
+            Resource::TrustedCluster(t) => Tagged { kind, inner: t }.serialize(serializer),
         }
     }
 }
@@ -166,6 +179,7 @@ impl<'de> Deserialize<'de> for Resource {
                 serde_json::from_value(value).map(Resource::DbObjectImportRule)
             }
             OidcConnector::KIND => serde_json::from_value(value).map(Resource::Oidc),
+            TrustedCluster::KIND => serde_json::from_value(value).map(Resource::TrustedCluster),
             other => return Err(D::Error::custom(unknown_kind(other))),
         };
         resource.map_err(D::Error::custom)
@@ -173,7 +187,9 @@ impl<'de> Deserialize<'de> for Resource {
 }
 
 fn unknown_kind(kind: &str) -> String {
-    format!("unknown kind \"{kind}\", expected role, user, db, db_object_import_rule or oidc")
+    format!(
+        "unknown kind \"{kind}\", expected role, user, db, db_object_import_rule, oidc or trusted_cluster"
+    )
 }
 
 /// What [`parse_resources`] read from a file.
@@ -320,6 +336,8 @@ fn parse_one(
         OidcConnector::KIND => {
             decode::<OidcConnector>(doc, index, file).map(|(c, i)| (Resource::Oidc(c), i))?
         }
+        TrustedCluster::KIND => decode::<TrustedCluster>(doc, index, file)
+            .map(|(t, i)| (Resource::TrustedCluster(t), i))?,
         other => {
             let name = map
                 .get("metadata")
@@ -639,6 +657,8 @@ fn classify(kind: &str, keys: &[&str]) -> Field {
         {
             Field::Unsupported
         }
+        // Teleport's reverse tunnel address: dbward connects gateway to gateway directly.
+        ["spec", "tunnel_addr", ..] if kind == TrustedCluster::KIND => Field::Unsupported,
         _ => Field::Unknown,
     }
 }

@@ -6,8 +6,12 @@
 //! gateways refuse instead of ignoring the pin. Version 3 adds the MFA mark (`mfa`): the
 //! database certificate was issued after a fresh one-time code (the role option
 //! `require_session_mfa`), and `mfa` holds the end of the login certificate it came from,
-//! which sessions opened with it may last until. A certificate without the mark is written as
-//! version 1 or 2 as before. All three versions are read; any other is refused.
+//! which sessions opened with it may last until. Version 4 carries [`ClusterClaims`] (the leaf
+//! cluster a root's database route leads to; the home roles and traits a root cluster vouches
+//! for in certificates it mints for a trusted leaf), with the pin and the MFA mark optional. A
+//! certificate is written with the lowest version that holds what it says, so older gateways
+//! read it or refuse it instead of ignoring a restriction. Versions 1 to 4 are read; any other
+//! is refused.
 //! Reading an identity does not check who signed the certificate: call [`read_identity`] only
 //! on a certificate whose chain was verified (by a TLS handshake with a client verifier, or by
 //! `verify_user_cert`).
@@ -28,6 +32,32 @@ const IDENTITY_VERSION: u64 = 1;
 const IDENTITY_VERSION_PINNED: u64 = 2;
 /// The payload version of MFA-verified database certificates (with or without a pinned IP).
 const IDENTITY_VERSION_MFA: u64 = 3;
+/// The payload version of certificates with cluster claims (pin and MFA mark optional).
+const IDENTITY_VERSION_CLAIMS: u64 = 4;
+
+/// What a certificate says about clusters other than the one it was issued in. Kept apart
+/// from [`Identity`]: a gateway reads these only where it has decided to trust them (a leaf
+/// takes roles and traits only from a certificate signed by a trusted root's user CA, never
+/// from one of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterClaims {
+    /// A database route of a root cluster's certificate: the leaf cluster whose database it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_cluster: Option<String>,
+    /// The user's roles in the issuing cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The user's traits in the issuing cluster.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub traits: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl ClusterClaims {
+    /// Whether there is anything to write.
+    pub fn is_empty(&self) -> bool {
+        self.route_cluster.is_none() && self.roles.is_empty() && self.traits.is_empty()
+    }
+}
 
 /// What a user certificate may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,12 +135,16 @@ struct IdentityPayload {
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     route: Option<DbRoute>,
-    /// Version 2 only: the pinned source IP.
+    /// Version 2 and 3: the pinned source IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip: Option<std::net::IpAddr>,
-    /// Version 3 only: MFA-verified; sessions may last until then (Unix seconds).
+    /// Version 3 (always) and 4 (optional): MFA-verified; sessions may last until then (Unix
+    /// seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mfa: Option<i64>,
+    /// Version 4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<ClusterClaims>,
 }
 
 /// Only the version, read first so a newer payload gives a clear error.
@@ -120,9 +154,15 @@ struct PayloadVersion {
 }
 
 /// Encodes the identity as the extension's value (a DER UTF8String of the JSON payload).
-pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::CustomExtension> {
+pub(crate) fn encode_identity_extension(
+    identity: &Identity,
+    claims: Option<&ClusterClaims>,
+) -> Result<rcgen::CustomExtension> {
+    let claims = claims.filter(|c| !c.is_empty());
     let payload = IdentityPayload {
-        v: if identity.mfa_session_until.is_some() {
+        v: if claims.is_some() {
+            IDENTITY_VERSION_CLAIMS
+        } else if identity.mfa_session_until.is_some() {
             IDENTITY_VERSION_MFA
         } else if identity.pinned_ip.is_some() {
             IDENTITY_VERSION_PINNED
@@ -138,6 +178,7 @@ pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::Cu
         mfa: identity
             .mfa_session_until
             .map(OffsetDateTime::unix_timestamp),
+        claims: claims.cloned(),
     };
     let json = serde_json::to_vec(&payload)
         .map_err(|e| PkiError::InvalidIdentity(format!("cannot encode: {e}")))?;
@@ -156,6 +197,13 @@ pub(crate) fn encode_identity_extension(identity: &Identity) -> Result<rcgen::Cu
 /// This does **not** verify the certificate: only call it after the chain was verified against
 /// the user CA, otherwise anyone can write any identity into a self-made certificate.
 pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
+    read_identity_and_claims(cert_der).map(|(identity, _)| identity)
+}
+
+/// Reads the identity and the cluster claims (empty before version 4) from a certificate.
+/// The same warning as [`read_identity`] applies, and more: claims are to be believed only
+/// from a certificate of a CA trusted to make them.
+pub fn read_identity_and_claims(cert_der: &[u8]) -> Result<(Identity, ClusterClaims)> {
     let (_, cert) = parse_x509_certificate(cert_der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let extension = cert
         .extensions()
@@ -169,6 +217,7 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
         IDENTITY_VERSION,
         IDENTITY_VERSION_PINNED,
         IDENTITY_VERSION_MFA,
+        IDENTITY_VERSION_CLAIMS,
     ]
     .contains(&version.v)
     {
@@ -176,18 +225,28 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
     }
     let payload: IdentityPayload = serde_json::from_slice(json)
         .map_err(|e| PkiError::InvalidIdentity(format!("payload: {e}")))?;
-    // Version 1 never pins; version 2 always does; version 3 may.
-    if version.v != IDENTITY_VERSION_MFA
+    // Version 1 never pins; version 2 always does; versions 3 and 4 may.
+    if version.v < IDENTITY_VERSION_MFA
         && (version.v == IDENTITY_VERSION_PINNED) != payload.ip.is_some()
     {
         return Err(PkiError::InvalidIdentity(
             "pinned IP does not match the payload version".into(),
         ));
     }
-    // Only version 3 carries the MFA mark, and always does.
-    if (version.v == IDENTITY_VERSION_MFA) != payload.mfa.is_some() {
+    // Version 3 always carries the MFA mark, version 4 may, 1 and 2 never do.
+    if (version.v == IDENTITY_VERSION_MFA && payload.mfa.is_none())
+        || (version.v < IDENTITY_VERSION_MFA && payload.mfa.is_some())
+    {
         return Err(PkiError::InvalidIdentity(
             "MFA mark does not match the payload version".into(),
+        ));
+    }
+    // Claims only in version 4, and version 4 only with claims.
+    if (version.v == IDENTITY_VERSION_CLAIMS)
+        != payload.claims.as_ref().is_some_and(|c| !c.is_empty())
+    {
+        return Err(PkiError::InvalidIdentity(
+            "cluster claims do not match the payload version".into(),
         ));
     }
 
@@ -224,15 +283,18 @@ pub fn read_identity(cert_der: &[u8]) -> Result<Identity> {
             ));
         }
     }
-    Ok(Identity {
-        username: payload.user,
-        cluster: payload.cluster,
-        usage: payload.usage,
-        expires,
-        route: payload.route,
-        pinned_ip: payload.ip,
-        mfa_session_until,
-    })
+    Ok((
+        Identity {
+            username: payload.user,
+            cluster: payload.cluster,
+            usage: payload.usage,
+            expires,
+            route: payload.route,
+            pinned_ip: payload.ip,
+            mfa_session_until,
+        },
+        payload.claims.unwrap_or_default(),
+    ))
 }
 
 const UTF8_STRING_TAG: u8 = 0x0c;

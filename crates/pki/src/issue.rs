@@ -16,7 +16,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::ca::{CaKind, CertAuthority};
 use crate::error::{PkiError, Result};
-use crate::identity::{encode_identity_extension, Identity};
+use crate::identity::{encode_identity_extension, ClusterClaims, Identity};
 
 /// How far back a new certificate's validity starts, to tolerate clocks that run behind.
 const BACKDATE: Duration = Duration::minutes(5);
@@ -61,6 +61,16 @@ pub fn check_csr(csr_pem: &str) -> Result<()> {
 /// Only the CSR's public key is used (its self-signature proves the client holds the key);
 /// subject, validity and extensions all come from `identity`.
 pub fn issue_user_cert(ca: &CertAuthority, identity: &Identity, csr_pem: &str) -> Result<String> {
+    issue_user_cert_with_claims(ca, identity, &ClusterClaims::default(), csr_pem)
+}
+
+/// [`issue_user_cert`] with cluster claims (identity payload version 4 when any is set).
+pub fn issue_user_cert_with_claims(
+    ca: &CertAuthority,
+    identity: &Identity,
+    claims: &ClusterClaims,
+    csr_pem: &str,
+) -> Result<String> {
     expect_kind(ca, CaKind::User)?;
     let csr =
         CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| PkiError::InvalidCsr)?;
@@ -78,7 +88,7 @@ pub fn issue_user_cert(ca: &CertAuthority, identity: &Identity, csr_pem: &str) -
         expires,
         ..identity.clone()
     };
-    params.custom_extensions = vec![encode_identity_extension(&identity)?];
+    params.custom_extensions = vec![encode_identity_extension(&identity, Some(claims))?];
     let (issuer, issuer_key) = ca.issuer()?;
     let cert = CertificateSigningRequestParams {
         params,

@@ -16,16 +16,19 @@ mod verify;
 pub use ca::{CaKind, CaSet, CertAuthority};
 pub use error::{PkiError, Result};
 pub use files::{parse_cert_pem, parse_key_pem, write_private_file};
-pub use identity::{read_identity, CertUsage, DbRoute, Identity, IDENTITY_EXTENSION_OID};
+pub use identity::{
+    read_identity, read_identity_and_claims, CertUsage, ClusterClaims, DbRoute, Identity,
+    IDENTITY_EXTENSION_OID,
+};
 pub use issue::{
     cert_matches_key, check_csr, issue_db_client_cert, issue_db_server_cert, issue_host_cert,
-    issue_user_cert, new_key_and_csr, x509_oneline_subject,
+    issue_user_cert, issue_user_cert_with_claims, new_key_and_csr, x509_oneline_subject,
 };
 pub use tls::{
-    client_config, server_config, tls_provider, ClientAuth, ServerVerification, CIPHER_SUITES,
-    PROTOCOL_VERSIONS,
+    client_config, server_config, tls_provider, ClientAuth, ServerVerification, TrustedRoots,
+    CIPHER_SUITES, PROTOCOL_VERSIONS,
 };
-pub use verify::verify_user_cert;
+pub use verify::{verify_user_cert, verify_user_cert_with_claims};
 
 /// Re-exported so callers name the same DER types this crate takes and returns.
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

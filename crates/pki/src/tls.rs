@@ -36,6 +36,88 @@ pub enum ClientAuth {
         cluster: String,
         required: bool,
     },
+    /// [`ClientAuth::UserCert`], and also the certificates of the root clusters this cluster
+    /// trusts: each must chain to that root's user CA *and* carry that root's cluster name.
+    /// The set is read at every handshake, so a trust removed refuses the next handshake.
+    UserCertTrusting {
+        ca: CertificateDer<'static>,
+        cluster: String,
+        required: bool,
+        trusted: TrustedRoots,
+    },
+}
+
+/// The root clusters whose users a leaf accepts: (root cluster name, its user CA), shared
+/// between the listeners and whoever changes the trust.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedRoots {
+    roots: Arc<std::sync::RwLock<Vec<TrustedRoot>>>,
+}
+
+#[derive(Debug)]
+struct TrustedRoot {
+    cluster: String,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl TrustedRoots {
+    /// Replaces the set with `roots`: (root cluster name, user CA certificate PEM). A root
+    /// whose CA does not parse is left out (and reported), never trusted more broadly.
+    pub fn replace(&self, roots: &[(String, String)]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut built = Vec::new();
+        for (cluster, pem) in roots {
+            let verifier = (|| -> Result<Arc<dyn ClientCertVerifier>> {
+                let mut store = RootCertStore::empty();
+                for cert in parse_cert_pem(pem)? {
+                    store.add(cert)?;
+                }
+                WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+                    .build()
+                    .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))
+            })();
+            match verifier {
+                Ok(verifier) => built.push(TrustedRoot {
+                    cluster: cluster.clone(),
+                    verifier,
+                }),
+                Err(err) => problems.push(format!("{cluster}: {err}")),
+            }
+        }
+        *self.roots.write().unwrap_or_else(|p| p.into_inner()) = built;
+        problems
+    }
+
+    /// The names of the trusted root clusters.
+    pub fn clusters(&self) -> Vec<String> {
+        self.read().iter().map(|r| r.cluster.clone()).collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<TrustedRoot>> {
+        self.roots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a root's CA verifies the chain and the identity names that root.
+    fn verifies(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<ClientCertVerified> {
+        for root in self.read().iter() {
+            let Ok(verified) = root
+                .verifier
+                .verify_client_cert(end_entity, intermediates, now)
+            else {
+                continue;
+            };
+            if matches!(read_identity(end_entity.as_ref()), Ok(identity) if identity.cluster == root.cluster)
+            {
+                return Some(verified);
+            }
+        }
+        None
+    }
 }
 
 /// How a database server's certificate is checked (`tls.mode` of a database).
@@ -127,7 +209,32 @@ pub fn server_config(
             let inner = inner
                 .build()
                 .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
-            builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier { inner, cluster }))
+            builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier {
+                inner,
+                cluster,
+                trusted: None,
+            }))
+        }
+        ClientAuth::UserCertTrusting {
+            ca,
+            cluster,
+            required,
+            trusted,
+        } => {
+            let inner = WebPkiClientVerifier::builder_with_provider(roots_of(ca)?, provider);
+            let inner = if required {
+                inner
+            } else {
+                inner.allow_unauthenticated()
+            };
+            let inner = inner
+                .build()
+                .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier {
+                inner,
+                cluster,
+                trusted: Some(trusted),
+            }))
         }
     };
     let mut config = builder.with_single_cert(chain, key)?;
@@ -203,6 +310,8 @@ fn root_store(roots_pem: Option<&str>) -> Result<RootCertStore> {
 struct ClusterCertVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     cluster: String,
+    /// Root clusters whose users are accepted too, each only with its own name.
+    trusted: Option<TrustedRoots>,
 }
 
 impl ClientCertVerifier for ClusterCertVerifier {
@@ -224,15 +333,25 @@ impl ClientCertVerifier for ClusterCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        let verified = self
+        let refused =
+            || rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
+        let verified = match self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(verified) => verified,
+            Err(err) => {
+                return self
+                    .trusted
+                    .as_ref()
+                    .and_then(|t| t.verifies(end_entity, intermediates, now))
+                    .ok_or(err)
+            }
+        };
         // Read only after the chain verified, so the identity is covered by the signature.
         match read_identity(end_entity.as_ref()) {
             Ok(identity) if identity.cluster == self.cluster => Ok(verified),
-            _ => Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            )),
+            _ => Err(refused()),
         }
     }
 

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::ca::{CaKind, CertAuthority};
 use crate::error::{PkiError, Result};
-use crate::identity::{read_identity, Identity};
+use crate::identity::{read_identity_and_claims, ClusterClaims, Identity};
 use crate::tls::provider;
 
 /// Verifies `chain` (leaf first) against the user CA at time `now` and returns the identity of
@@ -25,6 +25,17 @@ pub fn verify_user_cert(
     cluster: &str,
     now: OffsetDateTime,
 ) -> Result<Identity> {
+    verify_user_cert_with_claims(chain, user_ca, cluster, now).map(|(identity, _)| identity)
+}
+
+/// [`verify_user_cert`] that also returns the certificate's cluster claims. A caller decides
+/// whether the CA it passed is trusted to make them.
+pub fn verify_user_cert_with_claims(
+    chain: &[CertificateDer<'_>],
+    user_ca: &CertAuthority,
+    cluster: &str,
+    now: OffsetDateTime,
+) -> Result<(Identity, ClusterClaims)> {
     if user_ca.kind != CaKind::User {
         return Err(PkiError::CertificateRejected(format!(
             "user certificates are verified with the user CA, not the {} CA",
@@ -44,14 +55,14 @@ pub fn verify_user_cert(
         .verify_client_cert(leaf, intermediates, now_unix)
         .map_err(verification_error)?;
 
-    let identity = read_identity(leaf.as_ref())?;
+    let (identity, claims) = read_identity_and_claims(leaf.as_ref())?;
     if identity.cluster != cluster {
         return Err(PkiError::CertificateRejected(format!(
             "certificate was issued for cluster {:?}, this is {cluster:?}",
             identity.cluster
         )));
     }
-    Ok(identity)
+    Ok((identity, claims))
 }
 
 /// Maps webpki's reasons to this crate's precise variants.
@@ -156,16 +167,21 @@ mod tests {
         wanted.pinned_ip = None;
         let chain = issue(&cas.user, &wanted)?;
         // The payload is read without the signature check here, so edits reach the parser.
-        for (version, unsupported) in [(&b"4"[..], true), (b"1", false), (b"2", false)] {
+        for (version, unsupported) in [
+            (&b"5"[..], true),
+            (b"1", false),
+            (b"2", false),
+            (b"4", false),
+        ] {
             let mut der = chain[0].to_vec();
             let mut to = br#"{"v":"#.to_vec();
             to.extend_from_slice(version);
             to.push(b',');
             replace_once(&mut der, br#"{"v":3,"#, &to);
-            let err = read_identity(&der).err();
+            let err = crate::read_identity(&der).err();
             if unsupported {
                 assert!(
-                    matches!(err, Some(PkiError::UnsupportedIdentityVersion(4))),
+                    matches!(err, Some(PkiError::UnsupportedIdentityVersion(5))),
                     "{err:?}"
                 );
             } else {
@@ -178,6 +194,31 @@ mod tests {
         assert!(contains(plain[0].as_ref(), br#"{"v":1,"#));
         let got = verify_user_cert(&plain, &cas.user, "prod", now)?;
         assert_eq!(got.session_expires(), got.expires);
+        Ok(())
+    }
+
+    #[test]
+    fn cluster_claims_round_trip_as_version_4_and_older_payloads_have_none() -> Result<()> {
+        let cas = CaSet::generate("root")?;
+        let now = OffsetDateTime::now_utc();
+        let wanted = identity(now + Duration::hours(1));
+        let claims = ClusterClaims {
+            route_cluster: Some("leaf".into()),
+            roles: vec!["dev".into()],
+            traits: [("db_roles".to_string(), vec!["writer".to_string()])].into(),
+        };
+        let (_key, csr) = new_key_and_csr("ignored")?;
+        let pem = crate::issue::issue_user_cert_with_claims(&cas.user, &wanted, &claims, &csr)?;
+        let chain = parse_cert_pem(&pem)?;
+        assert!(contains(chain[0].as_ref(), br#"{"v":4,"#));
+        let (got, got_claims) = verify_user_cert_with_claims(&chain, &cas.user, "prod", now)?;
+        assert_eq!(got.username, "alice");
+        assert_eq!(got_claims, claims);
+        // Empty claims write the older versions, which read back with none.
+        let plain = issue(&cas.user, &wanted)?;
+        assert!(contains(plain[0].as_ref(), br#"{"v":1,"#));
+        let (_, none) = verify_user_cert_with_claims(&plain, &cas.user, "prod", now)?;
+        assert!(none.is_empty());
         Ok(())
     }
 

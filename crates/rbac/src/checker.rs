@@ -684,6 +684,9 @@ pub fn parse_resources(
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+        dbward_model::Resource::TrustedCluster(trust) => {
+            crate::check_role_map(&trust.spec.role_map)
+        }
         _ => Ok(()),
     })
 }

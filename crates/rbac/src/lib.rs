@@ -16,6 +16,7 @@ pub mod checker;
 pub mod error;
 pub mod pattern;
 pub mod permissions;
+pub mod role_map;
 pub mod selector;
 pub mod template;
 
@@ -28,6 +29,7 @@ pub use permissions::{
     object_permissions, permissions_for_objects, DbObject, ImportRules, PermissionEffect,
     PermissionRule,
 };
+pub use role_map::{check_role_map, map_remote_roles};
 pub use selector::LabelSelector;
 
 #[cfg(test)]

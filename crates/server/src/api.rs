@@ -172,6 +172,9 @@ pub struct DbCertRequest {
     /// A fresh TOTP code (`--otp`), for databases whose roles set `require_session_mfa`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otp: Option<String>,
+    /// A database of this trusted leaf cluster, reached through this gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,4 +234,26 @@ pub struct DbCheckFinding {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// `GET /v1/dbs?cluster=LEAF`: the databases of a trusted leaf cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DbListQuery {
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+/// `POST /v1/tokens` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddTokenRequest {
+    /// `trusted_cluster`, the only type.
+    #[serde(rename = "type")]
+    pub token_type: String,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddTokenResponse {
+    pub token: String,
+    pub expires: String,
 }

@@ -73,6 +73,10 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default)]
 pub struct SessionFields {
     pub user: String,
+    /// The user's home cluster when it is not this one (a trusted root's user on a leaf).
+    pub user_cluster: Option<String>,
+    /// The trusted leaf cluster a root forwarded the session to.
+    pub leaf_cluster: Option<String>,
     pub sid: String,
     pub db_service: String,
     pub db_protocol: String,
@@ -298,6 +302,10 @@ struct Line<'a> {
     db_user: &'a str,
     db_roles: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
+    user_cluster: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaf_cluster: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     db_query: Option<&'a str>,
     #[serde(flatten)]
     extra: Map<String, Value>,
@@ -328,6 +336,8 @@ fn render(
         db_name: &fields.db_name,
         db_user: &fields.db_user,
         db_roles: &fields.db_roles,
+        user_cluster: fields.user_cluster.as_deref(),
+        leaf_cluster: fields.leaf_cluster.as_deref(),
         db_query: query,
         extra,
     };

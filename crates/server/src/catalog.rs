@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dbward_model::{Db, DbObjectImportRule, OidcConnector, Resource, Role, User};
+use dbward_model::{Db, DbObjectImportRule, OidcConnector, Resource, Role, TrustedCluster, User};
 use dbward_rbac::AccessChecker;
 use dbward_store::Store;
 use tokio::sync::Mutex;
@@ -21,7 +21,15 @@ pub const KIND_USER: &str = "user";
 pub const KIND_DB: &str = "db";
 pub const KIND_IMPORT_RULE: &str = "db_object_import_rule";
 pub const KIND_OIDC: &str = "oidc";
-pub const KINDS: [&str; 5] = [KIND_ROLE, KIND_USER, KIND_DB, KIND_IMPORT_RULE, KIND_OIDC];
+pub const KIND_TRUSTED_CLUSTER: &str = "trusted_cluster";
+pub const KINDS: [&str; 6] = [
+    KIND_ROLE,
+    KIND_USER,
+    KIND_DB,
+    KIND_IMPORT_RULE,
+    KIND_OIDC,
+    KIND_TRUSTED_CLUSTER,
+];
 
 /// Normalises the kind words accepted on the command line (`roles`, `db`, `dbs`, …).
 pub fn canonical_kind(word: &str) -> Option<&'static str> {
@@ -31,6 +39,7 @@ pub fn canonical_kind(word: &str) -> Option<&'static str> {
         "db" | "dbs" | "database" | "databases" => Some(KIND_DB),
         "db_object_import_rule" | "db_object_import_rules" => Some(KIND_IMPORT_RULE),
         "oidc" | "oidcs" | "oidc_connector" | "oidc_connectors" => Some(KIND_OIDC),
+        "trusted_cluster" | "trusted_clusters" | "tc" => Some(KIND_TRUSTED_CLUSTER),
         _ => None,
     }
 }
@@ -45,6 +54,10 @@ pub struct Snapshot {
     pub import_rules: Vec<DbObjectImportRule>,
     /// Single sign-on connectors.
     pub oidc: BTreeMap<String, OidcConnector>,
+    /// `trusted_cluster` resources as written, by name.
+    pub trusted_clusters: BTreeMap<String, TrustedCluster>,
+    /// The roots this cluster trusts now: enabled `trusted_cluster`s whose join completed.
+    pub trusted: BTreeMap<String, crate::trust::TrustedRoot>,
     /// Access checkers (compiled selectors and templates) per user, built on first use and
     /// valid as long as this snapshot: a resource change makes a new snapshot.
     checkers: std::sync::Mutex<std::collections::HashMap<String, Arc<AccessChecker>>>,
@@ -133,6 +146,20 @@ impl Catalog {
                     Resource::DbObjectImportRule(r) => snap.import_rules.push(r),
                     Resource::Oidc(c) => {
                         snap.oidc.insert(name, c);
+                    }
+                    Resource::TrustedCluster(t) => {
+                        if t.spec.enabled {
+                            if let Some(record) =
+                                crate::trust::root_record(&self.store, &name).await?
+                            {
+                                let trusted = crate::trust::TrustedRoot {
+                                    record,
+                                    role_map: t.spec.role_map.clone(),
+                                };
+                                snap.trusted.insert(name.clone(), trusted);
+                            }
+                        }
+                        snap.trusted_clusters.insert(name, t);
                     }
                 }
             }

@@ -18,6 +18,7 @@ pub mod mfa;
 pub mod passwords;
 pub mod session;
 pub mod sso;
+pub mod trust;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbward_model::Config;
-use dbward_pki::{CaSet, ClientAuth};
+use dbward_pki::{CaSet, ClientAuth, TrustedRoots};
 use dbward_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
@@ -58,6 +59,9 @@ pub struct Gateway {
     pub provisioners: dbward_provision::Provisioners,
     /// The version the last MySQL/MariaDB server reported, repeated in the gateway's greeting.
     pub mysql_version: std::sync::RwLock<String>,
+    /// The root clusters whose users the listeners accept (trusted clusters), kept in step
+    /// with the store by `trust::refresh_listeners`.
+    pub trust: TrustedRoots,
 }
 
 /// The cluster name: configured, else the host name.
@@ -120,10 +124,13 @@ impl Started {
             dbward_pki::issue_host_cert(&cas.host, &hosts, Duration::from_secs(365 * 24 * 3600))?;
         let user_ca = cas.user.cert_der()?;
         // Certificates of another CA or cluster, or out of date, fail the handshake.
-        let user_cert = |required| ClientAuth::UserCert {
+        // Users of trusted root clusters too, each with its own CA and cluster name.
+        let trust = TrustedRoots::default();
+        let user_cert = |required| ClientAuth::UserCertTrusting {
             ca: user_ca.clone(),
             cluster: cluster.clone(),
             required,
+            trusted: trust.clone(),
         };
         let web_tls = dbward_pki::server_config(
             &host_cert,
@@ -210,11 +217,13 @@ impl Started {
                 session::mysql::DEFAULT_SERVER_VERSION.to_string(),
             ),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            trust,
             cluster,
             cas,
             store,
             config,
         });
+        trust::refresh_listeners(&gateway).await;
         // Alive in the store before any session can be recorded, so no other instance takes
         // this one's first sessions for a dead instance's.
         if let Err(err) = gateway.store.heartbeat_instance(&gateway.instance_id).await {
@@ -268,6 +277,7 @@ impl Started {
         tasks.spawn(session::watch_revocations(gw.clone(), shutdown.clone()));
         tasks.spawn(session::reconcile_loop(gw.clone(), shutdown.clone()));
         tasks.spawn(session::watch_cancel_requests(gw.clone(), shutdown.clone()));
+        tasks.spawn(trust::refresh_loop(gw.clone(), shutdown.clone()));
         let endpoints = gw.endpoints.read().await.clone();
         tracing::info!(
             cluster = %gw.cluster,

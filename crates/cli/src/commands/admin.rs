@@ -130,6 +130,28 @@ pub async fn users_rm(config: &Config, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `dbward tokens add --type trusted_cluster [--ttl 30m]`: the token alone on the last line.
+pub async fn tokens_add(config: &Config, token_type: &str, ttl: &str) -> Result<()> {
+    let ttl = dbward_model::parse_duration(ttl).with_context(|| format!("--ttl {ttl}"))?;
+    let client = admin_client(config)?;
+    let response: dbward_server::api::AddTokenResponse = client
+        .post(
+            "/v1/tokens",
+            &dbward_server::api::AddTokenRequest {
+                token_type: token_type.to_string(),
+                ttl_secs: ttl.as_secs(),
+            },
+        )
+        .await?;
+    println!(
+        "The join token below is valid until {} and can be used once. On the leaf cluster, put it\n\
+         in a trusted_cluster resource (spec.token) and run `dbward create -f FILE` there.",
+        response.expires
+    );
+    println!("{}", response.token);
+    Ok(())
+}
+
 pub async fn create(config: &Config, file: &str, force: bool) -> Result<()> {
     let (file_name, text) = if file == "-" {
         let mut text = String::new();
@@ -282,6 +304,10 @@ fn summary(r: &Value) -> String {
                     ),
                 );
             }
+        }
+        "trusted_cluster" => {
+            add("enabled", str_at(r, &["spec", "enabled"]));
+            add("web_proxy_addr", str_at(r, &["spec", "web_proxy_addr"]));
         }
         _ => {}
     }

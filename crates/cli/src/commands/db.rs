@@ -13,10 +13,14 @@ use crate::home::{ClientHome, DbRouteState};
 use crate::prompt;
 use crate::table::Table;
 
-pub async fn ls(verbose: bool, format: ListFormat) -> Result<()> {
+pub async fn ls(verbose: bool, format: ListFormat, cluster: Option<&str>) -> Result<()> {
     let home = ClientHome::from_env()?;
     let (_, client) = user_client(&home)?;
-    let response: DbListResponse = client.get("/v1/dbs").await?;
+    let path = match cluster {
+        Some(leaf) => format!("/v1/dbs?cluster={}", crate::client::encode_component(leaf)),
+        None => "/v1/dbs".to_string(),
+    };
+    let response: DbListResponse = client.get(&path).await?;
     match format {
         ListFormat::Json => println!("{}", serde_json::to_string_pretty(&response.databases)?),
         ListFormat::Text => print!("{}", render_db_list(&response.databases, verbose)),
@@ -71,6 +75,7 @@ async fn issue(
     db: &str,
     route: &RouteArgs,
     otp: Option<String>,
+    cluster: Option<&str>,
 ) -> Result<(DbRouteState, Vec<String>)> {
     let files = home.db(db)?;
     let (profile, client) = user_client(home)?;
@@ -82,6 +87,7 @@ async fn issue(
         db_roles: route.db_roles.clone(),
         csr_pem,
         otp,
+        cluster: cluster.map(str::to_string),
     };
     let mut answer = client.post("/v1/db-certs", &request).await;
     // require_session_mfa: a fresh code for this database login.
@@ -102,6 +108,7 @@ async fn issue(
         gateway_host: response.gateway_host,
         gateway_port: response.gateway_port,
         expires: response.expires,
+        cluster: cluster.map(str::to_string),
     };
     // The host CA may have been rotated since login; the db clients verify with this file.
     std::fs::write(home.host_ca(), &response.host_ca_pem)
@@ -110,9 +117,14 @@ async fn issue(
     Ok((state, response.db_permissions))
 }
 
-pub async fn login(db: &str, route: &RouteArgs, otp: Option<String>) -> Result<()> {
+pub async fn login(
+    db: &str,
+    route: &RouteArgs,
+    otp: Option<String>,
+    cluster: Option<&str>,
+) -> Result<()> {
     let home = ClientHome::from_env()?;
-    let (state, permissions) = issue(&home, db, route, otp).await?;
+    let (state, permissions) = issue(&home, db, route, otp, cluster).await?;
     let config = DbConnectionConfig::new(&home, &state)?;
     println!(
         "Logged in to database \"{db}\" as db user \"{}\", valid until {}.",
@@ -173,13 +185,24 @@ pub async fn connect(
     db: &str,
     route: &RouteArgs,
     otp: Option<String>,
+    cluster: Option<&str>,
     client_args: &[String],
 ) -> Result<()> {
     let home = ClientHome::from_env()?;
     let state = match home.db(db)?.load_route()? {
         // A code given means a new certificate is wanted (the stored one may be a minute old).
-        Some(existing) if otp.is_none() && route_satisfies(&existing, route) => existing,
-        _ => issue(&home, db, route, otp).await?.0,
+        Some(existing)
+            if otp.is_none() && cluster.is_none() && route_satisfies(&existing, route) =>
+        {
+            existing
+        }
+        // A route of a leaf's database stays there when it is renewed.
+        Some(existing) if cluster.is_none() => {
+            issue(&home, db, route, otp, existing.cluster.as_deref())
+                .await?
+                .0
+        }
+        _ => issue(&home, db, route, otp, cluster).await?.0,
     };
     let config = DbConnectionConfig::new(&home, &state)?;
     let (program, mut args) = config.client_argv()?;
@@ -286,6 +309,7 @@ mod tests {
             gateway_host: "localhost".into(),
             gateway_port: 3432,
             expires: expires.into(),
+            cluster: None,
         }
     }
 

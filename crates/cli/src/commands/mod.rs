@@ -16,7 +16,8 @@ use anyhow::{Context, Result};
 use dbward_model::{Config, LogFormat};
 
 use crate::args::{
-    AuditCommand, AuthCommand, Cli, Command, DbCommand, MfaCommand, ProxyCommand, UsersCommand,
+    AuditCommand, AuthCommand, Cli, Command, DbCommand, MfaCommand, ProxyCommand, TokensCommand,
+    UsersCommand,
 };
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -58,15 +59,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login(login) => session::login(login).await?,
         Command::Logout => session::logout()?,
         Command::Status => session::status()?,
-        Command::Db(DbCommand::Ls { verbose, format }) => db::ls(verbose, format).await?,
-        Command::Db(DbCommand::Login { db, route, otp }) => db::login(&db, &route, otp).await?,
+        Command::Db(DbCommand::Ls {
+            verbose,
+            format,
+            cluster,
+        }) => db::ls(verbose, format, cluster.as_deref()).await?,
+        Command::Db(DbCommand::Login {
+            db,
+            route,
+            otp,
+            cluster,
+        }) => db::login(&db, &route, otp, cluster.as_deref()).await?,
         Command::Db(DbCommand::Config { db, format }) => db::config(&db, format)?,
         Command::Db(DbCommand::Connect {
             db,
             route,
             otp,
+            cluster,
             client_args,
-        }) => db::connect(&db, &route, otp, &client_args).await?,
+        }) => db::connect(&db, &route, otp, cluster.as_deref(), &client_args).await?,
+        Command::Tokens(TokensCommand::Add { token_type, ttl }) => {
+            admin::tokens_add(&load_config(&config_path)?, &token_type, &ttl).await?
+        }
         Command::Db(DbCommand::Check { db, db_names }) => {
             return admin::db_check(&load_config(&config_path)?, &db, &db_names).await
         }

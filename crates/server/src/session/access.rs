@@ -3,6 +3,7 @@
 //! touches a database; the revocation watcher re-runs step 2 through [`still_allowed`].
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use dbward_model::{Db, Protocol, User};
 use dbward_pki::{CertUsage, DbRoute, Identity};
@@ -24,22 +25,44 @@ pub struct Authenticated {
     /// The session id, given to the connection when it was accepted: its log lines, audit
     /// records and store records all carry it.
     pub sid: String,
+    /// A user of a trusted root cluster (their certificate chains to that root's user CA).
+    pub remote: Option<crate::trust::RemoteUser>,
+    /// The trusted leaf cluster this gateway forwards the session to (a certificate of this
+    /// cluster whose route names a leaf).
+    pub leaf: Option<String>,
 }
 
-pub fn authenticate(
+pub async fn authenticate(
     gw: &Gateway,
     sid: &str,
     peer: SocketAddr,
     chain: &[CertificateDer<'static>],
 ) -> Result<Authenticated, SessionError> {
-    let identity =
-        dbward_pki::verify_user_cert(chain, &gw.cas.user, &gw.cluster, OffsetDateTime::now_utc())
-            .map_err(|err| {
-            tracing::info!(%err, "database client certificate refused");
-            SessionError::AccessDenied(
-                "client certificate refused: log in again with `dbward db login`".into(),
-            )
-        })?;
+    let refused = || {
+        SessionError::AccessDenied(
+            "client certificate refused: log in again with `dbward db login`".into(),
+        )
+    };
+    let local = dbward_pki::verify_user_cert_with_claims(
+        chain,
+        &gw.cas.user,
+        &gw.cluster,
+        OffsetDateTime::now_utc(),
+    );
+    let (identity, remote, leaf) = match local {
+        // This cluster's own certificate: only the route's leaf is read from the claims.
+        Ok((identity, claims)) => (identity, None, claims.route_cluster),
+        Err(err) => {
+            let snapshot = gw.catalog.snapshot().await?;
+            match crate::trust::verify_remote(&snapshot, chain) {
+                Some((identity, remote)) => (identity, Some(remote), None),
+                None => {
+                    tracing::info!(%err, "database client certificate refused");
+                    return Err(refused());
+                }
+            }
+        }
+    };
     if identity.usage != CertUsage::Db {
         return Err(SessionError::AccessDenied(
             "this certificate is not a database certificate: run `dbward db login DB` first".into(),
@@ -55,6 +78,8 @@ pub fn authenticate(
         route,
         peer,
         sid: sid.to_string(),
+        remote,
+        leaf,
     })
 }
 
@@ -66,6 +91,8 @@ pub struct Authorized {
     pub db: Db,
     pub decision: Decision,
     pub fields: SessionFields,
+    /// Set when the session is forwarded to a trusted leaf cluster: where to.
+    pub forward: Option<crate::trust::LeafRecord>,
 }
 
 /// What the client asked for in its startup packet; empty strings fall back to the route.
@@ -82,6 +109,9 @@ pub async fn authorize(
 ) -> Result<Authorized, SessionError> {
     let snapshot = gw.catalog.snapshot().await?;
     let denied = || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
+    if auth.remote.is_some() {
+        return authorize_remote(&snapshot, auth, protocol, requested);
+    }
     let user = snapshot
         .users
         .get(&auth.identity.username)
@@ -90,6 +120,13 @@ pub async fn authorize(
             tracing::info!("denied: user no longer exists");
             denied()
         })?;
+    if let Some(leaf) = auth.leaf.clone() {
+        return authorize_forward(gw, &snapshot, auth, user, &leaf, protocol, requested).await;
+    }
+    if holds_a_remote_name(&snapshot, &user.metadata.name) {
+        tracing::warn!("denied: a local user holds the name of a trusted root's users");
+        return Err(denied());
+    }
     let db = snapshot
         .dbs
         .get(&auth.route.service)
@@ -137,6 +174,7 @@ pub async fn authorize(
         db_name: decision.db_name.clone(),
         db_user: decision.db_user.clone(),
         db_roles: decision.db_roles.clone(),
+        ..Default::default()
     };
     Ok(Authorized {
         auth,
@@ -144,6 +182,201 @@ pub async fn authorize(
         db,
         decision,
         fields,
+        forward: None,
+    })
+}
+
+/// Step 2 on a leaf for a user of a trusted root: the leaf's own decision, with the leaf
+/// roles the role map gives for the roles the root vouched for, and the root's traits. The
+/// database user is `remote-<user>-<root cluster>`.
+fn authorize_remote(
+    snapshot: &crate::catalog::Snapshot,
+    auth: Authenticated,
+    protocol: Protocol,
+    requested: Requested<'_>,
+) -> Result<Authorized, SessionError> {
+    let denied = || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
+    let remote = auth.remote.clone().ok_or_else(denied)?;
+    let user = remote_leaf_user(snapshot, &auth.identity.username, &remote)?;
+    // Never the database user of a local user of the same name.
+    if snapshot.users.contains_key(&user.metadata.name) {
+        tracing::warn!(name = %user.metadata.name, "denied: a local user holds the mapped remote name");
+        return Err(denied());
+    }
+    let db = snapshot
+        .dbs
+        .get(&auth.route.service)
+        .cloned()
+        .ok_or_else(|| {
+            tracing::info!("denied: database resource not found");
+            denied()
+        })?;
+    if db.spec.protocol != protocol {
+        return Err(SessionError::AccessDenied(format!(
+            "database \"{}\" is a {} database; connect to the {} listener",
+            db.metadata.name, db.spec.protocol, db.spec.protocol
+        )));
+    }
+    // Never the snapshot's per-name cache: a local user may hold the mapped name.
+    let checker =
+        dbward_rbac::AccessChecker::new(&user, &snapshot.roles_of(&user)).map_err(|err| {
+            tracing::warn!(%err, "mapped roles cannot be evaluated");
+            denied()
+        })?;
+    let db_user = non_empty(requested.db_user)
+        .or(auth.route.db_user.as_deref())
+        .unwrap_or("");
+    let db_name = non_empty(requested.db_name)
+        .or(auth.route.db_name.as_deref())
+        .unwrap_or("");
+    let decision = checker
+        .authorize(&db, db_user, db_name, &auth.route.db_roles)
+        .map_err(|d| {
+            tracing::info!(reason = %d.reason(), "database access denied (remote user)");
+            match d.kind() {
+                dbward_rbac::DenialKind::WrongDbUser {
+                    expected,
+                    requested,
+                } => {
+                    SessionError::AccessDenied(crate::trust::wrong_remote_name(expected, requested))
+                }
+                _ => SessionError::AccessDenied(d.user_message()),
+            }
+        })?;
+    let fields = SessionFields {
+        user: auth.identity.username.clone(),
+        user_cluster: Some(remote.cluster.clone()),
+        sid: auth.sid.clone(),
+        db_service: db.metadata.name.clone(),
+        db_protocol: db.spec.protocol.to_string(),
+        db_uri: db.spec.uri.clone(),
+        db_name: decision.db_name.clone(),
+        db_user: decision.db_user.clone(),
+        db_roles: decision.db_roles.clone(),
+        ..Default::default()
+    };
+    Ok(Authorized {
+        auth,
+        user,
+        db,
+        decision,
+        fields,
+        forward: None,
+    })
+}
+
+/// Whether a local user's name has the shape of a trusted root's users'
+/// (`remote-<user>-<root>`): such a user would share their database users, so it is refused.
+fn holds_a_remote_name(snapshot: &crate::catalog::Snapshot, name: &str) -> bool {
+    name.starts_with("remote-")
+        && snapshot
+            .trusted_clusters
+            .keys()
+            .any(|root| name.ends_with(&format!("-{root}")))
+}
+
+/// The leaf user a trusted root's user is now: refused when the trust is gone (disabled,
+/// deleted, re-joined with another CA) or none of their roles map.
+fn remote_leaf_user(
+    snapshot: &crate::catalog::Snapshot,
+    username: &str,
+    remote: &crate::trust::RemoteUser,
+) -> Result<User, SessionError> {
+    let denied = || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
+    let trusted = snapshot
+        .trusted
+        .get(&remote.cluster)
+        .filter(|t| t.record.user_ca_pem == remote.user_ca_pem)
+        .ok_or_else(|| {
+            tracing::info!(root = %remote.cluster, "denied: the root cluster is no longer trusted");
+            denied()
+        })?;
+    remote.leaf_user(username, trusted).ok_or_else(|| {
+        tracing::info!(root = %remote.cluster, roles = ?remote.roles, "denied: no role of the root user maps to a role here");
+        denied()
+    })
+}
+
+/// Step 2 on a root for a database of a trusted leaf: the user must exist here and the leaf
+/// be known; the leaf makes the access decision when this gateway connects to it.
+async fn authorize_forward(
+    gw: &Gateway,
+    snapshot: &crate::catalog::Snapshot,
+    auth: Authenticated,
+    user: User,
+    leaf_name: &str,
+    protocol: Protocol,
+    requested: Requested<'_>,
+) -> Result<Authorized, SessionError> {
+    let denied = || SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string());
+    let leaf = crate::trust::leaf_record(gw, leaf_name)
+        .await?
+        .ok_or_else(|| {
+            tracing::info!(leaf = %leaf_name, "denied: not a leaf of this cluster");
+            denied()
+        })?;
+    let addr = crate::trust::leaf_listener(&leaf, protocol)
+        .ok_or_else(|| {
+            SessionError::AccessDenied(format!(
+                "cluster \"{leaf_name}\" has no {protocol} listener"
+            ))
+        })?
+        .to_string();
+    let checker = snapshot.checker(&user).map_err(|err| {
+        tracing::warn!(%err, "roles cannot be evaluated");
+        denied()
+    })?;
+    let db_user = non_empty(requested.db_user)
+        .or(auth.route.db_user.as_deref())
+        .unwrap_or("")
+        .to_string();
+    let db_name = non_empty(requested.db_name)
+        .or(auth.route.db_name.as_deref())
+        .unwrap_or("")
+        .to_string();
+    if let Err(reason) = check_pinned_ip(&auth.identity, auth.peer.ip(), checker.limits()) {
+        return Err(SessionError::AccessDenied(reason));
+    }
+    let db = Db {
+        version: "v3".into(),
+        metadata: dbward_model::Metadata::named(&auth.route.service),
+        spec: dbward_model::DbSpec {
+            protocol,
+            uri: addr.clone(),
+            tls: Default::default(),
+            admin_user: None,
+        },
+    };
+    // Nothing is provisioned here: the leaf does it.
+    let decision = Decision {
+        db_user: db_user.clone(),
+        db_name: db_name.clone(),
+        mode: dbward_rbac::ProvisioningMode::Off,
+        db_roles: auth.route.db_roles.clone(),
+        db_permissions: Vec::new(),
+        limits: checker.limits(),
+        // The leaf applies its own roles' options, session MFA included.
+        session_mfa: false,
+    };
+    let fields = SessionFields {
+        user: user.metadata.name.clone(),
+        leaf_cluster: Some(leaf_name.to_string()),
+        sid: auth.sid.clone(),
+        db_service: auth.route.service.clone(),
+        db_protocol: protocol.to_string(),
+        db_uri: addr,
+        db_name,
+        db_user,
+        db_roles: auth.route.db_roles.clone(),
+        ..Default::default()
+    };
+    Ok(Authorized {
+        auth,
+        user,
+        db,
+        decision,
+        fields,
+        forward: Some(leaf),
     })
 }
 
@@ -158,15 +391,37 @@ pub(crate) fn still_allowed(
     if authorized.auth.identity.session_expires() <= OffsetDateTime::now_utc() {
         return Err("certificate expired".into());
     }
-    let user = snapshot
-        .users
-        .get(&authorized.user.metadata.name)
-        .ok_or("user deleted")?;
+    if authorized.forward.is_some() {
+        // The leaf re-checks its own side; here the user must still exist.
+        return match snapshot.users.get(&authorized.user.metadata.name) {
+            Some(_) => Ok(()),
+            None => Err("user deleted".into()),
+        };
+    }
+    let remote_user;
+    let user = match &authorized.auth.remote {
+        Some(remote) => {
+            remote_user = remote_leaf_user(snapshot, &authorized.auth.identity.username, remote)
+                .map_err(|_| "the root cluster is no longer trusted or no role maps")?;
+            &remote_user
+        }
+        None => snapshot
+            .users
+            .get(&authorized.user.metadata.name)
+            .ok_or("user deleted")?,
+    };
     let db = snapshot
         .dbs
         .get(&authorized.db.metadata.name)
         .ok_or("database resource deleted")?;
-    let checker = snapshot.checker(user).map_err(|e| e.to_string())?;
+    let checker = if authorized.auth.remote.is_some() {
+        Arc::new(
+            dbward_rbac::AccessChecker::new(user, &snapshot.roles_of(user))
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        snapshot.checker(user).map_err(|e| e.to_string())?
+    };
     let decision = checker
         .authorize(
             db,

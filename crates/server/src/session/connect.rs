@@ -59,7 +59,12 @@ async fn open<E: Engine>(
     authorized: &Authorized,
     db_user: &str,
 ) -> Result<(UpstreamTarget, E::Upstream), SessionError> {
-    let target = gw.upstream.target(&gw.cas, &authorized.db, db_user)?;
+    let target = match &authorized.forward {
+        // A trusted leaf's gateway stands where the database would: TLS verified with its
+        // host CA, a certificate minted here for the user.
+        Some(leaf) => forward_target(gw, authorized, leaf, db_user)?,
+        None => gw.upstream.target(&gw.cas, &authorized.db, db_user)?,
+    };
     let login = Login {
         db_user,
         db_name: &authorized.decision.db_name,
@@ -68,8 +73,59 @@ async fn open<E: Engine>(
     let upstream = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
         .await
         .map_err(|_| SessionError::Internal(format!("connecting to {} timed out", target.addr)))?
-        .map_err(|err| refused_upstream(err, &target.addr))?;
+        .map_err(|err| refused_upstream(err, &target.addr))
+        .map_err(|err| match (&authorized.forward, err) {
+            // The leaf's own refusals (access, provisioning) reach the client as it wrote
+            // them; a failed TLS or network connection is named, its details logged.
+            (Some(leaf), SessionError::Internal(detail)) => {
+                tracing::info!(leaf = %leaf.cluster, %detail, "forwarding to the leaf failed");
+                SessionError::AccessDenied(format!(
+                    "the trusted cluster \"{}\" could not be reached or refused the connection",
+                    leaf.cluster
+                ))
+            }
+            (_, err) => err,
+        })?;
     Ok((target, upstream))
+}
+
+fn forward_target(
+    gw: &Gateway,
+    authorized: &Authorized,
+    leaf: &crate::trust::LeafRecord,
+    db_user: &str,
+) -> Result<UpstreamTarget, SessionError> {
+    let addr = authorized.db.spec.uri.clone();
+    let host = crate::trust::http::host_of(&addr).to_string();
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let route = dbward_pki::DbRoute {
+        service: authorized.auth.route.service.clone(),
+        db_user: Some(db_user.to_string()),
+        db_name: Some(authorized.decision.db_name.clone()).filter(|n| !n.is_empty()),
+        db_roles: authorized.auth.route.db_roles.clone(),
+    };
+    let (cert, key) = crate::trust::mint_for_leaf(
+        gw,
+        &authorized.user,
+        dbward_pki::CertUsage::Db,
+        Some(route),
+        authorized.auth.identity.expires,
+    )?;
+    let tls = crate::trust::leaf_tls(leaf, Some((&cert, &key)))?;
+    let server_name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| SessionError::Internal(format!("leaf {}: {e}", leaf.cluster)))?;
+    Ok(UpstreamTarget {
+        addr,
+        server_name_text: host.clone(),
+        host,
+        port,
+        server_name,
+        tls,
+    })
 }
 
 /// A server's own refusal is relayed to the client as the server wrote it; anything else

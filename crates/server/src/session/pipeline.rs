@@ -96,7 +96,7 @@ async fn accept<E: Engine>(
         db_user,
         db_name,
     } = hello;
-    let auth = match authenticate(&gw, &sid, peer, &client_certs) {
+    let auth = match authenticate(&gw, &sid, peer, &client_certs).await {
         Ok(auth) => auth,
         Err(err) => {
             gw.metrics.failed(E::PROTOCOL.as_str(), &err);
@@ -264,6 +264,8 @@ mod tests {
                 route,
                 peer,
                 sid: "sid-1".into(),
+                remote: None,
+                leaf: None,
             };
             identify(&span, &auth);
             tracing::info!("after authentication");

@@ -76,6 +76,12 @@ pub fn routes() -> Router<Arc<Gateway>> {
             dbward_model::oidc::TELEPORT_CALLBACK_PATH,
             get(crate::sso::callback),
         )
+        .route("/v1/tokens", post(add_token))
+        .route(
+            "/v1/trusted-clusters/join",
+            post(join_cluster).layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES)),
+        )
+        .route("/v1/remote/dbs", get(list_remote_dbs))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -451,6 +457,16 @@ async fn create_resources(
             }
         }
     }
+    // A trusted cluster is joined before it is written: a failed join creates nothing.
+    for r in &parsed.resources {
+        if let Resource::TrustedCluster(trust) = r {
+            let joined = crate::trust::root_record(&gw.store, r.name()).await?;
+            if trust.spec.enabled && joined.is_none() {
+                crate::trust::join(&gw, r.name(), &trust.spec.token, &trust.spec.web_proxy_addr)
+                    .await?;
+            }
+        }
+    }
     let mut created = Vec::new();
     for r in &parsed.resources {
         let json = serde_json::to_string(r).map_err(|e| GatewayError::Internal(e.to_string()))?;
@@ -465,6 +481,15 @@ async fn create_resources(
             })?;
         created.push(format!("{}/{}", r.kind(), r.name()));
     }
+    if parsed
+        .resources
+        .iter()
+        .any(|r| matches!(r, Resource::TrustedCluster(_)))
+    {
+        crate::trust::refresh_listeners(&gw).await;
+    }
+    // A changed role, user or trust applies to live sessions too.
+    gw.sessions.revalidate_soon();
     Ok(Json(CreateResourcesResponse {
         created,
         warnings: parsed.warnings,
@@ -474,7 +499,7 @@ async fn create_resources(
 fn kind_of(word: &str) -> Result<&'static str, GatewayError> {
     canonical_kind(word).ok_or_else(|| {
         GatewayError::BadRequest(format!(
-            "unknown resource kind \"{word}\"; expected role, user, db, db_object_import_rule or oidc"
+            "unknown resource kind \"{word}\"; expected role, user, db, db_object_import_rule, oidc or trusted_cluster"
         ))
     })
 }
@@ -532,6 +557,10 @@ async fn delete_resource(
     if kind == KIND_USER {
         gw.store.delete_password(&name).await?;
         mfa::remove(&gw.store, &name).await?;
+    }
+    if kind == crate::catalog::KIND_TRUSTED_CLUSTER {
+        crate::trust::forget_root(&gw, &name).await?;
+        crate::trust::refresh_listeners(&gw).await;
     }
     gw.sessions.revalidate_soon();
     Ok(StatusCode::NO_CONTENT)
@@ -638,15 +667,64 @@ async fn remove_user(
 async fn list_dbs(
     State(gw): Shared,
     UserIdentity(identity): UserIdentity,
+    Query(query): Query<DbListQuery>,
 ) -> Result<Json<DbListResponse>, GatewayError> {
     let snapshot = gw.catalog.snapshot().await?;
     let user = snapshot
         .users
         .get(&identity.username)
         .ok_or_else(|| GatewayError::Unauthorized("user no longer exists".into()))?;
+    if let Some(leaf) = query.cluster.as_deref().filter(|c| *c != gw.cluster) {
+        // The leaf decides what the user's mapped roles may see.
+        let listed = crate::trust::leaf_dbs(&gw, leaf, user, identity.expires).await?;
+        return Ok(Json(listed));
+    }
     let checker = snapshot
         .checker(user)
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    Ok(Json(DbListResponse {
+        databases: db_entries(&snapshot, &checker),
+    }))
+}
+
+/// `GET /v1/remote/dbs` on a leaf: what a trusted root's user may see here with the roles
+/// the role map gives them.
+async fn list_remote_dbs(
+    State(gw): Shared,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<DbListResponse>, GatewayError> {
+    let (identity, remote) = peer.remote.ok_or_else(|| {
+        GatewayError::Unauthorized("a certificate of a trusted root cluster is required".into())
+    })?;
+    if identity.usage != CertUsage::Login || identity.expires <= OffsetDateTime::now_utc() {
+        return Err(GatewayError::Unauthorized(
+            "this endpoint needs a valid login certificate".into(),
+        ));
+    }
+    let snapshot = gw.catalog.snapshot().await?;
+    let trusted = snapshot
+        .trusted
+        .get(&remote.cluster)
+        .filter(|t| t.record.user_ca_pem == remote.user_ca_pem)
+        .ok_or_else(|| GatewayError::Unauthorized("the trust was removed".into()))?;
+    let Some(user) = remote.leaf_user(&identity.username, trusted) else {
+        return Ok(Json(DbListResponse {
+            databases: Vec::new(),
+        }));
+    };
+    // Built for this call only: never cached under a name a local user could hold.
+    let checker = dbward_rbac::AccessChecker::new(&user, &snapshot.roles_of(&user))
+        .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    Ok(Json(DbListResponse {
+        databases: db_entries(&snapshot, &checker),
+    }))
+}
+
+/// The databases `checker` lets its user see, as `db ls` shows them.
+fn db_entries(
+    snapshot: &crate::catalog::Snapshot,
+    checker: &dbward_rbac::AccessChecker,
+) -> Vec<DbListEntry> {
     let mut databases = Vec::new();
     for db in snapshot.dbs.values() {
         if !checker.can_see_db(db) {
@@ -672,7 +750,35 @@ async fn list_dbs(
             },
         });
     }
-    Ok(Json(DbListResponse { databases }))
+    databases
+}
+
+/// `POST /v1/tokens`: a join token for a leaf cluster.
+async fn add_token(
+    State(gw): Shared,
+    _admin: AdminIdentity,
+    Json(req): Json<AddTokenRequest>,
+) -> Result<Json<AddTokenResponse>, GatewayError> {
+    if req.token_type != "trusted_cluster" {
+        return Err(GatewayError::BadRequest(format!(
+            "unknown token type \"{}\"; expected trusted_cluster",
+            req.token_type
+        )));
+    }
+    let (token, expires) = crate::trust::add_token(&gw, req.ttl_secs).await?;
+    Ok(Json(AddTokenResponse {
+        token,
+        expires: rfc3339(expires),
+    }))
+}
+
+/// `POST /v1/trusted-clusters/join`: a leaf joins with a token (no certificate: the token's
+/// MAC authenticates the request).
+async fn join_cluster(
+    State(gw): Shared,
+    Json(req): Json<crate::trust::JoinRequest>,
+) -> Result<Json<crate::trust::JoinResponse>, GatewayError> {
+    crate::trust::accept_join(&gw, req).await.map(Json)
 }
 
 async fn issue_db_cert(
@@ -692,6 +798,9 @@ async fn issue_db_cert(
         .users
         .get(&identity.username)
         .ok_or_else(|| GatewayError::Unauthorized("user no longer exists".into()))?;
+    if let Some(leaf) = req.cluster.clone().filter(|c| *c != gw.cluster) {
+        return issue_leaf_db_cert(&gw, identity, user, &leaf, req).await;
+    }
     let checker = snapshot
         .checker(user)
         .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
@@ -779,6 +888,90 @@ async fn issue_db_cert(
         gateway_port: port,
         expires: rfc3339(expires),
         db_permissions: permission_lines(&decision.db_permissions),
+    }))
+}
+
+/// `db login --cluster LEAF`: a database certificate of this cluster whose route leads to a
+/// database of a trusted leaf, reached through this gateway. The leaf decides access; the
+/// database user is `remote-<user>-<this cluster>` unless the user asks for another (which
+/// the leaf refuses with the mapped name).
+async fn issue_leaf_db_cert(
+    gw: &Gateway,
+    identity: Identity,
+    user: &dbward_model::User,
+    leaf: &str,
+    req: DbCertRequest,
+) -> Result<Json<DbCertResponse>, GatewayError> {
+    let listed = crate::trust::leaf_dbs(gw, leaf, user, identity.expires).await?;
+    let entry = listed
+        .databases
+        .iter()
+        .find(|d| d.name == req.db)
+        .ok_or_else(|| {
+            GatewayError::NotFound(format!(
+                "database \"{}\" not found in cluster \"{leaf}\"",
+                req.db
+            ))
+        })?;
+    let protocol: dbward_model::Protocol = match entry.protocol.as_str() {
+        "postgres" => dbward_model::Protocol::Postgres,
+        "mysql" => dbward_model::Protocol::Mysql,
+        other => {
+            return Err(GatewayError::Internal(format!(
+                "leaf answered an unknown protocol {other:?}"
+            )))
+        }
+    };
+    let db_user = req
+        .db_user
+        .clone()
+        .unwrap_or_else(|| crate::trust::mapped_remote_name(&identity.username, &gw.cluster));
+    let db_identity = Identity {
+        username: identity.username.clone(),
+        cluster: gw.cluster.clone(),
+        usage: CertUsage::Db,
+        expires: identity.expires,
+        route: Some(DbRoute {
+            service: req.db.clone(),
+            db_user: Some(db_user.clone()),
+            db_name: req.db_name.clone(),
+            db_roles: req.db_roles.clone(),
+        }),
+        pinned_ip: identity.pinned_ip,
+        mfa_session_until: None,
+    };
+    let claims = dbward_pki::ClusterClaims {
+        route_cluster: Some(leaf.to_string()),
+        ..Default::default()
+    };
+    let cert_pem =
+        dbward_pki::issue_user_cert_with_claims(&gw.cas.user, &db_identity, &claims, &req.csr_pem)
+            .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
+    let endpoints = gw.endpoints.read().await.clone();
+    let listen = match protocol {
+        dbward_model::Protocol::Postgres => endpoints.postgres,
+        dbward_model::Protocol::Mysql => endpoints.mysql,
+    }
+    .ok_or_else(|| {
+        GatewayError::BadRequest(format!(
+            "the {protocol} listener is disabled on this gateway"
+        ))
+    })?;
+    let port = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Ok(Json(DbCertResponse {
+        cert_pem,
+        host_ca_pem: gw.cas.host.cert_pem.clone(),
+        protocol: protocol.to_string(),
+        db_user,
+        db_name: req.db_name,
+        gateway_host: gw.config.public_addr.clone(),
+        gateway_port: port,
+        expires: rfc3339(identity.expires),
+        db_permissions: entry.db_permissions.clone(),
     }))
 }
 

@@ -28,6 +28,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Present when the client showed a certificate that chains to the user CA.
     pub identity: Option<dbward_pki::Identity>,
+    /// A user of a trusted root cluster: the identity their root's CA vouches for, and who
+    /// they are for this cluster. Never set for this cluster's own certificates.
+    pub remote: Option<(dbward_pki::Identity, crate::trust::RemoteUser)>,
 }
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -105,7 +108,14 @@ async fn connection(
         )
         .ok()
     });
-    let anonymous = identity.is_none();
+    let remote = match (&identity, tls.get_ref().1.peer_certificates()) {
+        (None, Some(chain)) => match gateway.catalog.snapshot().await {
+            Ok(snapshot) => crate::trust::verify_remote(&snapshot, chain),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let anonymous = identity.is_none() && remote.is_none();
     let pending = if anonymous {
         Some(pending)
     } else {
@@ -113,7 +123,11 @@ async fn connection(
         None
     };
     let activity = Arc::new(Activity::new());
-    let app = app.layer(axum::Extension(Peer { addr, identity }));
+    let app = app.layer(axum::Extension(Peer {
+        addr,
+        identity,
+        remote,
+    }));
     let request_timeout = limits.idle_timeout;
     let service = {
         let activity = activity.clone();
