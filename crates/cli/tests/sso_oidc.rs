@@ -851,7 +851,7 @@ fn a_forged_or_replayed_callback_gets_no_certificate() {
 }
 
 /// `POST /v1/sso/oidc/login` for `connector` with curl; returns the HTTP status.
-fn start_login(w: &World, connector: &str) -> u16 {
+fn start_login(web_port: u16, ca: &Path, connector: &str) -> String {
     let (_, csr_pem) = dbward_pki::new_key_and_csr("someone").unwrap();
     let body = serde_json::json!({
         "connector": connector,
@@ -870,19 +870,13 @@ fn start_login(w: &World, connector: &str) -> u16 {
             "120",
         ])
         .arg("--cacert")
-        .arg(&w.host_ca)
+        .arg(ca)
         .args(["-H", "content-type: application/json", "--data"])
         .arg(body.to_string())
-        .arg(format!(
-            "https://localhost:{}/v1/sso/oidc/login",
-            w.web_port()
-        ))
+        .arg(format!("https://localhost:{web_port}/v1/sso/oidc/login"))
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -911,34 +905,15 @@ fn a_provider_that_never_answers_holds_up_only_its_own_connector() {
             let web_port = w.web_port();
             let ca = w.host_ca.clone();
             std::thread::spawn(move || {
-                let (_, csr_pem) = dbward_pki::new_key_and_csr("someone").unwrap();
-                let body = serde_json::json!({"connector": "slow-idp", "csr_pem": csr_pem,
-                    "client_redirect_url": "http://127.0.0.1:9/callback", "client_state": "s"});
-                let out = Command::new("curl")
-                    .args([
-                        "-s",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        "--max-time",
-                        "120",
-                    ])
-                    .arg("--cacert")
-                    .arg(&ca)
-                    .args(["-H", "content-type: application/json", "--data"])
-                    .arg(body.to_string())
-                    .arg(format!("https://localhost:{web_port}/v1/sso/oidc/login"))
-                    .output()
-                    .unwrap();
+                let status = start_login(web_port, &ca, "slow-idp");
                 finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                String::from_utf8_lossy(&out.stdout).trim().to_string()
+                status
             })
         })
         .collect();
     // Let the slow requests reach the gateway and start waiting on the tarpit.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(start_login(&w, "test-idp"), 200);
+    assert_eq!(start_login(w.web_port(), &w.host_ca, "test-idp"), "200");
     assert_eq!(
         finished.load(std::sync::atomic::Ordering::SeqCst),
         0,

@@ -862,22 +862,7 @@ async fn issue_db_cert(
     };
     let cert_pem = dbward_pki::issue_user_cert(&gw.cas.user, &db_identity, &req.csr_pem)
         .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
-    let endpoints = gw.endpoints.read().await.clone();
-    let listen = match db.spec.protocol {
-        dbward_model::Protocol::Postgres => endpoints.postgres,
-        dbward_model::Protocol::Mysql => endpoints.mysql,
-    }
-    .ok_or_else(|| {
-        GatewayError::BadRequest(format!(
-            "the {} listener is disabled on this gateway",
-            db.spec.protocol
-        ))
-    })?;
-    let port = listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let port = listener_port(&gw, db.spec.protocol).await?;
     Ok(Json(DbCertResponse {
         cert_pem,
         host_ca_pem: gw.cas.host.cert_pem.clone(),
@@ -947,21 +932,7 @@ async fn issue_leaf_db_cert(
     let cert_pem =
         dbward_pki::issue_user_cert_with_claims(&gw.cas.user, &db_identity, &claims, &req.csr_pem)
             .map_err(|e| GatewayError::BadRequest(format!("certificate request refused: {e}")))?;
-    let endpoints = gw.endpoints.read().await.clone();
-    let listen = match protocol {
-        dbward_model::Protocol::Postgres => endpoints.postgres,
-        dbward_model::Protocol::Mysql => endpoints.mysql,
-    }
-    .ok_or_else(|| {
-        GatewayError::BadRequest(format!(
-            "the {protocol} listener is disabled on this gateway"
-        ))
-    })?;
-    let port = listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let port = listener_port(gw, protocol).await?;
     Ok(Json(DbCertResponse {
         cert_pem,
         host_ca_pem: gw.cas.host.cert_pem.clone(),
@@ -973,6 +944,28 @@ async fn issue_leaf_db_cert(
         expires: rfc3339(identity.expires),
         db_permissions: entry.db_permissions.clone(),
     }))
+}
+
+/// The port of this gateway's listener for `protocol`, which database certificates lead to.
+async fn listener_port(
+    gw: &Gateway,
+    protocol: dbward_model::Protocol,
+) -> Result<u16, GatewayError> {
+    let endpoints = gw.endpoints.read().await.clone();
+    let listen = match protocol {
+        dbward_model::Protocol::Postgres => endpoints.postgres,
+        dbward_model::Protocol::Mysql => endpoints.mysql,
+    }
+    .ok_or_else(|| {
+        GatewayError::BadRequest(format!(
+            "the {protocol} listener is disabled on this gateway"
+        ))
+    })?;
+    Ok(listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Allow rules first, then deny rules, each once.
