@@ -362,6 +362,24 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
     let joined = leaf.create(&trusted_cluster(&token, &root.web, true));
     assert!(joined.status.success(), "{}", stderr_and_stdout(&joined));
 
+    // Another cluster calling itself "leaf", with a valid token of its own, cannot take the
+    // joined leaf's place at the root.
+    let impostor = Cluster::new(&tmp.path().join("impostor"), "leaf");
+    let _impostor_gw = impostor.start();
+    let made = root.ok(
+        "admin-home",
+        &["tokens", "add", "--type", "trusted_cluster"],
+        "",
+    );
+    let second = made.lines().last().expect("token line").trim().to_string();
+    let taken = impostor.create(&trusted_cluster(&second, &root.web, true));
+    assert!(!taken.status.success(), "the impostor joined");
+    let text = stderr_and_stdout(&taken);
+    assert!(
+        text.contains("has already joined with another host CA"),
+        "{text}"
+    );
+
     // --- alice logs in to the root only, and sees the leaf's databases there.
     let root_ca = root.path("root-host-ca.pem");
     std::fs::write(
@@ -687,6 +705,28 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
         ),
         "{text}"
     );
+
+    // A leaf role that requires a one-time code per session: the leaf cannot check one given
+    // to the root, so root users are refused rather than let in without it.
+    let mfa_role = "kind: role\nversion: v7\nmetadata: {name: leaf-dev}\nspec:\n  options: {create_db_user_mode: keep, require_session_mfa: true}\n  allow:\n    db_labels: {\"*\": \"*\"}\n    db_names: [\"*\"]\n    db_roles: [leaf_reader, \"{{internal.db_roles}}\"]\n";
+    let out = leaf.run("admin-home", &["create", "--force", "-f", "-"], mfa_role);
+    assert!(out.status.success(), "{}", stderr_and_stdout(&out));
+    let refused = root.run(
+        "alice-home",
+        &[
+            "db", "connect", "pgdb", "--", "-X", "-A", "-t", "-c", "select 1",
+        ],
+        "",
+    );
+    assert!(
+        !refused.status.success(),
+        "session MFA on the leaf let a root user in"
+    );
+    let text = stderr_and_stdout(&refused);
+    assert!(text.contains("require_session_mfa"), "{text}");
+    let restore = mfa_role.replace(", require_session_mfa: true", "");
+    let out = leaf.run("admin-home", &["create", "--force", "-f", "-"], &restore);
+    assert!(out.status.success(), "{}", stderr_and_stdout(&out));
 
     // --- Revocation: disabling the trust ends a live session and refuses new ones.
     let mut live = root

@@ -203,6 +203,15 @@ fn authorize_remote(
         tracing::warn!(name = %user.metadata.name, "denied: a local user holds the mapped remote name");
         return Err(denied());
     }
+    // Nor one that a user of another trusted root could be mapped to as well: with roots `c`
+    // and `b-c`, user `a-b` of `c` and user `a` of `b-c` are both `remote-a-b-c`.
+    if let Some(other) = ambiguous_root(&remote.cluster, snapshot.trusted.keys()) {
+        tracing::warn!(root = %remote.cluster, %other, "denied: the names of two trusted roots make remote user names ambiguous");
+        return Err(SessionError::AccessDenied(format!(
+            "the trusted clusters \"{}\" and \"{other}\" can map different people to the same database user; rename one of them",
+            remote.cluster
+        )));
+    }
     let db = snapshot
         .dbs
         .get(&auth.route.service)
@@ -243,6 +252,20 @@ fn authorize_remote(
                 _ => SessionError::AccessDenied(d.user_message()),
             }
         })?;
+    // Options that rest on what only the root saw: the leaf cannot check a one-time code
+    // given to the root, nor the address the user connected to the root from.
+    if decision.session_mfa {
+        return Err(SessionError::AccessDenied(format!(
+            "database \"{}\" requires a one-time code for each session (require_session_mfa), which users of the trusted cluster \"{}\" cannot give to this cluster",
+            db.metadata.name, remote.cluster
+        )));
+    }
+    if decision.limits.pin_source_ip {
+        return Err(SessionError::AccessDenied(format!(
+            "the roles mapped for users of the trusted cluster \"{}\" pin the source IP (pin_source_ip), which this cluster cannot check for them",
+            remote.cluster
+        )));
+    }
     let fields = SessionFields {
         user: auth.identity.username.clone(),
         user_cluster: Some(remote.cluster.clone()),
@@ -473,6 +496,18 @@ pub(crate) fn check_pinned_ip(
 /// The role option `require_session_mfa: true`: a database some role granting it sets the
 /// option on is reached only with a database certificate issued after a fresh one-time code
 /// (its identity carries the MFA mark). `Err` carries what the client is told.
+/// Another trusted root whose users' remote names can equal those of `root`'s users: one
+/// name is the other's hyphen suffix (`c` and `b-c`).
+fn ambiguous_root<'a>(
+    root: &str,
+    trusted: impl IntoIterator<Item = &'a String>,
+) -> Option<&'a String> {
+    let suffix = |a: &str, b: &str| a.ends_with(&format!("-{b}"));
+    trusted
+        .into_iter()
+        .find(|other| other.as_str() != root && (suffix(root, other) || suffix(other, root)))
+}
+
 pub(crate) fn check_session_mfa(identity: &Identity, decision: &Decision) -> Result<(), String> {
     if decision.session_mfa && identity.mfa_session_until.is_none() {
         return Err(
@@ -485,4 +520,24 @@ pub(crate) fn check_session_mfa(identity: &Identity, decision: &Decision) -> Res
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_whose_names_end_in_each_other_are_ambiguous() {
+        let roots: Vec<String> = ["c", "b-c", "east", "west"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // remote-a-b-c: user a-b of c, or user a of b-c.
+        assert_eq!(ambiguous_root("c", &roots).map(String::as_str), Some("b-c"));
+        assert_eq!(ambiguous_root("b-c", &roots).map(String::as_str), Some("c"));
+        assert_eq!(ambiguous_root("east", &roots), None);
+        // "least" ends in "east" but not in "-east".
+        let roots: Vec<String> = ["east", "least"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(ambiguous_root("east", &roots), None);
+    }
 }

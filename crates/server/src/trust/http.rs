@@ -91,7 +91,13 @@ async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
     if !status.is_success() {
         let message = serde_json::from_slice::<crate::api::ApiError>(&bytes)
             .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        // Passed on to root users: no terminal escapes, no megabytes.
+        let message: String = message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect();
         return Err(CallError::Refused {
             status: status.as_u16(),
             message,

@@ -245,13 +245,28 @@ pub async fn accept_join(gw: &Gateway, req: JoinRequest) -> Result<JoinResponse,
         tracing::info!("trusted cluster join refused: token expired");
         return Err(refused());
     }
+    let body: JoinRequestBody = serde_json::from_str(&req.request)
+        .map_err(|e| GatewayError::BadRequest(format!("join request: {e}")))?;
+    // A leaf already joined under this name keeps its record: a join with another host CA
+    // (another cluster taking the name, with any valid token) is refused. The same leaf may
+    // join again, to update its addresses.
+    let leaf_key = format!("{LEAF_PREFIX}{}", body.leaf.cluster);
+    if let Some(existing) = gw.store.kv_get(&leaf_key).await? {
+        let existing: LeafRecord =
+            serde_json::from_str(&existing).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        if existing.host_ca_pem.trim() != body.leaf.host_ca_pem.trim() {
+            tracing::warn!(leaf = %body.leaf.cluster, "trusted cluster join refused: another cluster already joined under this name");
+            return Err(GatewayError::Conflict(format!(
+                "a leaf cluster named \"{}\" has already joined with another host CA; the root keeps it",
+                body.leaf.cluster
+            )));
+        }
+    }
     // Single use: only the caller whose delete removed it goes on.
     if !gw.store.kv_delete(&key).await? {
         tracing::info!("trusted cluster join refused: token used meanwhile");
         return Err(refused());
     }
-    let body: JoinRequestBody = serde_json::from_str(&req.request)
-        .map_err(|e| GatewayError::BadRequest(format!("join request: {e}")))?;
     if body.root_cluster != gw.cluster {
         return Err(GatewayError::BadRequest(format!(
             "this is cluster \"{}\", not \"{}\": name the trusted_cluster after the root cluster",
@@ -267,9 +282,7 @@ pub async fn accept_join(gw: &Gateway, req: JoinRequest) -> Result<JoinResponse,
         .map_err(|e| GatewayError::BadRequest(format!("leaf host CA: {e}")))?;
     let leaf_json =
         serde_json::to_string(&body.leaf).map_err(|e| GatewayError::Internal(e.to_string()))?;
-    gw.store
-        .kv_put(&format!("{LEAF_PREFIX}{}", body.leaf.cluster), &leaf_json)
-        .await?;
+    gw.store.kv_put(&leaf_key, &leaf_json).await?;
     tracing::info!(leaf = %body.leaf.cluster, "trusted cluster joined");
     let answer = JoinAnswer {
         root: RootRecord {
