@@ -111,6 +111,9 @@ pub enum MfaCommand {
         /// A current code of the device being replaced (needed when you have one)
         #[arg(long, value_name = "CODE")]
         otp: Option<String>,
+        /// Read your password from stdin (needed for a first device of a password user)
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 

@@ -790,4 +790,29 @@ fn users_add_mfa_login_otp_and_mfa_add_through_the_binary() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A first device needs the password again: the login certificate alone is not enough.
+    let out = sandbox.run("dave-home", &["mfa", "add"], "");
+    assert!(!out.status.success(), "a first device without the password");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password") && stderr.contains("--password-stdin"),
+        "{stderr}"
+    );
+    let out = sandbox.run(
+        "dave-home",
+        &["mfa", "add", "--password-stdin"],
+        "not his\n",
+    );
+    assert!(
+        !out.status.success(),
+        "a first device with a wrong password"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid password"));
+    let added = sandbox.ok(
+        "dave-home",
+        &["mfa", "add", "--password-stdin"],
+        "pass word\n",
+    );
+    totp_rs::TOTP::from_url(otpauth_line(&added)).expect("a device registered with the password");
 }

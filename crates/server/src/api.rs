@@ -129,6 +129,10 @@ pub struct MfaDeviceRequest {
     /// A current code of the device being replaced; required when the caller has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otp: Option<String>,
+    /// The caller's password; required for a first device of a user who has one, so that a
+    /// login certificate alone cannot register it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -28,6 +28,12 @@ pub const DIGITS: u32 = 6;
 pub const STEP_SECS: u64 = 30;
 /// Longest a code check waits for another check of the same user to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Wrong codes of one user, counted across addresses and gateways, before code checks stop
+/// for the rest of [`FAILURE_WINDOW_SECS`]: guessing one of 10^6 codes stays hopeless however
+/// many addresses try.
+pub const MAX_CODE_FAILURES: u32 = 10;
+/// The window over which wrong codes are counted.
+pub const FAILURE_WINDOW_SECS: u64 = 3600;
 
 /// What the gateway answers when a code is needed and none was sent; the CLI recognises it
 /// to ask for one.
@@ -63,6 +69,20 @@ pub enum CodeCheck {
     Refused,
     /// The user has no device.
     NoDevice,
+    /// Too many wrong codes lately: not checked.
+    Locked,
+}
+
+/// Wrong codes of one user in the current window (JSON under [`failures_key`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Failures {
+    /// Start of the window, Unix seconds.
+    since: u64,
+    count: u32,
+}
+
+fn failures_key(user: &str) -> String {
+    format!("mfa/failures/{user}")
 }
 
 fn device_key(user: &str) -> String {
@@ -96,6 +116,7 @@ pub async fn register(store: &Store, cluster: &str, user: &str) -> Result<String
 
 /// Removes the device of `user`, if any (the user was deleted).
 pub async fn remove(store: &Store, user: &str) -> Result<bool, GatewayError> {
+    store.kv_delete(&failures_key(user)).await?;
     Ok(store.kv_delete(&device_key(user)).await?)
 }
 
@@ -108,10 +129,46 @@ pub async fn check_code(
     code: &str,
 ) -> Result<CodeCheck, GatewayError> {
     let lock = store.lock(&lock_key(user), holder, LOCK_WAIT).await?;
-    let outcome = check_code_locked(store, user, code, now_step()).await;
+    let outcome = check_counted(store, user, code, now_secs()).await;
     // Released whatever the outcome; a failed release only delays the next check (lease ttl).
     let _ = lock.release().await;
     outcome
+}
+
+/// [`check_code_locked`] within the failure budget of the user.
+async fn check_counted(
+    store: &Store,
+    user: &str,
+    code: &str,
+    now_secs: u64,
+) -> Result<CodeCheck, GatewayError> {
+    let mut failures: Failures = match store.kv_get(&failures_key(user)).await? {
+        Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+        None => Failures::default(),
+    };
+    if now_secs.saturating_sub(failures.since) >= FAILURE_WINDOW_SECS {
+        failures = Failures {
+            since: now_secs,
+            count: 0,
+        };
+    }
+    if failures.count >= MAX_CODE_FAILURES {
+        return Ok(CodeCheck::Locked);
+    }
+    let outcome = check_code_locked(store, user, code, now_secs / STEP_SECS).await?;
+    match outcome {
+        CodeCheck::Refused => {
+            failures.count += 1;
+            let json = serde_json::to_string(&failures)
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            store.kv_put(&failures_key(user), &json).await?;
+        }
+        CodeCheck::Accepted => {
+            store.kv_delete(&failures_key(user)).await?;
+        }
+        CodeCheck::NoDevice | CodeCheck::Locked => {}
+    }
+    Ok(outcome)
 }
 
 async fn check_code_locked(
@@ -162,11 +219,11 @@ fn ring_constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The current time step.
-fn now_step() -> u64 {
+/// Now, Unix seconds.
+fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() / STEP_SECS)
+        .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
@@ -251,6 +308,49 @@ fn base32_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wrong_codes_from_anywhere_stop_code_checks_for_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).unwrap();
+        let uri = register(&store, "c", "alice").await.unwrap();
+        let secret = uri
+            .split("secret=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let secret = base32_decode(secret).unwrap();
+        let t0 = 1_700_000_000u64;
+        let right = |t: u64| format!("{:06}", code_at(&secret, t / STEP_SECS));
+        for i in 0..MAX_CODE_FAILURES {
+            let wrong = format!(
+                "{:06}",
+                (code_at(&secret, t0 / STEP_SECS) + 1 + i) % 1_000_000
+            );
+            let got = check_counted(&store, "alice", &wrong, t0 + u64::from(i))
+                .await
+                .unwrap();
+            assert_eq!(got, CodeCheck::Refused);
+        }
+        // Even the right code is not checked now.
+        let got = check_counted(&store, "alice", &right(t0 + 60), t0 + 60)
+            .await
+            .unwrap();
+        assert_eq!(got, CodeCheck::Locked);
+        // After the window, the right code works and the count starts again.
+        let later = t0 + FAILURE_WINDOW_SECS + 1;
+        let got = check_counted(&store, "alice", &right(later), later)
+            .await
+            .unwrap();
+        assert_eq!(got, CodeCheck::Accepted);
+        assert!(store
+            .kv_get(&failures_key("alice"))
+            .await
+            .unwrap()
+            .is_none());
+    }
 
     #[test]
     fn codes_match_the_rfc_6238_sha1_test_vectors() {

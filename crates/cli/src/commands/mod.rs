@@ -85,7 +85,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             return admin::db_check(&load_config(&config_path)?, &db, &db_names).await
         }
         Command::Proxy(ProxyCommand::Db { db, port }) => proxy::db(&db, port).await?,
-        Command::Mfa(MfaCommand::Add { otp }) => session::mfa_add(otp).await?,
+        Command::Mfa(MfaCommand::Add {
+            otp,
+            password_stdin,
+        }) => session::mfa_add(otp, password_stdin).await?,
         Command::Audit(AuditCommand::Search {
             event_type,
             user,

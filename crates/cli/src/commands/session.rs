@@ -232,11 +232,31 @@ pub fn code_hint<T>(answer: std::result::Result<T, ClientError>) -> Result<T> {
 }
 
 /// `dbward mfa add`: registers a TOTP device for the logged-in user and shows it once.
-pub async fn mfa_add(otp: Option<String>) -> Result<()> {
+pub async fn mfa_add(otp: Option<String>, password_stdin: bool) -> Result<()> {
     let home = ClientHome::from_env()?;
     let (profile, client) = user_client(&home)?;
-    let mut request = MfaDeviceRequest { otp };
+    let password = if password_stdin {
+        Some(prompt::password_from_stdin()?)
+    } else {
+        None
+    };
+    let mut request = MfaDeviceRequest { otp, password };
     let mut answer = client.post("/v1/mfa/devices", &request).await;
+    // A first device of a password user: the gateway asks for the password again.
+    let needs_password = matches!(&answer, Err(ClientError::Api(msg)) if msg.starts_with(dbward_server::web::PASSWORD_REQUIRED));
+    if needs_password && request.password.is_none() {
+        if !prompt::can_prompt_code() {
+            bail!(
+                "{}: pass it with --password-stdin",
+                dbward_server::web::PASSWORD_REQUIRED
+            );
+        }
+        request.password = Some(prompt::prompt_password(&format!(
+            "Password for {}: ",
+            profile.user
+        ))?);
+        answer = client.post("/v1/mfa/devices", &request).await;
+    }
     if request.otp.is_none() && needs_code(&answer) && prompt::can_prompt_code() {
         request.otp = Some(prompt::prompt_code(
             "One-time code of your current device: ",

@@ -287,6 +287,15 @@ async fn login(
             gw.metrics.login(LoginResult::Failed);
             return Err(GatewayError::Unauthorized(mfa::CODE_INVALID.into()));
         }
+        Err(LoginFactor::Locked) => {
+            gw.limiter.not_checked(&attempt);
+            tracing::warn!(user = %req.user, addr = %peer.addr, "login refused: too many wrong one-time codes for this user");
+            gw.metrics.login(LoginResult::RateLimited);
+            return Err(GatewayError::TooManyRequests(format!(
+                "too many wrong one-time codes for this user (more than {} in an hour); try again later",
+                mfa::MAX_CODE_FAILURES
+            )));
+        }
         Err(LoginFactor::Failed(err)) => {
             gw.limiter.not_checked(&attempt);
             return Err(err);
@@ -342,6 +351,8 @@ enum LoginFactor {
     Missing,
     /// The code was wrong or already used.
     Refused,
+    /// Too many wrong codes for this user lately: not checked.
+    Locked,
     /// The device could not be checked (store).
     Failed(GatewayError),
 }
@@ -366,6 +377,7 @@ async fn second_factor(gw: &Gateway, user: &str, otp: Option<&str>) -> Result<()
         // Removed between the two reads: the login goes on as for a user without one.
         CodeCheck::NoDevice => Ok(()),
         CodeCheck::Refused => Err(LoginFactor::Refused),
+        CodeCheck::Locked => Err(LoginFactor::Locked),
     }
 }
 
@@ -396,11 +408,63 @@ async fn check_user_code(
             tracing::info!(%user, addr = %peer.addr, "one-time code refused");
             Err(GatewayError::Unauthorized(mfa::CODE_INVALID.into()))
         }
+        Ok(CodeCheck::Locked) => {
+            gw.limiter.not_checked(&attempt);
+            tracing::warn!(%user, addr = %peer.addr, "one-time code not checked: too many wrong codes for this user");
+            Err(GatewayError::TooManyRequests(format!(
+                "too many wrong one-time codes for this user (more than {} in an hour); try again later",
+                mfa::MAX_CODE_FAILURES
+            )))
+        }
         Err(err) => {
             gw.limiter.not_checked(&attempt);
             Err(err)
         }
     }
+}
+
+/// What the gateway answers when `mfa add` needs the password; the CLI recognises it.
+pub const PASSWORD_REQUIRED: &str = "your password is required to register a first MFA device";
+
+/// The password of a logged-in user, checked like a login (limited per user and address,
+/// a bounded number of checks at once).
+async fn check_user_password(
+    gw: &Gateway,
+    peer: &Peer,
+    user: &str,
+    password: Option<&str>,
+    hash: String,
+) -> Result<(), GatewayError> {
+    let password = password
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| GatewayError::Unauthorized(PASSWORD_REQUIRED.into()))?;
+    if password.len() > passwords::MAX_PASSWORD_LEN {
+        return Err(GatewayError::BadRequest(format!(
+            "a password has at most {} bytes",
+            passwords::MAX_PASSWORD_LEN
+        )));
+    }
+    let Some(attempt) = gw.limiter.begin(user, peer.addr.ip()) else {
+        return Err(GatewayError::TooManyRequests(
+            "too many failed attempts; try again later".into(),
+        ));
+    };
+    let Some(slot) = gw.limiter.verification_slot().await else {
+        gw.limiter.not_checked(&attempt);
+        return Err(GatewayError::Unavailable(
+            "the gateway is busy checking other logins; try again in a moment".into(),
+        ));
+    };
+    if !gw
+        .limiter
+        .check_password(slot, password.to_string(), Some(hash))
+        .await
+    {
+        tracing::info!(%user, addr = %peer.addr, "MFA device registration refused: wrong password");
+        return Err(GatewayError::Unauthorized("invalid password".into()));
+    }
+    gw.limiter.succeeded(&attempt);
+    Ok(())
 }
 
 /// `dbward mfa add`: a new TOTP device for the caller. Replacing an existing one needs a
@@ -412,7 +476,14 @@ async fn add_mfa_device(
     Json(req): Json<MfaDeviceRequest>,
 ) -> Result<Json<MfaDeviceResponse>, GatewayError> {
     let user = &identity.username;
-    if mfa::has_device(&gw.store, user).await? {
+    if !mfa::has_device(&gw.store, user).await? {
+        // A first device: a stolen login certificate alone must not register one (it would
+        // then pass require_session_mfa, and lock the owner out of their next login). Users
+        // with a password give it again; users of single sign-on have none here.
+        if let Some(hash) = gw.store.get_password_hash(user).await? {
+            check_user_password(&gw, &peer, user, req.password.as_deref(), hash).await?;
+        }
+    } else {
         check_user_code(&gw, &peer, user, req.otp.as_deref())
             .await
             .map_err(|err| match err {

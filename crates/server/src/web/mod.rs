@@ -5,6 +5,8 @@
 
 mod handlers;
 
+pub use handlers::PASSWORD_REQUIRED;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
