@@ -728,8 +728,50 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
     let out = leaf.run("admin-home", &["create", "--force", "-f", "-"], &restore);
     assert!(out.status.success(), "{}", stderr_and_stdout(&out));
 
+    // --- A role or trait changed on the root ends the forwarded session: the leaf judged it
+    // with the ones the minted certificate carried.
+    let live = live_session(&root, &pg);
+    root.ok(
+        "admin-home",
+        &["create", "--force", "-f", "-"],
+        "kind: user\nversion: v2\nmetadata: {name: alice}\nspec:\n  roles: [dev]\n  traits: {db_roles: []}\n",
+    );
+    ends_soon(
+        live,
+        "the session survived a change of the user's traits on the root",
+    );
+
     // --- Revocation: disabling the trust ends a live session and refuses new ones.
-    let mut live = root
+    let live = live_session(&root, &pg);
+    let disabled = leaf.create(&trusted_cluster("", &root.web, false));
+    assert!(
+        disabled.status.success(),
+        "{}",
+        stderr_and_stdout(&disabled)
+    );
+    ends_soon(live, "the live session survived the revocation");
+    let refused = root.run(
+        "alice-home",
+        &["db", "connect", "pgdb", "--", "-X", "-c", "select 1"],
+        "",
+    );
+    assert!(!refused.status.success());
+    let text = stderr_and_stdout(&refused);
+    assert!(
+        text.contains(
+            "the trusted cluster \"leaf\" could not be reached or refused the connection"
+        ),
+        "{text}"
+    );
+    // Straight to the leaf, the root's certificate no longer passes the handshake either.
+    let (crt, key) = write_cert(tmp.path(), "after", &root_cas, &identity("root"), &vouched);
+    let after = psql_to_leaf(&leaf, &leaf_ca, &crt, &key, "remote-alice-root");
+    assert!(!after.status.success(), "{}", stderr_and_stdout(&after));
+}
+
+/// alice's `select pg_sleep(60)` through the root, once the leaf's PostgreSQL runs it.
+fn live_session(root: &Cluster, pg: &PgServer) -> std::process::Child {
+    let live = root
         .command(
             "alice-home",
             &[
@@ -752,44 +794,22 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
             .psql_super("select count(*) from pg_stat_activity where usename = 'remote-alice-root' and query like '%pg_sleep%'")
             .expect("activity");
         if active.trim() == "1" {
-            break;
+            return live;
         }
         assert!(Instant::now() < deadline, "the live session did not start");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let disabled = leaf.create(&trusted_cluster("", &root.web, false));
-    assert!(
-        disabled.status.success(),
-        "{}",
-        stderr_and_stdout(&disabled)
-    );
+}
+
+/// Waits for the gateway to end `live` (not for its query to finish).
+fn ends_soon(mut live: std::process::Child, what: &str) {
     let started = Instant::now();
     loop {
         if let Some(status) = live.try_wait().expect("wait") {
             assert!(!status.success(), "the session was ended, not finished");
-            break;
+            return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the live session survived the revocation"
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let refused = root.run(
-        "alice-home",
-        &["db", "connect", "pgdb", "--", "-X", "-c", "select 1"],
-        "",
-    );
-    assert!(!refused.status.success());
-    let text = stderr_and_stdout(&refused);
-    assert!(
-        text.contains(
-            "the trusted cluster \"leaf\" could not be reached or refused the connection"
-        ),
-        "{text}"
-    );
-    // Straight to the leaf, the root's certificate no longer passes the handshake either.
-    let (crt, key) = write_cert(tmp.path(), "after", &root_cas, &identity("root"), &vouched);
-    let after = psql_to_leaf(&leaf, &leaf_ca, &crt, &key, "remote-alice-root");
-    assert!(!after.status.success(), "{}", stderr_and_stdout(&after));
 }

@@ -415,9 +415,17 @@ pub(crate) fn still_allowed(
         return Err("certificate expired".into());
     }
     if authorized.forward.is_some() {
-        // The leaf re-checks its own side; here the user must still exist.
+        // The leaf re-checks its own side with the roles and traits the minted certificate
+        // carries; when they change here, the session ends so that the next one carries the
+        // new ones.
         return match snapshot.users.get(&authorized.user.metadata.name) {
-            Some(_) => Ok(()),
+            Some(user)
+                if user.spec.roles == authorized.user.spec.roles
+                    && user.spec.traits == authorized.user.spec.traits =>
+            {
+                Ok(())
+            }
+            Some(_) => Err("the user's roles or traits changed".into()),
             None => Err("user deleted".into()),
         };
     }
