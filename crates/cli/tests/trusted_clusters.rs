@@ -770,8 +770,8 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
 }
 
 /// alice's `select pg_sleep(60)` through the root, once the leaf's PostgreSQL runs it.
-fn live_session(root: &Cluster, pg: &PgServer) -> std::process::Child {
-    let live = root
+fn live_session(root: &Cluster, pg: &PgServer) -> Child {
+    let mut live = root
         .command(
             "alice-home",
             &[
@@ -789,20 +789,28 @@ fn live_session(root: &Cluster, pg: &PgServer) -> std::process::Child {
         .spawn()
         .expect("live session");
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let running = || loop {
         let active = pg
             .psql_super("select count(*) from pg_stat_activity where usename = 'remote-alice-root' and query like '%pg_sleep%'")
-            .expect("activity");
+            .unwrap_or_default();
         if active.trim() == "1" {
-            return live;
+            return true;
         }
-        assert!(Instant::now() < deadline, "the live session did not start");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
+    };
+    if !running() {
+        let _ = live.kill();
+        let _ = live.wait();
+        panic!("the live session did not start");
     }
+    live
 }
 
 /// Waits for the gateway to end `live` (not for its query to finish).
-fn ends_soon(mut live: std::process::Child, what: &str) {
+fn ends_soon(mut live: Child, what: &str) {
     let started = Instant::now();
     loop {
         if let Some(status) = live.try_wait().expect("wait") {
