@@ -1,7 +1,8 @@
 //! The gateway's HTTP client for an OpenID provider: discovery, keys, token and userinfo.
 //!
 //! One connection per request, HTTP/1.1, bounded in time and size. `https://` is verified with
-//! the connector's CA certificates or, without them, the Mozilla root set; plain `http://` is
+//! the connector's CA certificates or, without them, the system's trusted CAs (the Mozilla set
+//! built in where the system has no bundle); plain `http://` is
 //! only ever used for an issuer on a loopback address (the connector's validation refuses
 //! anything else, and every URL the provider's discovery names is checked again here).
 
@@ -28,7 +29,7 @@ pub struct ProviderTls {
 }
 
 impl ProviderTls {
-    /// The connector's CA certificates (PEM), or the Mozilla root set without them.
+    /// The connector's CA certificates (PEM), or the system's trusted CAs without them.
     pub fn new(ca_pem: Option<&str>) -> Result<ProviderTls, String> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_pem {
@@ -41,7 +42,18 @@ impl ProviderTls {
                         .map_err(|e| format!("the connector's CA certificates: {e}"))?;
                 }
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => {
+                if let Some(certs) = system_roots() {
+                    // A bundle may hold a certificate rustls cannot use; the rest still count.
+                    let _ = roots.add_parsable_certificates(certs);
+                }
+                if roots.is_empty() {
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err("the connector's CA certificates hold no certificate".into());
         }
         let config = rustls::ClientConfig::builder_with_provider(dbward_pki::tls_provider())
             .with_safe_default_protocol_versions()
@@ -52,6 +64,34 @@ impl ProviderTls {
             config: Arc::new(config),
         })
     }
+}
+
+/// Where operating systems keep their bundle of trusted CA certificates (Debian and Ubuntu,
+/// Fedora and RHEL, Alpine and macOS, openSUSE).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// The system's trusted CA certificates: `SSL_CERT_FILE` when set, else the first bundle
+/// found; `None` when there is none (the Mozilla set built in is used then).
+fn system_roots() -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    let candidates = from_env
+        .into_iter()
+        .chain(SYSTEM_BUNDLES.iter().map(std::path::PathBuf::from));
+    for path in candidates {
+        if let Ok(pem) = std::fs::read_to_string(&path) {
+            if let Ok(certs) = dbward_pki::parse_cert_pem(&pem) {
+                if !certs.is_empty() {
+                    return Some(certs);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// A request to the provider.
@@ -217,6 +257,16 @@ impl ParsedUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_connector_ca_the_system_bundle_is_trusted() {
+        // This machine's bundle (Debian's ca-certificates) is found and read.
+        let roots = system_roots().expect("a system CA bundle");
+        assert!(roots.len() > 10, "{} certificates", roots.len());
+        ProviderTls::new(None).unwrap();
+        // A connector CA that is not PEM is refused with a message.
+        assert!(ProviderTls::new(Some("not a certificate")).is_err());
+    }
 
     #[test]
     fn urls_split_into_host_port_and_path() {
