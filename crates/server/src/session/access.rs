@@ -127,30 +127,12 @@ pub async fn authorize(
         tracing::warn!("denied: a local user holds the name of a trusted root's users");
         return Err(denied());
     }
-    let db = snapshot
-        .dbs
-        .get(&auth.route.service)
-        .cloned()
-        .ok_or_else(|| {
-            tracing::info!("denied: database resource not found");
-            denied()
-        })?;
-    if db.spec.protocol != protocol {
-        return Err(SessionError::AccessDenied(format!(
-            "database \"{}\" is a {} database; connect to the {} listener",
-            db.metadata.name, db.spec.protocol, db.spec.protocol
-        )));
-    }
+    let db = route_db(&snapshot, &auth, protocol)?;
     let checker = snapshot.checker(&user).map_err(|err| {
         tracing::warn!(%err, "roles cannot be evaluated");
         denied()
     })?;
-    let db_user = non_empty(requested.db_user)
-        .or(auth.route.db_user.as_deref())
-        .unwrap_or("");
-    let db_name = non_empty(requested.db_name)
-        .or(auth.route.db_name.as_deref())
-        .unwrap_or("");
+    let (db_user, db_name) = requested_names(&auth, &requested);
     let decision = checker
         .authorize(&db, db_user, db_name, &auth.route.db_roles)
         .map_err(|d| {
@@ -212,32 +194,14 @@ fn authorize_remote(
             remote.cluster
         )));
     }
-    let db = snapshot
-        .dbs
-        .get(&auth.route.service)
-        .cloned()
-        .ok_or_else(|| {
-            tracing::info!("denied: database resource not found");
-            denied()
-        })?;
-    if db.spec.protocol != protocol {
-        return Err(SessionError::AccessDenied(format!(
-            "database \"{}\" is a {} database; connect to the {} listener",
-            db.metadata.name, db.spec.protocol, db.spec.protocol
-        )));
-    }
+    let db = route_db(snapshot, &auth, protocol)?;
     // Never the snapshot's per-name cache: a local user may hold the mapped name.
     let checker =
         dbward_rbac::AccessChecker::new(&user, &snapshot.roles_of(&user)).map_err(|err| {
             tracing::warn!(%err, "mapped roles cannot be evaluated");
             denied()
         })?;
-    let db_user = non_empty(requested.db_user)
-        .or(auth.route.db_user.as_deref())
-        .unwrap_or("");
-    let db_name = non_empty(requested.db_name)
-        .or(auth.route.db_name.as_deref())
-        .unwrap_or("");
+    let (db_user, db_name) = requested_names(&auth, &requested);
     let decision = checker
         .authorize(&db, db_user, db_name, &auth.route.db_roles)
         .map_err(|d| {
@@ -524,6 +488,40 @@ pub(crate) fn check_session_mfa(identity: &Identity, decision: &Decision) -> Res
         );
     }
     Ok(())
+}
+
+/// The database resource the certificate's route names, if it speaks `protocol`.
+fn route_db(
+    snapshot: &crate::catalog::Snapshot,
+    auth: &Authenticated,
+    protocol: Protocol,
+) -> Result<Db, SessionError> {
+    let db = snapshot
+        .dbs
+        .get(&auth.route.service)
+        .cloned()
+        .ok_or_else(|| {
+            tracing::info!("denied: database resource not found");
+            SessionError::AccessDenied(dbward_rbac::GENERIC_DENIAL.to_string())
+        })?;
+    if db.spec.protocol != protocol {
+        return Err(SessionError::AccessDenied(format!(
+            "database \"{}\" is a {} database; connect to the {} listener",
+            db.metadata.name, db.spec.protocol, db.spec.protocol
+        )));
+    }
+    Ok(db)
+}
+
+/// The database user and name the client asked for, else the route's.
+fn requested_names<'a>(auth: &'a Authenticated, requested: &Requested<'a>) -> (&'a str, &'a str) {
+    let db_user = non_empty(requested.db_user)
+        .or(auth.route.db_user.as_deref())
+        .unwrap_or("");
+    let db_name = non_empty(requested.db_name)
+        .or(auth.route.db_name.as_deref())
+        .unwrap_or("");
+    (db_user, db_name)
 }
 
 fn non_empty(s: &str) -> Option<&str> {
