@@ -706,6 +706,87 @@ fn root_users_reach_leaf_databases_with_mapped_roles_until_the_trust_is_disabled
         "{text}"
     );
 
+    // A root user whose remote name is too long for the databases (92 characters: more than
+    // PostgreSQL's 63 bytes and MariaDB's 80 characters): the leaf provisions the usual hashed
+    // name (dw- and 27 characters), the same on both engines.
+    let long = "l".repeat(80);
+    root.ok(
+        "admin-home",
+        &["users", "add", &long, "--roles", "dev", "--password-stdin"],
+        "long password\n",
+    );
+    root.ok(
+        "long-home",
+        &[
+            "login",
+            "--proxy",
+            &root.web,
+            "--user",
+            &long,
+            "--password-stdin",
+            "--ca",
+            &ca_arg,
+        ],
+        "long password\n",
+    );
+    root.ok(
+        "long-home",
+        &[
+            "db",
+            "login",
+            "pgdb",
+            "--cluster",
+            "leaf",
+            "--db-name",
+            "postgres",
+        ],
+        "",
+    );
+    let pg_name = root.ok(
+        "long-home",
+        &[
+            "db",
+            "connect",
+            "pgdb",
+            "--",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select current_user",
+        ],
+        "",
+    );
+    let pg_name = pg_name.trim();
+    assert!(
+        pg_name.starts_with("dw-") && pg_name.len() == 30,
+        "{pg_name}"
+    );
+    root.ok(
+        "long-home",
+        &["db", "login", "mydb", "--cluster", "leaf"],
+        "",
+    );
+    let my_name = root.ok(
+        "long-home",
+        &[
+            "db",
+            "connect",
+            "mydb",
+            "--",
+            "-N",
+            "-B",
+            "-e",
+            "select current_user()",
+        ],
+        "",
+    );
+    assert_eq!(
+        my_name.trim(),
+        format!("{pg_name}@%"),
+        "the same hash on both engines"
+    );
+
     // A leaf role that requires a one-time code per session: the leaf cannot check one given
     // to the root, so root users are refused rather than let in without it.
     let mfa_role = "kind: role\nversion: v7\nmetadata: {name: leaf-dev}\nspec:\n  options: {create_db_user_mode: keep, require_session_mfa: true}\n  allow:\n    db_labels: {\"*\": \"*\"}\n    db_names: [\"*\"]\n    db_roles: [leaf_reader, \"{{internal.db_roles}}\"]\n";
