@@ -199,43 +199,21 @@ pub fn server_config(
             ca,
             cluster,
             required,
-        } => {
-            let inner = WebPkiClientVerifier::builder_with_provider(roots_of(ca)?, provider);
-            let inner = if required {
-                inner
-            } else {
-                inner.allow_unauthenticated()
-            };
-            let inner = inner
-                .build()
-                .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
-            builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier {
-                inner,
-                cluster,
-                trusted: None,
-            }))
-        }
+        } => builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier {
+            inner: chain_verifier(ca, required, provider)?,
+            cluster,
+            trusted: None,
+        })),
         ClientAuth::UserCertTrusting {
             ca,
             cluster,
             required,
             trusted,
-        } => {
-            let inner = WebPkiClientVerifier::builder_with_provider(roots_of(ca)?, provider);
-            let inner = if required {
-                inner
-            } else {
-                inner.allow_unauthenticated()
-            };
-            let inner = inner
-                .build()
-                .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
-            builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier {
-                inner,
-                cluster,
-                trusted: Some(trusted),
-            }))
-        }
+        } => builder.with_client_cert_verifier(Arc::new(ClusterCertVerifier {
+            inner: chain_verifier(ca, required, provider)?,
+            cluster,
+            trusted: Some(trusted),
+        })),
     };
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -281,6 +259,24 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// Chain, validity and purpose checks against the user CA `ca`; without `required`, a client
+/// may also send no certificate.
+fn chain_verifier(
+    ca: CertificateDer<'static>,
+    required: bool,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots_of(ca)?, provider);
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))
 }
 
 fn roots_of(ca: CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
