@@ -39,6 +39,17 @@ pub const RELAY_USER: &str = "bench_relay";
 pub const MEMORY_USER: &str = "bench_mem";
 /// dbward user for warming up the gateway before anything is measured.
 pub const WARM_USER: &str = "bench_warm";
+/// The dbward `db` resource of the MariaDB paths.
+pub const MARIA_RESOURCE: &str = "bench-maria";
+/// Schema of the sysbench table on MariaDB.
+pub const MARIA_SCHEMA: &str = "sbtest";
+/// MariaDB account that reads `mysql.global_priv` for the teardown checks.
+pub const MARIA_MONITOR: &str = "bench_monitor";
+
+/// dbward user `i` of the connection storm (each connects once, all at the same time).
+pub fn storm_user(i: usize) -> String {
+    format!("bench_storm_{i}")
+}
 
 /// dbward user `i` of the new-user path (never seen by the database before its iteration).
 pub fn new_user(i: usize) -> String {
@@ -51,14 +62,19 @@ pub fn rate_user(k: usize) -> String {
 }
 
 /// Certificate lifetime: longer than any run.
-const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What the world must hold before the gateway starts (the gateway reads the store).
 pub struct Sizing {
     pub new_users: usize,
     pub rate_users: usize,
+    pub storm_users: usize,
     pub pgbench_scale: u32,
     pub max_connections: u32,
+    /// MariaDB's `max_connections` (the idle sessions of its memory measurement fit).
+    pub maria_max_connections: u32,
+    /// Rows of the sysbench table.
+    pub sysbench_rows: u32,
 }
 
 /// Files a libpq client (pgbench) needs: `PGSSLCERT`, `PGSSLKEY`, `PGSSLROOTCERT`.
@@ -91,6 +107,10 @@ pub enum GatewayCommand {
 
 pub struct Env {
     pub pg: PgServer,
+    pub maria: crate::maria::MariaWorld,
+    pub haproxy: Option<crate::haproxy::HaProxy>,
+    /// The PostgreSQL path through HAProxy (the direct path's client, HAProxy's port).
+    pub haproxy_pg: Option<Endpoint>,
     pub cas: CaSet,
     pub gateway: GatewayProcess,
     pub pgbouncer: Option<PgBouncer>,
@@ -122,10 +142,11 @@ impl Env {
         let dir = root.path().to_path_buf();
         let data_dir = dir.join("gateway-data");
         let config_path = dir.join("dbward.yaml");
-        let gateway_config = format!(
-            "version: v1\ncluster_name: {CLUSTER}\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:0\npostgres_listen_addr: 127.0.0.1:0\nmysql_listen_addr: \"\"\n",
-            data_dir.display()
-        );
+        let ports = GatewayPorts {
+            postgres: free_port()?,
+            mysql: free_port()?,
+        };
+        let gateway_config = gateway_config(&data_dir, ports, true);
         fs::write(&config_path, &gateway_config)?;
         let config = dbward_model::Config::load(&config_path)?;
 
@@ -153,10 +174,11 @@ impl Env {
 
         let pgbench = pgbench_binary()?;
         setup_database(&pg, &pgbench, sizing.pgbench_scale)?;
+        let maria = crate::maria::MariaWorld::start(&cas, &certs, &dir, sizing)?;
 
         // Every dbward user exists in the store before the gateway starts: the store is
         // written by this process only while the gateway is not running.
-        rt.block_on(store_resources(&config, &pg, sizing))?;
+        rt.block_on(store_resources(&config, &pg, maria.server.port, sizing))?;
         drop(rt);
 
         let db_ca_file = dir.join("db-ca.crt");
@@ -168,7 +190,23 @@ impl Env {
 
         let direct = db_client_endpoint(&cas, DIRECT_USER, pg.port, &db_ca_file, &clients_dir)?;
 
-        let gateway = GatewayProcess::start(gateway, &config_path, &data_dir, &dir)?;
+        let gateway = GatewayProcess::start(gateway, &config_path, &data_dir, &dir, ports)?;
+        let haproxy = match crate::haproxy::HaProxy::find() {
+            Ok(bin) => Some(crate::haproxy::HaProxy::start(
+                &bin,
+                &dir,
+                pg.port,
+                maria.server.port,
+            )?),
+            Err(why) => {
+                eprintln!("skipping HAProxy: {why}");
+                None
+            }
+        };
+        let haproxy_pg = haproxy.as_ref().map(|h| Endpoint {
+            port: h.pg_port,
+            ..direct.clone()
+        });
 
         let (pgbouncer, pgbouncer_endpoint, pgbouncer_config) = match want_pgbouncer {
             Some(bin) => {
@@ -187,6 +225,9 @@ impl Env {
 
         Ok(Env {
             pg,
+            maria,
+            haproxy,
+            haproxy_pg,
             cas,
             gateway,
             pgbouncer,
@@ -264,7 +305,7 @@ impl Env {
 
 /// A client configuration that never resumes TLS sessions: every benchmark connection pays a
 /// full handshake, as a new psql process would.
-fn no_resumption(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+pub(crate) fn no_resumption(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
     let mut config = (*config).clone();
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
@@ -346,7 +387,7 @@ fn chown_to_db_account(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -411,6 +452,7 @@ fn setup_database(pg: &PgServer, pgbench: &Path, scale: u32) -> anyhow::Result<(
 async fn store_resources(
     config: &dbward_model::Config,
     pg: &PgServer,
+    maria_port: u16,
     sizing: &Sizing,
 ) -> anyhow::Result<()> {
     let mut yaml = format!(
@@ -418,12 +460,16 @@ async fn store_resources(
          ---\nkind: db\nversion: v3\nmetadata: {{name: {DB_RESOURCE}, labels: {{bench: \"yes\"}}}}\nspec:\n  protocol: postgres\n  uri: 127.0.0.1:{port}\n  admin_user: {{name: {ADMIN_USER}, default_database: postgres}}\n",
         port = pg.port
     );
+    yaml.push_str(&format!(
+        "---\nkind: db\nversion: v3\nmetadata: {{name: {MARIA_RESOURCE}, labels: {{bench: \"yes\"}}}}\nspec:\n  protocol: mysql\n  uri: 127.0.0.1:{maria_port}\n  admin_user: {{name: {ADMIN_USER}}}\n"
+    ));
     let mut users: Vec<String> = [STEADY_USER, RELAY_USER, MEMORY_USER, WARM_USER]
         .iter()
         .map(|s| s.to_string())
         .collect();
     users.extend((0..sizing.new_users).map(new_user));
     users.extend((0..sizing.rate_users).map(rate_user));
+    users.extend((0..sizing.storm_users).map(storm_user));
     for u in &users {
         yaml.push_str(&format!(
             "---\nkind: user\nversion: v2\nmetadata: {{name: {u}}}\nspec: {{roles: [bench-keep]}}\n"
@@ -441,7 +487,7 @@ async fn store_resources(
 }
 
 /// The last lines of a log file.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -453,7 +499,36 @@ pub struct GatewayProcess {
     child: Child,
     pub pid: u32,
     pub port: u16,
+    pub mysql_port: u16,
     pub log: PathBuf,
+    how: GatewayCommand,
+    config: PathBuf,
+    data_dir: PathBuf,
+    dir: PathBuf,
+    ports: GatewayPorts,
+    /// Whether the running gateway records client statements (`audit_queries`).
+    pub audit_queries: bool,
+}
+
+/// The gateway's listener ports, fixed for the run so that a restart keeps every endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayPorts {
+    pub postgres: u16,
+    pub mysql: u16,
+}
+
+/// The gateway's configuration file.
+fn gateway_config(data_dir: &Path, ports: GatewayPorts, audit_queries: bool) -> String {
+    let mut text = format!(
+        "version: v1\ncluster_name: {CLUSTER}\ndata_dir: {}\nweb_listen_addr: 127.0.0.1:0\npostgres_listen_addr: 127.0.0.1:{}\nmysql_listen_addr: 127.0.0.1:{}\n",
+        data_dir.display(),
+        ports.postgres,
+        ports.mysql
+    );
+    if !audit_queries {
+        text.push_str("audit_queries: false\n");
+    }
+    text
 }
 
 impl GatewayProcess {
@@ -462,9 +537,13 @@ impl GatewayProcess {
         config: &Path,
         data_dir: &Path,
         dir: &Path,
+        ports: GatewayPorts,
     ) -> anyhow::Result<GatewayProcess> {
         let log = dir.join("gateway.log");
-        let log_file = fs::File::create(&log)?;
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut cmd = match how {
             GatewayCommand::BuiltIn(exe) => {
                 let mut c = Command::new(exe);
@@ -490,7 +569,14 @@ impl GatewayProcess {
             child,
             pid,
             port: 0,
+            mysql_port: 0,
             log,
+            how: how.clone(),
+            config: config.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            dir: dir.to_path_buf(),
+            ports,
+            audit_queries: !fs::read_to_string(config)?.contains("audit_queries: false"),
         };
         let endpoints_file = dbward_server::AdminFiles::new(data_dir).endpoints();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -503,6 +589,8 @@ impl GatewayProcess {
                             .context("the gateway has no postgres listener")?;
                         let addr: std::net::SocketAddr = addr.parse()?;
                         gw.port = addr.port();
+                        let mysql = ep.mysql.context("the gateway has no mysql listener")?;
+                        gw.mysql_port = mysql.parse::<std::net::SocketAddr>()?.port();
                         return Ok(gw);
                     }
                 }
@@ -515,6 +603,32 @@ impl GatewayProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the gateway and starts it again on the same ports and store, recording client
+    /// statements or not (`audit_queries`). Sessions open at that moment end.
+    pub fn restart(&mut self, audit_queries: bool) -> anyhow::Result<()> {
+        stop_child(&mut self.child, self.pid);
+        fs::write(
+            &self.config,
+            gateway_config(&self.data_dir, self.ports, audit_queries),
+        )?;
+        let fresh = GatewayProcess::start(
+            &self.how,
+            &self.config,
+            &self.data_dir,
+            &self.dir,
+            self.ports,
+        )?;
+        let old = std::mem::replace(self, fresh);
+        // The old process has exited; dropping its handle does nothing more.
+        drop(old);
+        Ok(())
+    }
+
+    /// User plus system CPU time of the gateway process so far (every thread).
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        cpu_time(self.pid)
     }
 
     /// Resident set size of the gateway process, KiB.
@@ -530,7 +644,7 @@ impl Drop for GatewayProcess {
 }
 
 /// SIGTERM, a grace period, then SIGKILL.
-fn stop_child(child: &mut Child, pid: u32) {
+pub(crate) fn stop_child(child: &mut Child, pid: u32) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -545,6 +659,28 @@ fn stop_child(child: &mut Child, pid: u32) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// User plus system CPU time of a process (fields 14 and 15 of `/proc/<pid>/stat`, every
+/// thread of the process).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unreadable /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .context("no CPU times in /proc/<pid>/stat")
+    };
+    let total = ticks(14)? + ticks(15)?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
+    Ok(Duration::from_nanos(total * 1_000_000_000 / hz.max(1)))
 }
 
 /// `VmRSS` of a process, KiB.
@@ -606,7 +742,7 @@ impl PgBouncer {
                  listen_port = {port}\n\
                  unix_socket_dir =\n\
                  pool_mode = session\n\
-                 max_client_conn = 500\n\
+                 max_client_conn = 1000\n\
                  default_pool_size = 20\n\
                  auth_type = cert\n\
                  auth_file = {d}/userlist.txt\n\
@@ -677,6 +813,12 @@ impl PgBouncer {
         stop_child(&mut self.child, pid);
     }
 
+    /// pgbouncer's own process id (from its pid file; it may run under `runuser`).
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        let text = fs::read_to_string(&self.pidfile).context("reading pgbouncer's pid file")?;
+        Ok(text.trim().parse()?)
+    }
+
     /// The pgbouncer log, for diagnosing a failed path.
     pub fn log(&self) -> String {
         tail(&self.log)
@@ -689,7 +831,7 @@ impl Drop for PgBouncer {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }

@@ -1,12 +1,16 @@
-//! `dbward-bench`: measures dbward against a direct PostgreSQL connection and pgbouncer in one
-//! run — connection setup and teardown, query relay (pgbench), bulk COPY, gateway memory per
-//! idle session and provisioning rate — and writes the report with the targets
-//! (`docs/BENCHMARKS.md`) and a chart (`docs/benchmarks.svg`).
+//! `dbward-bench`: measures dbward on PostgreSQL and MariaDB against direct connections,
+//! HAProxy in TCP mode (the floor of an extra hop) and pgbouncer, in one run: connection setup
+//! and teardown, query relay (pgbench, sysbench) with the CPU the process in the middle spends
+//! per query, the statement audit on and off, bulk COPY, gateway memory per idle session (up to
+//! thousands of sessions), provisioning rate and a connection storm; and writes the report with
+//! the targets (`docs/BENCHMARKS.md`) and a chart (`docs/benchmarks.svg`).
 //!
 //! Start at [`run`]: it builds the world ([`env::Env`]), runs the measurements
 //! ([`measure`]) and writes the report ([`report`]).
 
 pub mod env;
+pub mod haproxy;
+pub mod maria;
 pub mod measure;
 pub mod report;
 pub mod stats;
@@ -102,8 +106,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
     let sizing = env::Sizing {
         new_users: params.conn_iterations,
         rate_users: params.rate_clients,
+        storm_users: params.storm_clients,
         pgbench_scale: params.pgbench_scale,
-        max_connections: (params.memory_sessions as u32 + 150).max(200),
+        max_connections: (params.max_memory_sessions().max(2 * params.storm_clients) as u32 + 150)
+            .max(200),
+        maria_max_connections: (params.maria_memory_sessions as u32 + 150).max(200),
+        sysbench_rows: params.sysbench_rows,
     };
     let gateway = match &opts.gateway_bin {
         Some(bin) => env::GatewayCommand::Cli(bin.clone()),
@@ -125,8 +133,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
             (None, Some(why))
         }
     };
-    progress(started, "starting PostgreSQL, the gateway and pgbouncer");
-    let world = env::Env::start(&sizing, &gateway, pgbouncer.clone())?;
+    progress(
+        started,
+        "starting PostgreSQL, MariaDB, the gateway, HAProxy and pgbouncer",
+    );
+    let mut world = env::Env::start(&sizing, &gateway, pgbouncer.clone())?;
     let postgres_version = world.pg.psql_super("select version()")?;
     let pgbouncer_version = pgbouncer.as_ref().and_then(|b| {
         std::process::Command::new(b)
@@ -147,16 +158,28 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
         .build()?;
     let mut results = measure::Results::default();
     let measured: anyhow::Result<()> = (|| {
-        progress(started, "memory per idle session");
-        rt.block_on(measure::memory(&world, &params, &mut results))?;
-        progress(started, "connection setup and teardown");
-        rt.block_on(measure::connection_setup(&world, &params, &mut results))?;
-        progress(started, "query relay (pgbench -S)");
-        measure::relay(&world, &params, &mut results)?;
+        let world = &mut world;
+        progress(started, "memory per idle session (PostgreSQL)");
+        rt.block_on(measure::memory(world, &params, &mut results))?;
+        progress(started, "memory per idle session (MariaDB)");
+        rt.block_on(maria::memory(world, &params, &mut results))?;
+        progress(started, "connection setup and teardown (PostgreSQL)");
+        rt.block_on(measure::connection_setup(world, &params, &mut results))?;
+        progress(started, "connection setup and teardown (MariaDB)");
+        rt.block_on(maria::connection_setup(world, &params, &mut results))?;
+        progress(
+            started,
+            "query relay (pgbench -S, sysbench), audit on and off",
+        );
+        measure::relay(world, &params, &mut results)?;
         progress(started, "bulk COPY");
-        rt.block_on(measure::bulk(&world, &params, &mut results))?;
-        progress(started, "provisioning rate");
-        rt.block_on(measure::rate(&world, &params, &mut results))?;
+        rt.block_on(measure::bulk(world, &params, &mut results))?;
+        progress(started, "provisioning rate (PostgreSQL)");
+        rt.block_on(measure::rate(world, &params, &mut results))?;
+        progress(started, "provisioning rate (MariaDB)");
+        rt.block_on(maria::rate(world, &params, &mut results))?;
+        progress(started, "connection storm");
+        rt.block_on(measure::storm(world, &params, &mut results))?;
         Ok(())
     })();
     if let Err(err) = measured {
@@ -166,9 +189,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
             .map(|b| b.log())
             .unwrap_or_default();
         return Err(err.context(format!(
-            "a benchmark path failed\n--- gateway log (tail) ---\n{}\n--- pgbouncer log (tail) ---\n{bouncer_log}\n--- postgres log (tail) ---\n{}",
+            "a benchmark path failed\n--- gateway log (tail) ---\n{}\n--- pgbouncer log (tail) ---\n{bouncer_log}\n--- haproxy log (tail) ---\n{}\n--- postgres log (tail) ---\n{}\n--- mariadb log (tail) ---\n{}",
             world.gateway_log(),
-            world.pg.log()
+            world.haproxy.as_ref().map(|h| h.log()).unwrap_or_default(),
+            world.pg.log(),
+            world.maria.server.log()
         )));
     }
     drop(rt);
@@ -213,6 +238,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
             + "\n",
         gateway_command,
         pg_notes: world.pg_notes.clone(),
+        mariadb_version: world.maria.version.clone(),
+        haproxy_config: world.haproxy.as_ref().map(|h| h.config.clone()),
+        sysbench: world.maria.sysbench.is_some(),
         fd_limit,
         chart_file: chart_rel,
         analysis,

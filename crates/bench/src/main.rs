@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Benchmarks dbward against a direct PostgreSQL connection and pgbouncer, in one run, and
-/// writes docs/BENCHMARKS.md and docs/benchmarks.svg.
+/// Benchmarks dbward on PostgreSQL and MariaDB against direct connections, HAProxy (TCP
+/// passthrough) and pgbouncer, in one run, and writes docs/BENCHMARKS.md and
+/// docs/benchmarks.svg.
 #[derive(Parser)]
 #[command(name = "dbward-bench")]
 struct Cli {

@@ -25,12 +25,21 @@ pub struct Params {
     pub pgbench_seconds: u32,
     pub pgbench_rounds: usize,
     pub pgbench_scale: u32,
+    /// Client counts of the relay runs (pgbench and the pgbouncer comparison).
+    pub relay_clients: Vec<u32>,
+    /// Client counts of the MariaDB relay runs and of the audit on/off comparison.
+    pub maria_relay_clients: Vec<u32>,
+    pub sysbench_rows: u32,
     pub bulk_rows: u64,
     pub bulk_rounds: usize,
-    pub memory_sessions: usize,
+    /// Idle PostgreSQL sessions held open, in steps (memory is read at each).
+    pub memory_sessions: Vec<usize>,
+    pub maria_memory_sessions: usize,
     pub rate_clients: usize,
     pub rate_rounds: usize,
     pub rate_round: Duration,
+    /// Clients of the connection storm, each a different dbward user.
+    pub storm_clients: usize,
 }
 
 impl Params {
@@ -41,12 +50,17 @@ impl Params {
             pgbench_seconds: 10,
             pgbench_rounds: 3,
             pgbench_scale: 10,
+            relay_clients: vec![1, 8, 32],
+            maria_relay_clients: vec![1, 8],
+            sysbench_rows: 10_000,
             bulk_rows: 1_000_000,
             bulk_rounds: 3,
-            memory_sessions: 1000,
+            memory_sessions: vec![1000, 3000],
+            maria_memory_sessions: 1000,
             rate_clients: 8,
             rate_rounds: 5,
             rate_round: Duration::from_secs(2),
+            storm_clients: 500,
         }
     }
 
@@ -57,13 +71,23 @@ impl Params {
             pgbench_seconds: 2,
             pgbench_rounds: 1,
             pgbench_scale: 1,
+            relay_clients: vec![1, 8, 32],
+            maria_relay_clients: vec![1, 8],
+            sysbench_rows: 1000,
             bulk_rows: 20_000,
             bulk_rounds: 1,
-            memory_sessions: 50,
+            memory_sessions: vec![30, 60],
+            maria_memory_sessions: 30,
             rate_clients: 8,
             rate_rounds: 1,
             rate_round: Duration::from_millis(700),
+            storm_clients: 40,
         }
+    }
+
+    /// The most idle PostgreSQL sessions held at once.
+    pub fn max_memory_sessions(&self) -> usize {
+        self.memory_sessions.iter().copied().max().unwrap_or(0)
     }
 
     /// Bytes one COPY row produces in text format: 1000 characters and a newline.
@@ -83,6 +107,55 @@ pub struct RelayRow {
     pub clients: u32,
     pub tps: Vec<f64>,
     pub latency_ms: Vec<f64>,
+    /// User plus system CPU of the process in the middle (gateway, pgbouncer or HAProxy) per
+    /// query relayed, in microseconds, per round; empty for the direct path.
+    pub cpu_us: Vec<f64>,
+}
+
+/// Adds one run's figures to its row (created on first use).
+pub fn push_relay(
+    rows: &mut Vec<RelayRow>,
+    path: &str,
+    clients: u32,
+    tps: f64,
+    latency_ms: f64,
+    cpu_us: Option<f64>,
+) {
+    let i = match rows
+        .iter()
+        .position(|r| r.path == path && r.clients == clients)
+    {
+        Some(i) => i,
+        None => {
+            rows.push(RelayRow {
+                path: path.to_string(),
+                clients,
+                tps: Vec::new(),
+                latency_ms: Vec::new(),
+                cpu_us: Vec::new(),
+            });
+            rows.len() - 1
+        }
+    };
+    rows[i].tps.push(tps);
+    rows[i].latency_ms.push(latency_ms);
+    rows[i].cpu_us.extend(cpu_us);
+}
+
+/// The connection storm: every client connects at the same moment as its own dbward user.
+#[derive(Debug, Clone)]
+pub struct Storm {
+    pub path: String,
+    pub clients: usize,
+    /// Setup times of the connections that succeeded, ms.
+    pub setup_ms: Vec<f64>,
+    pub errors: usize,
+    /// The first error, as the client saw it.
+    pub first_error: Option<String>,
+    /// Database users still able to log in when the wait for teardown ended.
+    pub left_active: usize,
+    /// From the last disconnect until every user was locked again (or the wait ended), ms.
+    pub settled_ms: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -118,8 +191,15 @@ pub struct Results {
     pub relay: Vec<RelayRow>,
     pub bulk: Vec<Series>,
     pub bulk_bytes: u64,
-    pub memory: Option<Memory>,
+    /// One entry per step of idle sessions.
+    pub memory: Vec<Memory>,
     pub rate: Vec<RateRow>,
+    pub storm: Vec<Storm>,
+    pub maria_connect: Vec<Series>,
+    pub maria_teardown: Vec<Series>,
+    pub maria_relay: Vec<RelayRow>,
+    pub maria_memory: Option<Memory>,
+    pub maria_rate: Vec<RateRow>,
 }
 
 /// Path names, as they appear in the report.
@@ -127,9 +207,11 @@ pub const DIRECT: &str = "direct";
 pub const DBWARD: &str = "dbward";
 pub const DBWARD_STEADY: &str = "dbward (existing locked user)";
 pub const DBWARD_NEW: &str = "dbward (new user each time)";
+pub const DBWARD_NO_AUDIT: &str = "dbward (query audit off)";
 pub const PGBOUNCER: &str = "pgbouncer";
+pub const HAPROXY: &str = "HAProxy (TCP passthrough)";
 
-fn series<'a>(list: &'a mut Vec<Series>, path: &str) -> &'a mut Series {
+pub(crate) fn series<'a>(list: &'a mut Vec<Series>, path: &str) -> &'a mut Series {
     if let Some(i) = list.iter().position(|s| s.path == path) {
         return &mut list[i];
     }
@@ -299,41 +381,89 @@ pub async fn connection_setup(env: &Env, p: &Params, out: &mut Results) -> anyho
     Ok(())
 }
 
-/// `pgbench -S` at 1 and 8 clients through every path, interleaved per round.
-pub fn relay(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
-    let dbward = env.dbward_endpoint(env::RELAY_USER)?;
-    let mut paths: Vec<(&str, &Endpoint)> = vec![(DIRECT, &env.direct), (DBWARD, &dbward)];
-    if let Some(b) = &env.pgbouncer_endpoint {
-        paths.push((PGBOUNCER, b));
-    }
+/// The relay on both engines, interleaved per round: `pgbench -S` through every PostgreSQL
+/// path at each client count and sysbench `oltp_point_select` through every MariaDB path,
+/// with the CPU of the process in the middle per query; then the gateway is restarted with
+/// `audit_queries: false` for the same dbward runs without the statement audit, and restarted
+/// again as it was.
+pub fn relay(env: &mut Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let gateway_pid = |env: &Env| env.gateway.pid;
     for round in 0..p.pgbench_rounds {
-        for clients in [1u32, 8] {
+        let dbward = env.dbward_endpoint(env::RELAY_USER)?;
+        let mut paths: Vec<(&str, Endpoint, Option<u32>)> = vec![
+            (DIRECT, env.direct.clone(), None),
+            (DBWARD, dbward.clone(), Some(gateway_pid(env))),
+        ];
+        if let (Some(ep), Some(h)) = (&env.haproxy_pg, &env.haproxy) {
+            paths.push((HAPROXY, ep.clone(), Some(h.pid)));
+        }
+        if let (Some(ep), Some(b)) = (&env.pgbouncer_endpoint, &env.pgbouncer) {
+            paths.push((PGBOUNCER, ep.clone(), Some(b.pid()?)));
+        }
+        for &clients in &p.relay_clients {
             let mut order = paths.clone();
             order.rotate_left(round % paths.len());
-            for (name, ep) in order {
-                let (tps, lat) = pgbench(&env.pgbench, ep, clients, p.pgbench_seconds)
-                    .with_context(|| format!("pgbench through {name} with {clients} clients"))?;
-                let i = match out
-                    .relay
-                    .iter()
-                    .position(|r| r.path == name && r.clients == clients)
-                {
-                    Some(i) => i,
-                    None => {
-                        out.relay.push(RelayRow {
-                            path: name.to_string(),
-                            clients,
-                            tps: Vec::new(),
-                            latency_ms: Vec::new(),
-                        });
-                        out.relay.len() - 1
-                    }
-                };
-                out.relay[i].tps.push(tps);
-                out.relay[i].latency_ms.push(lat);
+            for (name, ep, middle) in order {
+                pgbench_once(env, name, &ep, middle, clients, p, out)?;
             }
         }
+        let maria_dbward = env.maria.dbward_endpoint(env, env::RELAY_USER)?;
+        let mut maria_paths = vec![
+            (DIRECT, env.maria.direct.clone(), None),
+            (DBWARD, maria_dbward, Some(gateway_pid(env))),
+        ];
+        if let Some(h) = &env.haproxy {
+            let mut ep = env.maria.direct.clone();
+            ep.port = h.maria_port;
+            maria_paths.push((HAPROXY, ep, Some(h.pid)));
+        }
+        for &threads in &p.maria_relay_clients {
+            let mut order = maria_paths.clone();
+            order.rotate_left(round % maria_paths.len());
+            for (name, ep, middle) in order {
+                crate::maria::relay_once(env, name, &ep, middle, threads, p, out)?;
+            }
+        }
+
+        env.gateway.restart(false)?;
+        let pid = gateway_pid(env);
+        let maria_dbward = env.maria.dbward_endpoint(env, env::RELAY_USER)?;
+        for &clients in &p.maria_relay_clients {
+            pgbench_once(env, DBWARD_NO_AUDIT, &dbward, Some(pid), clients, p, out)?;
+            crate::maria::relay_once(
+                env,
+                DBWARD_NO_AUDIT,
+                &maria_dbward,
+                Some(pid),
+                clients,
+                p,
+                out,
+            )?;
+        }
+        env.gateway.restart(true)?;
     }
+    Ok(())
+}
+
+fn pgbench_once(
+    env: &Env,
+    name: &str,
+    ep: &Endpoint,
+    middle: Option<u32>,
+    clients: u32,
+    p: &Params,
+    out: &mut Results,
+) -> anyhow::Result<()> {
+    let before = middle.map(env::cpu_time).transpose()?;
+    let (tps, lat, queries) = pgbench(&env.pgbench, ep, clients, p.pgbench_seconds)
+        .with_context(|| format!("pgbench through {name} with {clients} clients"))?;
+    let cpu = match (middle, before) {
+        (Some(pid), Some(before)) => {
+            Some((env::cpu_time(pid)? - before).as_secs_f64() * 1e6 / queries as f64)
+        }
+        _ => None,
+    };
+    push_relay(&mut out.relay, name, clients, tps, lat, cpu);
     Ok(())
 }
 
@@ -358,8 +488,14 @@ pub fn pgbench_args(ep: &Endpoint, clients: u32, seconds: u32) -> Vec<String> {
     ]
 }
 
-/// Runs pgbench; returns (TPS without initial connection time, average latency ms).
-fn pgbench(bin: &Path, ep: &Endpoint, clients: u32, seconds: u32) -> anyhow::Result<(f64, f64)> {
+/// Runs pgbench; returns (TPS without initial connection time, average latency ms,
+/// transactions processed).
+fn pgbench(
+    bin: &Path,
+    ep: &Endpoint,
+    clients: u32,
+    seconds: u32,
+) -> anyhow::Result<(f64, f64, u64)> {
     let out = Command::new(bin)
         .args(pgbench_args(ep, clients, seconds))
         .env("PGSSLMODE", "verify-full")
@@ -381,8 +517,9 @@ fn pgbench(bin: &Path, ep: &Endpoint, clients: u32, seconds: u32) -> anyhow::Res
     parse_pgbench(&stdout).with_context(|| format!("pgbench output:\n{stdout}\n{stderr}"))
 }
 
-/// Reads TPS and average latency from pgbench's report and checks nothing failed.
-pub fn parse_pgbench(text: &str) -> anyhow::Result<(f64, f64)> {
+/// Reads TPS, average latency and the transactions processed from pgbench's report and
+/// checks nothing failed.
+pub fn parse_pgbench(text: &str) -> anyhow::Result<(f64, f64, u64)> {
     let mut tps = None;
     let mut latency = None;
     let mut processed = None;
@@ -409,10 +546,12 @@ pub fn parse_pgbench(text: &str) -> anyhow::Result<(f64, f64)> {
             ensure!(failed == 0, "{failed} transactions failed");
         }
     }
-    ensure!(processed.unwrap_or(0) > 0, "no transaction was processed");
+    let processed = processed.unwrap_or(0);
+    ensure!(processed > 0, "no transaction was processed");
     Ok((
         tps.context("no tps line")?,
         latency.context("no latency line")?,
+        processed,
     ))
 }
 
@@ -461,7 +600,8 @@ pub async fn bulk(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()
     Ok(())
 }
 
-/// Gateway RSS with `n` idle proxied sessions.
+/// Gateway RSS with idle proxied sessions, read at each step of [`Params::memory_sessions`]
+/// (sessions are added to reach the next step; all stay open until the last).
 pub async fn memory(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
     let su = env.superuser().await?;
     let ep = env.dbward_endpoint(env::MEMORY_USER)?;
@@ -479,36 +619,44 @@ pub async fn memory(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = env.gateway.rss_kib()?;
 
-    let opened: Vec<anyhow::Result<Session>> = futures_util::stream::iter(0..p.memory_sessions)
-        .map(|_| {
-            let ep = ep.clone();
-            async move {
-                let (s, _) = connect(&ep).await?;
-                check(&s, &ep).await?;
-                anyhow::Ok(s)
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut sessions = Vec::with_capacity(opened.len());
-    for s in opened {
-        sessions.push(s.context("opening an idle session")?);
+    let mut steps = p.memory_sessions.clone();
+    steps.sort_unstable();
+    let mut sessions: Vec<Session> = Vec::new();
+    for step in steps {
+        let opened: Vec<anyhow::Result<Session>> = futures_util::stream::iter(sessions.len()..step)
+            .map(|_| {
+                let ep = ep.clone();
+                async move {
+                    let (s, _) = connect(&ep).await?;
+                    check(&s, &ep).await?;
+                    anyhow::Ok(s)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for s in opened {
+            sessions.push(s.context("opening an idle session")?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = env.gateway.rss_kib()?;
+        let backends: i64 = su
+            .query_one(
+                "select count(*) from pg_stat_activity where usename = $1",
+                &[&ep.user],
+            )
+            .await?
+            .get(0);
+        ensure!(
+            backends as usize == step,
+            "{backends} backends for {step} idle sessions"
+        );
+        out.memory.push(Memory {
+            sessions: step,
+            rss_before_kib: before,
+            rss_after_kib: after,
+        });
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = env.gateway.rss_kib()?;
-    let backends: i64 = su
-        .query_one(
-            "select count(*) from pg_stat_activity where usename = $1",
-            &[&ep.user],
-        )
-        .await?
-        .get(0);
-    ensure!(
-        backends as usize == p.memory_sessions,
-        "{backends} backends for {} idle sessions",
-        p.memory_sessions
-    );
     // Every session is still alive.
     for s in &sessions {
         s.client
@@ -520,11 +668,86 @@ pub async fn memory(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<
         s.close().await;
     }
     wait_locked(&su, &ep.user, Instant::now()).await?;
-    out.memory = Some(Memory {
-        sessions: p.memory_sessions,
-        rss_before_kib: before,
-        rss_after_kib: after,
-    });
+    Ok(())
+}
+
+/// The connection storm: `storm_clients` clients connect at the same moment, each as its own
+/// dbward user (`keep` mode, never seen by the database before), run `select current_user`
+/// and disconnect; then every one of those database users must be locked again. The direct
+/// path storms with the same number of clients as one database user, for reference.
+pub async fn storm(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
+    let su = env.superuser().await?;
+    let mut dbward = Vec::with_capacity(p.storm_clients);
+    for i in 0..p.storm_clients {
+        dbward.push(env.dbward_endpoint(&env::storm_user(i))?);
+    }
+    for (name, eps) in [
+        (DIRECT, vec![env.direct.clone(); p.storm_clients]),
+        (DBWARD, dbward),
+    ] {
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(eps.len()));
+        let mut tasks = Vec::with_capacity(eps.len());
+        for ep in eps.clone() {
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                let (s, t) = connect(&ep).await?;
+                check(&s, &ep).await?;
+                s.close().await;
+                anyhow::Ok(t)
+            }));
+        }
+        let mut row = Storm {
+            path: name.to_string(),
+            clients: eps.len(),
+            setup_ms: Vec::new(),
+            errors: 0,
+            first_error: None,
+            left_active: 0,
+            settled_ms: 0.0,
+        };
+        for t in tasks {
+            match t.await.context("storm client panicked")? {
+                Ok(t) => row.setup_ms.push(ms(t)),
+                Err(err) => {
+                    row.errors += 1;
+                    row.first_error.get_or_insert_with(|| format!("{err:#}"));
+                }
+            }
+        }
+        if name == DBWARD {
+            let users: Vec<String> = eps.iter().map(|e| e.user.clone()).collect();
+            let done = Instant::now();
+            let deadline = done + Duration::from_secs(60);
+            loop {
+                let active: i64 = su
+                    .query_one(
+                        "select count(*) from pg_roles where rolname = any($1) and rolcanlogin",
+                        &[&users],
+                    )
+                    .await?
+                    .get(0);
+                row.left_active = active as usize;
+                if active == 0 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            row.settled_ms = ms(done.elapsed());
+            let sessions: i64 = su
+                .query_one(
+                    "select count(*) from pg_stat_activity where usename = any($1)",
+                    &[&users],
+                )
+                .await?
+                .get(0);
+            ensure!(
+                sessions == 0,
+                "{sessions} backends of storm users still open after the storm"
+            );
+        }
+        out.storm.push(row);
+    }
     Ok(())
 }
 
@@ -608,7 +831,7 @@ mod tests {
     #[test]
     fn pgbench_report_is_parsed_and_failures_rejected() {
         let ok = "transaction type: <builtin: select only>\nnumber of transactions actually processed: 1234\nnumber of failed transactions: 0 (0.000%)\nlatency average = 0.810 ms\ninitial connection time = 5.1 ms\ntps = 1234.567890 (without initial connection time)\n";
-        assert_eq!(parse_pgbench(ok).unwrap(), (1234.56789, 0.81));
+        assert_eq!(parse_pgbench(ok).unwrap(), (1234.56789, 0.81, 1234));
         let failed = ok.replace("failed transactions: 0 (", "failed transactions: 3 (");
         assert!(parse_pgbench(&failed).is_err());
         let none = ok.replace("processed: 1234", "processed: 0");

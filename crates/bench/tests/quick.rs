@@ -26,56 +26,43 @@ fn quick_run_succeeds_and_reports_every_row() {
 
     let text = std::fs::read_to_string(&report).expect("report written");
     let pgbouncer = !stderr.contains("skipping pgbouncer");
-    if !pgbouncer {
-        eprintln!("pgbouncer rows not checked: {stderr}");
-    }
-    let mut rows = vec![
-        "| Connection setup, existing locked user (p50) |",
-        "| Connection setup, new user (p50) |",
-        "| Relay TPS, 1 client |",
-        "| Relay TPS, 8 clients |",
-        "| Bulk COPY throughput |",
-        "| Gateway memory per idle session (vs 64 KiB) |",
-        "| Provisioning rate, 8 parallel clients |",
-    ];
-    for path in [
-        "direct",
-        "dbward (existing locked user)",
-        "dbward (new user each time)",
-    ] {
-        assert!(
-            text.contains(&format!("\n| {path} | ")),
-            "connection row {path}:\n{text}"
-        );
-    }
-    for path in [
-        "dbward (existing locked user)",
-        "dbward (new user each time)",
-    ] {
-        assert!(
-            text.matches(&format!("\n| {path} | ")).count() >= 2,
-            "teardown row {path}:\n{text}"
-        );
-    }
-    for clients in [1, 8] {
-        for path in ["direct", "dbward"] {
-            assert!(
-                text.contains(&format!("\n| {path} | {clients} | ")),
-                "relay row {path} {clients}:\n{text}"
-            );
+    let haproxy = !stderr.contains("skipping HAProxy");
+    let sysbench = !stderr.contains("skipping the MariaDB relay");
+    let mut rows: Vec<String> = Vec::new();
+    for engine in ["PostgreSQL", "MariaDB"] {
+        rows.push(format!(
+            "| {engine}: connection setup, existing locked user (p50) |"
+        ));
+        rows.push(format!("| {engine}: connection setup, new user (p50) |"));
+        rows.push(format!(
+            "| {engine}: provisioning rate, 8 parallel clients |"
+        ));
+        if haproxy && (engine == "PostgreSQL" || sysbench) {
+            rows.push(format!("| {engine}: relay vs HAProxy floor, 1 client |"));
+            rows.push(format!("| {engine}: relay vs HAProxy floor, 8 clients |"));
         }
     }
+    rows.push("| PostgreSQL: bulk COPY throughput |".into());
+    rows.push("| PostgreSQL: memory per idle session at 60 sessions (vs 64 KiB) |".into());
+    rows.push("| MariaDB: memory per idle session at 30 sessions (vs 64 KiB) |".into());
+    rows.push("| PostgreSQL: connection storm of 40, share of errors |".into());
+    rows.push("| PostgreSQL: connection storm of 40, share of users left active |".into());
     if pgbouncer {
-        rows.push("| Relay TPS above pgbouncer, 1 client |");
-        rows.push("| Relay TPS above pgbouncer, 8 clients |");
-        assert!(text.contains("\n| pgbouncer | 1 | ") && text.contains("\n| pgbouncer | 8 | "));
+        for c in ["1 client", "8 clients", "32 clients"] {
+            rows.push(format!("| PostgreSQL: relay TPS above pgbouncer, {c} |"));
+            rows.push(format!(
+                "| PostgreSQL: gateway CPU per query vs pgbouncer, {c} |"
+            ));
+        }
         assert!(
             text.contains("auth_type = cert"),
             "pgbouncer configuration shown"
         );
+    } else {
+        eprintln!("pgbouncer rows not checked: {stderr}");
     }
     for row in &rows {
-        assert!(text.contains(row), "missing {row}:\n{text}");
+        assert!(text.contains(row.as_str()), "missing {row}:\n{text}");
     }
     // Every summary row has a verdict, and the chart has one bar per summary row.
     let verdicts = text.matches("| PASS |").count() + text.matches("| MISS |").count();
@@ -83,12 +70,80 @@ fn quick_run_succeeds_and_reports_every_row() {
     let svg = std::fs::read_to_string(&chart).expect("chart written");
     assert!(svg.starts_with("<svg"));
     assert_eq!(svg.matches("<rect x=").count(), rows.len(), "{svg}");
-    for section in [
+
+    // The measurement rows behind the targets, on both engines.
+    let section = |title: &str| -> String {
+        let start = text
+            .find(title)
+            .unwrap_or_else(|| panic!("missing {title}:\n{text}"));
+        let rest = &text[start + title.len()..];
+        rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
+    };
+    let setup = section("## Connection setup");
+    let (pg_setup, maria_setup) = setup.split_once("### MariaDB").expect("both engines");
+    for part in [pg_setup, maria_setup] {
+        for path in [
+            "direct",
+            "dbward (existing locked user)",
+            "dbward (new user each time)",
+        ] {
+            assert!(
+                part.contains(&format!("\n| {path} | ")),
+                "connection row {path}:\n{part}"
+            );
+        }
+        for path in [
+            "dbward (existing locked user)",
+            "dbward (new user each time)",
+        ] {
+            assert!(
+                part.matches(&format!("\n| {path} | ")).count() >= 2,
+                "teardown row {path}:\n{part}"
+            );
+        }
+    }
+    let relay = section("## Query relay");
+    let (pg_relay, maria_relay) = relay.split_once("### MariaDB").expect("both engines");
+    for clients in [1, 8] {
+        for path in ["direct", "dbward", "dbward (query audit off)"] {
+            assert!(
+                pg_relay.contains(&format!("\n| {path} | {clients} | ")),
+                "PostgreSQL relay row {path} {clients}:\n{pg_relay}"
+            );
+            if sysbench {
+                assert!(
+                    maria_relay.contains(&format!("\n| {path} | {clients} | ")),
+                    "MariaDB relay row {path} {clients}:\n{maria_relay}"
+                );
+            }
+        }
+    }
+    assert!(pg_relay.contains("\n| dbward | 32 | "), "{pg_relay}");
+    if haproxy {
+        assert!(
+            pg_relay.contains("\n| HAProxy (TCP passthrough) | 8 | "),
+            "{pg_relay}"
+        );
+        assert!(text.contains("mode tcp"), "HAProxy configuration shown");
+    }
+    if pgbouncer {
+        assert!(pg_relay.contains("\n| pgbouncer | 32 | "), "{pg_relay}");
+    }
+    assert!(section("## What the statement audit costs").contains("| MariaDB | 8 |") || !sysbench);
+    let storm = section("## Connection storm");
+    assert!(storm.contains("\n| dbward | 40 | "), "{storm}");
+    for section_title in [
+        "## Gateway CPU per query",
         "## Machine",
         "## Exact commands",
         "| Memory |",
+        "| MariaDB |",
         "pgbench -n -S",
+        "sysbench oltp_point_select",
     ] {
-        assert!(text.contains(section), "missing {section}:\n{text}");
+        assert!(
+            text.contains(section_title),
+            "missing {section_title}:\n{text}"
+        );
     }
 }

@@ -65,6 +65,11 @@ pub struct Config {
     /// A relative path is taken relative to the configuration file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_file: Option<PathBuf>,
+    /// Record every client statement as a `db.session.query` event (default). `false` keeps
+    /// every other event (sessions, provisioning, logins) and drops only the statements; meant
+    /// for measuring what the statement audit costs, not for production.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub audit_queries: bool,
     /// Static databases; more can be created at run time as `db` resources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<StaticDb>,
@@ -73,6 +78,12 @@ pub struct Config {
     pub limits: Limits,
 }
 
+fn default_true() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
 fn default_version() -> String {
     "v1".to_string()
 }
@@ -115,6 +126,7 @@ impl Default for Config {
             log_format: LogFormat::default(),
             storage: Storage::default(),
             audit_file: None,
+            audit_queries: true,
             databases: Vec::new(),
             limits: Limits::default(),
         }
@@ -638,6 +650,9 @@ databases:                             # static databases; more can be created a
         std::fs::write(&path, "data_dir: ./state\naudit_file: audit.jsonl\n").unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.audit_file, Some(dir.join("audit.jsonl")));
+        assert!(c.audit_queries, "statements are audited by default");
+        std::fs::write(&path, "audit_queries: false\n").unwrap();
+        assert!(!Config::load(&path).unwrap().audit_queries);
         std::fs::write(&path, "data_dir: /var/lib/dbward\n").unwrap();
         assert_eq!(
             Config::load(&path).unwrap().data_dir,

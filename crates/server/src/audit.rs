@@ -181,6 +181,8 @@ pub struct AuditLog {
     queue: Arc<Queue>,
     /// Session starts and ends are counted as they are emitted.
     metrics: Metrics,
+    /// Whether client statements are recorded (`audit_queries`, on by default).
+    queries: bool,
 }
 
 /// The audit pipeline's state at one moment, for the metrics.
@@ -229,12 +231,19 @@ impl AuditLog {
         Self {
             queue,
             metrics: Metrics::disabled(),
+            queries: true,
         }
     }
 
     /// Counts session starts and ends in `metrics` as they are emitted.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Drops client statements (`audit_queries: false`); every other event is still recorded.
+    pub fn without_queries(mut self) -> Self {
+        self.queries = false;
         self
     }
 
@@ -251,6 +260,9 @@ impl AuditLog {
 
     /// Records a `db.session.query`; called from the relay's tap, so it only queues.
     pub fn query(&self, fields: &Arc<SessionFields>, sql: &str) {
+        if !self.queries {
+            return;
+        }
         self.queue.push(Pending::Query {
             fields: fields.clone(),
             sql: sql.to_string(),
@@ -907,6 +919,29 @@ mod tests {
             expected,
             "all but the refused ones are stored"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn without_queries_statements_are_dropped_and_every_other_event_kept() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (backend, store) = refusing_store(dir.path())?;
+        backend.refuse.store(false, Ordering::SeqCst);
+        let fields = fields();
+        let audited = AuditLog::new(store.clone(), None, None);
+        audited.query(&fields, "SELECT 'kept'");
+        audited.flush().await;
+        let quiet = AuditLog::new(store.clone(), None, None).without_queries();
+        quiet.query(&fields, "SELECT 'dropped'");
+        quiet
+            .emit(SESSION_END, &fields, serde_json::json!({"success": true}))
+            .await;
+        quiet.flush().await;
+        let events = stored(&store).await?;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[0].contains("SELECT 'kept'"), "{events:?}");
+        assert!(events[1].contains(SESSION_END), "{events:?}");
+        assert!(!events.iter().any(|e| e.contains("dropped")), "{events:?}");
         Ok(())
     }
 }

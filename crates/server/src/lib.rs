@@ -196,12 +196,20 @@ impl Started {
         };
         let gateway = Arc::new(Gateway {
             catalog: catalog::Catalog::new(store.clone(), static_dbs),
-            audit: audit::AuditLog::new(
-                store.clone(),
-                audit_file,
-                Some(config.data_dir.join(audit::SPOOL_DIR)),
-            )
-            .with_metrics(gateway_metrics.clone()),
+            audit: {
+                let log = audit::AuditLog::new(
+                    store.clone(),
+                    audit_file,
+                    Some(config.data_dir.join(audit::SPOOL_DIR)),
+                )
+                .with_metrics(gateway_metrics.clone());
+                if config.audit_queries {
+                    log
+                } else {
+                    tracing::warn!("audit_queries is false: client statements are not audited");
+                    log.without_queries()
+                }
+            },
             metrics: gateway_metrics,
             limiter: passwords::LoginLimiter::new(
                 passwords::LoginPolicy::default(),
