@@ -89,6 +89,10 @@ pub struct ClientFiles {
 #[derive(Clone)]
 pub struct Endpoint {
     pub port: u16,
+    /// The client's own address (`None`: the system's choice, 127.0.0.1). The connection
+    /// storm gives each of its dbward clients another loopback address, as a crowd of people
+    /// arrives from many addresses: the gateway bounds handshakes per client address.
+    pub source: Option<std::net::Ipv4Addr>,
     pub user: String,
     /// What `select current_user` must return on this path.
     pub expected_user: String,
@@ -278,6 +282,7 @@ impl Env {
         )?);
         Ok(Endpoint {
             port: self.gateway.port,
+            source: None,
             user: user.to_string(),
             expected_user: user.to_string(),
             tls: MakeRustlsConnect::new(config, "localhost"),
@@ -334,6 +339,7 @@ fn db_client_endpoint(
     )?);
     Ok(Endpoint {
         port,
+        source: None,
         user: user.to_string(),
         expected_user: user.to_string(),
         tls: MakeRustlsConnect::new(config, "localhost"),

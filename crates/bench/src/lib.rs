@@ -26,6 +26,11 @@ pub struct Options {
     /// Small counts, a few seconds per measurement; the report goes to a temporary path unless
     /// `out` is given.
     pub quick: bool,
+    /// Only these measurements (`memory`, `setup`, `relay`, `bulk`, `rate`, `storm`); all when
+    /// empty.
+    pub only: Vec<String>,
+    /// Overrides the number of storm clients.
+    pub storm_clients: Option<usize>,
     /// Report path (default: `docs/BENCHMARKS.md`, or a temporary file in quick mode).
     pub out: Option<PathBuf>,
     /// Chart path (default: `docs/benchmarks.svg` next to the default report, otherwise the
@@ -74,11 +79,26 @@ fn progress(started: Instant, what: &str) {
 /// functionally.
 pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let params = if opts.quick {
+    let mut params = if opts.quick {
         measure::Params::quick()
     } else {
         measure::Params::full()
     };
+    if let Some(n) = opts.storm_clients {
+        params.storm_clients = n;
+    }
+    const MEASUREMENTS: [&str; 6] = ["memory", "setup", "relay", "bulk", "rate", "storm"];
+    if let Some(unknown) = opts
+        .only
+        .iter()
+        .find(|m| !MEASUREMENTS.contains(&m.as_str()))
+    {
+        anyhow::bail!(
+            "unknown measurement {unknown:?} in --only (known: {})",
+            MEASUREMENTS.join(", ")
+        );
+    }
+    let wanted = |m: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == m);
     let (report_path, chart_path) = match (&opts.out, opts.quick) {
         (Some(out), _) => (
             out.clone(),
@@ -159,27 +179,39 @@ pub fn run(opts: &Options) -> anyhow::Result<Outcome> {
     let mut results = measure::Results::default();
     let measured: anyhow::Result<()> = (|| {
         let world = &mut world;
-        progress(started, "memory per idle session (PostgreSQL)");
-        rt.block_on(measure::memory(world, &params, &mut results))?;
-        progress(started, "memory per idle session (MariaDB)");
-        rt.block_on(maria::memory(world, &params, &mut results))?;
-        progress(started, "connection setup and teardown (PostgreSQL)");
-        rt.block_on(measure::connection_setup(world, &params, &mut results))?;
-        progress(started, "connection setup and teardown (MariaDB)");
-        rt.block_on(maria::connection_setup(world, &params, &mut results))?;
-        progress(
-            started,
-            "query relay (pgbench -S, sysbench), audit on and off",
-        );
-        measure::relay(world, &params, &mut results)?;
-        progress(started, "bulk COPY");
-        rt.block_on(measure::bulk(world, &params, &mut results))?;
-        progress(started, "provisioning rate (PostgreSQL)");
-        rt.block_on(measure::rate(world, &params, &mut results))?;
-        progress(started, "provisioning rate (MariaDB)");
-        rt.block_on(maria::rate(world, &params, &mut results))?;
-        progress(started, "connection storm");
-        rt.block_on(measure::storm(world, &params, &mut results))?;
+        if wanted("memory") {
+            progress(started, "memory per idle session (PostgreSQL)");
+            rt.block_on(measure::memory(world, &params, &mut results))?;
+            progress(started, "memory per idle session (MariaDB)");
+            rt.block_on(maria::memory(world, &params, &mut results))?;
+        }
+        if wanted("setup") {
+            progress(started, "connection setup and teardown (PostgreSQL)");
+            rt.block_on(measure::connection_setup(world, &params, &mut results))?;
+            progress(started, "connection setup and teardown (MariaDB)");
+            rt.block_on(maria::connection_setup(world, &params, &mut results))?;
+        }
+        if wanted("relay") {
+            progress(
+                started,
+                "query relay (pgbench -S, sysbench), audit on and off",
+            );
+            measure::relay(world, &params, &mut results)?;
+        }
+        if wanted("bulk") {
+            progress(started, "bulk COPY");
+            rt.block_on(measure::bulk(world, &params, &mut results))?;
+        }
+        if wanted("rate") {
+            progress(started, "provisioning rate (PostgreSQL)");
+            rt.block_on(measure::rate(world, &params, &mut results))?;
+            progress(started, "provisioning rate (MariaDB)");
+            rt.block_on(maria::rate(world, &params, &mut results))?;
+        }
+        if wanted("storm") {
+            progress(started, "connection storm");
+            rt.block_on(measure::storm(world, &params, &mut results))?;
+        }
         Ok(())
     })();
     if let Err(err) = measured {

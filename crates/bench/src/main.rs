@@ -16,6 +16,13 @@ struct Cli {
     /// Small counts (a few seconds per measurement); writes to a temporary path unless --out.
     #[arg(long)]
     quick: bool,
+    /// Run only these measurements (comma separated: memory, setup, relay, bulk, rate,
+    /// storm); the report then holds only their rows.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    only: Vec<String>,
+    /// The number of clients of the connection storm (default 500, or 40 with --quick).
+    #[arg(long, value_name = "N")]
+    storm_clients: Option<usize>,
     /// Where to write the report (default docs/BENCHMARKS.md; a temporary path with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -55,6 +62,8 @@ fn main() -> ExitCode {
     }
     let opts = dbward_bench::Options {
         quick: cli.quick,
+        only: cli.only,
+        storm_clients: cli.storm_clients,
         out: cli.out,
         chart: cli.chart,
         gateway_bin: cli.gateway_bin,

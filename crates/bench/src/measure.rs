@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::Client;
 
 use crate::env::{self, Endpoint, Env};
@@ -248,14 +249,32 @@ pub async fn connect(ep: &Endpoint) -> anyhow::Result<(Session, Duration)> {
         .ssl_mode(SslMode::Require)
         .connect_timeout(Duration::from_secs(60));
     let started = Instant::now();
-    let (client, conn) = config
-        .connect(ep.tls.clone())
-        .await
-        .with_context(|| format!("connecting as {} to port {}", ep.user, ep.port))?;
+    let context = || format!("connecting as {} to port {}", ep.user, ep.port);
+    let (client, conn) = match ep.source {
+        None => {
+            let (client, conn) = config.connect(ep.tls.clone()).await.with_context(context)?;
+            (client, tokio::spawn(async move { drop(conn.await) }))
+        }
+        Some(source) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((source, 0).into()).with_context(context)?;
+            let stream = socket
+                .connect((std::net::Ipv4Addr::LOCALHOST, ep.port).into())
+                .await
+                .with_context(context)?;
+            stream.set_nodelay(true)?;
+            let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                &mut ep.tls.clone(),
+                "localhost",
+            )?;
+            let (client, conn) = config
+                .connect_raw(stream, tls)
+                .await
+                .with_context(context)?;
+            (client, tokio::spawn(async move { drop(conn.await) }))
+        }
+    };
     let elapsed = started.elapsed();
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
     Ok((Session { client, conn }, elapsed))
 }
 
@@ -671,15 +690,24 @@ pub async fn memory(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<
     Ok(())
 }
 
+/// The loopback address of storm client `i`: 127.0.1.2, 127.0.1.3, … (every 127/8 address is
+/// the loopback interface on Linux), one per client.
+fn storm_address(i: usize) -> std::net::Ipv4Addr {
+    let n = u32::try_from(i).unwrap_or(0);
+    std::net::Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 2 + (n % 250) as u8)
+}
+
 /// The connection storm: `storm_clients` clients connect at the same moment, each as its own
-/// dbward user (`keep` mode, never seen by the database before), run `select current_user`
-/// and disconnect; then every one of those database users must be locked again. The direct
+/// dbward user (`keep` mode, never seen by the database before) from its own loopback address,
+/// run `select current_user` and disconnect; then every one of those database users must be locked again. The direct
 /// path storms with the same number of clients as one database user, for reference.
 pub async fn storm(env: &Env, p: &Params, out: &mut Results) -> anyhow::Result<()> {
     let su = env.superuser().await?;
     let mut dbward = Vec::with_capacity(p.storm_clients);
     for i in 0..p.storm_clients {
-        dbward.push(env.dbward_endpoint(&env::storm_user(i))?);
+        let mut ep = env.dbward_endpoint(&env::storm_user(i))?;
+        ep.source = Some(storm_address(i));
+        dbward.push(ep);
     }
     for (name, eps) in [
         (DIRECT, vec![env.direct.clone(); p.storm_clients]),

@@ -489,7 +489,7 @@ pub fn markdown(r: &Results, p: &Params, info: &RunInfo) -> String {
     let _ = writeln!(w, "\n## Connection storm\n");
     let _ = writeln!(
         w,
-        "{} clients start connecting at the same moment (a barrier releases them), each runs `select current_user` and disconnects. Through dbward every client is a different dbward user the database has never seen (`create_db_user_mode: keep`, so each session creates its user and its end locks it); the direct path uses one database user for every client, for reference. Afterwards every storm user must be locked again: *left active* counts those still able to log in when the wait (at most 60 s) ended, *settled* is the time from the last disconnect until none was left.\n",
+        "{} clients start connecting at the same moment (a barrier releases them), each runs `select current_user` and disconnects. Through dbward every client is a different dbward user the database has never seen (`create_db_user_mode: keep`, so each session creates its user and its end locks it), connecting from its own loopback address (127.0.1.2, 127.0.1.3, …), as a crowd arrives from many addresses: the gateway admits at most `max_pending_per_address` (64) handshakes at once from one address and closes the rest. The direct path uses one database user for every client, from 127.0.0.1 (PostgreSQL's `pg_hba.conf` admits only that), for reference. Afterwards every storm user must be locked again: *left active* counts those still able to log in when the wait (at most 60 s) ended, *settled* is the time from the last disconnect until none was left.\n",
         p.storm_clients
     );
     let _ = writeln!(

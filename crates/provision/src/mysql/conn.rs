@@ -65,6 +65,9 @@ pub(crate) type Row = Vec<Option<String>>;
 pub(crate) struct AdminConn {
     stream: TlsStream<TcpStream>,
     opened_at: std::time::Instant,
+    /// The marker role and the `user_attributes` table were ensured on this connection. A
+    /// pooled connection is dropped after any failure, so a fresh one ensures them again.
+    pub(crate) setup_done: bool,
 }
 
 impl crate::pool::PooledConn for AdminConn {
@@ -96,6 +99,7 @@ impl AdminConn {
             Ok(session) => Ok(AdminConn {
                 stream: session.stream,
                 opened_at: std::time::Instant::now(),
+                setup_done: false,
             }),
             Err(dbward_proxy::UpstreamError::MysqlServer {
                 code,

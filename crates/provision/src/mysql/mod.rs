@@ -543,7 +543,13 @@ async fn settle_and_deactivate(
     deactivate(conn, target, user, mode).await
 }
 
+/// Creates the marker role and the `user_attributes` table when missing (and gives the table
+/// its binary collation), once per admin connection: four statements, a quarter of a
+/// reactivation's time on the server, that a warm connection need not repeat.
 async fn ensure_setup(conn: &mut Conn, target: &AdminTarget) -> Result<(), ProvisionError> {
+    if conn.setup_done {
+        return Ok(());
+    }
     let admin = target.admin_user.as_str();
     let schema = quote_ident(&target.database);
     exec(
@@ -573,6 +579,7 @@ async fn ensure_setup(conn: &mut Conn, target: &AdminTarget) -> Result<(), Provi
         )
         .await?;
     }
+    conn.setup_done = true;
     Ok(())
 }
 
