@@ -7,10 +7,18 @@
 //! only reaches new sessions), so it must not live forever: connections older than the
 //! pool's maximum lifetime are dropped on checkout and on return, and after a failed
 //! operation the provisioner drops the connection and every idle one of the same key.
+//!
+//! At most as many connections per key as the pool keeps idle are in use at once
+//! ([`Pool::permit`]); more operations wait for one. A burst of sessions (hundreds of people
+//! connecting at once) then queues for warm connections instead of each opening its own,
+//! which costs the database a backend start, a TLS handshake and, on PostgreSQL, installing
+//! the helper functions, and left to itself slows every session of the burst many times over.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::AdminTarget;
 
@@ -46,11 +54,16 @@ pub(crate) trait PooledConn {
     fn is_closed(&self) -> bool {
         false
     }
+    /// Keeps (or, with `None`, releases) the permit of a connection in use, for engines whose
+    /// operations hold a connection outside [`Pool`]'s sight.
+    fn hold_permit(&mut self, _permit: Option<OwnedSemaphorePermit>) {}
 }
 
 /// Idle connections by key.
 pub(crate) struct Pool<C> {
     idle: Mutex<HashMap<PoolKey, Vec<C>>>,
+    /// Connections in use per key: as many permits as `max_idle_per_key`.
+    in_use: Mutex<HashMap<PoolKey, Arc<Semaphore>>>,
     max_idle_per_key: usize,
     max_lifetime: Duration,
 }
@@ -59,9 +72,31 @@ impl<C: PooledConn> Pool<C> {
     pub(crate) fn new(max_idle_per_key: usize, max_lifetime: Duration) -> Self {
         Pool {
             idle: Mutex::new(HashMap::new()),
+            in_use: Mutex::new(HashMap::new()),
             max_idle_per_key: max_idle_per_key.max(1),
             max_lifetime,
         }
+    }
+
+    /// Waits, at most `wait`, until a connection of `key` may be used: fewer than
+    /// `max_idle_per_key` are in use. Held for as long as the operation uses its connection;
+    /// `None` when the wait ran out.
+    pub(crate) async fn permit(
+        &self,
+        key: &PoolKey,
+        wait: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self
+            .in_use
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_idle_per_key)))
+            .clone();
+        tokio::time::timeout(wait, semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Vec<C>>> {
@@ -94,7 +129,8 @@ impl<C: PooledConn> Pool<C> {
 
     /// Returns a connection after a successful use; closed, too old or surplus ones are
     /// dropped.
-    pub(crate) fn put(&self, key: PoolKey, conn: C) {
+    pub(crate) fn put(&self, key: PoolKey, mut conn: C) {
+        conn.hold_permit(None);
         if !self.usable(&conn) {
             return;
         }

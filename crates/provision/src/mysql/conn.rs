@@ -68,11 +68,17 @@ pub(crate) struct AdminConn {
     /// The marker role and the `user_attributes` table were ensured on this connection. A
     /// pooled connection is dropped after any failure, so a fresh one ensures them again.
     pub(crate) setup_done: bool,
+    /// While in use: its place among the pool's connections in use.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl crate::pool::PooledConn for AdminConn {
     fn opened_at(&self) -> std::time::Instant {
         self.opened_at
+    }
+
+    fn hold_permit(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        self.permit = permit;
     }
 }
 
@@ -100,6 +106,7 @@ impl AdminConn {
                 stream: session.stream,
                 opened_at: std::time::Instant::now(),
                 setup_done: false,
+                permit: None,
             }),
             Err(dbward_proxy::UpstreamError::MysqlServer {
                 code,

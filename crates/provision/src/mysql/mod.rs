@@ -45,7 +45,7 @@ use self::conn::{hex_literal, AdminConn as Conn};
 
 use crate::error::ProvisionError;
 use crate::names::{hashed_name, DbUserName, NameLimit};
-use crate::pool::{Pool, PoolKey};
+use crate::pool::{Pool, PoolKey, PooledConn as _};
 use crate::{
     ActivateOutcome, DeactivateOutcome, Finding, Provisioner, Settle, TeardownMode, UserState,
     MARKER_ROLE,
@@ -215,12 +215,24 @@ impl MariaProvisioner {
         }
     }
 
-    /// An idle warm connection to `target` younger than the maximum lifetime, or a new one.
+    /// An idle warm connection to `target` younger than the maximum lifetime, or a new one,
+    /// once fewer than the pool's size are in use; it holds its permit until it is given back
+    /// or dropped.
     async fn conn(&self, target: &AdminTarget) -> Result<Conn, ProvisionError> {
-        match self.inner.pool.take(&PoolKey::of(target)) {
-            Some(conn) => Ok(conn),
-            None => self.fresh_conn(target).await,
-        }
+        let key = PoolKey::of(target);
+        let wait = self.inner.settings.operation_timeout;
+        let permit = self
+            .inner
+            .pool
+            .permit(&key, wait)
+            .await
+            .ok_or(ProvisionError::Timeout(wait))?;
+        let mut conn = match self.inner.pool.take(&key) {
+            Some(conn) => conn,
+            None => self.fresh_conn(target).await?,
+        };
+        conn.hold_permit(Some(permit));
+        Ok(conn)
     }
 
     /// A new admin connection to `target`, into its schema.

@@ -448,6 +448,12 @@ impl PgProvisioner {
     {
         let settings = &self.inner.settings;
         let key = PoolKey::of(target);
+        let _in_use = self
+            .inner
+            .pool
+            .permit(&key, settings.operation_timeout)
+            .await
+            .ok_or(ProvisionError::Timeout(settings.operation_timeout))?;
         let mut retried = false;
         loop {
             let (mut conn, reused) = match self.inner.pool.take(&key) {
