@@ -6,9 +6,14 @@
 //! also a filter that keeps a few commands from the server and answers them itself. Nothing
 //! here knows a protocol's framing.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
 
@@ -135,69 +140,61 @@ const QUEUED_REPLIES: usize = 8;
 /// answer the client itself (through [`Filtered`]), and with an optional [`IdleLimit`] on the
 /// client: only what the client sends counts as activity, as in Teleport (a client waiting
 /// for a long statement's result is idle).
-pub(crate) async fn relay_filtering<C, S>(
+pub(crate) async fn relay_filtering<C, S, F>(
     client: &mut C,
     server: &mut S,
     idle: Option<&IdleLimit>,
-    filter: impl FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
+    filter: F,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
 {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut server_read, mut server_write) = tokio::io::split(server);
-    let mut client_to_server = 0u64;
-    let mut server_to_client = 0u64;
-    let (replies, mut queued) = tokio::sync::mpsc::channel(QUEUED_REPLIES);
-    let activity = Activity::new();
-
-    let end = {
-        let upstream = copy_filtered(
-            &mut client_read,
-            &mut server_write,
-            &mut client_to_server,
-            filter,
-            replies,
-            &activity,
-        );
-        // Watched by the copy that writes to the client, so the goodbye never lands inside
-        // a server message it was writing.
-        let downstream = copy_answering(
-            &mut server_read,
-            &mut client_write,
-            &mut server_to_client,
-            &mut queued,
-            activity.silence(idle.map(|limit| limit.after)),
-        );
-        tokio::pin!(upstream, downstream);
-        tokio::select! {
-            result = &mut upstream => match result {
-                Ok(()) => {
-                    // The server normally ends the session and closes at once.
-                    let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, &mut downstream).await;
-                    RelayEnd::Closed(Side::Client)
-                }
-                Err(failed) => failed,
-            },
-            result = &mut downstream => match result {
-                Ok(()) => RelayEnd::Closed(Side::Server),
-                Err(failed) => failed,
-            },
+    let mut relay = Relay {
+        client,
+        server,
+        filter,
+        filtered: Filtered::default(),
+        up: Pipe::new(),
+        client_done: false,
+        waits_for_room: false,
+        down: Pipe::new(),
+        server_done: false,
+        replies: VecDeque::new(),
+        reply_pos: 0,
+        silence: idle.map(|limit| Silence::new(limit.after)),
+        client_to_server: 0,
+        server_to_client: 0,
+    };
+    let end = match std::future::poll_fn(|cx| relay.poll_both(cx)).await {
+        Some(end) => end,
+        None => {
+            // The server normally ends the session and closes at once.
+            let draining = std::future::poll_fn(|cx| relay.poll_drain(cx));
+            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, draining).await;
+            RelayEnd::Closed(Side::Client)
         }
     };
+    let Relay {
+        client,
+        server,
+        client_to_server,
+        server_to_client,
+        ..
+    } = relay;
 
     if let (RelayEnd::Idle(_), Some(limit)) = (&end, idle) {
         let telling = async {
-            client_write.write_all(&limit.goodbye).await?;
-            client_write.flush().await
+            client.write_all(&limit.goodbye).await?;
+            client.flush().await
         };
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, telling).await;
     }
     // Whatever ended the relay, the other side must learn it too. A side already shut down
     // or gone only makes these fail, which changes nothing.
-    let _ = tokio::time::timeout(SHUTDOWN_WAIT, server_write.shutdown()).await;
-    let _ = tokio::time::timeout(SHUTDOWN_WAIT, client_write.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, server.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_WAIT, client.shutdown()).await;
 
     RelayStats {
         client_to_server,
@@ -206,160 +203,270 @@ where
     }
 }
 
-/// When the client last sent something, shared by the copy that reads it and the watch that
-/// ends an idle session.
-struct Activity {
-    start: tokio::time::Instant,
-    /// Milliseconds after `start`.
-    last_ms: std::sync::atomic::AtomicU64,
+/// Both directions of one session, driven by hand from one task: each stream is used
+/// through `&mut`, with no lock between its reading and its writing half and no wake-up
+/// passed from one copy to another.
+///
+/// Each direction reads a chunk, writes all of it (and flushes), then reads the next, so a
+/// side that does not take its bytes holds the other back, as a copy loop would.
+struct Relay<'a, C, S, F> {
+    client: &'a mut C,
+    server: &'a mut S,
+    filter: F,
+    filtered: Filtered,
+    /// Client bytes on their way to the server (in `filtered.forward` when the filter
+    /// edited them).
+    up: Pipe,
+    /// The client has ended its stream: what is left upstream is shutting the server's side.
+    client_done: bool,
+    /// Upstream reads nothing until the reply queue has room.
+    waits_for_room: bool,
+    /// Server bytes on their way to the client.
+    down: Pipe,
+    /// The server has ended its stream: what is left downstream is shutting the client's
+    /// side.
+    server_done: bool,
+    /// The gateway's answers for the client, oldest first; the front one is being written
+    /// (`reply_pos` of it so far), always between two writes of server bytes.
+    replies: VecDeque<Vec<u8>>,
+    reply_pos: usize,
+    silence: Option<Silence>,
+    client_to_server: u64,
+    server_to_client: u64,
 }
 
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: tokio::time::Instant::now(),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
+/// One direction's reused buffer and the chunk in it that is still being written.
+struct Pipe {
+    buf: Vec<u8>,
+    /// Bytes of the current chunk; 0 when there is none.
+    len: usize,
+    /// Bytes of the current chunk written so far.
+    pos: usize,
+    /// The last read filled the buffer: it grows to [`BULK_BUFFER`] before the next.
+    grow: bool,
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        Pipe {
+            buf: vec![0u8; COPY_BUFFER],
+            len: 0,
+            pos: 0,
+            grow: false,
         }
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    /// Reads the next chunk into the buffer; `Ok(0)` at the end of the stream (a TLS peer
+    /// that closes without close_notify included: for a database session that is how many
+    /// clients end, not an attack on the data already relayed).
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        from: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.grow {
+            self.buf.resize(BULK_BUFFER, 0);
+            self.grow = false;
+        }
+        let mut read = ReadBuf::new(&mut self.buf);
+        match ready!(Pin::new(from).poll_read(cx, &mut read)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(err) => return Poll::Ready(Err(err)),
+        }
+        let n = read.filled().len();
+        self.grow = n == self.buf.len() && self.buf.len() < BULK_BUFFER;
+        Poll::Ready(Ok(n))
     }
+}
 
-    /// Ends once the client has been silent for `limit`, returning the limit; never without
-    /// one.
-    async fn silence(&self, limit: Option<Duration>) -> Duration {
-        let Some(limit) = limit else {
-            return std::future::pending().await;
-        };
+impl<C, S, F> Relay<'_, C, S, F>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
+{
+    /// Relays both ways. `None` once the client has closed and the server's side is shut
+    /// down (the server may still be finishing: [`Relay::poll_drain`]); otherwise how the
+    /// relay ended.
+    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<Option<RelayEnd>> {
         loop {
-            let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
-            let deadline = self.start + Duration::from_millis(last) + limit;
-            if tokio::time::Instant::now() >= deadline {
-                return limit;
+            match self.poll_up(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(None),
+                Poll::Ready(Err(end)) => return Poll::Ready(Some(end)),
+                Poll::Pending => {}
             }
-            tokio::time::sleep_until(deadline).await;
+            match self.poll_down(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Some(RelayEnd::Closed(Side::Server))),
+                Poll::Ready(Err(end)) => return Poll::Ready(Some(end)),
+                Poll::Pending => {}
+            }
+            // Upstream waited for room in the reply queue, which downstream has just made.
+            if !(self.waits_for_room && self.replies.len() < QUEUED_REPLIES) {
+                break;
+            }
+        }
+        // Checked once both directions wait: a server chunk still unwritten here is one the
+        // client does not take, so the goodbye never lands inside one it is reading.
+        if let Some(silence) = &mut self.silence {
+            if let Poll::Ready(after) = silence.poll(cx) {
+                return Poll::Ready(Some(RelayEnd::Idle(after)));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// After the client has gone: relays the server's last bytes (and queued replies) until
+    /// it closes, fails, or the client's idle limit ends the wait.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.poll_down(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match &mut self.silence {
+            Some(silence) => silence.poll(cx).map(|_| ()),
+            None => Poll::Pending,
         }
     }
-}
 
-/// Copies the client to the server until the client ends, then shuts the server's side
-/// down. `filter` sees each chunk before anything of it is forwarded; what it answers
-/// itself goes to `replies`. Every read is noted in `activity`.
-async fn copy_filtered<R, W>(
-    from: &mut R,
-    to: &mut W,
-    copied: &mut u64,
-    mut filter: impl FnMut(&[u8], &mut Filtered) -> Result<(), ProxyError>,
-    replies: tokio::sync::mpsc::Sender<Vec<u8>>,
-    activity: &Activity,
-) -> Result<(), RelayEnd>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Server, ProxyError::Io(err));
-    let mut buf = vec![0u8; COPY_BUFFER];
-    let mut filtered = Filtered::default();
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            // A TLS peer that closes without close_notify: for a database session that is
-            // how many clients end, not an attack on the data already relayed.
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(err) => return Err(RelayEnd::Failed(Side::Client, ProxyError::Io(err))),
-        };
-        activity.touch();
-        let chunk = &buf[..n];
-        filter(chunk, &mut filtered).map_err(|err| RelayEnd::Failed(Side::Client, err))?;
-        let forward = if filtered.edited {
-            &filtered.forward[..]
-        } else {
-            chunk
-        };
-        if !forward.is_empty() {
-            to.write_all(forward).await.map_err(failed_to)?;
-            to.flush().await.map_err(failed_to)?;
-            *copied += forward.len() as u64;
-        }
-        if !filtered.reply.is_empty() {
-            // Only fails once the other direction has ended, and then nobody reads it.
-            let _ = replies.send(std::mem::take(&mut filtered.reply)).await;
-        }
-        filtered.edited = false;
-        filtered.forward.clear();
-        if n == buf.len() && buf.len() < BULK_BUFFER {
-            buf.resize(BULK_BUFFER, 0);
-        }
-    }
-    to.shutdown().await.map_err(failed_to)?;
-    Ok(())
-}
-
-/// Copies the server to the client until the server ends, then shuts the client's side
-/// down, writing the gateway's own answers from `replies` between two server reads. Stops
-/// with [`RelayEnd::Idle`] when `silence` ends: between two writes, or during one that the
-/// client does not take (it reads nothing either).
-async fn copy_answering<R, W>(
-    from: &mut R,
-    to: &mut W,
-    copied: &mut u64,
-    replies: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
-    silence: impl std::future::Future<Output = Duration>,
-) -> Result<(), RelayEnd>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Client, ProxyError::Io(err));
-    let mut buf = vec![0u8; COPY_BUFFER];
-    let mut answering = true;
-    tokio::pin!(silence);
-    loop {
-        let n = tokio::select! {
-            after = &mut silence => return Err(RelayEnd::Idle(after)),
-            read = from.read(&mut buf) => match read {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(err) => return Err(RelayEnd::Failed(Side::Server, ProxyError::Io(err))),
-            },
-            reply = replies.recv(), if answering => {
-                match reply {
-                    Some(reply) => {
-                        to.write_all(&reply).await.map_err(failed_to)?;
-                        to.flush().await.map_err(failed_to)?;
-                    }
-                    None => answering = false,
-                }
+    /// Copies the client to the server until the client ends, then shuts the server's side
+    /// down. The filter sees each chunk before anything of it is forwarded; what it answers
+    /// itself is queued for downstream.
+    fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayEnd>> {
+        let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Server, ProxyError::Io(err));
+        loop {
+            if self.up.len > 0 {
+                let chunk = if self.filtered.edited {
+                    &self.filtered.forward[..]
+                } else {
+                    &self.up.buf[..self.up.len]
+                };
+                ready!(poll_write_all(self.server, cx, chunk, &mut self.up.pos))
+                    .map_err(failed_to)?;
+                self.client_to_server += self.up.len as u64;
+                self.up.len = 0;
+                self.up.pos = 0;
+            }
+            // The gateway's answers follow what the client sent before the refused command.
+            if !self.filtered.reply.is_empty() {
+                self.replies
+                    .push_back(std::mem::take(&mut self.filtered.reply));
+            }
+            self.filtered.edited = false;
+            self.filtered.forward.clear();
+            if self.client_done {
+                ready!(Pin::new(&mut *self.server).poll_shutdown(cx)).map_err(failed_to)?;
+                return Poll::Ready(Ok(()));
+            }
+            self.waits_for_room = self.replies.len() >= QUEUED_REPLIES;
+            if self.waits_for_room {
+                return Poll::Pending;
+            }
+            let n = ready!(self.up.poll_fill(self.client, cx))
+                .map_err(|err| RelayEnd::Failed(Side::Client, ProxyError::Io(err)))?;
+            if n == 0 {
+                self.client_done = true;
                 continue;
             }
-        };
-        // A client that stops reading as well as sending blocks this write for as long as it
-        // likes: the silence is watched here too.
-        let writing = async {
-            to.write_all(&buf[..n]).await?;
-            to.flush().await
-        };
-        tokio::select! {
-            after = &mut silence => return Err(RelayEnd::Idle(after)),
-            written = writing => written.map_err(failed_to)?,
-        }
-        *copied += n as u64;
-        if n == buf.len() && buf.len() < BULK_BUFFER {
-            buf.resize(BULK_BUFFER, 0);
+            if let Some(silence) = &mut self.silence {
+                silence.touch();
+            }
+            (self.filter)(&self.up.buf[..n], &mut self.filtered)
+                .map_err(|err| RelayEnd::Failed(Side::Client, err))?;
+            self.up.len = if self.filtered.edited {
+                self.filtered.forward.len()
+            } else {
+                n
+            };
         }
     }
-    to.shutdown().await.map_err(failed_to)?;
-    Ok(())
+
+    /// Copies the server to the client until the server ends, then shuts the client's side
+    /// down, writing the gateway's queued answers between two server chunks.
+    fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayEnd>> {
+        let failed_to = |err: std::io::Error| RelayEnd::Failed(Side::Client, ProxyError::Io(err));
+        loop {
+            if self.down.len > 0 {
+                let chunk = &self.down.buf[..self.down.len];
+                ready!(poll_write_all(self.client, cx, chunk, &mut self.down.pos))
+                    .map_err(failed_to)?;
+                self.server_to_client += self.down.len as u64;
+                self.down.len = 0;
+                self.down.pos = 0;
+            }
+            if self.server_done {
+                ready!(Pin::new(&mut *self.client).poll_shutdown(cx)).map_err(failed_to)?;
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(reply) = self.replies.front() {
+                ready!(poll_write_all(self.client, cx, reply, &mut self.reply_pos))
+                    .map_err(failed_to)?;
+                self.replies.pop_front();
+                self.reply_pos = 0;
+                continue;
+            }
+            let n = ready!(self.down.poll_fill(self.server, cx))
+                .map_err(|err| RelayEnd::Failed(Side::Server, ProxyError::Io(err)))?;
+            self.down.len = n;
+            self.server_done = n == 0;
+        }
+    }
+}
+
+/// Writes `bytes[*pos..]` to `to`, then flushes it; `*pos` follows what was taken.
+fn poll_write_all<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    pos: &mut usize,
+) -> Poll<std::io::Result<()>> {
+    while *pos < bytes.len() {
+        let n = ready!(Pin::new(&mut *to).poll_write(cx, &bytes[*pos..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        *pos += n;
+    }
+    Pin::new(to).poll_flush(cx)
+}
+
+/// When the client last sent something, and the timer that ends an idle session.
+struct Silence {
+    limit: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Silence {
+    fn new(limit: Duration) -> Silence {
+        Silence {
+            limit,
+            last: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Ready with the limit once the client has been silent that long. The timer is moved
+    /// on only when it fires, not at every read.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let deadline = self.last + self.limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(self.limit);
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
 
     #[tokio::test]
     async fn relay_ends_and_closes_the_client_when_the_server_goes() {
