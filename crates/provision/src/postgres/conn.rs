@@ -19,20 +19,27 @@ use crate::AdminTarget;
 
 /// The helper functions, created in `pg_temp` once per connection: `functions.sql`, then
 /// `forbidden_roles.sql` (shared with the preflight) wrapped as
-/// `pg_temp.dbward_forbidden_roles`.
+/// `pg_temp.dbward_forbidden_roles`, in PL/pgSQL like the others so that its plan is kept.
 const FUNCTIONS_SQL: &str = concat!(
     include_str!("sql/functions.sql"),
     "\nCREATE OR REPLACE FUNCTION pg_temp.dbward_forbidden_roles(text[], text, text[])\n",
     "RETURNS TABLE (role_name text, why text, reached text)\n",
-    "LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$\n",
+    "LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$\n",
+    "BEGIN\nRETURN QUERY\n",
     include_str!("sql/forbidden_roles.sql"),
-    "\n$fn$;\n"
+    ";\nEND\n$fn$;\n"
 );
 
 /// First statement on every admin connection: names resolve in `pg_catalog` (and relations
 /// in `pg_temp`) only, so no function, operator or table a database user created can be
 /// picked up by a statement the admin runs.
 const PIN_SEARCH_PATH_SQL: &str = "SET search_path = pg_catalog, pg_temp";
+
+/// Sent with [`PIN_SEARCH_PATH_SQL`]: every statement and helper query of the connection is
+/// planned once and its plan reused. The default would plan the first five executions of
+/// each again, and may keep doing so (the role checks of an activation cost far more to plan
+/// than to run).
+const GENERIC_PLANS_SQL: &str = "SET plan_cache_mode = force_generic_plan";
 
 /// One open admin connection with its prepared statements.
 pub(crate) struct AdminConn {
@@ -89,7 +96,9 @@ impl AdminConn {
             task,
             opened_at: Instant::now(),
         };
-        conn.client.batch_execute(PIN_SEARCH_PATH_SQL).await?;
+        conn.client
+            .batch_execute(&format!("{PIN_SEARCH_PATH_SQL}; {GENERIC_PLANS_SQL}"))
+            .await?;
         Ok(conn)
     }
 

@@ -45,10 +45,12 @@ impl PgProvisioner {
         self.with_conn(target, move |conn| {
             let (admin, user) = (admin.clone(), user.clone());
             Box::pin(async move {
-                let client = conn.client();
                 let map = |e| map_error(e, &admin, &user);
+                // Prepared once per connection: run after every session, and costly to plan.
+                let terminate = conn.statement(TERMINATE_SQL).await.map_err(map)?;
+                let client = conn.client();
                 match client
-                    .query_one(TERMINATE_SQL, &[&pid, &user, &MARKER_ROLE])
+                    .query_one(&terminate, &[&pid, &user, &MARKER_ROLE])
                     .await
                 {
                     Ok(row) => return row.try_get::<_, bool>(0).map_err(map),
@@ -62,7 +64,7 @@ impl PgProvisioner {
                     return Err(map(e));
                 }
                 let signalled = client
-                    .query_one(TERMINATE_SQL, &[&pid, &user, &MARKER_ROLE])
+                    .query_one(&terminate, &[&pid, &user, &MARKER_ROLE])
                     .await;
                 let rolled_back = client.batch_execute("ROLLBACK").await;
                 let signalled = signalled.map_err(map)?.try_get::<_, bool>(0).map_err(map)?;

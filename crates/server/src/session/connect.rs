@@ -1,8 +1,9 @@
 //! Step 4 of the pipeline: the gateway's own session with the database server, as the user
 //! provisioning made ready, over TLS with a db-client certificate (`upstream`).
 //!
-//! Connecting ends the provisioning step whichever way it goes: the user's lock is released
-//! so other sessions of the same user may proceed. Once connected, the session is recorded
+//! Connecting ends the provisioning step whichever way it goes: while the connection opens,
+//! the activation is recorded in the store (its mode, for teardown and the reconciler); then
+//! the user's lock is released so other sessions of the same user may proceed. Once connected, the session is recorded
 //! in the store with its server-side connection (for the instance that cleans up after a
 //! crash) and, for engines with cancel requests, a gateway cancel key is issued for it
 //! (recorded in a shared store too, see `cancel`).
@@ -36,7 +37,12 @@ pub(crate) async fn connect<E: Engine>(
     authorized: &Authorized,
     provisioned: &mut Provisioned,
 ) -> Result<Connected<E>, SessionError> {
-    let opened = open(gw, engine, client, authorized, &provisioned.db_user).await;
+    // The activation is recorded while the connection opens: both before the lock goes.
+    let unrecorded = provisioned.take_unrecorded();
+    let (opened, ()) = tokio::join!(
+        open(gw, engine, client, authorized, &provisioned.db_user),
+        provisioned.record_activation(gw, authorized, unrecorded),
+    );
     provisioned.connected().await;
     let (target, upstream) = opened?;
     let backend = E::backend(&target, &upstream);

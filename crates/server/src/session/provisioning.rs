@@ -235,6 +235,9 @@ pub struct Provisioned {
     managed: Option<Managed>,
     /// Held from activation until the user's own connection is up; released on drop.
     lock: Option<LockGuard>,
+    /// What activation did, until it is recorded in the store (see
+    /// [`Provisioned::record_activation`]).
+    unrecorded: Option<ActivateOutcome>,
     /// The session was recorded in the store's live sessions.
     recorded: bool,
 }
@@ -289,6 +292,7 @@ pub async fn activate_db_user(
             mode,
             managed: None,
             lock: None,
+            unrecorded: None,
             recorded: false,
         });
     };
@@ -305,7 +309,6 @@ pub async fn activate_db_user(
         .await
         .map_err(|err| provision_error(authorized, err))?;
     gw.metrics.activated(&authorized.fields, activating);
-    record_activation(gw, authorized, &managed.key, mode, outcome).await;
     if matches!(outcome, ActivateOutcome::Created) {
         gw.audit
             .emit(
@@ -320,6 +323,7 @@ pub async fn activate_db_user(
         mode,
         managed: Some(managed),
         lock: Some(lock),
+        unrecorded: Some(outcome),
         recorded: false,
     })
 }
@@ -358,6 +362,26 @@ async fn record_activation(
 }
 
 impl Provisioned {
+    /// The activation still to be recorded, once: for [`Provisioned::record_activation`].
+    pub(crate) fn take_unrecorded(&mut self) -> Option<ActivateOutcome> {
+        self.unrecorded.take()
+    }
+
+    /// Records the activation `outcome` (taken with [`Provisioned::take_unrecorded`]) under
+    /// the user's key while the lock is still held: the connect step runs this alongside
+    /// opening the user's connection, so the store write costs the client no time. A session
+    /// that never gets that far records nothing, and its teardown uses its own mode.
+    pub(crate) async fn record_activation(
+        &self,
+        gw: &Gateway,
+        authorized: &Authorized,
+        outcome: Option<ActivateOutcome>,
+    ) {
+        if let (Some(managed), Some(outcome)) = (&self.managed, outcome) {
+            record_activation(gw, authorized, &managed.key, self.mode, outcome).await;
+        }
+    }
+
     /// The user's own connection is up: other sessions of the same user may proceed. The
     /// lock is released off the client's path (the next holder of the same key waits for
     /// the release anyway, and nobody else has to).

@@ -22,19 +22,27 @@
 --
 -- pg_temp.dbward_forbidden_roles(requested text[], marker text, allowed text[]) is installed
 -- with these, its body being forbidden_roles.sql (shared with the preflight).
+--
+-- Every helper is PL/pgSQL, even the one-query ones: PL/pgSQL keeps the plan of each of its
+-- queries for the life of the connection, where a LANGUAGE sql function with a SET clause is
+-- parsed and planned again at every call (it cannot be inlined). The connection plans
+-- generically (plan_cache_mode, conn.rs), so a warm connection plans nothing at all.
 
 -- Whether `username` exists.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_exists(username text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = username)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = username);
+END
 $fn$;
 
 -- Whether dbward manages `username`: a member of the marker role without ADMIN OPTION, and
 -- not the admin itself. Members WITH ADMIN OPTION (the admin on PostgreSQL 16+, another
 -- gateway's admin, a DBA) administer the marker; they are not users dbward created.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_is_managed(username text, marker text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT username <> current_user
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  RETURN username <> current_user
     AND EXISTS (
       SELECT 1
       FROM pg_catalog.pg_auth_members m
@@ -46,27 +54,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
       FROM pg_catalog.pg_auth_members m
       JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
       JOIN pg_catalog.pg_roles u ON u.oid = m.member
-      WHERE g.rolname = marker AND u.rolname = username AND m.admin_option)
+      WHERE g.rolname = marker AND u.rolname = username AND m.admin_option);
+END
 $fn$;
 
 -- Roles `username` holds directly, without the marker role.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_held_roles(username text, marker text) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT coalesce(pg_catalog.array_agg(DISTINCT g.rolname::text), '{}')
-  FROM pg_catalog.pg_auth_members m
-  JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-  JOIN pg_catalog.pg_roles u ON u.oid = m.member
-  WHERE u.rolname = username AND g.rolname <> marker
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  RETURN (SELECT coalesce(pg_catalog.array_agg(DISTINCT g.rolname::text), '{}')
+          FROM pg_catalog.pg_auth_members m
+          JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+          JOIN pg_catalog.pg_roles u ON u.oid = m.member
+          WHERE u.rolname = username AND g.rolname <> marker);
+END
 $fn$;
 
 -- Sessions of `username` in every database of the cluster. pg_stat_activity shows the user
 -- of every backend to every role, even when the other columns are hidden.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_live_sessions(username text) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT pg_catalog.count(*)
-  FROM pg_catalog.pg_stat_activity a
-  JOIN pg_catalog.pg_roles u ON u.oid = a.usesysid
-  WHERE u.rolname = username
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  RETURN (SELECT pg_catalog.count(*)
+          FROM pg_catalog.pg_stat_activity a
+          JOIN pg_catalog.pg_roles u ON u.oid = a.usesysid
+          WHERE u.rolname = username);
+END
 $fn$;
 
 CREATE OR REPLACE FUNCTION pg_temp.dbward_require_createrole() RETURNS void
