@@ -444,7 +444,7 @@ pub fn markdown(r: &Results, p: &Params, info: &RunInfo) -> String {
     let _ = writeln!(w, "\n## Gateway memory per idle session\n");
     let _ = writeln!(
         w,
-        "The gateway runs as its own process; `VmRSS` from `/proc/<pid>/status` after 8 warm-up sessions, then with idle sessions open (each had run `select current_user`; the database showed one backend or connection per session). PostgreSQL sessions are added in steps and all stay open until the last step.\n"
+        "The gateway runs as its own process; `VmRSS` from `/proc/<pid>/status` after 8 warm-up sessions, then with idle sessions open (each had run `select current_user`; the database showed one backend or connection per session). PostgreSQL sessions are added in steps and all stay open until the last step; the MariaDB sessions are measured in a freshly started gateway process.\n"
     );
     let _ = writeln!(
         w,

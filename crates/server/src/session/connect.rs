@@ -3,10 +3,10 @@
 //!
 //! Connecting ends the provisioning step whichever way it goes: while the connection opens,
 //! the activation is recorded in the store (its mode, for teardown and the reconciler); then
-//! the user's lock is released so other sessions of the same user may proceed. Once connected, the session is recorded
-//! in the store with its server-side connection (for the instance that cleans up after a
-//! crash) and, for engines with cancel requests, a gateway cancel key is issued for it
-//! (recorded in a shared store too, see `cancel`).
+//! the user's lock is released so other sessions of the same user may proceed. Once
+//! connected, the session is recorded in the store with its server-side connection (for the
+//! instance that cleans up after a crash) and, for engines with cancel requests, a gateway
+//! cancel key is issued for it (recorded in a shared store too, see `cancel`).
 //! The client has been told nothing yet.
 
 use std::time::Duration;
