@@ -252,22 +252,7 @@ impl Env {
     /// issues it.
     pub fn dbward_endpoint(&self, user: &str) -> anyhow::Result<Endpoint> {
         let dir = self.dir.join("clients");
-        let (key, csr) = dbward_pki::new_key_and_csr(user)?;
-        let identity = Identity {
-            username: user.to_string(),
-            cluster: CLUSTER.to_string(),
-            usage: CertUsage::Db,
-            expires: OffsetDateTime::now_utc() + CERT_TTL,
-            route: Some(DbRoute {
-                service: DB_RESOURCE.to_string(),
-                db_user: Some(user.to_string()),
-                db_name: Some("postgres".to_string()),
-                db_roles: Vec::new(),
-            }),
-            pinned_ip: None,
-            mfa_session_until: None,
-        };
-        let cert = dbward_pki::issue_user_cert(&self.cas.user, &identity, &csr)?;
+        let (cert, key) = route_certificate(&self.cas, user, DB_RESOURCE, "postgres")?;
         let files = ClientFiles {
             crt: dir.join(format!("{user}.dbward.crt")),
             key: dir.join(format!("{user}.dbward.key")),
@@ -306,6 +291,57 @@ impl Env {
     pub fn gateway_log(&self) -> String {
         tail(&self.gateway.log)
     }
+}
+
+/// A dbward database certificate (and its key) for `user` on the route `service`/`db_name`,
+/// as `dbward db login` issues it.
+pub(crate) fn route_certificate(
+    cas: &CaSet,
+    user: &str,
+    service: &str,
+    db_name: &str,
+) -> anyhow::Result<(String, String)> {
+    let (key, csr) = dbward_pki::new_key_and_csr(user)?;
+    let identity = Identity {
+        username: user.to_string(),
+        cluster: CLUSTER.to_string(),
+        usage: CertUsage::Db,
+        expires: OffsetDateTime::now_utc() + CERT_TTL,
+        route: Some(DbRoute {
+            service: service.to_string(),
+            db_user: Some(user.to_string()),
+            db_name: Some(db_name.to_string()),
+            db_roles: Vec::new(),
+        }),
+        pinned_ip: None,
+        mfa_session_until: None,
+    };
+    Ok((
+        dbward_pki::issue_user_cert(&cas.user, &identity, &csr)?,
+        key,
+    ))
+}
+
+/// Runs a load tool (pgbench, sysbench) to the end and reads its report with `parse`; fails
+/// with the tool's output when it fails or its report does not parse.
+pub(crate) fn run_load_tool<T>(
+    cmd: &mut Command,
+    what: &str,
+    parse: impl FnOnce(&str) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("{what} failed ({}):\n{stderr}\n{stdout}", out.status);
+    }
+    parse(&stdout).with_context(|| format!("{what} output:\n{stdout}\n{stderr}"))
+}
+
+/// CPU of process `pid` per query over a run, in microseconds: `before` is its CPU time when
+/// the run started.
+pub(crate) fn cpu_per_query(pid: u32, before: Duration, queries: u64) -> anyhow::Result<f64> {
+    Ok((cpu_time(pid)? - before).as_secs_f64() * 1e6 / queries.max(1) as f64)
 }
 
 /// A client configuration that never resumes TLS sessions: every benchmark connection pays a

@@ -10,21 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use dbward_pki::{CaSet, CertUsage, DbRoute, Identity, ServerVerification};
+use dbward_pki::{CaSet, ServerVerification};
 use dbward_proxy::mysql::packet::{self, capability};
 use dbward_proxy::mysql::upstream::{self, UpstreamLogin};
 use dbward_testkit::{DbServerCerts, MariaServer};
 use futures_util::StreamExt;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::env::{
-    self, no_resumption, run, Env, Sizing, ADMIN_USER, CERT_TTL, CLUSTER, DIRECT_USER,
-    MARIA_MONITOR, MARIA_RESOURCE, MARIA_SCHEMA, READER_ROLE,
+    self, no_resumption, run, Env, Sizing, ADMIN_USER, CERT_TTL, DIRECT_USER, MARIA_MONITOR,
+    MARIA_RESOURCE, MARIA_SCHEMA, READER_ROLE,
 };
 use crate::measure::{
     series, Memory, Params, RateRow, Results, DBWARD, DBWARD_NEW, DBWARD_STEADY, DIRECT,
@@ -120,22 +119,7 @@ impl MariaWorld {
 
     /// The path through dbward to the MariaDB resource for dbward user `user`.
     pub fn dbward_endpoint(&self, env: &Env, user: &str) -> anyhow::Result<MyEndpoint> {
-        let (key, csr) = dbward_pki::new_key_and_csr(user)?;
-        let identity = Identity {
-            username: user.to_string(),
-            cluster: CLUSTER.to_string(),
-            usage: CertUsage::Db,
-            expires: OffsetDateTime::now_utc() + CERT_TTL,
-            route: Some(DbRoute {
-                service: MARIA_RESOURCE.to_string(),
-                db_user: Some(user.to_string()),
-                db_name: Some(MARIA_SCHEMA.to_string()),
-                db_roles: Vec::new(),
-            }),
-            pinned_ip: None,
-            mfa_session_until: None,
-        };
-        let cert = dbward_pki::issue_user_cert(&env.cas.user, &identity, &csr)?;
+        let (cert, key) = env::route_certificate(&env.cas, user, MARIA_RESOURCE, MARIA_SCHEMA)?;
         let files = self.dir.join(format!("{user}.dbward"));
         write_sysbench_files(&files, &cert, &key, &env.cas.host.cert_pem)?;
         let tls = no_resumption(dbward_pki::client_config(
@@ -552,17 +536,13 @@ pub fn sysbench(
     seconds: u32,
     rows: u32,
 ) -> anyhow::Result<(f64, f64, u64)> {
-    let out = Command::new(bin)
-        .args(sysbench_args(ep, threads, seconds, rows))
-        .current_dir(&ep.files)
-        .output()
-        .context("running sysbench")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("sysbench failed ({}):\n{stderr}\n{stdout}", out.status);
-    }
-    parse_sysbench(&stdout).with_context(|| format!("sysbench output:\n{stdout}\n{stderr}"))
+    env::run_load_tool(
+        Command::new(bin)
+            .args(sysbench_args(ep, threads, seconds, rows))
+            .current_dir(&ep.files),
+        "sysbench",
+        parse_sysbench,
+    )
 }
 
 /// Reads queries, queries per second and the average latency from sysbench's report, and
@@ -624,9 +604,7 @@ pub fn relay_once(
     let (qps, lat, queries) = sysbench(bin, ep, threads, p.pgbench_seconds, p.sysbench_rows)
         .with_context(|| format!("sysbench through {name} with {threads} threads"))?;
     let cpu = match (middle, before) {
-        (Some(pid), Some(before)) => {
-            Some((env::cpu_time(pid)? - before).as_secs_f64() * 1e6 / queries as f64)
-        }
+        (Some(pid), Some(before)) => Some(env::cpu_per_query(pid, before, queries)?),
         _ => None,
     };
     crate::measure::push_relay(&mut out.maria_relay, name, threads, qps, lat, cpu);

@@ -477,9 +477,7 @@ fn pgbench_once(
     let (tps, lat, queries) = pgbench(&env.pgbench, ep, clients, p.pgbench_seconds)
         .with_context(|| format!("pgbench through {name} with {clients} clients"))?;
     let cpu = match (middle, before) {
-        (Some(pid), Some(before)) => {
-            Some((env::cpu_time(pid)? - before).as_secs_f64() * 1e6 / queries as f64)
-        }
+        (Some(pid), Some(before)) => Some(env::cpu_per_query(pid, before, queries)?),
         _ => None,
     };
     push_relay(&mut out.relay, name, clients, tps, lat, cpu);
@@ -515,25 +513,21 @@ fn pgbench(
     clients: u32,
     seconds: u32,
 ) -> anyhow::Result<(f64, f64, u64)> {
-    let out = Command::new(bin)
-        .args(pgbench_args(ep, clients, seconds))
-        .env("PGSSLMODE", "verify-full")
-        .env("PGSSLROOTCERT", &ep.files.ca)
-        .env("PGSSLCERT", &ep.files.crt)
-        .env("PGSSLKEY", &ep.files.key)
-        .env("PGCONNECT_TIMEOUT", "60")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSERVICE")
-        .env_remove("PGHOST")
-        .env_remove("PGDATABASE")
-        .output()
-        .context("running pgbench")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("pgbench failed ({}):\n{stderr}\n{stdout}", out.status);
-    }
-    parse_pgbench(&stdout).with_context(|| format!("pgbench output:\n{stdout}\n{stderr}"))
+    env::run_load_tool(
+        Command::new(bin)
+            .args(pgbench_args(ep, clients, seconds))
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ep.files.ca)
+            .env("PGSSLCERT", &ep.files.crt)
+            .env("PGSSLKEY", &ep.files.key)
+            .env("PGCONNECT_TIMEOUT", "60")
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
+            .env_remove("PGHOST")
+            .env_remove("PGDATABASE"),
+        "pgbench",
+        parse_pgbench,
+    )
 }
 
 /// Reads TPS, average latency and the transactions processed from pgbench's report and
