@@ -735,7 +735,7 @@ fn xml(text: &str) -> String {
 /// A horizontal bar chart of every target's ratio, with the target bound marked on each row
 /// and the baseline (1.0×) across the chart.
 pub fn svg(targets: &[Target], date: &str) -> String {
-    let label_w = 330.0;
+    let label_w = 470.0;
     let plot_w = 470.0;
     let right = 150.0;
     let row_h = 34.0;
