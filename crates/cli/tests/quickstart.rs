@@ -6,7 +6,17 @@ use nix::unistd::Pid;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Every quickstart listens on the gateway's default ports (3080, 3432, 3036): one at a time.
+static ONE_QUICKSTART: Mutex<()> = Mutex::new(());
+
+fn one_quickstart() -> MutexGuard<'static, ()> {
+    ONE_QUICKSTART
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbward");
 
@@ -65,6 +75,7 @@ fn sh(script: &str, path_dir: &Path) -> std::process::Output {
 
 #[test]
 fn quickstart_then_printed_commands_give_a_provisioned_psql_session() {
+    let _one = one_quickstart();
     let dir = tempfile::Builder::new()
         .prefix("dwqs")
         .tempdir_in("/tmp")
@@ -356,6 +367,7 @@ fn wait_exit(mut child: Child) {
 
 #[test]
 fn ctrl_c_with_a_closed_output_pipe_stops_the_databases_and_deletes_the_temporary_directory() {
+    let _one = one_quickstart();
     let leftovers = Leftovers::new();
     let mut child = quickstart_in_pipe(&leftovers);
     let sandbox = leftovers.sandbox(child.id());
@@ -393,6 +405,7 @@ fn ctrl_c_with_a_closed_output_pipe_stops_the_databases_and_deletes_the_temporar
 
 #[test]
 fn ctrl_c_while_starting_stops_the_databases_already_started() {
+    let _one = one_quickstart();
     let leftovers = Leftovers::new();
     let child = quickstart_in_pipe(&leftovers);
     let sandbox = leftovers.sandbox(child.id());
