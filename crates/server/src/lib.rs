@@ -142,12 +142,12 @@ impl Started {
             dbward_pki::server_config(&host_cert, &host_key, user_cert(true), &[b"postgresql"])?;
         let mysql_tls = dbward_pki::server_config(&host_cert, &host_key, user_cert(true), &[])?;
 
-        let web = TcpListener::bind(&config.web_listen_addr)
+        let web = listen::bind(&config.web_listen_addr)
             .await
             .map_err(|e| bind_error("web_listen_addr", &config.web_listen_addr, e))?;
         let postgres = match config.postgres_listen_addr.as_deref() {
             Some(addr) if !addr.is_empty() => Some(
-                TcpListener::bind(addr)
+                listen::bind(addr)
                     .await
                     .map_err(|e| bind_error("postgres_listen_addr", addr, e))?,
             ),
@@ -155,7 +155,7 @@ impl Started {
         };
         let mysql = match config.mysql_listen_addr.as_deref() {
             Some(addr) if !addr.is_empty() => Some(
-                TcpListener::bind(addr)
+                listen::bind(addr)
                     .await
                     .map_err(|e| bind_error("mysql_listen_addr", addr, e))?,
             ),
@@ -163,7 +163,7 @@ impl Started {
         };
         let metrics = match config.metrics_listen_addr.as_deref() {
             Some(addr) if !addr.is_empty() => Some(
-                TcpListener::bind(addr)
+                listen::bind(addr)
                     .await
                     .map_err(|e| bind_error("metrics_listen_addr", addr, e))?,
             ),

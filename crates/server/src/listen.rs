@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use dbward_model::Limits;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The pending slots of all listeners of one gateway.
@@ -127,6 +127,41 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The accept queue asked of the kernel for every listener (Linux caps it at
+/// `net.core.somaxconn`, 4,096 by default). The 128 that the standard library asks for is
+/// overrun by a burst of clients (a pool warming up, a fleet restarting): the kernel then drops
+/// the handshakes it has no room for, and those clients get in only after its SYN
+/// retransmissions, a second or more later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` (`host:port`, the host a name or an address) with an accept
+/// queue of [`LISTEN_BACKLOG`]: the first address `addr` resolves to that can be bound.
+pub(crate) async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_err = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket = match resolved {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            // A restarted gateway can bind again at once despite connections in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(resolved)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// Accepts connections until `shutdown`, one task per connection, each holding a pending
 /// slot of `gate` that it drops once its handshake is over. A connection without a free slot
 /// is closed at once. An accept error (out of file descriptors, say) is logged and retried
@@ -192,6 +227,59 @@ mod tests {
         let b2 = g.try_enter(b);
         assert!(b2.is_some(), "a freed slot is reusable");
         assert_eq!(g.in_use(), 3);
+    }
+
+    /// How many connections wait in the accept queue of the listening socket on `port`
+    /// (`rx_queue` of its `/proc/net/tcp` line).
+    fn accept_queue(port: u16) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let local = format!("0100007F:{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f[1] == local && f[3] == "0A")
+            .map(|f| usize::from_str_radix(f[4].split(':').nth(1).unwrap(), 16).unwrap())
+            .expect("listening socket in /proc/net/tcp")
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue_rather_than_being_dropped() {
+        // A burst larger than the 128 that the standard library and mio ask for: the
+        // connections beyond the queue would have their handshake dropped and be taken in
+        // only after the kernel's SYN retransmissions (seconds later, or never for a client
+        // that waits for the server to speak first).
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let burst = 600;
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..burst {
+            clients.spawn(async move {
+                let connect = TcpStream::connect(("127.0.0.1", port));
+                // Past the kernel's SYN retransmissions (1 s, then 3 s): a handshake dropped for
+                // want of room is not let in later, since nothing accepts here.
+                tokio::time::timeout(std::time::Duration::from_secs(5), connect).await
+            });
+        }
+        let mut held = Vec::new();
+        while let Some(done) = clients.join_next().await {
+            if let Ok(Ok(stream)) = done.unwrap() {
+                held.push(stream);
+            }
+        }
+        assert_eq!(
+            held.len(),
+            burst,
+            "connections established within the timeout"
+        );
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap_or_default();
+        assert_eq!(
+            accept_queue(port),
+            burst,
+            "connections in the accept queue (net.core.somaxconn {})",
+            somaxconn.trim()
+        );
+        drop(listener);
     }
 
     #[test]
