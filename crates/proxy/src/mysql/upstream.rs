@@ -75,10 +75,31 @@ pub async fn connect(
     server_name: ServerName<'static>,
     login: &UpstreamLogin<'_>,
 ) -> Result<MysqlUpstream<TcpStream>, UpstreamError> {
+    let opened = open(addr, tls, server_name, login).await?;
+    log_in(opened).await
+}
+
+/// A connection [`open`] took through TLS: the server has not yet seen who logs in.
+#[derive(Debug)]
+pub struct Opened<S> {
+    stream: TlsStream<S>,
+    greeting: HandshakeV10,
+    response: HandshakeResponse,
+    seq: u8,
+}
+
+/// The first half of [`connect`]: TCP, the server's greeting, SSLRequest and the TLS
+/// handshake. [`log_in`] sends the HandshakeResponse that names `login.user`.
+pub async fn open(
+    addr: impl ToSocketAddrs,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    login: &UpstreamLogin<'_>,
+) -> Result<Opened<TcpStream>, UpstreamError> {
     let stream = TcpStream::connect(addr).await?;
     // Queries and results are small interactive writes; do not hold them back.
     stream.set_nodelay(true)?;
-    handshake(stream, tls, server_name, login).await
+    start_tls(stream, tls, server_name, login).await
 }
 
 async fn read_greeting<S>(stream: &mut S) -> Result<HandshakeV10, UpstreamError>
@@ -95,11 +116,23 @@ where
 
 /// [`connect`] on an already open stream.
 pub async fn handshake<S>(
-    mut stream: S,
+    stream: S,
     tls: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     login: &UpstreamLogin<'_>,
 ) -> Result<MysqlUpstream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    log_in(start_tls(stream, tls, server_name, login).await?).await
+}
+
+async fn start_tls<S>(
+    mut stream: S,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    login: &UpstreamLogin<'_>,
+) -> Result<Opened<S>, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -134,18 +167,37 @@ where
     };
     // The SSLRequest must announce exactly the capabilities of the response that follows
     // it; MariaDB refuses the handshake otherwise.
-    let mut seq = 1u8;
+    let seq = 1u8;
     packet::write_packet(
         &mut stream,
         seq,
         &packet::ssl_request(response.encode_capabilities(), login.charset),
     )
     .await?;
-    let mut stream = TlsConnector::from(tls)
+    let stream = TlsConnector::from(tls)
         .connect(server_name, stream)
         .await
         .map_err(UpstreamError::TlsHandshake)?;
+    Ok(Opened {
+        stream,
+        greeting,
+        response,
+        seq,
+    })
+}
 
+/// The second half of [`connect`]: the HandshakeResponse on a connection [`open`] made, and
+/// the server's answer up to its OK.
+pub async fn log_in<S>(opened: Opened<S>) -> Result<MysqlUpstream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Opened {
+        mut stream,
+        greeting,
+        response,
+        mut seq,
+    } = opened;
     seq = seq.wrapping_add(1);
     packet::write_packet(&mut stream, seq, &response.encode()).await?;
 

@@ -47,10 +47,21 @@ pub async fn connect(
     server_name: ServerName<'static>,
     params: &[(String, String)],
 ) -> Result<Upstream<TcpStream>, UpstreamError> {
+    let stream = open(addr, tls, server_name).await?;
+    startup(stream, params).await
+}
+
+/// The first half of [`connect`]: TCP, SSLRequest and the TLS handshake, which name no
+/// database user yet (the server starts its backend here). [`startup`] finishes it.
+pub async fn open(
+    addr: impl ToSocketAddrs,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
     let stream = TcpStream::connect(addr).await?;
     // Queries and results are small interactive writes; do not hold them back.
     stream.set_nodelay(true)?;
-    handshake(stream, tls, server_name, params).await
+    start_tls(stream, tls, server_name).await
 }
 
 /// [`connect`] on an already open stream.
@@ -63,7 +74,19 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut stream = start_tls(stream, tls, server_name).await?;
+    let stream = start_tls(stream, tls, server_name).await?;
+    startup(stream, params).await
+}
+
+/// The second half of [`connect`]: the StartupMessage on a stream [`open`] made, and the
+/// server's answer up to ReadyForQuery.
+pub async fn startup<S>(
+    mut stream: TlsStream<S>,
+    params: &[(String, String)],
+) -> Result<Upstream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     stream.write_all(&messages::startup_message(params)).await?;
     stream.flush().await?;
     let (parameters, backend_key) = read_startup_reply(&mut stream).await?;

@@ -1,7 +1,10 @@
 //! Step 4 of the pipeline: the gateway's own session with the database server, as the user
 //! provisioning made ready, over TLS with a db-client certificate (`upstream`).
 //!
-//! Connecting ends the provisioning step whichever way it goes: while the connection opens,
+//! The connection is opened (TCP, TLS) while the user is activated, when it may be (see
+//! [`open_early`]); the login that names the user waits for the activation.
+//!
+//! Connecting ends the provisioning step whichever way it goes: while the session logs in,
 //! the activation is recorded in the store (its mode, for teardown and the reconciler); then
 //! the user's lock is released so other sessions of the same user may proceed. Once
 //! connected, the session is recorded in the store with its server-side connection (for the
@@ -9,10 +12,11 @@
 //! cancel key is issued for it (recorded in a shared store too, see `cancel`).
 //! The client has been told nothing yet.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dbward_proxy::pg::BackendKey;
 use dbward_proxy::UpstreamError;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::engine::{Backend, Engine, Login};
 use super::upstream::UpstreamTarget;
@@ -30,21 +34,62 @@ pub(crate) struct Connected<E: Engine> {
     pub cancel_key: Option<BackendKey>,
 }
 
+/// How long a connection opened during the activation may wait for its login. Servers close
+/// a connection that does not log in within their own bound (MariaDB's `connect_timeout`,
+/// 10 s by default; PostgreSQL's `authentication_timeout`, 60 s); an older one is dropped
+/// and a new one opened.
+const EARLY_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Connections opened early at once, over all databases. Each is a server backend waiting
+/// for its user; past this bound a session opens its connection after the activation, so a
+/// burst queued behind provisioning cannot take the server's connection slots.
+pub(crate) const MAX_EARLY_OPENS: usize = 32;
+
+/// A connection to the database opened while the user was being activated.
+pub(crate) struct Early<E: Engine> {
+    at: Instant,
+    db_user: String,
+    opened: Result<(UpstreamTarget, E::Opened), SessionError>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Opens the connection of a session as `db_user` while its activation runs (TCP and TLS,
+/// which do not need the user to exist or to be unlocked yet), when a slot among
+/// [`MAX_EARLY_OPENS`] is free.
+pub(crate) async fn open_early<E: Engine>(
+    gw: &Gateway,
+    engine: &E,
+    client: &E::Client,
+    authorized: &Authorized,
+    db_user: &str,
+) -> Option<Early<E>> {
+    let slot = gw.early_upstreams.clone().try_acquire_owned().ok()?;
+    let at = Instant::now();
+    let opened = open(gw, engine, client, authorized, db_user).await;
+    Some(Early {
+        at,
+        db_user: db_user.to_string(),
+        opened,
+        _slot: slot,
+    })
+}
+
 pub(crate) async fn connect<E: Engine>(
     gw: &Gateway,
     engine: &E,
     client: &E::Client,
     authorized: &Authorized,
     provisioned: &mut Provisioned,
+    early: Option<Early<E>>,
 ) -> Result<Connected<E>, SessionError> {
-    // The activation is recorded while the connection opens: both before the lock goes.
+    // The activation is recorded while the session logs in: both before the lock goes.
     let unrecorded = provisioned.take_unrecorded();
-    let (opened, ()) = tokio::join!(
-        open(gw, engine, client, authorized, &provisioned.db_user),
+    let (established, ()) = tokio::join!(
+        establish(gw, engine, client, authorized, &provisioned.db_user, early),
         provisioned.record_activation(gw, authorized, unrecorded),
     );
     provisioned.connected().await;
-    let (target, upstream) = opened?;
+    let (target, upstream) = established?;
     let backend = E::backend(&target, &upstream);
     provisioned.record_live(gw, authorized, backend.id).await;
     let cancel_key = match backend.cancel.clone() {
@@ -58,13 +103,71 @@ pub(crate) async fn connect<E: Engine>(
     })
 }
 
+/// The session's login as `db_user`: on the early connection when there is a usable one,
+/// else on a new one. An early connection the server closed meanwhile (its own timeout, a
+/// restart) is replaced once; a refusal by the server is the session's answer.
+async fn establish<E: Engine>(
+    gw: &Gateway,
+    engine: &E,
+    client: &E::Client,
+    authorized: &Authorized,
+    db_user: &str,
+    early: Option<Early<E>>,
+) -> Result<(UpstreamTarget, E::Upstream), SessionError> {
+    if let Some(early) = early.filter(|e| e.db_user == db_user && e.at.elapsed() < EARLY_MAX_AGE) {
+        let (target, opened) = early.opened?;
+        match log_in(gw, engine, &target, opened).await {
+            Ok(upstream) => return Ok((target, upstream)),
+            Err(LoginFailed::Refused(err)) => return Err(upstream_error(authorized, err, &target)),
+            Err(LoginFailed::Transport(err)) => {
+                tracing::info!(%err, "the early connection to the database was lost; opening another");
+            }
+        }
+    }
+    let (target, opened) = open(gw, engine, client, authorized, db_user).await?;
+    match log_in(gw, engine, &target, opened).await {
+        Ok(upstream) => Ok((target, upstream)),
+        Err(LoginFailed::Refused(err) | LoginFailed::Transport(err)) => {
+            Err(upstream_error(authorized, err, &target))
+        }
+    }
+}
+
+/// Why a login failed: the server said no, or the connection failed under it.
+enum LoginFailed {
+    Refused(UpstreamError),
+    Transport(UpstreamError),
+}
+
+async fn log_in<E: Engine>(
+    gw: &Gateway,
+    engine: &E,
+    target: &UpstreamTarget,
+    opened: E::Opened,
+) -> Result<E::Upstream, LoginFailed> {
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, engine.log_in(gw, opened)).await {
+        Ok(Ok(upstream)) => Ok(upstream),
+        Ok(Err(err @ (UpstreamError::Io(_) | UpstreamError::Protocol(_)))) => {
+            Err(LoginFailed::Transport(err))
+        }
+        Ok(Err(err)) => Err(LoginFailed::Refused(err)),
+        Err(_) => Err(LoginFailed::Refused(UpstreamError::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("logging in at {} timed out", target.addr),
+            ),
+        ))),
+    }
+}
+
+/// The target of a session as `db_user`, and a connection to it through TLS.
 async fn open<E: Engine>(
     gw: &Gateway,
     engine: &E,
     client: &E::Client,
     authorized: &Authorized,
     db_user: &str,
-) -> Result<(UpstreamTarget, E::Upstream), SessionError> {
+) -> Result<(UpstreamTarget, E::Opened), SessionError> {
     let target = match &authorized.forward {
         // A trusted leaf's gateway stands where the database would: TLS verified with its
         // host CA, a certificate minted here for the user.
@@ -75,24 +178,38 @@ async fn open<E: Engine>(
         db_user,
         db_name: &authorized.decision.db_name,
     };
-    let connecting = engine.connect(gw, &target, client, login);
-    let upstream = tokio::time::timeout(UPSTREAM_TIMEOUT, connecting)
-        .await
-        .map_err(|_| SessionError::Internal(format!("connecting to {} timed out", target.addr)))?
-        .map_err(|err| refused_upstream(err, &target.addr))
-        .map_err(|err| match (&authorized.forward, err) {
-            // The leaf's own refusals (access, provisioning) reach the client as it wrote
-            // them; a failed TLS or network connection is named, its details logged.
-            (Some(leaf), SessionError::Internal(detail)) => {
-                tracing::info!(leaf = %leaf.cluster, %detail, "forwarding to the leaf failed");
-                SessionError::AccessDenied(format!(
-                    "the trusted cluster \"{}\" could not be reached or refused the connection",
-                    leaf.cluster
-                ))
-            }
-            (_, err) => err,
-        })?;
-    Ok((target, upstream))
+    let opening = engine.open(&target, client, login);
+    let opened = match tokio::time::timeout(UPSTREAM_TIMEOUT, opening).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(err)) => return Err(upstream_error(authorized, err, &target)),
+        Err(_) => {
+            return Err(SessionError::Internal(format!(
+                "connecting to {} timed out",
+                target.addr
+            )))
+        }
+    };
+    Ok((target, opened))
+}
+
+/// What the client is told of a failed connection or login.
+fn upstream_error(
+    authorized: &Authorized,
+    err: UpstreamError,
+    target: &UpstreamTarget,
+) -> SessionError {
+    match (&authorized.forward, refused_upstream(err, &target.addr)) {
+        // The leaf's own refusals (access, provisioning) reach the client as it wrote
+        // them; a failed TLS or network connection is named, its details logged.
+        (Some(leaf), SessionError::Internal(detail)) => {
+            tracing::info!(leaf = %leaf.cluster, %detail, "forwarding to the leaf failed");
+            SessionError::AccessDenied(format!(
+                "the trusted cluster \"{}\" could not be reached or refused the connection",
+                leaf.cluster
+            ))
+        }
+        (_, err) => err,
+    }
 }
 
 fn forward_target(

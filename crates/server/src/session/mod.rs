@@ -29,7 +29,7 @@
 
 mod access;
 pub mod cancel;
-mod connect;
+pub(crate) mod connect;
 mod engine;
 mod lifecycle;
 mod limits;

@@ -71,6 +71,7 @@ impl Engine for MysqlEngine {
     type Client = MysqlClient;
     /// MySQL connections carry nothing but sessions.
     type Request = Infallible;
+    type Opened = mysql::upstream::Opened<TcpStream>;
     type Upstream = MysqlUpstream<TcpStream>;
 
     async fn accept(&self, gw: &Gateway, tcp: TcpStream) -> Result<Opening<Self>, ProxyError> {
@@ -115,27 +116,33 @@ impl Engine for MysqlEngine {
         let _ = mysql::send_err(&mut client.stream, seq, code, sqlstate, &message).await;
     }
 
-    async fn connect(
+    async fn open(
         &self,
-        gw: &Gateway,
         target: &UpstreamTarget,
         client: &MysqlClient,
         login: Login<'_>,
-    ) -> Result<Self::Upstream, UpstreamError> {
+    ) -> Result<Self::Opened, UpstreamError> {
         let login = UpstreamLogin {
             user: login.db_user,
             database: Some(login.db_name).filter(|d| !d.is_empty()),
             client_capabilities: client.capabilities,
             charset: client.charset,
         };
-        let tls = target.tls.clone();
-        let upstream = mysql::upstream::connect(
+        mysql::upstream::open(
             target.addr.as_str(),
-            tls,
+            target.tls.clone(),
             target.server_name.clone(),
             &login,
         )
-        .await?;
+        .await
+    }
+
+    async fn log_in(
+        &self,
+        gw: &Gateway,
+        opened: Self::Opened,
+    ) -> Result<Self::Upstream, UpstreamError> {
+        let upstream = mysql::upstream::log_in(opened).await?;
         // Later greetings announce the flavour and version clients will talk to.
         if let Ok(mut version) = gw.mysql_version.write() {
             if *version != upstream.server_version {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use super::connect::connect;
+use super::connect::{connect, open_early, Early};
 use super::engine::{Engine, Hello, Opening};
 use super::relay::relay;
 use super::teardown::{Ended, Teardown};
@@ -147,8 +147,14 @@ async fn run_session<E: Engine>(
     // Registered before activation so the reconciler never mistakes this user for a
     // leftover while it is being activated.
     let registration = gw.sessions.register(Arc::new(authorized.clone()));
-    let provisioned = match activate_db_user(&gw, &authorized, planned).await {
-        Ok(provisioned) => provisioned,
+    // The connection to the database opens while the user is activated; the activation's
+    // failure drops it.
+    let db_user = planned.db_user.clone();
+    let activated = tokio::try_join!(activate_db_user(&gw, &authorized, planned), async {
+        Ok(open_early(&gw, engine, &client, &authorized, &db_user).await)
+    },);
+    let (provisioned, early) = match activated {
+        Ok(both) => both,
         Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
     };
     let mut teardown = Teardown::new(gw.clone(), registration, provisioned, authorized);
@@ -163,7 +169,7 @@ async fn run_session<E: Engine>(
         teardown.finish(Ended::NeverStarted).await;
         return;
     }
-    let ended = connect_and_relay(&gw, engine, client, &mut teardown).await;
+    let ended = connect_and_relay(&gw, engine, client, &mut teardown, early).await;
     teardown.finish(ended).await;
 }
 
@@ -174,9 +180,10 @@ async fn connect_and_relay<E: Engine>(
     engine: &E,
     mut client: E::Client,
     teardown: &mut Teardown,
+    early: Option<Early<E>>,
 ) -> Ended {
     let (authorized, provisioned) = teardown.provisioned();
-    let connected = match connect(gw, engine, &client, authorized, provisioned).await {
+    let connected = match connect(gw, engine, &client, authorized, provisioned, early).await {
         Ok(connected) => connected,
         Err(err) => {
             refuse::<E>(gw, &mut client, teardown.authorized(), err).await;

@@ -43,6 +43,12 @@ pub(crate) struct PgClient {
     params: Vec<(String, String)>,
 }
 
+/// A server connection through TLS, and the StartupMessage it is to be sent.
+pub(crate) struct PgOpened {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    params: Vec<(String, String)>,
+}
+
 /// What the relay saw the client send, for the session's audit.
 fn tapped(tap: &SessionTap, event: TapEvent<'_>) {
     match event {
@@ -58,6 +64,7 @@ impl Engine for PostgresEngine {
     type Client = PgClient;
     /// The gateway-issued key of the session to cancel.
     type Request = BackendKey;
+    type Opened = PgOpened;
     type Upstream = pg::Upstream<TcpStream>;
 
     async fn accept(&self, gw: &Gateway, tcp: TcpStream) -> Result<Opening<Self>, ProxyError> {
@@ -105,13 +112,12 @@ impl Engine for PostgresEngine {
         .await;
     }
 
-    async fn connect(
+    async fn open(
         &self,
-        _gw: &Gateway,
         target: &UpstreamTarget,
         client: &PgClient,
         login: Login<'_>,
-    ) -> Result<Self::Upstream, UpstreamError> {
+    ) -> Result<Self::Opened, UpstreamError> {
         let mut params: Vec<(String, String)> = client
             .params
             .iter()
@@ -120,14 +126,21 @@ impl Engine for PostgresEngine {
             .collect();
         params.push(("user".into(), login.db_user.to_string()));
         params.push(("database".into(), login.db_name.to_string()));
-        let tls = target.tls.clone();
-        pg::upstream::connect(
+        let stream = pg::upstream::open(
             target.addr.as_str(),
-            tls,
+            target.tls.clone(),
             target.server_name.clone(),
-            &params,
         )
-        .await
+        .await?;
+        Ok(PgOpened { stream, params })
+    }
+
+    async fn log_in(
+        &self,
+        _gw: &Gateway,
+        opened: PgOpened,
+    ) -> Result<Self::Upstream, UpstreamError> {
+        pg::upstream::startup(opened.stream, &opened.params).await
     }
 
     fn backend(target: &UpstreamTarget, upstream: &Self::Upstream) -> Backend {
