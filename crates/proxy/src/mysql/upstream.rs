@@ -20,7 +20,7 @@ use super::packet::{
     self, capability, AuthSwitch, ErrPacket, HandshakeResponse, HandshakeV10,
     AUTH_MORE_DATA_HEADER, AUTH_SWITCH_HEADER, ERR_HEADER, MAX_HANDSHAKE_PACKET, OK_HEADER,
 };
-use crate::error::UpstreamError;
+use crate::error::{login_answer_failed, login_write_failed, UpstreamError};
 
 /// `caching_sha2_password` fast-auth result: authenticated, OK follows.
 const FAST_AUTH_SUCCESS: u8 = 0x03;
@@ -199,10 +199,18 @@ where
         mut seq,
     } = opened;
     seq = seq.wrapping_add(1);
-    packet::write_packet(&mut stream, seq, &response.encode()).await?;
+    packet::write_packet(&mut stream, seq, &response.encode())
+        .await
+        .map_err(login_write_failed)?;
 
+    let mut first = true;
     loop {
-        let reply = packet::read_packet(&mut stream, MAX_HANDSHAKE_PACKET).await?;
+        let reply = match packet::read_packet(&mut stream, MAX_HANDSHAKE_PACKET).await {
+            Ok(reply) => reply,
+            Err(err) if first => return Err(login_answer_failed(err)),
+            Err(err) => return Err(err.into()),
+        };
+        first = false;
         seq = reply.seq;
         match reply.payload.first().copied() {
             Some(OK_HEADER) => {

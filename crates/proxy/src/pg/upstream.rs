@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use super::messages::{self, tag, ErrorFields};
 use super::BackendKey;
-use crate::error::UpstreamError;
+use crate::error::{login_answer_failed, login_write_failed, UpstreamError};
 
 /// Largest message accepted from the server before the session is ready. Startup messages
 /// are small; this only keeps a misbehaving server from making the gateway allocate much.
@@ -87,8 +87,11 @@ pub async fn startup<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    stream.write_all(&messages::startup_message(params)).await?;
-    stream.flush().await?;
+    stream
+        .write_all(&messages::startup_message(params))
+        .await
+        .map_err(login_write_failed)?;
+    stream.flush().await.map_err(login_write_failed)?;
     let (parameters, backend_key) = read_startup_reply(&mut stream).await?;
     Ok(Upstream {
         stream,
@@ -137,8 +140,15 @@ where
     let mut authenticated = false;
     let mut parameters = Vec::new();
     let mut backend_key = None;
+    let mut first = true;
     loop {
-        let message = messages::read_message(stream, MAX_STARTUP_REPLY_MESSAGE).await?;
+        let read = messages::read_message(stream, MAX_STARTUP_REPLY_MESSAGE).await;
+        let message = match read {
+            Ok(message) => message,
+            Err(err) if first => return Err(login_answer_failed(err)),
+            Err(err) => return Err(err.into()),
+        };
+        first = false;
         let body = message.body();
         match message.tag {
             tag::AUTHENTICATION => {

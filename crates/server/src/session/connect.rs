@@ -2,7 +2,7 @@
 //! provisioning made ready, over TLS with a db-client certificate (`upstream`).
 //!
 //! The connection is opened (TCP, TLS) while the user is activated, when it may be (see
-//! [`open_early`]); the login that names the user waits for the activation.
+//! [`activate_while_opening`]); the login that names the user waits for the activation.
 //!
 //! Connecting ends the provisioning step whichever way it goes: while the session logs in,
 //! the activation is recorded in the store (its mode, for teardown and the reconciler); then
@@ -12,6 +12,7 @@
 //! cancel key is issued for it (recorded in a shared store too, see `cancel`).
 //! The client has been told nothing yet.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use dbward_proxy::pg::BackendKey;
@@ -23,7 +24,8 @@ use super::upstream::UpstreamTarget;
 use super::{Authorized, Provisioned, SessionError};
 use crate::Gateway;
 
-/// How long connecting to the database (TCP, TLS, startup) may take.
+/// How long connecting to the database (TCP, TLS, startup) may take, early connection and
+/// new one together.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Step 4 done: the upstream session is up, recorded as live, its cancel key registered.
@@ -35,43 +37,92 @@ pub(crate) struct Connected<E: Engine> {
 }
 
 /// How long a connection opened during the activation may wait for its login. Servers close
-/// a connection that does not log in within their own bound (MariaDB's `connect_timeout`,
-/// 10 s by default; PostgreSQL's `authentication_timeout`, 60 s); an older one is dropped
-/// and a new one opened.
+/// a connection that does not log in within their own bound (PostgreSQL's
+/// `authentication_timeout`, 60 s by default); the gateway closes it sooner and opens another
+/// once the activation is over.
 const EARLY_MAX_AGE: Duration = Duration::from_secs(5);
 
-/// Connections opened early at once, over all databases. Each is a server backend waiting
+/// Connections opened early at once, over all databases. Each is a server process waiting
 /// for its user; past this bound a session opens its connection after the activation, so a
-/// burst queued behind provisioning cannot take the server's connection slots.
+/// burst queued behind provisioning does not add as many processes on the server.
 pub(crate) const MAX_EARLY_OPENS: usize = 32;
 
-/// A connection to the database opened while the user was being activated.
+/// A connection to the database opened while the user was being activated, through TLS.
 pub(crate) struct Early<E: Engine> {
     at: Instant,
     db_user: String,
-    opened: Result<(UpstreamTarget, E::Opened), SessionError>,
+    target: UpstreamTarget,
+    opened: E::Opened,
     _slot: OwnedSemaphorePermit,
 }
 
-/// Opens the connection of a session as `db_user` while its activation runs (TCP and TLS,
-/// which do not need the user to exist or to be unlocked yet), when a slot among
-/// [`MAX_EARLY_OPENS`] is free.
-pub(crate) async fn open_early<E: Engine>(
+/// Runs `activation` while the session's connection as `db_user` opens (TCP and TLS, which do
+/// not need the user to exist or to be unlocked yet), when the engine opens early and one of
+/// [`MAX_EARLY_OPENS`] slots is free. A connection that would wait longer than
+/// [`EARLY_MAX_AGE`] is closed then, its slot freed; the activation's failure closes it too. A
+/// connection that could not be opened early is opened again after the activation, as
+/// without one.
+pub(crate) async fn activate_while_opening<E: Engine, T>(
     gw: &Gateway,
     engine: &E,
     client: &E::Client,
     authorized: &Authorized,
     db_user: &str,
-) -> Option<Early<E>> {
-    let slot = gw.early_upstreams.clone().try_acquire_owned().ok()?;
+    activation: impl Future<Output = Result<T, SessionError>>,
+) -> Result<(T, Option<Early<E>>), SessionError> {
+    let slot = match E::OPENS_EARLY {
+        true => gw.early_upstreams.clone().try_acquire_owned().ok(),
+        false => None,
+    };
+    let Some(slot) = slot else {
+        return Ok((activation.await?, None));
+    };
     let at = Instant::now();
-    let opened = open(gw, engine, client, authorized, db_user).await;
-    Some(Early {
-        at,
-        db_user: db_user.to_string(),
-        opened,
-        _slot: slot,
-    })
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    let mut slot = Some(slot);
+    let mut opening = Some(Box::pin(open(
+        gw, engine, client, authorized, db_user, deadline,
+    )));
+    let mut opened = None;
+    let stale = tokio::time::sleep(EARLY_MAX_AGE);
+    tokio::pin!(activation, stale);
+    loop {
+        tokio::select! {
+            biased;
+            activated = &mut activation => {
+                let early = opened.zip(slot).map(|((target, opened), slot)| Early {
+                    at,
+                    db_user: db_user.to_string(),
+                    target,
+                    opened,
+                    _slot: slot,
+                });
+                return Ok((activated?, early));
+            }
+            result = until_done(opening.as_mut()), if opening.is_some() => {
+                opening = None;
+                match result {
+                    Ok(both) => opened = Some(both),
+                    Err(err) => {
+                        tracing::debug!(%err, "opening the connection during the activation failed");
+                        slot = None;
+                    }
+                }
+            }
+            () = &mut stale, if slot.is_some() => {
+                // Closes the connection, or stops opening it.
+                (opening, opened, slot) = (None, None, None);
+            }
+        }
+    }
+}
+
+/// `future` to its end; never, without one.
+async fn until_done<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(crate) async fn connect<E: Engine>(
@@ -103,9 +154,10 @@ pub(crate) async fn connect<E: Engine>(
     })
 }
 
-/// The session's login as `db_user`: on the early connection when there is a usable one,
-/// else on a new one. An early connection the server closed meanwhile (its own timeout, a
-/// restart) is replaced once; a refusal by the server is the session's answer.
+/// The session's login as `db_user`: on the early connection when there is one, else on a
+/// new one. An early connection the server closed before the login (its own timeout, a
+/// restart) is replaced once; any other failure is the session's answer. Both tries together
+/// are bounded by [`UPSTREAM_TIMEOUT`].
 async fn establish<E: Engine>(
     gw: &Gateway,
     engine: &E,
@@ -114,29 +166,22 @@ async fn establish<E: Engine>(
     db_user: &str,
     early: Option<Early<E>>,
 ) -> Result<(UpstreamTarget, E::Upstream), SessionError> {
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     if let Some(early) = early.filter(|e| e.db_user == db_user && e.at.elapsed() < EARLY_MAX_AGE) {
-        let (target, opened) = early.opened?;
-        match log_in(gw, engine, &target, opened).await {
+        let Early { target, opened, .. } = early;
+        match log_in(gw, engine, &target, opened, deadline).await {
             Ok(upstream) => return Ok((target, upstream)),
-            Err(LoginFailed::Refused(err)) => return Err(upstream_error(authorized, err, &target)),
-            Err(LoginFailed::Transport(err)) => {
-                tracing::info!(%err, "the early connection to the database was lost; opening another");
+            Err(UpstreamError::ClosedBeforeLogin) => {
+                tracing::info!("the database closed the connection opened during the activation; opening another");
             }
+            Err(err) => return Err(upstream_error(authorized, err, &target)),
         }
     }
-    let (target, opened) = open(gw, engine, client, authorized, db_user).await?;
-    match log_in(gw, engine, &target, opened).await {
+    let (target, opened) = open(gw, engine, client, authorized, db_user, deadline).await?;
+    match log_in(gw, engine, &target, opened, deadline).await {
         Ok(upstream) => Ok((target, upstream)),
-        Err(LoginFailed::Refused(err) | LoginFailed::Transport(err)) => {
-            Err(upstream_error(authorized, err, &target))
-        }
+        Err(err) => Err(upstream_error(authorized, err, &target)),
     }
-}
-
-/// Why a login failed: the server said no, or the connection failed under it.
-enum LoginFailed {
-    Refused(UpstreamError),
-    Transport(UpstreamError),
 }
 
 async fn log_in<E: Engine>(
@@ -144,20 +189,16 @@ async fn log_in<E: Engine>(
     engine: &E,
     target: &UpstreamTarget,
     opened: E::Opened,
-) -> Result<E::Upstream, LoginFailed> {
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, engine.log_in(gw, opened)).await {
-        Ok(Ok(upstream)) => Ok(upstream),
-        Ok(Err(err @ (UpstreamError::Io(_) | UpstreamError::Protocol(_)))) => {
-            Err(LoginFailed::Transport(err))
-        }
-        Ok(Err(err)) => Err(LoginFailed::Refused(err)),
-        Err(_) => Err(LoginFailed::Refused(UpstreamError::Io(
-            std::io::Error::new(
+    deadline: tokio::time::Instant,
+) -> Result<E::Upstream, UpstreamError> {
+    tokio::time::timeout_at(deadline, engine.log_in(gw, opened))
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("logging in at {} timed out", target.addr),
-            ),
-        ))),
-    }
+            )))
+        })
 }
 
 /// The target of a session as `db_user`, and a connection to it through TLS.
@@ -167,6 +208,7 @@ async fn open<E: Engine>(
     client: &E::Client,
     authorized: &Authorized,
     db_user: &str,
+    deadline: tokio::time::Instant,
 ) -> Result<(UpstreamTarget, E::Opened), SessionError> {
     let target = match &authorized.forward {
         // A trusted leaf's gateway stands where the database would: TLS verified with its
@@ -179,7 +221,7 @@ async fn open<E: Engine>(
         db_name: &authorized.decision.db_name,
     };
     let opening = engine.open(&target, client, login);
-    let opened = match tokio::time::timeout(UPSTREAM_TIMEOUT, opening).await {
+    let opened = match tokio::time::timeout_at(deadline, opening).await {
         Ok(Ok(opened)) => opened,
         Ok(Err(err)) => return Err(upstream_error(authorized, err, &target)),
         Err(_) => {

@@ -25,6 +25,11 @@ use crate::Gateway;
 pub(crate) trait Engine: Send + Sync + 'static {
     /// The protocol of the `db` resources this engine serves.
     const PROTOCOL: Protocol;
+    /// Whether a session's connection to the server is opened while its user is activated
+    /// ([`Engine::open`] before, [`Engine::log_in`] after). Only where a server takes a
+    /// connection that waits for its login, or is closed before it, for nothing worse than a
+    /// process for a while.
+    const OPENS_EARLY: bool;
 
     /// A client after its handshake, waiting for the reply that starts or refuses its session.
     type Client: Send + Sync;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use super::connect::{connect, open_early, Early};
+use super::connect::{activate_while_opening, connect, Early};
 use super::engine::{Engine, Hello, Opening};
 use super::relay::relay;
 use super::teardown::{Ended, Teardown};
@@ -147,12 +147,11 @@ async fn run_session<E: Engine>(
     // Registered before activation so the reconciler never mistakes this user for a
     // leftover while it is being activated.
     let registration = gw.sessions.register(Arc::new(authorized.clone()));
-    // The connection to the database opens while the user is activated; the activation's
-    // failure drops it.
+    // The connection to the database opens while the user is activated.
     let db_user = planned.db_user.clone();
-    let activated = tokio::try_join!(activate_db_user(&gw, &authorized, planned), async {
-        Ok(open_early(&gw, engine, &client, &authorized, &db_user).await)
-    },);
+    let activation = activate_db_user(&gw, &authorized, planned);
+    let activated =
+        activate_while_opening(&gw, engine, &client, &authorized, &db_user, activation).await;
     let (provisioned, early) = match activated {
         Ok(both) => both,
         Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
@@ -165,6 +164,7 @@ async fn run_session<E: Engine>(
         permissions::apply(&gw, authorized, &provisioned.db_user).await
     };
     if let Err(err) = applied {
+        drop(early);
         refuse::<E>(&gw, &mut client, teardown.authorized(), err).await;
         teardown.finish(Ended::NeverStarted).await;
         return;

@@ -61,6 +61,9 @@ fn tapped(tap: &SessionTap, event: TapEvent<'_>) {
 
 impl Engine for PostgresEngine {
     const PROTOCOL: Protocol = Protocol::Postgres;
+    /// A backend waiting for its StartupMessage takes no connection slot yet
+    /// (`max_connections` is counted at the login) and ends unlogged when closed.
+    const OPENS_EARLY: bool = true;
     type Client = PgClient;
     /// The gateway-issued key of the session to cancel.
     type Request = BackendKey;
