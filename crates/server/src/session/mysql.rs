@@ -68,9 +68,10 @@ fn tapped(tap: &SessionTap, event: MysqlTap<'_>) {
 
 impl Engine for MysqlEngine {
     const PROTOCOL: Protocol = Protocol::Mysql;
-    /// MariaDB counts a connection waiting for its login against `max_connections`, and one
-    /// closed before it against the gateway host's `max_connect_errors` (past it, the server
-    /// refuses the host until `FLUSH HOSTS`): its connection opens after the activation.
+    /// MariaDB counts a connection waiting for its login against `max_connections`, and a
+    /// handshake abandoned before the login as an error of the gateway's host, which
+    /// `max_connect_errors` of them in a row get refused until `FLUSH HOSTS`: its connection
+    /// opens after the activation.
     const OPENS_EARLY: bool = false;
     type Client = MysqlClient;
     /// MySQL connections carry nothing but sessions.
