@@ -106,10 +106,6 @@ pub enum UpstreamError {
     /// The server sent something that does not follow the protocol.
     #[error("protocol violation from the database server: {0}")]
     Protocol(String),
-    /// The server closed the connection before it answered the login (its own timeout on a
-    /// connection that waited, a restart): no session was logged in.
-    #[error("the database server closed the connection before answering the login")]
-    ClosedBeforeLogin,
     /// A MySQL or MariaDB server refused the session with an ERR packet.
     #[error("database server error {code} ({sqlstate}): {message}")]
     MysqlServer {
@@ -132,38 +128,6 @@ impl From<ProxyError> for UpstreamError {
             other => UpstreamError::Protocol(other.to_string()),
         }
     }
-}
-
-/// A failed write of the login, as [`UpstreamError::ClosedBeforeLogin`] when the server had
-/// closed the connection.
-pub(crate) fn login_write_failed(err: std::io::Error) -> UpstreamError {
-    if closed(&err) {
-        UpstreamError::ClosedBeforeLogin
-    } else {
-        UpstreamError::Io(err)
-    }
-}
-
-/// A failed read of the first message answering the login, as
-/// [`UpstreamError::ClosedBeforeLogin`] when the server closed the connection before a whole
-/// message came: whatever it was, the login was not answered.
-pub(crate) fn login_answer_failed(err: ProxyError) -> UpstreamError {
-    match err {
-        ProxyError::Truncated => UpstreamError::ClosedBeforeLogin,
-        ProxyError::Io(io) if closed(&io) => UpstreamError::ClosedBeforeLogin,
-        other => other.into(),
-    }
-}
-
-fn closed(err: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    matches!(
-        err.kind(),
-        ErrorKind::UnexpectedEof
-            | ErrorKind::ConnectionReset
-            | ErrorKind::ConnectionAborted
-            | ErrorKind::BrokenPipe
-    )
 }
 
 /// A failed read: the peer closing in the middle of a packet is [`ProxyError::Truncated`],

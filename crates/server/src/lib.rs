@@ -55,8 +55,6 @@ pub struct Gateway {
     pub endpoints: RwLock<Endpoints>,
     pub sessions: session::LiveSessions,
     pub upstream: session::UpstreamCredentials,
-    /// Connections to databases opened while their users are activated (bounded).
-    pub early_upstreams: Arc<tokio::sync::Semaphore>,
     /// Admin connections and provisioning, for every engine.
     pub provisioners: dbward_provision::Provisioners,
     /// The version the last MySQL/MariaDB server reported, repeated in the gateway's greeting.
@@ -222,9 +220,6 @@ impl Started {
             endpoints: RwLock::new(endpoints),
             sessions: session::LiveSessions::default(),
             upstream: session::UpstreamCredentials::default(),
-            early_upstreams: Arc::new(tokio::sync::Semaphore::new(
-                session::connect::MAX_EARLY_OPENS,
-            )),
             provisioners: dbward_provision::Provisioners::default(),
             mysql_version: std::sync::RwLock::new(
                 session::mysql::DEFAULT_SERVER_VERSION.to_string(),

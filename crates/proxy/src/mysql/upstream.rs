@@ -20,7 +20,7 @@ use super::packet::{
     self, capability, AuthSwitch, ErrPacket, HandshakeResponse, HandshakeV10,
     AUTH_MORE_DATA_HEADER, AUTH_SWITCH_HEADER, ERR_HEADER, MAX_HANDSHAKE_PACKET, OK_HEADER,
 };
-use crate::error::{login_answer_failed, login_write_failed, UpstreamError};
+use crate::error::UpstreamError;
 
 /// `caching_sha2_password` fast-auth result: authenticated, OK follows.
 const FAST_AUTH_SUCCESS: u8 = 0x03;
@@ -75,31 +75,10 @@ pub async fn connect(
     server_name: ServerName<'static>,
     login: &UpstreamLogin<'_>,
 ) -> Result<MysqlUpstream<TcpStream>, UpstreamError> {
-    let opened = open(addr, tls, server_name, login).await?;
-    log_in(opened).await
-}
-
-/// A connection [`open`] took through TLS: the server has not yet seen who logs in.
-#[derive(Debug)]
-pub struct Opened<S> {
-    stream: TlsStream<S>,
-    greeting: HandshakeV10,
-    response: HandshakeResponse,
-    seq: u8,
-}
-
-/// The first half of [`connect`]: TCP, the server's greeting, SSLRequest and the TLS
-/// handshake. [`log_in`] sends the HandshakeResponse that names `login.user`.
-pub async fn open(
-    addr: impl ToSocketAddrs,
-    tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-    login: &UpstreamLogin<'_>,
-) -> Result<Opened<TcpStream>, UpstreamError> {
     let stream = TcpStream::connect(addr).await?;
     // Queries and results are small interactive writes; do not hold them back.
     stream.set_nodelay(true)?;
-    start_tls(stream, tls, server_name, login).await
+    handshake(stream, tls, server_name, login).await
 }
 
 async fn read_greeting<S>(stream: &mut S) -> Result<HandshakeV10, UpstreamError>
@@ -116,23 +95,11 @@ where
 
 /// [`connect`] on an already open stream.
 pub async fn handshake<S>(
-    stream: S,
-    tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-    login: &UpstreamLogin<'_>,
-) -> Result<MysqlUpstream<S>, UpstreamError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    log_in(start_tls(stream, tls, server_name, login).await?).await
-}
-
-async fn start_tls<S>(
     mut stream: S,
     tls: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     login: &UpstreamLogin<'_>,
-) -> Result<Opened<S>, UpstreamError>
+) -> Result<MysqlUpstream<S>, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -167,50 +134,23 @@ where
     };
     // The SSLRequest must announce exactly the capabilities of the response that follows
     // it; MariaDB refuses the handshake otherwise.
-    let seq = 1u8;
+    let mut seq = 1u8;
     packet::write_packet(
         &mut stream,
         seq,
         &packet::ssl_request(response.encode_capabilities(), login.charset),
     )
     .await?;
-    let stream = TlsConnector::from(tls)
+    let mut stream = TlsConnector::from(tls)
         .connect(server_name, stream)
         .await
         .map_err(UpstreamError::TlsHandshake)?;
-    Ok(Opened {
-        stream,
-        greeting,
-        response,
-        seq,
-    })
-}
 
-/// The second half of [`connect`]: the HandshakeResponse on a connection [`open`] made, and
-/// the server's answer up to its OK.
-pub async fn log_in<S>(opened: Opened<S>) -> Result<MysqlUpstream<S>, UpstreamError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let Opened {
-        mut stream,
-        greeting,
-        response,
-        mut seq,
-    } = opened;
     seq = seq.wrapping_add(1);
-    packet::write_packet(&mut stream, seq, &response.encode())
-        .await
-        .map_err(login_write_failed)?;
+    packet::write_packet(&mut stream, seq, &response.encode()).await?;
 
-    let mut first = true;
     loop {
-        let reply = match packet::read_packet(&mut stream, MAX_HANDSHAKE_PACKET).await {
-            Ok(reply) => reply,
-            Err(err) if first => return Err(login_answer_failed(err)),
-            Err(err) => return Err(err.into()),
-        };
-        first = false;
+        let reply = packet::read_packet(&mut stream, MAX_HANDSHAKE_PACKET).await?;
         seq = reply.seq;
         match reply.payload.first().copied() {
             Some(OK_HEADER) => {

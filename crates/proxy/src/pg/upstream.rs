@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use super::messages::{self, tag, ErrorFields};
 use super::BackendKey;
-use crate::error::{login_answer_failed, login_write_failed, UpstreamError};
+use crate::error::UpstreamError;
 
 /// Largest message accepted from the server before the session is ready. Startup messages
 /// are small; this only keeps a misbehaving server from making the gateway allocate much.
@@ -47,21 +47,10 @@ pub async fn connect(
     server_name: ServerName<'static>,
     params: &[(String, String)],
 ) -> Result<Upstream<TcpStream>, UpstreamError> {
-    let stream = open(addr, tls, server_name).await?;
-    startup(stream, params).await
-}
-
-/// The first half of [`connect`]: TCP, SSLRequest and the TLS handshake, which name no
-/// database user yet (the server starts its backend here). [`startup`] finishes it.
-pub async fn open(
-    addr: impl ToSocketAddrs,
-    tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
     let stream = TcpStream::connect(addr).await?;
     // Queries and results are small interactive writes; do not hold them back.
     stream.set_nodelay(true)?;
-    start_tls(stream, tls, server_name).await
+    handshake(stream, tls, server_name, params).await
 }
 
 /// [`connect`] on an already open stream.
@@ -74,24 +63,9 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let stream = start_tls(stream, tls, server_name).await?;
-    startup(stream, params).await
-}
-
-/// The second half of [`connect`]: the StartupMessage on a stream [`open`] made, and the
-/// server's answer up to ReadyForQuery.
-pub async fn startup<S>(
-    mut stream: TlsStream<S>,
-    params: &[(String, String)],
-) -> Result<Upstream<S>, UpstreamError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    stream
-        .write_all(&messages::startup_message(params))
-        .await
-        .map_err(login_write_failed)?;
-    stream.flush().await.map_err(login_write_failed)?;
+    let mut stream = start_tls(stream, tls, server_name).await?;
+    stream.write_all(&messages::startup_message(params)).await?;
+    stream.flush().await?;
     let (parameters, backend_key) = read_startup_reply(&mut stream).await?;
     Ok(Upstream {
         stream,
@@ -140,15 +114,8 @@ where
     let mut authenticated = false;
     let mut parameters = Vec::new();
     let mut backend_key = None;
-    let mut first = true;
     loop {
-        let read = messages::read_message(stream, MAX_STARTUP_REPLY_MESSAGE).await;
-        let message = match read {
-            Ok(message) => message,
-            Err(err) if first => return Err(login_answer_failed(err)),
-            Err(err) => return Err(err.into()),
-        };
-        first = false;
+        let message = messages::read_message(stream, MAX_STARTUP_REPLY_MESSAGE).await?;
         let body = message.body();
         match message.tag {
             tag::AUTHENTICATION => {

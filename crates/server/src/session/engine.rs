@@ -25,20 +25,12 @@ use crate::Gateway;
 pub(crate) trait Engine: Send + Sync + 'static {
     /// The protocol of the `db` resources this engine serves.
     const PROTOCOL: Protocol;
-    /// Whether a session's connection to the server is opened while its user is activated
-    /// ([`Engine::open`] before, [`Engine::log_in`] after). Only where a server takes a
-    /// connection that waits for its login, or is closed before it, for nothing worse than a
-    /// process for a while.
-    const OPENS_EARLY: bool;
 
     /// A client after its handshake, waiting for the reply that starts or refuses its session.
     type Client: Send + Sync;
     /// A connection that asks for something other than a session (PostgreSQL's
     /// CancelRequest); it carries nothing more.
     type Request: Send + Sync;
-    /// A connection to the database server taken through TLS, before the login that names
-    /// the database user.
-    type Opened: Send;
     /// The gateway's own session with the database server, ready for the client's commands.
     type Upstream: Send + Sync;
 
@@ -62,23 +54,14 @@ pub(crate) trait Engine: Send + Sync + 'static {
     fn send_error(client: &mut Self::Client, err: &SessionError)
         -> impl Future<Output = ()> + Send;
 
-    /// Opens a connection to the database server for a session as `login.db_user` with the
-    /// settings the client chose, as far as the server lets it go without that user: TCP and
-    /// TLS (the certificate names the user; the server checks it only at the login). No
-    /// timeout here: the caller bounds it.
-    fn open(
+    /// Opens the gateway's session with the database server as `login.db_user`, with the
+    /// settings the client chose. No timeout here: the caller bounds it.
+    fn connect(
         &self,
+        gw: &Gateway,
         target: &UpstreamTarget,
         client: &Self::Client,
         login: Login<'_>,
-    ) -> impl Future<Output = Result<Self::Opened, UpstreamError>> + Send;
-
-    /// Logs in on an opened connection: the gateway's session with the database server,
-    /// ready for the client's commands. No timeout here: the caller bounds it.
-    fn log_in(
-        &self,
-        gw: &Gateway,
-        opened: Self::Opened,
     ) -> impl Future<Output = Result<Self::Upstream, UpstreamError>> + Send;
 
     /// The server-side connection an upstream session runs on, for the store's record of

@@ -10,8 +10,8 @@
 //! | authenticate: certificate verified, identity read | `access` | [`Authenticated`] |
 //! | authorize: RBAC decision from the store's current roles, source IP pinning | `access` | [`Authorized`] |
 //! | take a slot: the user's `max_connections`, across gateways | `limits` | `Slot` |
-//! | provision: database user active, lock held; meanwhile the upstream connection opens (TCP, TLS) | `provisioning`, `connect` | [`Provisioned`], `Early` |
-//! | connect: upstream logged in, live session recorded, cancel key issued | `connect` | `Connected` |
+//! | provision: database user active, lock held | `provisioning` | [`Provisioned`] |
+//! | connect: upstream up, live session recorded, cancel key issued | `connect` | `Connected` |
 //! | relay: bytes both ways, queries tapped for the audit | `relay` | `Ended` |
 //! | tear down: backend ended, user deactivated, session forgotten | `teardown` | — |
 //!
@@ -29,7 +29,7 @@
 
 mod access;
 pub mod cancel;
-pub(crate) mod connect;
+mod connect;
 mod engine;
 mod lifecycle;
 mod limits;

@@ -68,15 +68,9 @@ fn tapped(tap: &SessionTap, event: MysqlTap<'_>) {
 
 impl Engine for MysqlEngine {
     const PROTOCOL: Protocol = Protocol::Mysql;
-    /// MariaDB counts a connection waiting for its login against `max_connections`, and a
-    /// handshake abandoned before the login as an error of the gateway's host, which
-    /// `max_connect_errors` of them in a row get refused until `FLUSH HOSTS`: its connection
-    /// opens after the activation.
-    const OPENS_EARLY: bool = false;
     type Client = MysqlClient;
     /// MySQL connections carry nothing but sessions.
     type Request = Infallible;
-    type Opened = mysql::upstream::Opened<TcpStream>;
     type Upstream = MysqlUpstream<TcpStream>;
 
     async fn accept(&self, gw: &Gateway, tcp: TcpStream) -> Result<Opening<Self>, ProxyError> {
@@ -121,33 +115,27 @@ impl Engine for MysqlEngine {
         let _ = mysql::send_err(&mut client.stream, seq, code, sqlstate, &message).await;
     }
 
-    async fn open(
+    async fn connect(
         &self,
+        gw: &Gateway,
         target: &UpstreamTarget,
         client: &MysqlClient,
         login: Login<'_>,
-    ) -> Result<Self::Opened, UpstreamError> {
+    ) -> Result<Self::Upstream, UpstreamError> {
         let login = UpstreamLogin {
             user: login.db_user,
             database: Some(login.db_name).filter(|d| !d.is_empty()),
             client_capabilities: client.capabilities,
             charset: client.charset,
         };
-        mysql::upstream::open(
+        let tls = target.tls.clone();
+        let upstream = mysql::upstream::connect(
             target.addr.as_str(),
-            target.tls.clone(),
+            tls,
             target.server_name.clone(),
             &login,
         )
-        .await
-    }
-
-    async fn log_in(
-        &self,
-        gw: &Gateway,
-        opened: Self::Opened,
-    ) -> Result<Self::Upstream, UpstreamError> {
-        let upstream = mysql::upstream::log_in(opened).await?;
+        .await?;
         // Later greetings announce the flavour and version clients will talk to.
         if let Ok(mut version) = gw.mysql_version.write() {
             if *version != upstream.server_version {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use super::connect::{activate_while_opening, connect, Early};
+use super::connect::connect;
 use super::engine::{Engine, Hello, Opening};
 use super::relay::relay;
 use super::teardown::{Ended, Teardown};
@@ -147,13 +147,8 @@ async fn run_session<E: Engine>(
     // Registered before activation so the reconciler never mistakes this user for a
     // leftover while it is being activated.
     let registration = gw.sessions.register(Arc::new(authorized.clone()));
-    // The connection to the database opens while the user is activated.
-    let db_user = planned.db_user.clone();
-    let activation = activate_db_user(&gw, &authorized, planned);
-    let activated =
-        activate_while_opening(&gw, engine, &client, &authorized, &db_user, activation).await;
-    let (provisioned, early) = match activated {
-        Ok(both) => both,
+    let provisioned = match activate_db_user(&gw, &authorized, planned).await {
+        Ok(provisioned) => provisioned,
         Err(err) => return refuse::<E>(&gw, &mut client, &authorized, err).await,
     };
     let mut teardown = Teardown::new(gw.clone(), registration, provisioned, authorized);
@@ -164,12 +159,11 @@ async fn run_session<E: Engine>(
         permissions::apply(&gw, authorized, &provisioned.db_user).await
     };
     if let Err(err) = applied {
-        drop(early);
         refuse::<E>(&gw, &mut client, teardown.authorized(), err).await;
         teardown.finish(Ended::NeverStarted).await;
         return;
     }
-    let ended = connect_and_relay(&gw, engine, client, &mut teardown, early).await;
+    let ended = connect_and_relay(&gw, engine, client, &mut teardown).await;
     teardown.finish(ended).await;
 }
 
@@ -180,10 +174,9 @@ async fn connect_and_relay<E: Engine>(
     engine: &E,
     mut client: E::Client,
     teardown: &mut Teardown,
-    early: Option<Early<E>>,
 ) -> Ended {
     let (authorized, provisioned) = teardown.provisioned();
-    let connected = match connect(gw, engine, &client, authorized, provisioned, early).await {
+    let connected = match connect(gw, engine, &client, authorized, provisioned).await {
         Ok(connected) => connected,
         Err(err) => {
             refuse::<E>(gw, &mut client, teardown.authorized(), err).await;

@@ -43,12 +43,6 @@ pub(crate) struct PgClient {
     params: Vec<(String, String)>,
 }
 
-/// A server connection through TLS, and the StartupMessage it is to be sent.
-pub(crate) struct PgOpened {
-    stream: tokio_rustls::client::TlsStream<TcpStream>,
-    params: Vec<(String, String)>,
-}
-
 /// What the relay saw the client send, for the session's audit.
 fn tapped(tap: &SessionTap, event: TapEvent<'_>) {
     match event {
@@ -61,13 +55,9 @@ fn tapped(tap: &SessionTap, event: TapEvent<'_>) {
 
 impl Engine for PostgresEngine {
     const PROTOCOL: Protocol = Protocol::Postgres;
-    /// A backend waiting for its StartupMessage takes no connection slot yet
-    /// (`max_connections` is counted at the login) and ends unlogged when closed.
-    const OPENS_EARLY: bool = true;
     type Client = PgClient;
     /// The gateway-issued key of the session to cancel.
     type Request = BackendKey;
-    type Opened = PgOpened;
     type Upstream = pg::Upstream<TcpStream>;
 
     async fn accept(&self, gw: &Gateway, tcp: TcpStream) -> Result<Opening<Self>, ProxyError> {
@@ -115,12 +105,13 @@ impl Engine for PostgresEngine {
         .await;
     }
 
-    async fn open(
+    async fn connect(
         &self,
+        _gw: &Gateway,
         target: &UpstreamTarget,
         client: &PgClient,
         login: Login<'_>,
-    ) -> Result<Self::Opened, UpstreamError> {
+    ) -> Result<Self::Upstream, UpstreamError> {
         let mut params: Vec<(String, String)> = client
             .params
             .iter()
@@ -129,21 +120,14 @@ impl Engine for PostgresEngine {
             .collect();
         params.push(("user".into(), login.db_user.to_string()));
         params.push(("database".into(), login.db_name.to_string()));
-        let stream = pg::upstream::open(
+        let tls = target.tls.clone();
+        pg::upstream::connect(
             target.addr.as_str(),
-            target.tls.clone(),
+            tls,
             target.server_name.clone(),
+            &params,
         )
-        .await?;
-        Ok(PgOpened { stream, params })
-    }
-
-    async fn log_in(
-        &self,
-        _gw: &Gateway,
-        opened: PgOpened,
-    ) -> Result<Self::Upstream, UpstreamError> {
-        pg::upstream::startup(opened.stream, &opened.params).await
+        .await
     }
 
     fn backend(target: &UpstreamTarget, upstream: &Self::Upstream) -> Backend {
