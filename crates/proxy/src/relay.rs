@@ -69,11 +69,12 @@ pub struct RelayStats {
     pub end: RelayEnd,
 }
 
-/// Size each direction's copy buffer starts at: half a TLS record. Idle sessions hold two of
-/// these, so it stays small; a direction whose reads fill it (a bulk transfer) grows it once
-/// to [`BULK_BUFFER`], so large results move in fewer, larger reads and writes.
-pub(crate) const COPY_BUFFER: usize = 8 * 1024;
-/// Size of a copy buffer once its direction carries bulk data.
+/// Size each direction's copy buffer starts at. Idle sessions hold two of these, and most
+/// statements and small results fit in one read of it. A read that fills it doubles it,
+/// up to [`BULK_BUFFER`], so a direction sized by its own largest reads: a bulk transfer
+/// reaches the largest in four reads and then moves in fewer, larger reads and writes.
+pub(crate) const COPY_BUFFER: usize = 4 * 1024;
+/// The largest a copy buffer grows to.
 const BULK_BUFFER: usize = 64 * 1024;
 /// After the client has gone, how long the server may take to finish and close its side.
 const DRAIN_AFTER_CLIENT_CLOSE: Duration = Duration::from_secs(5);
@@ -242,7 +243,7 @@ struct Pipe {
     len: usize,
     /// Bytes of the current chunk written so far.
     pos: usize,
-    /// The last read filled the buffer: it grows to [`BULK_BUFFER`] before the next.
+    /// The last read filled the buffer: it doubles (up to [`BULK_BUFFER`]) before the next.
     grow: bool,
 }
 
@@ -265,7 +266,7 @@ impl Pipe {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
         if self.grow {
-            self.buf.resize(BULK_BUFFER, 0);
+            self.buf.resize((self.buf.len() * 2).min(BULK_BUFFER), 0);
             self.grow = false;
         }
         let mut read = ReadBuf::new(&mut self.buf);
@@ -467,6 +468,34 @@ impl Silence {
 mod tests {
     use super::*;
     use tokio::io::{duplex, AsyncReadExt};
+
+    #[tokio::test]
+    async fn a_copy_buffer_doubles_while_reads_fill_it_and_stays_small_otherwise() {
+        let mut pipe = Pipe::new();
+        let sizes = |pipe: &mut Pipe, from: &mut &[u8]| {
+            let mut seen = Vec::new();
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            while let Poll::Ready(Ok(n)) = pipe.poll_fill(from, &mut cx) {
+                if n == 0 {
+                    break;
+                }
+                seen.push((n, pipe.buf.len()));
+            }
+            seen
+        };
+        // Small statements: the buffer keeps its size.
+        let small = vec![1u8; 100];
+        for _ in 0..3 {
+            assert_eq!(sizes(&mut pipe, &mut &small[..]), [(100, COPY_BUFFER)]);
+        }
+        // Bulk: each full read doubles it, up to the largest size.
+        let bulk = vec![2u8; 1 << 20];
+        let seen = sizes(&mut pipe, &mut &bulk[..]);
+        let buffers: Vec<usize> = seen.iter().map(|&(_, len)| len).take(6).collect();
+        assert_eq!(buffers, [4096, 8192, 16384, 32768, 65536, 65536]);
+        assert_eq!(seen.iter().map(|&(n, _)| n).sum::<usize>(), bulk.len());
+    }
 
     #[tokio::test]
     async fn relay_ends_and_closes_the_client_when_the_server_goes() {
