@@ -485,7 +485,7 @@ mod tests {
             seen
         };
         // Small statements: the buffer keeps its size.
-        let small = vec![1u8; 100];
+        let small = [1u8; 100];
         for _ in 0..3 {
             assert_eq!(sizes(&mut pipe, &mut &small[..]), [(100, COPY_BUFFER)]);
         }
