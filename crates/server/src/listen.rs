@@ -249,6 +249,8 @@ mod tests {
         // connections beyond the queue would have their handshake dropped and be taken in
         // only after the kernel's SYN retransmissions (seconds later, or never for a client
         // that waits for the server to speak first).
+        // 1,200 descriptors (both ends of each connection): more than some default limits.
+        raise_fd_limit();
         let listener = bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let burst = 600;
